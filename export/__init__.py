@@ -1,0 +1,1 @@
+"""Export stage: ONNX graphs and TensorRT engines carrying the policy spec."""

@@ -1,0 +1,1 @@
+"""Runtime stage: inference backends, control loop, safety, transports (no jax here)."""

@@ -1,0 +1,1 @@
+"""Goal-reaching tasks, one robot a file."""

@@ -1,0 +1,1 @@
+"""Training stage: deep residual Contrastive RL."""
