@@ -72,7 +72,9 @@ class ActionSpec:
     def to_physical(self, normalized: Sequence[float]) -> list[float]:
         """Map a normalized action to physical units and clip it to the limits."""
         if len(normalized) != self.size:
-            raise SpecError(f"action: got {len(normalized)} values, spec.action.size is {self.size}")
+            raise SpecError(
+                f"action: got {len(normalized)} values, spec.action.size is {self.size}"
+            )
         out = []
         for a, s, o, lo, hi in zip(
             normalized, self.scale, self.offset, self.low, self.high, strict=True
@@ -100,6 +102,11 @@ class Provenance:
     train_step: int = 0
     git_commit: str = ""
     domain_randomization: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Store DR ranges in their JSON form (lists, plain floats) so a spec read back from JSON
+        # equals the spec that was written.
+        object.__setattr__(self, "domain_randomization", _jsonable(self.domain_randomization))
 
 
 @dataclass(frozen=True)
@@ -142,11 +149,7 @@ class PolicySpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["provenance"]["domain_randomization"] = _jsonable(
-            out["provenance"]["domain_randomization"]
-        )
-        return out
+        return dataclasses.asdict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

@@ -1,0 +1,102 @@
+"""`crl-export`: a training run → a policy ONNX file → a TensorRT engine on the target.
+
+    crl-export onnx --run runs/ant --out policy.onnx [--step N] [--fp16 | --int8] [--critic]
+    crl-export tensorrt --onnx policy.onnx --out policy.engine [--precision fp16] [--max-batch 64]
+
+A mistake a user can make (missing run, file that is not a policy, TensorRT absent) is one line
+on stderr and exit status 1; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from crl.export.onnx_export import Exported, ExportError, export_actor, quantize_int8
+from crl.sim.spec import SpecError
+
+
+@dataclass(frozen=True)
+class OnnxArgs:
+    """Export a run's deterministic actor, tanh(mean), as ONNX with its policy spec embedded."""
+
+    run: Path
+    """training run directory (runs/<name>)"""
+    out: Path
+    """the .onnx file to write"""
+    step: int | None = None
+    """checkpoint step (default: the latest)"""
+    fp16: bool = False
+    """fp16 weights and compute; inputs and outputs stay float32"""
+    int8: bool = False
+    """dynamically quantized int8 weights, for ONNX Runtime on CPU (TensorRT cannot build it)"""
+    critic: bool = False
+    """add the outputs phi, psi and distance = ‖φ(s, π(s, g)) − ψ(g)‖, a reachability readout"""
+
+
+@dataclass(frozen=True)
+class TensorRTArgs:
+    """Build a TensorRT engine for this machine's GPU from a policy ONNX file."""
+
+    onnx: Path
+    """policy ONNX file from `crl-export onnx`"""
+    out: Path
+    """the engine to write; its sidecar goes to OUT.json"""
+    precision: Literal["fp32", "fp16"] | None = None
+    """engine precision (default: the ONNX's); TensorRT 11 takes fp16 only from an --fp16 export"""
+    max_batch: int = 64
+    """largest batch the engine accepts (profile 1..N, tuned for batch 1)"""
+    timing_cache: Path | None = None
+    """TensorRT timing cache (default: tensorrt_timing.cache next to OUT)"""
+
+
+def export_onnx(args: OnnxArgs) -> Exported:
+    if args.fp16 and args.int8:
+        raise ExportError("--fp16 and --int8: pick one precision")
+    try:
+        from crl.train.checkpoint import CheckpointError, load_run
+    except ImportError as e:
+        raise ExportError(
+            f"--run: cannot load runs, crl.train.checkpoint is unavailable ({e})"
+        ) from None
+    try:
+        run = load_run(args.run, args.step)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    if not args.int8:
+        return export_actor(run.params, run.spec, args.out, fp16=args.fp16, critic=args.critic)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_actor(run.params, run.spec, Path(tmp) / "fp32.onnx", critic=args.critic)
+        return quantize_int8(fp32.path, args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = tyro.extras.subcommand_cli_from_dict(
+        {"onnx": OnnxArgs, "tensorrt": TensorRTArgs}, prog="crl-export", args=argv
+    )
+    try:
+        if isinstance(args, OnnxArgs):
+            e = export_onnx(args)
+            print(f"wrote {e.path} ({e.precision}, task {e.spec.task!r}, {e.spec.network}"
+                  f"{', critic' if e.critic else ''}, weights sha256 {e.weights_sha256[:12]}…)")
+        else:
+            from crl.export.tensorrt_build import build_engine
+
+            info = build_engine(args.onnx, args.out, args.precision, args.max_batch,
+                                args.timing_cache)
+            print(f"wrote {info.path} and {info.sidecar.name} ({info.precision}, TensorRT "
+                  f"{info.tensorrt_version}, {info.gpu or 'GPU unknown'}, "
+                  f"batch 1..{info.max_batch})")
+    except (ExportError, SpecError) as e:
+        print(f"crl-export: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

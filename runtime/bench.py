@@ -1,0 +1,225 @@
+"""Policy latency benchmark: the number a user measures on their own robot computer.
+
+Per-call latency of `policy.act` (input checks included, as the control loop pays them) after a
+warm-up, at each batch size: p50/p90/p99/max and throughput. At batch 1 a call streams every
+weight from memory once, so the floor is weight bytes ÷ memory bandwidth; the bench measures
+that bandwidth in the same run and reports latency against it (1.0 = as fast as the memory
+allows, 2.0 = half as fast).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from crl.runtime.policy import Policy
+
+BANDWIDTH_BYTES = 256 * 2**20  # far larger than any CPU cache, so the sum streams from DRAM
+INPUT_POOL = 16  # distinct random inputs cycled through, so no call sees the same data twice
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batches: tuple[int, ...] = (1, 8, 64)
+    iterations: int = 1000
+    warmup: int = 100
+    seed: int = 0
+
+
+def memory_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Single-core memory read bandwidth in bytes/s: the best of `repeats` sums of a large array.
+
+    One core, like the one intra-op thread the ONNX Runtime backend uses at batch 1.
+    """
+    a = np.ones(nbytes // 4, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - start)
+    return a.nbytes / best
+
+
+def random_inputs(
+    policy: Policy, batch: int, rng: np.random.Generator
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Observations ~ N(0, 1) and goals uniform in the spec's goal box, [batch, dim] each."""
+    spec = policy.spec
+    obs = rng.standard_normal((batch, spec.obs_dim), dtype=np.float32)
+    low, high = np.asarray(spec.goal.low), np.asarray(spec.goal.high)
+    goal = rng.uniform(low, high, (batch, spec.goal_dim)).astype(np.float32)
+    return obs, goal
+
+
+def time_calls(policy: Policy, batch: int, config: BenchConfig) -> NDArray[np.float64]:
+    """Seconds per `policy.act` call, after `config.warmup` untimed calls."""
+    rng = np.random.default_rng(config.seed)
+    pool = [random_inputs(policy, batch, rng) for _ in range(INPUT_POOL)]
+    for i in range(config.warmup):
+        policy.act(*pool[i % INPUT_POOL])
+    out = np.empty(config.iterations)
+    for i in range(config.iterations):
+        obs, goal = pool[i % INPUT_POOL]
+        start = time.perf_counter_ns()
+        policy.act(obs, goal)
+        out[i] = time.perf_counter_ns() - start
+    return out * 1e-9
+
+
+def summarize(seconds: NDArray[np.float64], batch: int) -> dict[str, float]:
+    ms = seconds * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "batch": batch,
+        "iterations": len(ms),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "throughput_per_s": float(batch / seconds.mean()),
+    }
+
+
+def bench_policy(
+    policy: Policy, config: BenchConfig, bandwidth: float | None = None
+) -> tuple[dict[str, Any], dict[int, NDArray[np.float64]]]:
+    """Latency at every batch size; returns the JSON-ready summary and the raw samples."""
+    bandwidth = memory_bandwidth() if bandwidth is None else bandwidth
+    bound_ms = policy.weight_bytes / bandwidth * 1e3
+    samples = {b: time_calls(policy, b, config) for b in config.batches}
+    results = []
+    for b, s in samples.items():
+        r = summarize(s, b)
+        r["p50_over_bandwidth_bound"] = r["p50_ms"] / bound_ms if bound_ms else float("nan")
+        results.append(r)
+    spec = policy.spec
+    summary = {
+        "backend": policy.backend,
+        "precision": policy.precision,
+        "task": spec.task,
+        "sizes": {"obs_dim": spec.obs_dim, "goal_dim": spec.goal_dim, "act_dim": spec.act_dim},
+        "network": None if spec.network is None else vars(spec.network),
+        "weight_bytes": policy.weight_bytes,
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "bandwidth_bound_ms": bound_ms,
+        "results": results,
+    }
+    return summary, samples
+
+
+def device_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU model and cores, the board (Jetson), the GPU."""
+    from crl.export.tensorrt_build import gpu_info
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                cpu = value.strip()
+                break
+    except OSError:
+        pass
+    board = ""
+    with contextlib.suppress(OSError):  # Jetsons (and other device-tree boards) name themselves
+        board = Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode()
+    return {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "board": board,
+        **gpu_info(),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Package versions; jax only if the run already imported it (the runtime never does)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("crl", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+                "cuda-python", "jax"):
+        if pkg == "jax" and "jax" not in sys.modules:
+            continue
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def plot_latency(samples: dict[int, NDArray[np.float64]], title: str, path: Path) -> None:
+    """Latency histogram per batch size, p50 and p99 marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 2.2 * len(samples)), layout="constrained")
+    axes = fig.subplots(len(samples), 1, squeeze=False)[:, 0]
+    for ax, (batch, s) in zip(axes, samples.items(), strict=True):
+        ms = s * 1e3
+        ax.hist(ms, bins=80, color="tab:blue", alpha=0.8)
+        ax.set_yscale("log")
+        for q, style in ((50, "-"), (99, "--")):
+            v = np.percentile(ms, q)
+            ax.axvline(v, color="k", linestyle=style, label=f"p{q} {v:.3f} ms")
+        ax.set_ylabel(f"batch {batch}\ncalls")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("latency per call (ms)")
+    fig.suptitle(title, fontsize=10)
+    _save_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+
+
+def run_bench(
+    policy_path: Path,
+    backend: str,
+    batches: Sequence[int],
+    iterations: int,
+    out: Path,
+    plot: Path | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """`crl-run bench`: load, measure, write the JSON (and the histogram)."""
+    from crl.runtime.policy import PolicyError, load_policy
+
+    if iterations < 1 or not batches or min(batches) < 1:
+        raise PolicyError(f"--iterations {iterations}, --batch {list(batches)}: need positive "
+                          "values")
+    policy = load_policy(policy_path, backend, threads=threads)
+    config = BenchConfig(tuple(batches), iterations, warmup=max(10, iterations // 10))
+    summary, samples = bench_policy(policy, config)
+    result = {
+        "policy": str(policy_path),
+        **summary,
+        "threads": threads if backend == "ort" else None,
+        "providers": getattr(policy, "providers", None),
+        "device": device_info(),
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    write_json(out, result)
+    if plot is not None:
+        plot_latency(samples, f"{policy_path.name}: {backend}, {summary['precision']}", plot)
+    return result
+
+
+def write_json(path: Path, data: Any) -> None:
+    _save_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def _save_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    from crl.export.onnx_export import temporary_path
+
+    with temporary_path(path) as tmp:
+        write(tmp)
+        os.replace(tmp, path)

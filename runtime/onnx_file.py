@@ -1,0 +1,45 @@
+"""Read a policy ONNX file and verify what it says about itself before anything runs it.
+
+The checks (embedded spec, weights hash, graph inputs/outputs against the spec) live with the
+exporter that writes the format, `crl.export.onnx_export`; this module turns their failures into
+`PolicyError`s for the runtime. onnx only, no onnxruntime, no jax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from crl.export.onnx_export import ExportError, Sealed, load_model, read_seal
+from crl.runtime.policy import PolicyError
+from crl.sim.spec import PolicySpec
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """A verified policy file: its bytes (for the inference session) and its seal."""
+
+    path: Path
+    model_bytes: bytes
+    seal: Sealed
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self.seal.spec
+
+
+def read_policy_file(path: str | Path) -> PolicyFile:
+    """Load and verify; a missing file, a file that is not ONNX, one without our spec, an
+    unknown spec format or a weights hash that does not match is a one-line `PolicyError`."""
+    path = Path(path)
+    try:
+        data, model = load_model(path)
+        seal = read_seal(model, str(path))
+    except ExportError as e:
+        raise PolicyError(str(e)) from None
+    return PolicyFile(path, data, seal)
+
+
+def read_spec(path: str | Path) -> PolicySpec:
+    """The verified spec of a policy file (what a robot checks its configuration against)."""
+    return read_policy_file(path).spec

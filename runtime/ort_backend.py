@@ -1,0 +1,128 @@
+"""ONNX Runtime backend: CPU everywhere; CUDA and TensorRT execution providers when the machine
+has onnxruntime-gpu (the TensorRT EP caches its engines, so only the first start builds one)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import ArrayLike, NDArray
+
+from crl.export.onnx_export import ACTION, INPUTS
+from crl.runtime.onnx_file import read_policy_file
+from crl.runtime.policy import PolicyError, check_inputs
+from crl.sim.spec import PolicySpec
+
+TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PREFERENCE = (TENSORRT, CUDA, CPU)
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Options for low batch-1 latency on a small CPU (a 2-core robot computer, a Jetson).
+
+    At batch 1 every layer is a [1, W] × [W, W] product: far too little work to split, so one
+    intra-op thread is fastest (on the 2-core machine, two threads were slower and had a much
+    worse p99 whenever the other core was busy) and leaves the other core to the control loop.
+    Spinning only affects pool workers; it stays off so that `threads > 1` (larger batches) does
+    not burn a core between calls. ORT_ENABLE_ALL fuses MatMul + Add into Gemm and x·sigmoid(x)
+    into QuickGelu, three kernels per layer instead of five.
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only: the TensorRT EP is chatty about fallbacks
+    return so
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "crl" / "ort_tensorrt"
+
+
+def providers_for(precision: str, wanted: Sequence[str] | None = None) -> list[Any]:
+    """The execution providers to ask for, best first, with their options."""
+    available = ort.get_available_providers()
+    names = [p for p in (wanted or PREFERENCE) if p in available]
+    missing = [p for p in (wanted or ()) if p not in available]
+    if missing:
+        raise PolicyError(
+            f"providers: {missing} not in this onnxruntime ({available}); install "
+            "onnxruntime-gpu for CUDA/TensorRT"
+        )
+    out: list[Any] = []
+    for name in names:
+        if name == TENSORRT:
+            cache = _cache_dir()
+            cache.mkdir(parents=True, exist_ok=True)
+            out.append((name, {
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": precision == "fp16",
+            }))
+        else:
+            out.append(name)
+    return out
+
+
+class OrtPolicy:
+    """A policy ONNX file run by ONNX Runtime."""
+
+    backend = "ort"
+
+    def __init__(
+        self, path: str | Path, threads: int = 1, providers: Sequence[str] | None = None
+    ) -> None:
+        if threads < 1:
+            raise PolicyError(f"threads: must be ≥ 1, got {threads}")
+        self._file = read_policy_file(path)
+        try:
+            self._session = ort.InferenceSession(
+                self._file.model_bytes,
+                session_options(threads),
+                providers=providers_for(self._file.seal.precision, providers),
+            )
+        except Exception as e:  # onnxruntime raises its own unrelated exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PolicyError(
+                f"{path}: onnxruntime cannot load it ({first}); re-export with `crl-export onnx`"
+            ) from None
+        self._outputs = tuple(o.name for o in self._session.get_outputs())
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self._file.spec
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._file.seal.weight_bytes
+
+    @property
+    def precision(self) -> str:
+        return self._file.seal.precision
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def act(self, observation: ArrayLike, goal: ArrayLike) -> NDArray[np.float32]:
+        obs, g, single = check_inputs(self.spec, observation, goal)
+        action = self._session.run([ACTION], {INPUTS[0]: obs, INPUTS[1]: g})[0]
+        return action[0] if single else action
+
+    def run(self, observation: ArrayLike, goal: ArrayLike) -> dict[str, NDArray[np.float32]]:
+        obs, g, single = check_inputs(self.spec, observation, goal)
+        values = self._session.run(None, {INPUTS[0]: obs, INPUTS[1]: g})
+        return {k: (v[0] if single else v) for k, v in zip(self._outputs, values, strict=True)}

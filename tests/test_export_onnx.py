@@ -1,0 +1,287 @@
+"""ONNX export: parity with the JAX networks, the embedded spec and hash, the file format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import pytest
+
+from crl.export.cli import main as export_main
+from crl.export.onnx_export import (
+    HASH_KEY,
+    IR_VERSION,
+    OPSET,
+    PRECISION_KEY,
+    SPEC_KEY,
+    ExportError,
+    build_model,
+    export_actor,
+    load_model,
+    quantize_int8,
+    random_params,
+    read_seal,
+)
+from crl.runtime.ort_backend import OrtPolicy
+from crl.runtime.policy import load_policy
+from crl.sim.spec import (
+    ActionSpec,
+    Field,
+    GoalSpec,
+    NetworkSpec,
+    PolicySpec,
+    Provenance,
+)
+from crl.train.networks import Actor, Encoder, NetworkConfig, deterministic_action
+
+# Depths 4..256 and widths 64..512 each appear, without the full (and slow) product.
+PARITY_GRID = [(4, 512), (8, 64), (64, 256), (256, 128)]
+FP32_TOL, FP16_TOL = 1e-5, 2e-2
+
+
+def make_spec(depth: int = 8, width: int = 64, repr_dim: int = 16) -> PolicySpec:
+    act = 3
+    return PolicySpec(
+        task="toy",
+        observation=(Field("joint_pos", 5, names=tuple("abcde")), Field("joint_vel", 4)),
+        goal=GoalSpec((Field("xy", 2),), "world", (-1.0, -1.0), (1.0, 1.0)),
+        action=ActionSpec(act, ("j0", "j1", "j2"), "position", (0.5,) * act, (0.0,) * act,
+                          (-0.5,) * act, (0.5,) * act),
+        control_hz=50.0,
+        success_radius=0.05,
+        provenance=Provenance("toy", "0" * 64, train_step=123, git_commit="abc",
+                              domain_randomization={"friction": [0.8, 1.2]}),
+        network=NetworkSpec(depth, width, repr_dim),
+    )
+
+
+def inputs(spec: PolicySpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal((batch, spec.obs_dim)).astype(np.float32)
+    goal = rng.uniform(-1, 1, (batch, spec.goal_dim)).astype(np.float32)
+    return obs, goal
+
+
+def jax_action(params: dict, spec: PolicySpec, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    n = spec.network
+    actor = Actor(NetworkConfig(n.depth, n.width, n.repr_dim), spec.act_dim)
+    return np.asarray(deterministic_action(actor, params["actor"], obs, goal))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySpec, dict, Path]:
+    spec = make_spec()
+    params = random_params(spec)
+    path = tmp_path_factory.mktemp("small") / "policy.onnx"
+    export_actor(params, spec, path, critic=True)
+    return spec, params, path
+
+
+@pytest.mark.parametrize(("depth", "width"), PARITY_GRID)
+def test_actor_parity_fp32_and_fp16(depth: int, width: int, tmp_path: Path) -> None:
+    spec = make_spec(depth, width)
+    params = random_params(spec, seed=depth, critic=False)
+    export_actor(params, spec, tmp_path / "fp32.onnx")
+    export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True)
+    fp32, fp16 = OrtPolicy(tmp_path / "fp32.onnx"), OrtPolicy(tmp_path / "fp16.onnx")
+    for batch in (1, 32):
+        obs, goal = inputs(spec, batch, seed=batch)
+        ref = jax_action(params, spec, obs, goal)
+        # Off tanh's flat tails, or the comparison would prove nothing.
+        assert np.abs(ref).mean() < 0.8
+        assert np.abs(fp32.act(obs, goal) - ref).max() <= FP32_TOL
+        assert np.abs(fp16.act(obs, goal) - ref).max() <= FP16_TOL
+
+
+def test_critic_distance_matches_jax(small: tuple[PolicySpec, dict, Path]) -> None:
+    spec, params, path = small
+    obs, goal = inputs(spec, 16)
+    out = OrtPolicy(path).run(obs, goal)
+    n = spec.network
+    encoder = Encoder(NetworkConfig(n.depth, n.width, n.repr_dim))
+    action = jax_action(params, spec, obs, goal)
+    phi = encoder.apply({"params": params["sa_encoder"]}, jnp.concatenate([obs, action], -1))
+    psi = encoder.apply({"params": params["g_encoder"]}, goal)
+    distance = np.linalg.norm(np.asarray(phi) - np.asarray(psi), axis=-1)
+    assert out["distance"].shape == (16,)
+    np.testing.assert_allclose(out["phi"], phi, atol=1e-5)
+    np.testing.assert_allclose(out["psi"], psi, atol=1e-5)
+    np.testing.assert_allclose(out["distance"], distance, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["action"], action, atol=FP32_TOL)
+
+
+def test_file_format(small: tuple[PolicySpec, dict, Path]) -> None:
+    spec, _, path = small
+    model = onnx.load(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    assert model.ir_version == IR_VERSION
+    assert {o.domain: o.version for o in model.opset_import}[""] >= OPSET >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert "LayerNormalization" in ops and "Loop" not in ops and "Scan" not in ops
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+    assert dims == {
+        "observation": ["batch", spec.obs_dim],
+        "goal": ["batch", spec.goal_dim],
+        "action": ["batch", spec.act_dim],
+        "phi": ["batch", spec.network.repr_dim],
+        "psi": ["batch", spec.network.repr_dim],
+        "distance": ["batch"],
+    }
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta[PRECISION_KEY] == "fp32" and len(meta[HASH_KEY]) == 64
+    assert PolicySpec.from_json(meta[SPEC_KEY]) == spec
+
+
+def test_spec_and_hash_read_back_for_every_precision(
+    small: tuple[PolicySpec, dict, Path], tmp_path: Path
+) -> None:
+    spec, params, fp32_path = small
+    fp16 = export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True)
+    int8 = quantize_int8(fp32_path, tmp_path / "int8.onnx")
+    seals = {}
+    for path in (fp32_path, fp16.path, int8.path):
+        onnx.checker.check_model(str(path), full_check=True)
+        seal = read_seal(load_model(path)[1], str(path))
+        assert seal.spec == spec
+        seals[seal.precision] = seal
+    assert set(seals) == {"fp32", "fp16", "int8"}
+    # The hash is of the weights as stored in each file.
+    assert len({s.weights_sha256 for s in seals.values()}) == 3
+    assert seals["fp16"].weights_sha256 == fp16.weights_sha256
+    assert seals["fp16"].weight_bytes < 0.6 * seals["fp32"].weight_bytes
+    assert seals["int8"].weight_bytes < 0.35 * seals["fp32"].weight_bytes
+    assert seals["int8"].outputs == seals["fp32"].outputs
+
+
+def test_fp16_keeps_float32_interface(small: tuple[PolicySpec, dict, Path], tmp_path: Path) -> None:
+    spec, params, _ = small
+    path = export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True).path
+    model = onnx.load(path)
+    f32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == f32 for v in model.graph.input)
+    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    # Dense weights in fp16; LayerNorm (2 × width a layer) computes and stores in fp32.
+    assert {t for n, t in types.items() if "/norm/" not in n} == {onnx.TensorProto.FLOAT16}
+    assert {t for n, t in types.items() if "/norm/" in n} == {f32}
+    norm_inputs = {n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"}
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    assert all(casts[i].attribute[0].i == f32 for i in norm_inputs)
+
+
+def test_int8_action_error_is_bounded(small: tuple[PolicySpec, dict, Path], tmp_path: Path) -> None:
+    spec, params, fp32_path = small
+    int8 = OrtPolicy(quantize_int8(fp32_path, tmp_path / "int8.onnx").path)
+    obs, goal = inputs(spec, 64)
+    assert int8.precision == "int8"
+    assert np.abs(int8.act(obs, goal) - jax_action(params, spec, obs, goal)).max() < 0.1
+
+
+def test_build_is_deterministic(small: tuple[PolicySpec, dict, Path]) -> None:
+    spec, params, _ = small
+    a = build_model(params, spec).SerializeToString()
+    assert a == build_model(params, spec).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda s, p: (s.replace(network=None), p), "spec.network"),
+        (lambda s, p: (s.replace(network=NetworkSpec(12, 64, 16)), p), "depth 12"),
+        (lambda s, p: (s, {"sa_encoder": p["sa_encoder"]}), "no actor"),
+        (lambda s, p: (s, {"actor": p["actor"]}), "sa_encoder"),
+        (lambda s, p: (s.replace(observation=(Field("joint_pos", 3),)), p), "obs_dim 3"),
+    ],
+)
+def test_bad_params_or_spec_leave_nothing_behind(
+    small: tuple[PolicySpec, dict, Path], tmp_path: Path, change, match: str
+) -> None:
+    spec, params, _ = small
+    bad_spec, bad_params = change(spec, params)
+    target = tmp_path / "policy.onnx"
+    target.write_bytes(b"previous export")
+    with pytest.raises(ExportError, match=match) as e:
+        export_actor(bad_params, bad_spec, target, critic=True)
+    assert "\n" not in str(e.value)
+    assert target.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.onnx"]
+
+
+def test_int8_needs_fp32_export(small: tuple[PolicySpec, dict, Path], tmp_path: Path) -> None:
+    spec, params, _ = small
+    fp16 = export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True)
+    with pytest.raises(ExportError, match="fp32 export"):
+        quantize_int8(fp16.path, tmp_path / "int8.onnx")
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        export_main(list(argv))
+    return int(e.value.code or 0), capsys.readouterr().err.strip()
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = str(tmp_path / "p.onnx")
+    for argv, match in [
+        (("onnx", "--run", str(tmp_path / "nope"), "--out", out), "not a training run"),
+        (("onnx", "--run", str(tmp_path), "--out", out, "--fp16", "--int8"), "pick one"),
+        (("tensorrt", "--onnx", str(tmp_path / "nope.onnx"), "--out", out), "no such file"),
+    ]:
+        code, err = _cli(capsys, *argv)
+        assert code == 1 and match in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PolicySpec, dict]:
+    """A run directory written the way the trainer writes one."""
+    from crl.train.checkpoint import CONFIG_FILE, Checkpointer
+
+    spec = make_spec()
+    params = random_params(spec)
+    run = tmp_path_factory.mktemp("runs") / "toy"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(json.dumps({"task": "toy"}))
+    ckpt = Checkpointer(run, keep=2)
+    ckpt.save(500, {"x": np.zeros(1)}, params, {"step": 500, "spec": spec.to_dict()},
+              {"time_at_goal": 0.5})
+    ckpt.close()
+    return run, spec, params
+
+
+def test_cli_exports_a_run(
+    run_dir: tuple[Path, PolicySpec, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, spec, params = run_dir
+    out = tmp_path / "policy.onnx"
+    export_main(["onnx", "--run", str(run), "--out", str(out), "--critic"])
+    assert "wrote" in capsys.readouterr().out
+    policy = OrtPolicy(out)
+    assert policy.spec == spec and "distance" in policy.outputs
+    obs, goal = inputs(spec, 4)
+    assert np.abs(policy.act(obs, goal) - jax_action(params, spec, obs, goal)).max() <= FP32_TOL
+    from_run = load_policy(run, "jax")  # the debugging backend reads the same run
+    assert from_run.spec == spec
+    for k, v in from_run.run(obs, goal).items():
+        np.testing.assert_allclose(policy.run(obs, goal)[k], v, rtol=1e-5, atol=1e-5)
+    export_main(["onnx", "--run", str(run), "--step", "500", "--out", str(out), "--int8"])
+    assert OrtPolicy(out).precision == "int8"
+    code, err = _cli(capsys, "onnx", "--run", str(run), "--step", "7", "--out", str(out))
+    assert code == 1 and "no checkpoint at step 7" in err
+
+
+def test_console_script_exits_non_zero(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "crl-export"
+    if not exe.exists():
+        pytest.skip("crl-export console script not installed in this environment")
+    r = subprocess.run([str(exe), "tensorrt", "--onnx", str(tmp_path / "x.onnx"), "--out",
+                        str(tmp_path / "x.engine")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("crl-export: error:") and "Traceback" not in r.stderr

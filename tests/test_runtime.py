@@ -1,0 +1,215 @@
+"""Runtime: backends behind one interface, input checks, bad policy files, the latency bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from crl.export.onnx_export import SPEC_KEY, export_actor, random_params
+from crl.runtime.bench import BenchConfig, bench_policy, memory_bandwidth, run_bench
+from crl.runtime.cli import main as run_main
+from crl.runtime.onnx_file import read_spec
+from crl.runtime.policy import PolicyError, load_policy
+from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+
+
+def make_spec(depth: int = 8, width: int = 32) -> PolicySpec:
+    return PolicySpec(
+        task="toy",
+        observation=(Field("joint_pos", 4), Field("joint_vel", 4)),
+        goal=GoalSpec((Field("xy", 2),), "world", (-1.0, -1.0), (1.0, 1.0)),
+        action=ActionSpec(2, ("j0", "j1"), "effort", (1.0, 1.0), (0.0, 0.0), (-1.0, -1.0),
+                          (1.0, 1.0)),
+        control_hz=50.0,
+        success_radius=0.05,
+        provenance=Provenance("toy", "0" * 64),
+        network=NetworkSpec(depth, width, 8),
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySpec, dict, Path]:
+    spec = make_spec()
+    params = random_params(spec)
+    path = tmp_path_factory.mktemp("policy") / "policy.onnx"
+    export_actor(params, spec, path, critic=True)
+    return spec, params, path
+
+
+def test_ort_and_jax_backends_agree(exported: tuple[PolicySpec, dict, Path]) -> None:
+    from crl.runtime.jax_backend import JaxPolicy
+
+    spec, params, path = exported
+    ort_policy, jax_policy = load_policy(path, "ort"), JaxPolicy(params, spec)
+    assert ort_policy.spec == spec == jax_policy.spec
+    assert ort_policy.outputs == jax_policy.outputs == ("action", "phi", "psi", "distance")
+    rng = np.random.default_rng(0)
+    obs, goal = rng.standard_normal((5, spec.obs_dim)), rng.uniform(-1, 1, (5, spec.goal_dim))
+    a = ort_policy.act(obs, goal)  # float64 in: converted
+    assert a.shape == (5, spec.act_dim) and a.dtype == np.float32
+    np.testing.assert_allclose(a, jax_policy.act(obs, goal), atol=1e-5)
+    single = ort_policy.act(obs[0], goal[0])
+    assert single.shape == (spec.act_dim,)
+    np.testing.assert_allclose(single, a[0], atol=1e-6)
+    ort_out, jax_out = ort_policy.run(obs, goal), jax_policy.run(obs, goal)
+    for k in ort_out:
+        np.testing.assert_allclose(ort_out[k], jax_out[k], rtol=1e-5, atol=1e-5)
+    assert ort_policy.run(obs[0], goal[0])["distance"].shape == ()
+    assert ort_policy.weight_bytes > 0 and ort_policy.precision == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("obs", "goal", "match"),
+    [
+        (np.zeros(7), np.zeros(2), "observation: got 7 values.*expects 8"),
+        (np.zeros(8), np.zeros(3), "goal: got 3 values.*expects 2"),
+        (np.zeros((2, 8)), np.zeros((3, 2)), "batch 2 != goal batch 3"),
+        (np.zeros((1, 1, 8)), np.zeros((1, 1, 2)), "pass one"),
+        (np.zeros((2, 8)), np.zeros(2), "pass one"),
+        (np.array(["a"] * 8), np.zeros(2), "dtype <U1"),
+        (np.zeros(8, complex), np.zeros(2), "dtype complex128"),
+        (np.r_[np.zeros(5), np.nan, 0, 0], np.zeros(2), "non-finite.*joint_vel"),
+        (np.zeros(8), np.array([np.inf, 0]), "goal: non-finite.*xy"),
+        (np.full(8, 1e300), np.zeros(2), "observation: non-finite"),
+    ],
+)
+def test_bad_inputs(exported: tuple[PolicySpec, dict, Path], obs, goal, match: str) -> None:
+    policy = load_policy(exported[2])
+    with pytest.raises(PolicyError, match=match) as e:
+        policy.act(obs, goal)
+    assert "\n" not in str(e.value)
+
+
+def _reseal_free_copy(src: Path, dst: Path, edit) -> Path:
+    model = onnx.load(src)
+    edit(model)
+    onnx.save(model, dst)
+    return dst
+
+
+def _set_format(model: onnx.ModelProto) -> None:
+    meta = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(meta[SPEC_KEY])
+    spec["format"] = "crl-policy/99"
+    helper.set_model_props(model, {**meta, SPEC_KEY: json.dumps(spec)})
+
+
+def _tamper_weight(model: onnx.ModelProto) -> None:
+    t = model.graph.initializer[3]
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.01, t.name))
+
+
+def _plain_onnx(path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda src, d: d / "missing.onnx", "no such file; export a policy"),
+        (lambda src, d: d, "cannot read"),
+        (lambda src, d: (d / "notes.onnx").write_text("not a model") and d / "notes.onnx",
+         "not an ONNX model"),
+        (lambda src, d: (d / "zeros.onnx").write_bytes(bytes(64)) and d / "zeros.onnx",
+         "not an ONNX model"),
+        (lambda src, d: _plain_onnx(d / "plain.onnx"), "without a crl policy spec"),
+        (lambda src, d: _reseal_free_copy(src, d / "fmt.onnx", _set_format),
+         "spec.format: 'crl-policy/99' is not a format"),
+        (lambda src, d: _reseal_free_copy(src, d / "tampered.onnx", _tamper_weight),
+         "weights sha256 mismatch.*re-export"),
+    ],
+)
+def test_bad_policy_files(
+    exported: tuple[PolicySpec, dict, Path], tmp_path: Path, make, match: str
+) -> None:
+    path = make(exported[2], tmp_path)
+    with pytest.raises(PolicyError, match=match) as e:
+        load_policy(path, "ort")
+    assert "\n" not in str(e.value)
+
+
+def test_read_spec(exported: tuple[PolicySpec, dict, Path]) -> None:
+    assert read_spec(exported[2]) == exported[0]
+
+
+def test_backend_choice_errors(exported: tuple[PolicySpec, dict, Path]) -> None:
+    with pytest.raises(PolicyError, match="backend: 'tflite'"):
+        load_policy(exported[2], "tflite")
+    with pytest.raises(PolicyError, match="build an engine from it"):
+        load_policy(exported[2], "trt")
+    with pytest.raises(PolicyError, match="backend 'trt'"):
+        load_policy(exported[2].with_suffix(".engine"), "ort")
+    with pytest.raises(PolicyError, match="loads a run directory"):
+        load_policy(exported[2], "jax")
+    with pytest.raises(PolicyError, match="not a training run"):
+        load_policy(exported[2].parent, "jax")
+
+
+def test_runtime_imports_no_jax() -> None:
+    code = (
+        "import pkgutil, importlib, sys, crl.runtime\n"
+        "names = [m.name for m in pkgutil.iter_modules(crl.runtime.__path__)]\n"
+        "for n in names: importlib.import_module('crl.runtime.' + n)\n"
+        "bad = [m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'crl.train'))]\n"
+        "assert not bad, bad\n"
+        "assert {'policy', 'ort_backend', 'trt_backend', 'jax_backend', 'bench'} <= set(names)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_bench_statistics(exported: tuple[PolicySpec, dict, Path]) -> None:
+    policy = load_policy(exported[2])
+    summary, samples = bench_policy(policy, BenchConfig((1, 4), iterations=30, warmup=3), 1e10)
+    assert [r["batch"] for r in summary["results"]] == [1, 4]
+    for r in summary["results"]:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["iterations"] == 30 and r["throughput_per_s"] > 0
+    assert summary["bandwidth_bound_ms"] == pytest.approx(policy.weight_bytes / 1e10 * 1e3)
+    assert samples[4].shape == (30,)
+    assert memory_bandwidth(nbytes=8 * 2**20, repeats=2) > 1e8
+
+
+def test_bench_cli_writes_json_and_plot(
+    exported: tuple[PolicySpec, dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, plot = tmp_path / "r" / "result.json", tmp_path / "latency.png"
+    run_main(["bench", "--policy", str(exported[2]), "--backend", "ort", "--batch", "1,2",
+              "--iterations", "20", "--out", str(out), "--plot", str(plot)])
+    assert "p99" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["backend"] == "ort" and result["precision"] == "fp32"
+    assert result["device"]["cpu"] and result["device"]["cores"] >= 1
+    assert {"python", "numpy", "onnxruntime"} <= set(result["versions"])
+    assert "jax" not in result["versions"] or "jax" in sys.modules
+    assert result["memory_bandwidth_gb_s"] > 0 and len(result["results"]) == 2
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "r"]
+
+
+def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, match in [
+        (["--policy", str(tmp_path / "x.onnx")], "no such file"),
+        (["--policy", str(tmp_path / "x.onnx"), "--batch", "1,a"], "--batch: '1,a'"),
+        (["--policy", str(tmp_path / "x.onnx"), "--batch", "0"], "positive"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            run_main(["bench", *argv, "--out", str(tmp_path / "r.json")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 1 and match in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r.json").exists()
+    with pytest.raises(PolicyError, match="--iterations 0"):
+        run_bench(tmp_path / "x.onnx", "ort", (1,), 0, tmp_path / "r.json")

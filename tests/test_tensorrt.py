@@ -1,0 +1,217 @@
+"""TensorRT: type-checked against tensorrt-stubs everywhere, built and run where TensorRT is.
+
+TensorRT's builder cannot be installed on the CPU machines, so there the tests check the typing,
+the engine sidecar and the clear "TensorRT is missing" errors; the build/run tests skip.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crl.export.cli import main as export_main
+from crl.export.onnx_export import ExportError, export_actor, random_params
+from crl.export.tensorrt_build import (
+    ENGINE_FORMAT,
+    TENSORRT_MISSING,
+    build_engine,
+    engine_precision,
+    sidecar_path,
+    tensorrt_missing,
+)
+from crl.runtime.policy import PolicyError, load_policy
+from crl.runtime.trt_backend import check_built_here, read_sidecar
+from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_TENSORRT = tensorrt_missing() is None
+needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt not installed")
+
+
+def make_spec() -> PolicySpec:
+    return PolicySpec(
+        task="toy",
+        observation=(Field("joint_pos", 6),),
+        goal=GoalSpec((Field("xyz", 3),), "world", (-1.0,) * 3, (1.0,) * 3),
+        action=ActionSpec(2, ("a", "b"), "position", (1.0, 1.0), (0.0, 0.0), (-1.0, -1.0),
+                          (1.0, 1.0)),
+        control_hz=100.0,
+        success_radius=0.02,
+        provenance=Provenance("toy", "0" * 64),
+        network=NetworkSpec(8, 64, 16),
+    )
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    spec = make_spec()
+    params = random_params(spec)
+    d = tmp_path_factory.mktemp("trt")
+    return {
+        "fp32": export_actor(params, spec, d / "policy.onnx", critic=True).path,
+        "fp16": export_actor(params, spec, d / "policy_fp16.onnx", fp16=True).path,
+    }
+
+
+def write_engine(path: Path, blob: bytes = b"engine", **changes: object) -> Path:
+    """A fake engine and a sidecar as `crl-export tensorrt` writes them."""
+    import hashlib
+
+    path.write_bytes(blob)
+    sidecar = {
+        "format": ENGINE_FORMAT, "spec": make_spec().to_dict(), "tensorrt_version": "10.0.0",
+        "gpu": "Some GPU", "compute_capability": "8.7", "precision": "fp16", "max_batch": 8,
+        "engine_sha256": hashlib.sha256(blob).hexdigest(), "weight_bytes": 1,
+    }
+    sidecar.update(changes)
+    sidecar_path(path).write_text(json.dumps(sidecar))
+    return path
+
+
+def test_mypy_strict_against_tensorrt_stubs() -> None:
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy not installed")
+    if importlib.util.find_spec("tensorrt_stubs") is None:
+        pytest.skip("tensorrt-stubs not installed")
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "export/tensorrt_build.py",
+         "runtime/trt_backend.py"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_tensorrt_import_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    assert tensorrt_missing() == TENSORRT_MISSING
+    assert "pip install tensorrt" in TENSORRT_MISSING and "built on the machine" in TENSORRT_MISSING
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the missing path cannot occur")
+def test_missing_tensorrt_clear_errors(
+    onnx_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tensorrt-stubs leaves an importable, empty `tensorrt` namespace package: still "missing".
+    assert tensorrt_missing() == TENSORRT_MISSING
+    with pytest.raises(ExportError, match="TensorRT is not installed"):
+        build_engine(onnx_files["fp32"], tmp_path / "policy.engine")
+    with pytest.raises(SystemExit) as e:
+        export_main(["tensorrt", "--onnx", str(onnx_files["fp32"]), "--out",
+                     str(tmp_path / "policy.engine")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1 and "pip install tensorrt" in err
+    assert list(tmp_path.iterdir()) == []
+    engine = write_engine(tmp_path / "policy.engine")
+    with pytest.raises(PolicyError, match="TensorRT is not installed"):
+        load_policy(engine, "trt")
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        (lambda p: p, "no such engine file"),
+        (lambda p: (p.write_bytes(b"x"), p)[1], "missing, the engine cannot be checked"),
+        (lambda p: write_engine(p, format="crl-engine/0"), "format 'crl-engine/0' is not"),
+        (lambda p: write_engine(p, spec={**make_spec().to_dict(), "format": "crl-policy/9"}),
+         "spec.format: 'crl-policy/9'"),
+        (lambda p: write_engine(p, max_batch="many"), "malformed sidecar"),
+    ],
+)
+def test_bad_engine_sidecars(tmp_path: Path, setup, match: str) -> None:
+    engine = setup(tmp_path / "policy.engine")
+    with pytest.raises(PolicyError, match=match) as e:
+        load_policy(engine, "trt")
+    assert "\n" not in str(e.value)
+
+
+def test_sidecar_read_back(tmp_path: Path) -> None:
+    side = read_sidecar(write_engine(tmp_path / "p.engine"))
+    assert side.spec == make_spec() and side.max_batch == 8 and side.precision == "fp16"
+
+
+def test_engines_built_elsewhere_are_refused(tmp_path: Path) -> None:
+    engine = write_engine(tmp_path / "p.engine")
+    side = read_sidecar(engine)
+    here = {"gpu": "Some GPU", "compute_capability": "8.7"}
+    check_built_here(engine, side, "10.0.0", here)  # same version and GPU: accepted
+    check_built_here(engine, side, "10.0.0", {"gpu": "", "compute_capability": ""})  # unknown
+    for version, gpu, match in [
+        ("10.3.0", here, "built with TensorRT 10.0.0, this machine has 10.3.0"),
+        ("10.0.0", {**here, "gpu": "Orin"}, "built for gpu 'Some GPU', this is 'Orin'"),
+        ("10.0.0", {**here, "compute_capability": "9.0"}, "compute_capability '8.7'"),
+    ]:
+        with pytest.raises(PolicyError, match=match) as e:
+            check_built_here(engine, side, version, gpu)
+        assert "rebuild it here with `crl-export tensorrt" in str(e.value)
+
+
+def test_precision_rules() -> None:
+    assert engine_precision(None, "fp16", 11) == "fp16"
+    assert engine_precision("fp16", "fp32", 10) == "fp16"  # builder FP16 flag
+    with pytest.raises(ExportError, match="TensorRT 11 builds strongly typed"):
+        engine_precision("fp16", "fp32", 11)
+    with pytest.raises(ExportError, match="export without --fp16"):
+        engine_precision("fp32", "fp16", 10)
+    with pytest.raises(ExportError, match="TensorRT does not build"):
+        engine_precision(None, "int8", 10)
+
+
+@needs_tensorrt
+def test_engine_build_and_parity(onnx_files: dict[str, Path], tmp_path: Path) -> None:
+    if importlib.util.find_spec("cuda") is None:
+        pytest.skip("cuda-python not installed")
+    ort_policy = load_policy(onnx_files["fp32"], "ort")
+    spec = ort_policy.spec
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((16, spec.obs_dim)).astype(np.float32)
+    goal = rng.uniform(-1, 1, (16, spec.goal_dim)).astype(np.float32)
+    ref = ort_policy.run(obs, goal)
+    for precision, tol in (("fp32", 1e-4), ("fp16", 2e-2)):
+        engine = tmp_path / f"{precision}.engine"
+        info = build_engine(onnx_files[precision], engine, max_batch=16)
+        side = json.loads(sidecar_path(engine).read_text())
+        assert side["precision"] == info.precision == precision and side["max_batch"] == 16
+        assert side["tensorrt_version"] and PolicySpec.from_dict(side["spec"]) == spec
+        policy = load_policy(engine, "trt")
+        assert policy.spec == spec
+        np.testing.assert_allclose(policy.act(obs, goal), ref["action"], atol=tol)
+        assert policy.act(obs[0], goal[0]).shape == (spec.act_dim,)
+        with pytest.raises(PolicyError, match="max batch 16"):
+            policy.act(np.zeros((17, spec.obs_dim)), np.zeros((17, spec.goal_dim)))
+        with pytest.raises(PolicyError, match="observation: got 5 values"):
+            policy.act(np.zeros(5), np.zeros(spec.goal_dim))
+    out = load_policy(tmp_path / "fp32.engine", "trt").run(obs, goal)
+    np.testing.assert_allclose(out["distance"], ref["distance"], rtol=1e-3, atol=1e-3)
+    assert (tmp_path / "tensorrt_timing.cache").stat().st_size > 0
+
+
+@needs_tensorrt
+def test_foreign_or_corrupt_engines_are_refused(
+    onnx_files: dict[str, Path], tmp_path: Path
+) -> None:
+    engine = tmp_path / "policy.engine"
+    build_engine(onnx_files["fp32"], engine, max_batch=4)
+    side = json.loads(sidecar_path(engine).read_text())
+    good = engine.read_bytes()
+
+    def refused(match: str, **changes: object) -> None:
+        sidecar_path(engine).write_text(json.dumps({**side, **changes}))
+        with pytest.raises(PolicyError, match=match) as e:
+            load_policy(engine, "trt")
+        assert "\n" not in str(e.value) and "rebuild" in str(e.value)
+
+    refused("built with TensorRT 9.0.0", tensorrt_version="9.0.0")
+    refused("built for gpu 'Another GPU'", gpu="Another GPU")
+    engine.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    refused("sha256 does not match")
+    import hashlib
+
+    garbage = b"\0" * len(good)
+    engine.write_bytes(garbage)
+    refused("cannot deserialize this engine", engine_sha256=hashlib.sha256(garbage).hexdigest())
