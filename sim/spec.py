@@ -75,6 +75,8 @@ class ActionSpec:
             raise SpecError(
                 f"action: got {len(normalized)} values, spec.action.size is {self.size}"
             )
+        if not all(math.isfinite(float(a)) for a in normalized):
+            raise SpecError(f"action: non-finite value in {list(normalized)}")
         out = []
         for a, s, o, lo, hi in zip(
             normalized, self.scale, self.offset, self.low, self.high, strict=True

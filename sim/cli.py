@@ -1,0 +1,194 @@
+"""`crl-sim`: look at a task's policy spec and watch rollouts of it.
+
+    crl-sim info reacher [--json]
+    crl-sim rollout reacher --episodes 2 --video out.mp4 --frames out.png
+
+Errors a user can cause (an unknown task, a bad path or size) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from crl.sim.spec import PolicySpec
+
+USAGE_ERROR = 2
+POLICIES = ("random",)  # later versions add run directories and ONNX files
+
+
+class PolicyChoiceError(ValueError):
+    """`--policy` names something this version cannot load."""
+
+
+Task = Annotated[
+    str,
+    tyro.conf.Positional,
+    tyro.conf.arg(metavar="TASK", help="Task name, e.g. reacher (an unknown name lists them all)."),
+]
+
+
+@dataclass(frozen=True)
+class Info:
+    """Print a task's policy spec: what the policy observes, the goal it reaches, its actions."""
+
+    task: Task
+    json: bool = False
+    """Print the raw spec JSON instead of tables."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Roll out episodes, render them, and print per-episode goal-reaching metrics."""
+
+    task: Task
+    policy: str = "random"
+    """What acts: `random` (uniform actions in [-1, 1])."""
+    episodes: int = 2
+    """Episodes to roll out (each of the task's full episode length)."""
+    seed: int = 0
+    """Seeds starts, goals, DR draws and random actions."""
+    dr: Literal["train", "held_out", "off"] = "train"
+    """Domain randomization: the training ranges, the wider held-out ranges, or none."""
+    video: Path | None = None
+    """Write an mp4 of all episodes here."""
+    frames: Path | None = None
+    """Write a PNG contact sheet here (one row of frames per episode)."""
+    width: int = 320
+    """Frame width in pixels (at most the model's offscreen buffer)."""
+    height: int = 240
+    """Frame height in pixels."""
+    camera: str | None = None
+    """A camera of the robot model by name (default: the model's first camera)."""
+    json: bool = False
+    """Print the metrics as JSON instead of a table."""
+
+
+Command = (
+    Annotated[Info, tyro.conf.subcommand("info")]
+    | Annotated[Rollout, tyro.conf.subcommand("rollout")]
+)
+
+
+def print_spec(spec: PolicySpec) -> None:
+    """The spec as a few rich tables: enough to wire a robot to the policy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{spec.task}[/bold]  format {spec.format}  control {spec.control_hz:g} Hz"
+                  f"  success radius {spec.success_radius:g}")
+    obs = Table("observation", "slice", "frame", "meaning", "names", title="observation "
+                f"({spec.obs_dim})", title_justify="left")
+    for f in spec.observation:
+        s = spec.observation_slices()[f.name]
+        obs.add_row(f.name, f"{s.start}:{s.stop}", f.frame, f.meaning, " ".join(f.names))
+    console.print(obs)
+    g = spec.goal
+    goal = Table("goal", "size", "low", "high", title=f"goal ({spec.goal_dim}, frame {g.frame})",
+                 title_justify="left")
+    for f in g.fields:
+        s = spec.goal_slices()[f.name]
+        goal.add_row(f.name, str(f.size), _fmt(g.low[s]), _fmt(g.high[s]))
+    console.print(goal)
+    a = spec.action
+    act = Table("joint", "scale", "offset", "low", "high", title=f"action ({a.size}, {a.kind})",
+                title_justify="left", caption_justify="left",
+                caption="physical = offset + scale * a, clipped to [low, high]")
+    for row in zip(a.joints, a.scale, a.offset, a.low, a.high, strict=True):
+        act.add_row(row[0], *(f"{v:g}" for v in row[1:]))
+    console.print(act)
+    p = spec.provenance
+    console.print(f"env {p.env}  robot model sha256 {p.robot_model_sha256[:16]}…")
+    if p.domain_randomization:
+        console.print("domain randomization: " + json.dumps(p.domain_randomization))
+    if spec.network is not None:
+        n = spec.network
+        console.print(f"network depth {n.depth} width {n.width} repr_dim {n.repr_dim}")
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return " ".join(f"{v:g}" for v in values)
+
+
+def print_metrics(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("episode", "success", "time at goal (steps)", "final distance",
+                  title=f"{result['task']}: {len(result['episodes'])} episodes",
+                  title_justify="left")
+    for i, m in enumerate(result["episodes"]):
+        table.add_row(str(i), "yes" if m["success"] else "no", str(m["time_at_goal"]),
+                      f"{m['final_distance']:.4f}")
+    s = result["summary"]
+    table.add_section()
+    table.add_row("mean", f"{s['success_rate']:.0%}",
+                  f"{s['time_at_goal']:.1f} ({s['time_at_goal_fraction']:.0%})",
+                  f"{s['final_distance_mean']:.4f}")
+    Console().print(table)
+
+
+def make_env(task: str, dr: str = "train") -> Any:
+    """`crl.sim.tasks.make`, with stdout kept for results: MJX prints import notices there
+    ("Failed to import warp"), which would corrupt `--json` output."""
+    from crl.sim import tasks
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return tasks.make(task, dr=dr)
+
+
+def info(cmd: Info) -> None:
+    spec = make_env(cmd.task).spec
+    if cmd.json:
+        print(spec.to_json())
+    else:
+        print_spec(spec)
+
+
+def rollout(cmd: Rollout) -> None:
+    if cmd.policy not in POLICIES:
+        raise PolicyChoiceError(
+            f"policy: {cmd.policy!r} is not supported yet; accepted: {', '.join(POLICIES)}"
+        )
+    from crl.sim import render  # before mujoco is imported: it picks the GL backend
+
+    env = make_env(cmd.task, dr=cmd.dr)
+    result = render.render_rollout(env, None, cmd.episodes, cmd.seed, video=cmd.video,
+                                   frames=cmd.frames, width=cmd.width, height=cmd.height,
+                                   camera=cmd.camera)
+    if cmd.json:
+        print(json.dumps(result, indent=2))
+        return
+    print_metrics(result)
+    for path in (cmd.video, cmd.frames):
+        if path is not None:
+            print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cmd = tyro.cli(Command, args=argv, prog="crl-sim")
+    try:
+        if isinstance(cmd, Info):
+            info(cmd)
+        else:
+            rollout(cmd)
+    except ValueError as e:
+        # Our errors are ValueError subclasses with a one-line message; anything else is a bug
+        # and keeps its traceback.
+        if not type(e).__module__.startswith("crl."):
+            raise
+        print(f"crl-sim: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""`crl-sim` (info, rollout), offscreen rendering, and the sim throughput bench's smoke mode.
+
+Compiling an MJX rollout is the slow part on a CPU, so only one test rolls out (reacher, in
+process) and one runs the bench; the rest render hand-made states or stop at argument checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import pytest
+
+from crl.sim import render, tasks
+from crl.sim.cli import main
+from crl.sim.spec import PolicySpec
+
+ROOT = Path(__file__).resolve().parents[1]
+CRL_SIM = Path(sys.executable).with_name("crl-sim")
+
+
+@pytest.fixture(scope="module")
+def reacher():
+    return tasks.make("reacher", dr="off")
+
+
+def still_trajectory(env, steps: int, goal: np.ndarray) -> render.Trajectory:
+    """The model's home pose held for `steps` steps: a trajectory without a rollout."""
+    m = env.mj_model
+    n = steps + 1
+    return render.Trajectory(
+        qpos=np.tile(m.qpos0, (n, 1)),
+        qvel=np.zeros((n, m.nv)),
+        mocap_pos=np.zeros((n, m.nmocap, 3)),
+        mocap_quat=np.tile([1.0, 0.0, 0.0, 0.0], (n, m.nmocap, 1)),
+        goal=np.tile(goal, (n, 1)),
+        achieved_goal=np.zeros((n, len(goal))),
+        distance=np.linspace(0.3, 0.0, n),
+        success=np.linspace(0.3, 0.0, n) <= env.spec.success_radius,
+    )
+
+
+# -------------------------------------------------------------------------------- info
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_info_prints_the_spec(task: str, capsys: pytest.CaptureFixture[str]):
+    assert main(["info", task, "--json"]) == 0
+    spec = PolicySpec.from_json(capsys.readouterr().out)
+    assert spec.task == task
+    assert spec.network is None
+    assert main(["info", task]) == 0
+    pretty = capsys.readouterr().out
+    for name in [f.name for f in spec.observation] + list(spec.action.joints):
+        assert name in pretty
+    assert spec.goal.frame in pretty
+
+
+def test_unknown_task_is_one_line_and_exit_2():
+    # The installed console script, as a user runs it; info on a bad name loads no jax.
+    proc = subprocess.run([str(CRL_SIM), "info", "reachr"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    assert "'reachr'" in err[0]
+    assert all(t in err[0] for t in tasks.TASKS)
+
+
+def test_rollout_unknown_task(capsys: pytest.CaptureFixture[str]):
+    assert main(["rollout", "nope"]) == 2
+    assert "reacher" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "runs/reacher"], "accepted: random"),
+        (["--video", "out.avi"], "must end in .mp4"),
+        (["--frames", "out.jpg"], "must end in .png"),
+        (["--episodes", "0"], "episodes: must be at least 1"),
+        (["--width", "4000", "--frames", "x.png"], "size: 4000x240"),
+        (["--camera", "side", "--frames", "x.png"], "camera: 'side' is not in the model (its "
+         "cameras: top)"),
+    ],
+)
+def test_rollout_user_errors(args: list[str], message: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]):
+    args = [str(tmp_path / a) if a.endswith((".avi", ".jpg", ".png")) else a for a in args]
+    assert main(["rollout", "reacher", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_dr_choice_exits_2():
+    with pytest.raises(SystemExit) as e:
+        main(["rollout", "reacher", "--dr", "wild"])
+    assert e.value.code == 2
+
+
+# ------------------------------------------------------------------------------ rollout
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the test's ffmpeg reader
+def test_rollout_writes_video_and_contact_sheet(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    video, sheet = tmp_path / "new" / "dir" / "reacher.mp4", tmp_path / "reacher.png"
+    w, h, episodes = 64, 48, 2
+    code = main(["rollout", "reacher", "--episodes", str(episodes), "--seed", "3",
+                 "--video", str(video), "--frames", str(sheet), "--width", str(w),
+                 "--height", str(h), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "reacher" and len(result["episodes"]) == episodes
+    env = tasks.make("reacher")  # the rollout's task; its spec says the control rate
+    for m in result["episodes"]:
+        assert isinstance(m["success"], bool) and isinstance(m["time_at_goal"], int)
+        assert 0 <= m["time_at_goal"] <= env.episode_length
+        assert m["final_distance"] >= 0.0
+        assert m["time_at_goal"] == 0 or m["success"]
+    summary = result["summary"]
+    assert summary["episodes"] == episodes
+    assert summary["final_distance_mean"] == pytest.approx(
+        np.mean([m["final_distance"] for m in result["episodes"]]))
+
+    import imageio.v2 as imageio
+
+    stride = max(1, round(env.spec.control_hz / render.VIDEO_FPS_MAX))
+    per_episode = len(range(0, env.episode_length + 1, stride))
+    with imageio.get_reader(video) as reader:  # its length is unknown (inf): iterate
+        frames = [frame for frame in reader]
+        fps = reader.get_meta_data()["fps"]
+    assert len(frames) == episodes * per_episode
+    assert frames[0].shape == (h, w, 3)
+    assert fps == pytest.approx(env.spec.control_hz / stride, rel=0.01)
+    assert np.std(frames[0]) > 5  # a picture, not a blank buffer
+
+    image = imageio.imread(sheet)
+    gap = render.SHEET_GAP
+    assert image.shape == (episodes * (h + gap) - gap, render.SHEET_FRAMES * (w + gap) - gap, 3)
+    # Atomic writes leave no temp files behind.
+    assert sorted(p.name for p in video.parent.iterdir()) == ["reacher.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "reacher.png"]
+
+
+def test_rollout_with_a_policy_writes_nothing(reacher, tmp_path: Path, monkeypatch):
+    # What `crl-train eval` passes: a jax function of one (obs, goal); here "hold still".
+    import jax.numpy as jnp
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def policy(obs, goal):
+        calls.append((obs.shape, goal.shape))
+        return jnp.zeros(reacher.spec.act_dim)
+
+    result = render.render_rollout(reacher, policy, episodes=2, seed=0)
+    assert calls and calls[0] == ((reacher.spec.obs_dim,), (reacher.spec.goal_dim,))
+    first, second = result["episodes"]
+    assert first["final_distance"] != second["final_distance"]  # new start and goal each
+    assert result["summary"]["episodes"] == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_episode_metrics(reacher):
+    # distance 0.3 → 0 over 4 steps: only the last step is within the success radius
+    m = render.episode_metrics(still_trajectory(reacher, 4, np.zeros(reacher.spec.goal_dim)))
+    assert m == {"success": True, "time_at_goal": 1, "final_distance": 0.0}
+    other = {"success": False, "time_at_goal": 0, "final_distance": 1.0}
+    assert render.summarize([m, other, other], episode_length=4) == {
+        "episodes": 3, "success_rate": pytest.approx(1 / 3), "time_at_goal": pytest.approx(1 / 3),
+        "time_at_goal_fraction": pytest.approx(1 / 12), "final_distance_median": 1.0,
+        "final_distance_mean": pytest.approx(2 / 3),
+    }
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
+def test_goal_marker_is_drawn(reacher):
+    drawer = render.FrameRenderer(reacher, 64, 48)
+    try:
+        here = drawer.frame(still_trajectory(reacher, 0, np.array([0.1, 0.1])), 0)
+        there = drawer.frame(still_trajectory(reacher, 0, np.array([-0.1, -0.1])), 0)
+        same = drawer.frame(still_trajectory(reacher, 0, np.array([0.1, 0.1])), 0)
+    finally:
+        drawer.close()
+    assert here.shape == (48, 64, 3) and here.dtype == np.uint8
+    np.testing.assert_array_equal(here, same)
+    assert np.abs(here.astype(int) - there.astype(int)).sum() > 0
+    # Rendering never changes the env's own model (its shadow map stays as loaded).
+    fresh = tasks.make("reacher", dr="off").mj_model
+    assert reacher.mj_model.vis.quality.shadowsize == fresh.vis.quality.shadowsize
+
+
+def test_camera_choice(reacher):
+    m = reacher.mj_model
+    top = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "top")
+    assert render.choose_camera(m) == 0  # the first camera
+    assert render.choose_camera(m, "top") == top
+    bare = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1'/></worldbody>"
+                                          "</mujoco>")
+    assert isinstance(render.choose_camera(bare), mujoco.MjvCamera)  # free camera
+    with pytest.raises(render.RenderError, match="its cameras: none"):
+        render.choose_camera(bare, "top")
+
+
+def test_goal_point_axes():
+    np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0]), "xy"), [1, 2, 0])
+    np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0, 3.0]), "xyz"), [1, 2, 3])
+    np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0]), "xz"), [1, 0, 2])
+
+
+def test_contact_sheet_tiles_rows():
+    a = np.zeros((4, 6, 3), np.uint8)
+    b = np.full((4, 6, 3), 7, np.uint8)
+    sheet = render.contact_sheet([[a, b], [b, a]], gap=2)
+    assert sheet.shape == (10, 14, 3)
+    assert (sheet[:4, 8:] == 7).all() and (sheet[4:6] == 255).all()
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path):
+    target = tmp_path / "deep" / "x.png"
+
+    def boom(p: Path) -> None:
+        p.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        render._commit(render._atomic_target(target, ".png", "frames"), target, boom)
+    assert list((tmp_path / "deep").iterdir()) == []
+
+
+def test_gl_backend_choice():
+    assert os.environ["MUJOCO_GL"] == render.GL_BACKEND  # chosen here or by the user
+    assert render.select_gl_backend() == render.GL_BACKEND  # a user's choice is kept
+    assert not render._backend_works("no-such-backend")
+
+
+def test_gl_backend_when_mujoco_came_first():
+    # The trainer imports the env (and mujoco) before it renders: the choice must still hold.
+    code = (
+        "import mujoco\n"
+        "from crl.sim import render\n"
+        "m = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size=\"1\"/>"
+        "</worldbody></mujoco>')\n"
+        "r = mujoco.Renderer(m, 16, 16)\n"
+        "d = mujoco.MjData(m)\n"
+        "mujoco.mj_forward(m, d)\n"
+        "r.update_scene(d)\n"
+        "assert r.render().std() > 0\n"
+        "r.close()\n"
+        "print(render.GL_BACKEND)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() in render.HEADLESS_BACKENDS
+
+
+# -------------------------------------------------------------------------------- bench
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_json(tmp_path: Path):
+    out = tmp_path / "results" / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sim_throughput.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data) >= {"benchmark", "date", "device", "versions", "config", "results"}
+    assert set(data["device"]) >= {"platform", "kind", "cpu_model", "cpu_cores"}
+    assert set(data["versions"]) >= {"jax", "mujoco", "python"}
+    (r,) = data["results"]
+    assert r["task"] == "reacher" and r["num_envs"] == 2 and r["steps"] == 8
+    assert r["steps_per_s"] > 0 and r["compile_s"] > 0
+    assert len(r["seconds"]) == 1
+
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_throughput", ROOT / "bench" /
+                                                  "sim_throughput.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_env_counts_and_device_names():
+    bench = load_bench()
+    default = bench.Config()
+    assert max(bench.env_counts("ant", default, on_cpu=True)) <= bench.CPU_CONTACT_RICH_MAX
+    assert max(bench.env_counts("humanoid", default, on_cpu=True)) <= bench.CPU_CONTACT_RICH_MAX
+    assert bench.env_counts("reacher", default, on_cpu=True) == bench.CPU_ENVS
+    assert bench.env_counts("ant", default, on_cpu=False) == bench.GPU_ENVS
+    assert bench.env_counts("ant", bench.Config(num_envs=(3,)), on_cpu=True) == (3,)
+    assert bench.device_slug({"platform": "cpu", "kind": "cpu"}) == "cpu"
+    assert bench.device_slug({"platform": "gpu", "kind": "NVIDIA H100 80GB HBM3"}) == (
+        "nvidia-h100-80gb-hbm3")
+
+
+def test_bench_rejects_unknown_task(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sim_throughput.py"), "--tasks", "walker",
+         "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "walker" in proc.stderr and "reacher" in proc.stderr
+    assert not (tmp_path / "x.json").exists()
