@@ -32,6 +32,7 @@ import mujoco
 import tyro
 
 from crl.sim import tasks
+from crl.sim.env import jit
 
 RESULTS = Path(__file__).parent / "results"
 CONTACT_RICH = ("ant", "ant_u_maze", "humanoid")
@@ -129,9 +130,9 @@ def measure(env: Any, num_envs: int, steps: int, repeats: int, seed: int) -> dic
         return jax.lax.scan(body, states, jax.random.split(key, steps))[0]
 
     reset_key, key = jax.random.split(jax.random.PRNGKey(seed))
-    states = jax.jit(jax.vmap(env.reset))(jax.random.split(reset_key, num_envs))
+    states = jit(jax.vmap(env.reset))(jax.random.split(reset_key, num_envs))
     t0 = time.perf_counter()
-    compiled = jax.jit(run, donate_argnums=0).lower(states, key).compile()
+    compiled = jit(run, donate_argnums=0).lower(states, key).compile()
     compile_s = time.perf_counter() - t0
     key, k = jax.random.split(key)
     states = jax.block_until_ready(compiled(states, k))  # warm-up: first-run costs not counted

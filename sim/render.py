@@ -148,7 +148,9 @@ def rollout_fn(env: Any, policy: Policy | None) -> Callable[[jax.Array], dict[st
         first = record(state)
         return {k: jnp.concatenate([first[k][None], traj[k]]) for k in first}
 
-    return jax.jit(episode)
+    from crl.sim.env import jit  # after the GL backend is chosen: it imports mujoco
+
+    return jit(episode)
 
 
 def rollout(env: Any, policy: Policy | None, episodes: int, seed: int) -> list[Trajectory]:

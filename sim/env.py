@@ -1,0 +1,411 @@
+"""A generic goal-reaching env on MJX: any MJCF plus a `TaskConfig`.
+
+`reset` and `step` are pure functions of one env (batch them with `jax.vmap`). Every reset
+draws a new start, goal and domain-randomization draw; the draw lives in the `State` and is
+swapped into the nominal model inside `step` (see `crl.sim.randomization`). The policy spec is
+built from the config and the compiled model, so sizes, joint names and action limits can never
+disagree with the simulation that trained the policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+from mujoco import mjx
+
+from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConfig, TaskConfig
+from crl.sim.randomization import Draw, Randomizer, position_servos
+from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
+
+ASSETS = Path(__file__).parent / "assets"
+DR_MODES = ("train", "held_out", "off")
+# XLA:CPU's fusion emitters (the default since jax 0.7) recompute MJX's body-tree kinematics once
+# per level of a serial chain, so a 7-link arm steps ~100x slower; the older emitters do not.
+# Only the CPU backend reads this option.
+CPU_COMPILER_OPTIONS: Mapping[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+_FREE = int(mujoco.mjtJoint.mjJNT_FREE)
+_SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def compiler_options() -> dict[str, Any]:
+    """XLA options to jit env code with on the default backend (see CPU_COMPILER_OPTIONS)."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
+def jit(fn: F, **kwargs: Any) -> F:
+    """`jax.jit` with `compiler_options()`: use it for anything that steps an env."""
+    return cast(F, jax.jit(fn, compiler_options=compiler_options(), **kwargs))
+
+
+@struct.dataclass
+class State:
+    """One env's state. `obs` carries observation noise; `achieved_goal` never does."""
+
+    data: mjx.Data
+    obs: jax.Array  # f32[obs_dim], spec order
+    goal: jax.Array  # f32[goal_dim], commanded goal in spec.goal.frame
+    achieved_goal: jax.Array  # f32[goal_dim], what hindsight relabeling uses
+    reward: jax.Array  # f32[], 1 within success_radius (logging only)
+    success: jax.Array  # bool[]
+    done: jax.Array  # bool[], this step ended the episode (t == episode_length)
+    t: jax.Array  # i32[], steps taken in this episode
+    rng: jax.Array
+    dr: Draw
+    action_queue: jax.Array  # f32[max_action_delay + 1, act_dim] ctrl commands, newest first
+
+
+def _name(m: mujoco.MjModel, obj: mujoco.mjtObj, i: int) -> str:
+    return mujoco.mj_id2name(m, obj, i) or f"#{i}"
+
+
+def _names(m: mujoco.MjModel, obj: mujoco.mjtObj, n: int) -> str:
+    return ", ".join(_name(m, obj, i) for i in range(n))
+
+
+class GoalReachEnv:
+    """Bring `config.goal_name`'s `goal_axes` within `success_radius` of a sampled goal.
+
+    Attributes: `spec` (the PolicySpec; network None), `config`, `episode_length`, `mj_model`
+    (the nominal MuJoCo model, for rendering), `mjx_model`, `dr_mode` and `dr_config` (the
+    ranges in use), `randomizer`. A task changes the model or the samplers by overriding
+    `edit_spec`, `sample_goal` or `sample_start`.
+    """
+
+    def __init__(self, config: TaskConfig, dr: str = "train"):
+        if dr not in DR_MODES:
+            raise ConfigError(f"dr: {dr!r} is not one of {DR_MODES}")
+        self.config = config
+        self.dr_mode = dr
+        self.dr_config: DRConfig = {
+            "train": config.dr_train, "held_out": config.dr_held_out, "off": DR_OFF
+        }[dr]
+        self.episode_length = config.episode_length
+        path = Path(config.model_file)
+        path = path if path.is_absolute() else ASSETS / path
+        if not path.is_file():
+            raise ConfigError(f"TaskConfig.model_file: {path} does not exist")
+        self.model_path = path
+        try:
+            mj_spec = mujoco.MjSpec.from_file(str(path))
+            self.edit_spec(mj_spec)
+            self.mj_model: mujoco.MjModel = mj_spec.compile()
+        except ValueError as e:
+            raise ConfigError(f"TaskConfig.model_file: {path.name} does not compile: {e}") from None
+        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
+        self._bind()
+        self.randomizer = Randomizer(self.mj_model, self.mjx_model, self.dr_config)
+        self.spec = self._build_spec()
+
+    # -- hooks a task may override ---------------------------------------------------------------
+
+    def edit_spec(self, spec: mujoco.MjSpec) -> None:
+        """Change the MJCF before it compiles (e.g. add maze walls). The default changes nothing."""
+
+    def sample_goal(self, rng: jax.Array) -> jax.Array:
+        return self.config.goal_sampler.sample(rng)
+
+    def sample_start(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(qpos, qvel): the start pose with joint and velocity noise, base placed if configured."""
+        s, m = self.config.start, self.mj_model
+        k_j, k_v, k_b = jax.random.split(rng, 3)
+        qpos, qvel = self._home_qpos, jnp.zeros(m.nv)
+        if s.joint_noise > 0:
+            n = len(self._scalar_qadr)
+            noise = jax.random.uniform(k_j, (n,), minval=-s.joint_noise, maxval=s.joint_noise)
+            qpos = jnp.clip(qpos.at[self._scalar_qadr].add(noise), self._qpos_low, self._qpos_high)
+        if s.vel_noise > 0:
+            qvel = s.vel_noise * jax.random.normal(k_v, (m.nv,))
+        if s.base_xy is not None:
+            qpos = qpos.at[self._base_qadr : self._base_qadr + 2].set(s.base_xy.sample(k_b))
+        return qpos, qvel
+
+    # -- the env API -----------------------------------------------------------------------------
+
+    def reset(self, rng: jax.Array) -> State:
+        rng, k_dr, k_start, k_goal, k_obs = jax.random.split(rng, 5)
+        draw = self.randomizer.sample(k_dr)
+        qpos, qvel = self.sample_start(k_start)
+        ctrl = self._data0.ctrl.at[self._act_ids].set(self._hold_ctrl(qpos))
+        data = self._data0.replace(qpos=qpos, qvel=qvel, ctrl=ctrl)
+        # Kinematics is all the observation and achieved goal need at t = 0 (the next step runs
+        # the full forward pass); it keeps reset cheap to compile and to run.
+        data = mjx.kinematics(self.randomizer.apply(draw), data)
+        queue = jnp.broadcast_to(ctrl[self._act_ids], (self._queue_len, self.spec.act_dim))
+        return self._finish(
+            data, self.sample_goal(k_goal), draw, queue, jnp.zeros((), jnp.int32), rng, k_obs
+        )
+
+    def step(self, state: State, action: jax.Array) -> State:
+        """Advance one control step; the ctrl applied now is the one commanded `delay` steps ago."""
+        model = self.randomizer.apply(state.dr)
+        queue = jnp.concatenate([self.action_to_ctrl(action)[None], state.action_queue[:-1]])
+        ctrl = state.data.ctrl.at[self._act_ids].set(queue[state.dr.action_delay])
+        data = state.data.replace(ctrl=ctrl)
+        data = jax.lax.fori_loop(0, self._substeps, lambda _, d: mjx.step(model, d), data)
+        rng, k_obs = jax.random.split(state.rng)
+        return self._finish(data, state.goal, state.dr, queue, state.t + 1, rng, k_obs)
+
+    def reset_if_done(self, state: State) -> State:
+        """Where `state.done`, a fresh episode drawn from `state.rng`; elsewhere `state`."""
+        fresh = self.reset(state.rng)
+        return jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
+
+    def action_to_ctrl(self, action: jax.Array) -> jax.Array:
+        """[-1, 1] policy action → physical units (spec.action) → MuJoCo ctrl of the actuators."""
+        physical = self._act_offset + self._act_scale * jnp.clip(action, -1.0, 1.0)
+        return jnp.clip(physical, self._act_low, self._act_high) / self._ctrl_unit
+
+    def achieved_goal(self, data: mjx.Data) -> jax.Array:
+        pos = data.site_xpos if self.config.goal_kind == "site" else data.xpos
+        return pos[self._goal_id, self._goal_axes]
+
+    def observe(self, data: mjx.Data) -> jax.Array:
+        """The noise-free observation, fields concatenated in config order."""
+        return jnp.concatenate([self._extractors[n](data) for n in self.config.observation])
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        data: mjx.Data,
+        goal: jax.Array,
+        draw: Draw,
+        queue: jax.Array,
+        t: jax.Array,
+        rng: jax.Array,
+        k_obs: jax.Array,
+    ) -> State:
+        clean = self.observe(data)
+        obs = clean + draw.obs_noise_std * jax.random.normal(k_obs, clean.shape)
+        achieved = self.achieved_goal(data)
+        success = jnp.linalg.norm(achieved - goal) <= self.config.success_radius
+        return State(
+            data=data,
+            obs=obs,
+            goal=goal,
+            achieved_goal=achieved,
+            reward=success.astype(jnp.float32),
+            success=success,
+            done=t >= self.episode_length,
+            t=t,
+            rng=rng,
+            dr=draw,
+            action_queue=queue,
+        )
+
+    def _hold_ctrl(self, qpos: jax.Array) -> jax.Array:
+        """Start ctrl of the actuated joints: servos hold the start pose, motors push nothing."""
+        hold = jnp.clip(qpos[self._act_qadr], self._ctrl_low, self._ctrl_high)
+        return jnp.where(self._is_servo, hold, 0.0)
+
+    def _bind(self) -> None:
+        """Resolve every name in the config against the compiled model (ConfigError if absent)."""
+        c, m = self.config, self.mj_model
+        substeps = 1.0 / (c.control_hz * m.opt.timestep)
+        if round(substeps) < 1 or abs(substeps - round(substeps)) > 1e-6:
+            raise ConfigError(
+                f"TaskConfig.control_hz: {c.control_hz} Hz does not divide the physics rate "
+                f"{1 / m.opt.timestep:g} Hz of {self.model_path.name} (timestep {m.opt.timestep})"
+            )
+        self._substeps = round(substeps)
+        self._bind_actuators()
+        self._bind_bodies()
+        self._bind_start()
+        self._extractors = self._make_extractors()
+
+    def _bind_actuators(self) -> None:
+        """The actuated joints, the one joint actuator that drives each, and the action mapping."""
+        c, m, file = self.config, self.mj_model, self.model_path.name
+        joint_act = {
+            int(m.actuator_trnid[i, 0]): i
+            for i in range(m.nu)
+            if m.actuator_trntype[i] == int(mujoco.mjtTrn.mjTRN_JOINT)
+        }
+        if c.actuated_joints:
+            joint_ids = []
+            for name in c.actuated_joints:
+                j = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name)
+                if j < 0:
+                    raise ConfigError(
+                        f"TaskConfig.actuated_joints: no joint {name!r} in {file} "
+                        f"(joints: {_names(m, mujoco.mjtObj.mjOBJ_JOINT, m.njnt)})"
+                    )
+                if j not in joint_act:
+                    raise ConfigError(
+                        f"TaskConfig.actuated_joints: joint {name!r} has no actuator in {file}"
+                    )
+                joint_ids.append(j)
+        else:
+            joint_ids = sorted(joint_act, key=joint_act.__getitem__)
+        if not joint_ids:
+            raise ConfigError(f"TaskConfig.actuated_joints: {file} has no joint actuators")
+        for j in joint_ids:
+            if m.jnt_type[j] not in _SCALAR_JOINTS:
+                raise ConfigError(
+                    f"TaskConfig.actuated_joints: {_name(m, mujoco.mjtObj.mjOBJ_JOINT, j)!r} "
+                    "is not a hinge or slide joint"
+                )
+        act_ids = np.array([joint_act[j] for j in joint_ids])
+        self.joint_names = tuple(_name(m, mujoco.mjtObj.mjOBJ_JOINT, j) for j in joint_ids)
+        for a in act_ids:
+            if not m.actuator_ctrllimited[a]:
+                raise ConfigError(
+                    f"TaskConfig.actuated_joints: actuator "
+                    f"{_name(m, mujoco.mjtObj.mjOBJ_ACTUATOR, a)!r} has no ctrlrange; "
+                    "the action mapping needs one"
+                )
+
+        servo = position_servos(m)[act_ids]
+        motor = (m.actuator_biastype == int(mujoco.mjtBias.mjBIAS_NONE))[act_ids]
+        if not (servo.all() or motor.all()):
+            raise ConfigError(
+                "TaskConfig.actuated_joints: actuators must be all position servos or all "
+                f"motors in {file}"
+            )
+        self.action_kind = "position" if servo.all() else "effort"
+        # A motor's physical unit is force/torque: ctrl × gain × gear.
+        unit = np.where(servo, 1.0, m.actuator_gainprm[act_ids, 0] * m.actuator_gear[act_ids, 0])
+        if (unit <= 0).any():
+            raise ConfigError(f"TaskConfig.actuated_joints: a motor in {file} has gain*gear <= 0")
+        ctrl_low, ctrl_high = m.actuator_ctrlrange[act_ids].T
+        self._act_ids = jnp.asarray(act_ids)
+        self._act_qadr = jnp.asarray(m.jnt_qposadr[joint_ids])
+        self._act_dofadr = jnp.asarray(m.jnt_dofadr[joint_ids])
+        self._is_servo = jnp.asarray(servo)
+        self._ctrl_low, self._ctrl_high = jnp.asarray(ctrl_low), jnp.asarray(ctrl_high)
+        self._ctrl_unit = jnp.asarray(unit, jnp.float32)
+        self._phys_low, self._phys_high = ctrl_low * unit, ctrl_high * unit
+        self._act_low = jnp.asarray(self._phys_low, jnp.float32)
+        self._act_high = jnp.asarray(self._phys_high, jnp.float32)
+        self._act_offset = jnp.asarray((self._phys_low + self._phys_high) / 2, jnp.float32)
+        self._act_scale = jnp.asarray((self._phys_high - self._phys_low) / 2, jnp.float32)
+        self._queue_len = self.dr_config.max_action_delay + 1
+
+    def _bind_bodies(self) -> None:
+        """The achieved-goal site or body, the free-floating base, the observed site."""
+        c, m, file = self.config, self.mj_model, self.model_path.name
+        obj = mujoco.mjtObj.mjOBJ_SITE if c.goal_kind == "site" else mujoco.mjtObj.mjOBJ_BODY
+        self._goal_id = mujoco.mj_name2id(m, obj, c.goal_name)
+        if self._goal_id < 0:
+            raise ConfigError(f"TaskConfig.goal_name: no {c.goal_kind} {c.goal_name!r} in {file}")
+        self._goal_axes = jnp.asarray([AXES.index(a) for a in c.goal_axes])
+        self._base_id = self._base_qadr = self._base_dofadr = -1
+        if c.base_body:
+            b = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, c.base_body)
+            if b < 0:
+                raise ConfigError(f"TaskConfig.base_body: no body {c.base_body!r} in {file}")
+            joints = range(m.body_jntadr[b], m.body_jntadr[b] + m.body_jntnum[b])
+            free = [j for j in joints if m.jnt_type[j] == _FREE]
+            if not free:
+                raise ConfigError(f"TaskConfig.base_body: body {c.base_body!r} has no free joint")
+            self._base_id = b
+            self._base_qadr = int(m.jnt_qposadr[free[0]])
+            self._base_dofadr = int(m.jnt_dofadr[free[0]])
+        self._site_id = -1
+        if c.obs_site:
+            self._site_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, c.obs_site)
+            if self._site_id < 0:
+                raise ConfigError(f"TaskConfig.obs_site: no site {c.obs_site!r} in {file}")
+
+    def _bind_start(self) -> None:
+        """The start pose (a keyframe or qpos0), the joints its noise moves and their ranges."""
+        c, m, file = self.config, self.mj_model, self.model_path.name
+        mj_data = mujoco.MjData(m)
+        if c.start.keyframe:
+            k = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_KEY, c.start.keyframe)
+            if k < 0:
+                raise ConfigError(
+                    f"TaskConfig.start.keyframe: no keyframe {c.start.keyframe!r} in {file}"
+                )
+            mujoco.mj_resetDataKeyframe(m, mj_data, k)
+        self._home_qpos = jnp.asarray(mj_data.qpos, jnp.float32)
+        scalar = [j for j in range(m.njnt) if m.jnt_type[j] in _SCALAR_JOINTS]
+        self._scalar_qadr = jnp.asarray(m.jnt_qposadr[scalar], jnp.int32)
+        low, high = np.full(m.nq, -np.inf), np.full(m.nq, np.inf)
+        for j in scalar:
+            if m.jnt_limited[j]:
+                low[m.jnt_qposadr[j]], high[m.jnt_qposadr[j]] = m.jnt_range[j]
+        self._qpos_low, self._qpos_high = jnp.asarray(low), jnp.asarray(high)
+        self._data0 = mjx.put_data(m, mj_data, impl="jax")
+
+    def _make_extractors(self) -> dict[str, Callable[[mjx.Data], jax.Array]]:
+        qadr, dadr, base = self._act_qadr, self._act_dofadr, self._base_id
+        lin = slice(self._base_dofadr, self._base_dofadr + 3)
+        ang = slice(self._base_dofadr + 3, self._base_dofadr + 6)
+        # A free joint's linear velocity is in the world frame, its angular one in the body frame.
+        extractors: dict[str, Callable[[mjx.Data], jax.Array]] = {
+            "joint_pos": lambda d: d.qpos[qadr],
+            "joint_vel": lambda d: d.qvel[dadr],
+            "base_pos": lambda d: d.xpos[base],
+            "base_quat": lambda d: d.xquat[base],
+            "base_lin_vel": lambda d: d.xmat[base].T @ d.qvel[lin],
+            "base_ang_vel": lambda d: d.qvel[ang],
+            "base_gravity": lambda d: d.xmat[base].T @ jnp.array([0.0, 0.0, -1.0]),
+            "site_pos": lambda d: d.site_xpos[self._site_id],
+        }
+        if extractors.keys() != OBSERVATION_FIELDS.keys():
+            raise RuntimeError("crl.sim.env extractors and config.OBSERVATION_FIELDS differ")
+        return extractors
+
+    def _build_spec(self) -> PolicySpec:
+        c = self.config
+        sizes = jax.eval_shape(
+            lambda d: {n: self._extractors[n](d) for n in c.observation}, self._data0
+        )
+        observation = []
+        for name in c.observation:
+            info = OBSERVATION_FIELDS[name]
+            size = int(np.prod(sizes[name].shape))
+            joints = name in ("joint_pos", "joint_vel")
+            target = repr(getattr(c, info.needs)) if info.needs else ""
+            meaning = info.meaning.format(target)
+            observation.append(
+                Field(name, size, meaning, info.frame, self.joint_names if joints else ())
+            )
+        low, high = c.goal_sampler.bounds()
+        goal = GoalSpec(
+            fields=(
+                Field(
+                    f"{c.goal_name}_{c.goal_axes}",
+                    len(c.goal_axes),
+                    f"{c.goal_axes} position of {c.goal_kind} {c.goal_name!r} (m)",
+                    c.goal_frame,
+                ),
+            ),
+            frame=c.goal_frame,
+            low=tuple(float(v) for v in low),
+            high=tuple(float(v) for v in high),
+        )
+        action = ActionSpec(
+            size=len(self.joint_names),
+            joints=self.joint_names,
+            kind=self.action_kind,
+            scale=tuple(float(v) for v in (self._phys_high - self._phys_low) / 2),
+            offset=tuple(float(v) for v in (self._phys_high + self._phys_low) / 2),
+            low=tuple(float(v) for v in self._phys_low),
+            high=tuple(float(v) for v in self._phys_high),
+        )
+        return PolicySpec(
+            task=c.name,
+            observation=tuple(observation),
+            goal=goal,
+            action=action,
+            control_hz=float(c.control_hz),
+            success_radius=float(c.success_radius),
+            provenance=Provenance(
+                env=c.name,
+                robot_model_sha256=hashlib.sha256(self.model_path.read_bytes()).hexdigest(),
+                domain_randomization={"mode": self.dr_mode, **self.dr_config.to_dict()},
+            ),
+        )

@@ -1,0 +1,119 @@
+"""Per-episode domain randomization carried in the env state.
+
+MuJoCo Playground binds one randomized model per env slot for a whole run. We redraw at every
+reset instead, so each episode of each slot sees a new robot: the randomized `mjx.Model` fields
+are stored in the `State` (`Draw`) and swapped into the nominal model inside `step`. That keeps
+the model a closed-over constant and the batch a plain `jax.vmap` over states.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+from mujoco import mjx
+
+from crl.sim.config import DRConfig
+
+
+@struct.dataclass
+class Draw:
+    """One episode's robot: randomized model fields, observation noise and action delay."""
+
+    geom_friction: jax.Array  # [ngeom, 3]; the sliding column is scaled
+    body_mass: jax.Array  # [nbody]
+    body_inertia: jax.Array  # [nbody, 3], scaled with the mass
+    body_subtreemass: jax.Array  # [nbody], consistent with body_mass
+    dof_damping: jax.Array  # [nv]
+    actuator_gainprm: jax.Array  # [nu, 10]
+    actuator_biasprm: jax.Array  # [nu, 10]
+    obs_noise_std: jax.Array  # f32[]
+    action_delay: jax.Array  # i32[], control steps
+
+
+def position_servos(m: mujoco.MjModel) -> np.ndarray:
+    """bool[nu]: actuators whose bias is −kp·q (a position servo), so kp lives in two places."""
+    affine = m.actuator_biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)
+    return affine & np.isclose(m.actuator_biasprm[:, 1], -m.actuator_gainprm[:, 0])
+
+
+def _subtree_matrix(m: mujoco.MjModel) -> np.ndarray:
+    """[nbody, nbody] with A[i, j] = 1 when body j is in the subtree of body i."""
+    a = np.zeros((m.nbody, m.nbody), np.float32)
+    for j in range(m.nbody):
+        i = j
+        while True:
+            a[i, j] = 1.0
+            if i == 0:
+                break
+            i = int(m.body_parentid[i])
+    return a
+
+
+class Randomizer:
+    """Draws `Draw`s for one model under one `DRConfig` and applies them to the mjx model."""
+
+    def __init__(self, mj_model: mujoco.MjModel, mjx_model: mjx.Model, config: DRConfig):
+        self.config = config
+        self._model = mjx_model
+        self._servo = jnp.asarray(position_servos(mj_model))
+        self._subtree = jnp.asarray(_subtree_matrix(mj_model))
+
+    def nominal(self) -> Draw:
+        m = self._model
+        return Draw(
+            geom_friction=m.geom_friction,
+            body_mass=m.body_mass,
+            body_inertia=m.body_inertia,
+            body_subtreemass=m.body_subtreemass,
+            dof_damping=m.dof_damping,
+            actuator_gainprm=m.actuator_gainprm,
+            actuator_biasprm=m.actuator_biasprm,
+            obs_noise_std=jnp.zeros(()),
+            action_delay=jnp.zeros((), jnp.int32),
+        )
+
+    def sample(self, rng: jax.Array) -> Draw:
+        """A fresh draw; the same rng gives the same draw. All-ones ranges give `nominal()`."""
+        c, m = self.config, self._model
+        if c == DRConfig():
+            return self.nominal()
+        # One uniform draw sliced per field: each jax.random call adds compile time on CPU.
+        sizes = (m.ngeom, m.nbody, m.nv, m.nu, 1, 1)
+        u_f, u_m, u_d, u_g, u_n, u_a = jnp.split(
+            jax.random.uniform(rng, (sum(sizes),)), np.cumsum(sizes)[:-1]
+        )
+
+        def scale(u: jax.Array, r: tuple[float, float]) -> jax.Array:
+            return r[0] + (r[1] - r[0]) * u
+
+        mass_scale = scale(u_m, c.body_mass)
+        mass = m.body_mass * mass_scale
+        gain_scale = scale(u_g, c.actuator_gain)
+        kp_in_bias = jnp.where(self._servo, gain_scale, 1.0)
+        delays = c.max_action_delay + 1
+        return Draw(
+            geom_friction=m.geom_friction.at[:, 0].multiply(scale(u_f, c.friction)),
+            body_mass=mass,
+            body_inertia=m.body_inertia * mass_scale[:, None],
+            body_subtreemass=self._subtree @ mass,
+            dof_damping=m.dof_damping * scale(u_d, c.joint_damping),
+            actuator_gainprm=m.actuator_gainprm.at[:, 0].multiply(gain_scale),
+            actuator_biasprm=m.actuator_biasprm.at[:, 1].multiply(kp_in_bias),
+            obs_noise_std=scale(u_n[0], c.obs_noise_std),
+            action_delay=jnp.minimum((u_a[0] * delays).astype(jnp.int32), delays - 1),
+        )
+
+    def apply(self, draw: Draw) -> mjx.Model:
+        """The nominal mjx model with this draw's fields swapped in."""
+        return self._model.replace(
+            geom_friction=draw.geom_friction,
+            body_mass=draw.body_mass,
+            body_inertia=draw.body_inertia,
+            body_subtreemass=draw.body_subtreemass,
+            dof_damping=draw.dof_damping,
+            actuator_gainprm=draw.actuator_gainprm,
+            actuator_biasprm=draw.actuator_biasprm,
+        )

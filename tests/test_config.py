@@ -1,0 +1,210 @@
+"""Bad configs fail in plain Python with one line naming the field, before anything compiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from crl.sim.config import (
+    OBSERVATION_FIELDS,
+    AnnulusSampler,
+    BoxSampler,
+    ChoiceSampler,
+    ConfigError,
+    DRConfig,
+    StartSampler,
+    TaskConfig,
+)
+from crl.sim.env import GoalReachEnv
+from crl.sim.tasks import TASKS, UnknownTaskError, make
+from crl.sim.tasks.reacher import CONFIG as REACHER
+
+RANGES = ("friction", "body_mass", "joint_damping", "actuator_gain", "obs_noise_std")
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(UnknownTaskError, ValueError)
+
+
+@pytest.mark.parametrize("name", RANGES)
+def test_dr_range_low_above_high(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: low 0\.9 > high 0\.8"):
+        DRConfig(**{name: (0.9, 0.8)})
+
+
+@pytest.mark.parametrize("name", ["body_mass", "actuator_gain"])
+@pytest.mark.parametrize("low", [0.0, -0.5])
+def test_dr_scale_must_be_positive(name: str, low: float) -> None:
+    with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: scale must be positive"):
+        DRConfig(**{name: (low, 1.0)})
+
+
+@pytest.mark.parametrize("name", ["friction", "joint_damping", "obs_noise_std"])
+def test_dr_range_must_not_be_negative(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: must not be negative"):
+        DRConfig(**{name: (-0.1, 1.0)})
+
+
+@pytest.mark.parametrize("bad", [(1.0,), (1.0, float("nan")), "wide"])
+def test_dr_range_must_be_a_pair_of_numbers(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"DRConfig\.friction"):
+        DRConfig(friction=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("delay", [-1, 1.5, True])
+def test_dr_delay_must_be_a_non_negative_int(delay: object) -> None:
+    with pytest.raises(ConfigError, match=r"DRConfig\.max_action_delay"):
+        DRConfig(max_action_delay=delay)  # type: ignore[arg-type]
+
+
+def test_unknown_observation_field_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"TaskConfig\.observation: unknown field 'lidar'") as e:
+        REACHER.replace(observation=("joint_pos", "lidar"))
+    assert all(name in str(e.value) for name in OBSERVATION_FIELDS)
+
+
+def test_base_fields_need_a_base_body() -> None:
+    with pytest.raises(ConfigError, match=r"TaskConfig\.base_body: .*'base_lin_vel'"):
+        REACHER.replace(observation=("joint_pos", "base_lin_vel"))
+    with pytest.raises(ConfigError, match=r"TaskConfig\.base_body"):
+        REACHER.replace(start=StartSampler(base_xy=BoxSampler((0.0, 0.0), (1.0, 1.0))))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"episode_length": 0}, "episode_length"),
+        ({"episode_length": 2.5}, "episode_length"),
+        ({"success_radius": 0.0}, "success_radius"),
+        ({"control_hz": -25.0}, "control_hz"),
+        ({"goal_axes": "xq"}, "goal_axes"),
+        ({"goal_axes": "xx"}, "goal_axes"),
+        ({"goal_axes": "xyz"}, "goal_sampler"),  # the sampler draws 2 coordinates
+        ({"goal_kind": "geom"}, "goal_kind"),
+        ({"goal_frame": "base"}, "goal_frame"),
+        ({"observation": ()}, "observation"),
+        ({"observation": ("joint_pos", "joint_pos")}, "observation"),
+        ({"actuated_joints": ("elbow", "elbow")}, "actuated_joints"),
+        ({"model_file": ""}, "model_file"),
+        ({"dr_train": {"friction": (0.5, 1.5)}}, "dr_train"),
+    ],
+)
+def test_task_config_names_the_bad_field(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"TaskConfig\.{field}"):
+        REACHER.replace(**changes)
+
+
+@pytest.mark.parametrize(
+    ("make_sampler", "field"),
+    [
+        (lambda: BoxSampler((0.0, 1.0), (1.0, 0.5)), "BoxSampler"),
+        (lambda: BoxSampler((0.0,), (1.0, 2.0)), "BoxSampler"),
+        (lambda: AnnulusSampler(r_min=0.3, r_max=0.2), "AnnulusSampler.r_min"),
+        (lambda: ChoiceSampler(points=()), "ChoiceSampler.points"),
+        (lambda: ChoiceSampler(points=((0.0, 0.0), (1.0,))), "ChoiceSampler.points"),
+        (lambda: ChoiceSampler(points=((0.0, 0.0),), noise=-1.0), "ChoiceSampler.noise"),
+        (lambda: StartSampler(joint_noise=-0.1), "StartSampler.joint_noise"),
+        (lambda: StartSampler(base_xy=BoxSampler((0.0,), (1.0,))), "StartSampler.base_xy"),
+    ],
+)
+def test_samplers_name_the_bad_field(make_sampler: object, field: str) -> None:
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        make_sampler()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "name"),
+    [
+        ({"goal_name": "thumb"}, "goal_name", "thumb"),
+        ({"goal_kind": "body", "goal_name": "hand"}, "goal_name", "hand"),
+        ({"actuated_joints": ("shoulder", "wrist")}, "actuated_joints", "wrist"),
+        ({"obs_site": "camera"}, "obs_site", "camera"),
+        ({"start": StartSampler(keyframe="crouch")}, "start.keyframe", "crouch"),
+        ({"model_file": "no_such_robot.xml"}, "model_file", "no_such_robot.xml"),
+        ({"control_hz": 30.0}, "control_hz", "30.0"),  # 100 Hz physics: 30 does not divide it
+    ],
+)
+def test_names_missing_from_the_mjcf(changes: dict[str, object], field: str, name: str) -> None:
+    config = REACHER.replace(**changes)
+    with pytest.raises(ConfigError, match=rf"TaskConfig\.{field}: .*{name}"):
+        GoalReachEnv(config)
+
+
+def test_base_body_without_free_joint() -> None:
+    config = REACHER.replace(base_body="link1", observation=("joint_pos", "base_pos"))
+    with pytest.raises(ConfigError, match=r"TaskConfig\.base_body: body 'link1' has no free joint"):
+        GoalReachEnv(config)
+
+
+def test_unknown_task_lists_the_tasks() -> None:
+    with pytest.raises(UnknownTaskError, match="'cheetah'") as e:
+        make("cheetah")
+    assert all(task in str(e.value) for task in TASKS)
+
+
+def test_unknown_dr_mode_names_dr() -> None:
+    with pytest.raises(ConfigError, match=r"dr: 'full' is not one of"):
+        make("reacher", dr="full")
+
+
+def test_every_task_config_is_valid() -> None:
+    for task in TASKS:
+        config = make(task, dr="off").config
+        assert isinstance(config, TaskConfig) and config.name == task
+
+
+POINT_MASS = """
+<mujoco>
+  <option timestep="0.01"/>
+  <worldbody>
+    <body name="puck">
+      <joint name="x" type="slide" axis="1 0 0" range="-1 1"/>
+      <joint name="y" type="slide" axis="0 1 0" range="-1 1"/>
+      <geom type="sphere" size="0.05" mass="1"/>
+      <site name="center"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor name="x" joint="x" gear="5" ctrlrange="-1 1"/>
+    {second}
+  </actuator>
+</mujoco>
+"""
+
+
+def _point_mass(tmp_path: Path, second: str) -> TaskConfig:
+    path = tmp_path / "puck.xml"
+    path.write_text(POINT_MASS.format(second=second))
+    return REACHER.replace(
+        name="puck", model_file=str(path), goal_name="center", obs_site="center",
+        goal_sampler=BoxSampler((-0.5, -0.5), (0.5, 0.5)),
+    )
+
+
+def test_any_mjcf_and_config_make_an_env(tmp_path: Path) -> None:
+    """A model the project never saw: slide joints driven by motors (effort actions in N)."""
+    env = GoalReachEnv(
+        _point_mass(tmp_path, '<motor name="y" joint="y" gear="2" ctrlrange="-0.5 1"/>')
+    )
+    action = env.spec.action
+    assert action.kind == "effort" and action.joints == ("x", "y")
+    assert action.low == (-5.0, -1.0) and action.high == (5.0, 2.0)
+    assert action.offset == (0.0, 0.5) and action.scale == (5.0, 1.5)
+    assert env.spec.obs_dim == 2 + 2 + 3 and env.spec.goal_dim == 2
+    assert env.spec.goal.low == (-0.5, -0.5)
+    assert list(map(float, env.action_to_ctrl(jnp.array([1.0, -1.0])))) == [1.0, -0.5]
+
+
+def test_mixed_servos_and_motors_are_refused(tmp_path: Path) -> None:
+    config = _point_mass(tmp_path, '<position name="y" joint="y" kp="10" ctrlrange="-1 1"/>')
+    with pytest.raises(ConfigError, match=r"TaskConfig\.actuated_joints: .*all position servos"):
+        GoalReachEnv(config)
+
+
+def test_actuator_without_ctrlrange_is_refused(tmp_path: Path) -> None:
+    config = _point_mass(tmp_path, '<motor name="y" joint="y" gear="2"/>')
+    with pytest.raises(ConfigError, match=r"TaskConfig\.actuated_joints: actuator 'y' has no"):
+        GoalReachEnv(config)

@@ -1,0 +1,262 @@
+"""The goal-reaching envs, every task: shapes, resets, success, episode ends, auto-reset.
+
+Compiling MJX is the cost here (the 2-core CI box takes tens of seconds per program for the
+contact-rich robots), so each task compiles exactly two programs once per module: a vmapped
+`step` and a vmapped `reset_if_done`. Fresh episodes come from `reset_if_done` on a blank state
+marked done, which is what auto-reset does during training; one test pins that to `reset` on the
+cheap reacher. Programs are compiled at XLA's lowest backend optimization level: it roughly
+halves compile time and only a handful of steps run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+import pytest
+
+from crl.sim.env import GoalReachEnv, State, compiler_options
+from crl.sim.spec import PolicySpec
+from crl.sim.tasks import TASKS, make
+
+N_ENVS = 4  # contact-rich tasks must stay at <= 8 vmapped envs on the CPU runtime
+TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level": 0}
+
+
+def test_compile(fn: Any) -> Any:
+    return jax.jit(fn, compiler_options=TEST_COMPILER_OPTIONS)
+
+
+test_compile.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@dataclass
+class Compiled:
+    env: GoalReachEnv
+    step: Any  # (State[N], f32[N, act]) -> State[N]
+    reset_if_done: Any  # State[N] -> State[N]
+
+    def fresh(self, seed: int) -> State:
+        """N fresh episodes: reset_if_done on a blank state whose every env is done."""
+        keys = jax.random.split(jax.random.key(seed), N_ENVS)
+        shapes = jax.eval_shape(jax.vmap(self.env.reset), keys)
+
+        def blank(s: jax.ShapeDtypeStruct) -> Any:
+            if jnp.issubdtype(s.dtype, jax.dtypes.prng_key):
+                return keys
+            return np.zeros(s.shape, s.dtype)
+
+        state = jax.tree.map(blank, shapes)
+        return self.reset_if_done(state.replace(done=np.ones(N_ENVS, bool)))
+
+    def actions(self, seed: int) -> np.ndarray:
+        shape = (N_ENVS, self.env.spec.act_dim)
+        return np.random.default_rng(seed).uniform(-1.0, 1.0, shape).astype(np.float32)
+
+
+@functools.cache
+def compiled(name: str) -> Compiled:
+    env = make(name, dr="train")
+    return Compiled(
+        env=env,
+        step=test_compile(jax.vmap(env.step)),
+        reset_if_done=test_compile(jax.vmap(env.reset_if_done)),
+    )
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def task(request: pytest.FixtureRequest) -> Compiled:
+    return compiled(request.param)
+
+
+def _numpy(tree: Any) -> Any:
+    """Host copies (keys as their raw data): comparing on the host avoids one XLA compile per
+    leaf shape that eager jnp comparisons would cost."""
+
+    def host(x: jax.Array) -> np.ndarray:
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(x)
+
+    return jax.tree.map(host, tree)
+
+
+def _row(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], _numpy(tree))
+
+
+def _trees_equal(a: Any, b: Any) -> bool:
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, _numpy(a), _numpy(b))))
+
+
+def test_shapes_match_spec(task: Compiled) -> None:
+    env, spec = task.env, task.env.spec
+    state = task.fresh(0)
+    assert state.obs.shape == (N_ENVS, spec.obs_dim)
+    assert state.goal.shape == (N_ENVS, spec.goal_dim)
+    assert state.achieved_goal.shape == (N_ENVS, spec.goal_dim)
+    assert spec.act_dim == len(spec.action.joints) == env.spec.action.size
+    assert state.t.tolist() == [0] * N_ENVS
+    assert not state.done.any()
+    nxt = task.step(state, task.actions(1))
+    assert nxt.obs.shape == (N_ENVS, spec.obs_dim)
+    assert nxt.t.tolist() == [1] * N_ENVS
+    assert np.isfinite(nxt.obs).all()
+    assert nxt.reward.dtype == jnp.float32
+    np.testing.assert_array_equal(nxt.reward, np.asarray(nxt.success, np.float32))
+
+
+def test_spec_is_built_from_model(task: Compiled) -> None:
+    env, spec = task.env, task.env.spec
+    assert spec.task == env.config.name and spec.network is None
+    assert PolicySpec.from_json(spec.to_json()) == spec
+    assert spec.provenance.robot_model_sha256 == hashlib.sha256(
+        env.model_path.read_bytes()
+    ).hexdigest()
+    assert spec.provenance.domain_randomization["mode"] == "train"
+    assert spec.control_hz == env.config.control_hz
+    assert spec.success_radius == env.config.success_radius
+    assert [f.name for f in spec.observation] == list(env.config.observation)
+    # [-1, 1] spans each actuator's ctrlrange.
+    m = env.mj_model
+    act_ids = [m.actuator(j).id for j in spec.action.joints]
+    ctrl_low, ctrl_high = m.actuator_ctrlrange[act_ids].T
+    np.testing.assert_allclose(env.action_to_ctrl(-jnp.ones(spec.act_dim)), ctrl_low, rtol=1e-6)
+    np.testing.assert_allclose(env.action_to_ctrl(jnp.ones(spec.act_dim)), ctrl_high, rtol=1e-6)
+    np.testing.assert_allclose(env.action_to_ctrl(5 * jnp.ones(spec.act_dim)), ctrl_high, rtol=1e-6)
+
+
+def test_resets_give_varied_starts_and_goals(task: Compiled) -> None:
+    state = task.fresh(2)
+    qpos = np.asarray(state.data.qpos)
+    for i in range(N_ENVS):
+        for j in range(i + 1, N_ENVS):
+            assert not np.allclose(qpos[i], qpos[j]), "two resets gave the same start"
+    goals = np.asarray(state.goal)
+    assert len({tuple(g) for g in goals.round(6)}) > 1, "every reset gave the same goal"
+    low, high = np.asarray(task.env.spec.goal.low), np.asarray(task.env.spec.goal.high)
+    assert ((goals >= low - 1e-5) & (goals <= high + 1e-5)).all(), "goal outside spec bounds"
+    again = task.fresh(3)
+    assert not np.allclose(again.goal, goals) or not np.allclose(again.data.qpos, qpos)
+
+
+def test_success_only_when_achieved_goal_is_on_goal(task: Compiled) -> None:
+    state, action = task.fresh(4), task.actions(5)
+    reached = task.step(state, action).achieved_goal  # where this step will end up
+    on_goal = task.step(state.replace(goal=reached), action)
+    np.testing.assert_array_equal(on_goal.achieved_goal, reached)  # the step is deterministic
+    assert on_goal.success.all() and (on_goal.reward == 1.0).all()
+    offset = np.zeros(task.env.spec.goal_dim, np.float32)
+    offset[0] = 2 * task.env.spec.success_radius
+    off_goal = task.step(state.replace(goal=np.asarray(reached) + offset), action)
+    assert not off_goal.success.any() and (off_goal.reward == 0.0).all()
+
+
+def test_episode_ends_at_its_length(task: Compiled) -> None:
+    length = task.env.episode_length
+    state, action = task.fresh(6), task.actions(7)
+    t = np.array([length - 1, length - 2, 0, length - 1], np.int32)
+    nxt = task.step(state.replace(t=t), action)
+    assert nxt.t.tolist() == [length, length - 1, 1, length]
+    assert nxt.done.tolist() == [True, False, False, True]
+
+
+def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:
+    state = task.step(task.fresh(8), task.actions(9))
+    done = np.array([True, False, True, False])
+    out = task.reset_if_done(state.replace(done=done))
+    for i in (1, 3):  # not done: untouched
+        assert _trees_equal(_row(out, i), _row(state.replace(done=done), i))
+    for i in (0, 2):  # done: a new episode with a new goal, start and DR draw
+        fresh, old = _row(out, i), _row(state, i)
+        assert int(fresh.t) == 0 and not bool(fresh.done)
+        assert not np.allclose(fresh.goal, old.goal) or not np.allclose(
+            fresh.data.qpos, old.data.qpos
+        )
+        assert not np.array_equal(fresh.dr.body_mass, old.dr.body_mass)
+        assert not np.array_equal(fresh.rng, old.rng)
+    # The auto-reset draws from the state's rng, so it is reproducible.
+    assert _trees_equal(out, task.reset_if_done(state.replace(done=done)))
+
+
+def test_reset_if_done_on_blank_equals_reset() -> None:
+    task = compiled("reacher")
+    keys = jax.random.split(jax.random.key(10), N_ENVS)
+    via_reset = test_compile(jax.vmap(task.env.reset))(keys)
+    via_rid = task.fresh(10)
+    assert _trees_equal(via_reset, via_rid)
+
+
+def test_reacher_full_episode_sets_done_once() -> None:
+    task = compiled("reacher")
+    state, action = task.fresh(11), np.zeros((N_ENVS, task.env.spec.act_dim), np.float32)
+    dones, successes = [], []
+    for _ in range(task.env.episode_length):
+        state = task.step(state, action)
+        dones.append(state.done)
+        successes.append(state.success)
+    done = np.stack(dones, axis=1)
+    assert (done[:, :-1] == 0).all() and done[:, -1].all()
+    # Time at goal is the mean of the per-step success flags.
+    time_at_goal = np.stack(successes, axis=1).mean(axis=1)
+    assert ((time_at_goal >= 0.0) & (time_at_goal <= 1.0)).all()
+    # Holding still (zero action = mid-range servo targets) keeps the physics finite.
+    assert np.isfinite(state.data.qpos).all()
+
+
+def _command(env: GoalReachEnv, q: np.ndarray) -> np.ndarray:
+    """The normalized action whose servo targets are the joint angles q."""
+    offset, scale = np.asarray(env.spec.action.offset), np.asarray(env.spec.action.scale)
+    return ((q - offset) / scale).astype(np.float32)
+
+
+def test_reacher_ik_oracle_reaches_every_goal() -> None:
+    """Commanding the analytic inverse kinematics of the goal puts the fingertip on it, under
+    training DR (delay, gains, noise): goals, frames and success agree with the robot."""
+    task = compiled("reacher")
+    m = task.env.mj_model
+    l1, l2 = m.body("link2").pos[0], m.site("fingertip").pos[0]  # link lengths of the model
+    state = task.fresh(12)
+    g = np.asarray(state.goal)
+    elbow = np.arccos(np.clip(((g**2).sum(1) - l1**2 - l2**2) / (2 * l1 * l2), -1, 1))
+    shoulder = np.arctan2(g[:, 1], g[:, 0]) - np.arctan2(
+        l2 * np.sin(elbow), l1 + l2 * np.cos(elbow)
+    )
+    shoulder = (shoulder + np.pi) % (2 * np.pi) - np.pi
+    action = _command(task.env, np.stack([shoulder, elbow], axis=1))
+    for _ in range(15):
+        state = task.step(state, action)
+    assert state.success.all(), np.linalg.norm(state.achieved_goal - state.goal, axis=1)
+
+
+def test_arm_reach_ik_oracle_reaches_every_goal() -> None:
+    """Numerical IK (plain MuJoCo on the host) for each sampled goal, commanded as servo targets:
+    the goal box is reachable and the arm settles on it within the episode."""
+    task = compiled("arm_reach")
+    m = task.env.mj_model
+    d = mujoco.MjData(m)
+    site = m.site(task.env.config.goal_name).id
+    state = task.fresh(13)
+    targets = []
+    for goal in np.asarray(state.goal):
+        mujoco.mj_resetDataKeyframe(m, d, m.key(task.env.config.start.keyframe).id)
+        for _ in range(200):
+            mujoco.mj_kinematics(m, d)
+            mujoco.mj_comPos(m, d)
+            err = goal - d.site_xpos[site]
+            jac = np.zeros((3, m.nv))
+            mujoco.mj_jacSite(m, d, jac, None, site)
+            step = jac.T @ np.linalg.solve(jac @ jac.T + 1e-4 * np.eye(3), err)
+            d.qpos[:] = np.clip(d.qpos + 0.5 * step, *m.jnt_range.T)
+        assert np.linalg.norm(err) < 1e-3, f"goal {goal} unreachable"
+        targets.append(d.qpos.copy())
+    action = _command(task.env, np.stack(targets))
+    for _ in range(15):
+        state = task.step(state, action)
+    assert state.success.all(), np.linalg.norm(state.achieved_goal - state.goal, axis=1)
