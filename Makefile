@@ -27,8 +27,19 @@ typecheck: venv
 test: venv lint typecheck
 	$(BIN)/python -m pytest
 
+# The pipeline on the CPU: train reacher (quick preset), evaluate it on fresh goals and render
+# it, export the actor to ONNX, and measure its latency the way a robot would run it. The run
+# directory holds the checkpoints, eval.json and learning_curve.png.
 demo: venv
-	$(BIN)/crl-sim rollout reacher --episodes 2 --video $(DEMO_DIR)/reacher_random.mp4 --frames $(DEMO_DIR)/reacher_random.png
+	rm -rf $(DEMO_DIR)/reacher
+	$(BIN)/crl-train reacher --preset quick --out $(DEMO_DIR)/reacher
+	$(BIN)/crl-train eval --run $(DEMO_DIR)/reacher --episodes 128 \
+	  --video $(DEMO_DIR)/reacher_eval.mp4 --frames $(DEMO_DIR)/reacher_eval.png
+	$(BIN)/crl-export onnx --run $(DEMO_DIR)/reacher --out $(DEMO_DIR)/reacher.onnx
+	$(BIN)/crl-run bench --policy $(DEMO_DIR)/reacher.onnx --backend ort --batch 1 \
+	  --out $(DEMO_DIR)/reacher_latency.json --plot $(DEMO_DIR)/reacher_latency.png
+	@echo "demo: learning curve $(DEMO_DIR)/reacher/learning_curve.png," \
+	  "episodes $(DEMO_DIR)/reacher_eval.mp4, policy $(DEMO_DIR)/reacher.onnx"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,380 @@
+"""The training loop: run directory, validation, CLI, divergence, resume, learning.
+
+`PointMass` is a pure-jax stand-in with the GoalReachEnv contract, so the loop is tested without
+MuJoCo compile times; `test_reacher_*` exercise the real quickstart task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
+from crl.train import cli
+from crl.train.checkpoint import CheckpointError, checkpoint_steps, load_run
+from crl.train.config import (
+    PRESETS,
+    AlgoConfig,
+    ConfigError,
+    EvalConfig,
+    ReplayConfig,
+    TrainConfig,
+    validate,
+)
+from crl.train.networks import Actor, NetworkConfig
+from crl.train.trainer import DivergedError, prepare_run_dir, train
+
+
+@struct.dataclass
+class PointState:
+    data: dict
+    obs: jax.Array
+    goal: jax.Array
+    achieved_goal: jax.Array
+    reward: jax.Array
+    success: jax.Array
+    done: jax.Array
+    t: jax.Array
+    rng: jax.Array
+    clock: jax.Array  # steps this env slot has taken over all episodes (drives `nan_after`)
+
+
+class PointMass:
+    """A pure-jax stand-in with the GoalReachEnv contract: a point in [-1, 1]² that moves by
+    0.2 · action per step towards a goal drawn uniformly in the same square."""
+
+    def __init__(self, episode_length: int = 20, nan_after: int | None = None) -> None:
+        self.episode_length = episode_length
+        self.nan_after = nan_after
+        self.config = None
+        self.spec = PolicySpec(
+            task="point_mass",
+            observation=(Field("pos", 2), Field("vel", 2)),
+            goal=GoalSpec(fields=(Field("xy", 2),), frame="world", low=(-1.0, -1.0),
+                          high=(1.0, 1.0)),
+            action=ActionSpec(size=2, joints=("x", "y"), kind="effort", scale=(1.0, 1.0),
+                              offset=(0.0, 0.0), low=(-1.0, -1.0), high=(1.0, 1.0)),
+            control_hz=10.0,
+            success_radius=0.1,
+            provenance=Provenance(env="point_mass", robot_model_sha256="0" * 64),
+        )
+
+    def _observe(self, pos, vel, goal, t, rng, clock, done):
+        obs = jnp.concatenate([pos, vel])
+        if self.nan_after is not None:
+            obs = jnp.where(clock >= self.nan_after, jnp.nan, obs)
+        dist = jnp.linalg.norm(pos - goal)
+        success = dist <= self.spec.success_radius
+        return PointState(
+            data={"pos": pos, "vel": vel}, obs=obs, goal=goal, achieved_goal=pos,
+            reward=success.astype(jnp.float32), success=success, done=done, t=t, rng=rng,
+            clock=clock,
+        )
+
+    def reset(self, rng):
+        rng, k_pos, k_goal = jax.random.split(rng, 3)
+        pos = jax.random.uniform(k_pos, (2,), minval=-1.0, maxval=1.0)
+        goal = jax.random.uniform(k_goal, (2,), minval=-1.0, maxval=1.0)
+        return self._observe(pos, jnp.zeros(2), goal, jnp.int32(0), rng, jnp.int32(0),
+                             jnp.bool_(False))
+
+    def step(self, state, action):
+        vel = 0.2 * jnp.clip(action, -1.0, 1.0)
+        pos = jnp.clip(state.data["pos"] + vel, -1.0, 1.0)
+        t = state.t + 1
+        return self._observe(pos, vel, state.goal, t, state.rng, state.clock + 1,
+                             t >= self.episode_length)
+
+    def reset_if_done(self, state):
+        fresh = self.reset(state.rng).replace(clock=state.clock)
+        return jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """Sizes chosen not to divide one another: 30 envs, 7-step unrolls, batch 100, 23-step
+    episodes, 38 SGD steps per iteration (env_steps_per_update 5.5)."""
+    config = TrainConfig(
+        task="point_mass",
+        seed=0,
+        total_steps=30 * 7 * 40,
+        network=NetworkConfig(depth=4, width=64, repr_dim=16),
+        algo=AlgoConfig(batch_size=100),
+        replay=ReplayConfig(num_envs=30, unroll_length=7, env_steps_per_update=5.5,
+                            buffer_steps=300, min_replay_steps=14),
+        eval=EvalConfig(eval_every=30 * 7 * 10, eval_episodes=64, held_out=False),
+        keep_checkpoints=2,
+        log_every=4,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def point_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "point"
+    result = train(tiny_config(), run_dir, env=PointMass(episode_length=23), progress=False)
+    return run_dir, result
+
+
+def test_run_directory_holds_config_spec_eval_checkpoints_and_events(point_run) -> None:
+    run_dir, result = point_run
+    config = tiny_config()
+    assert result.env_steps == config.iterations * config.env_steps_per_iteration
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert TrainConfig.from_dict(stored) == config
+    assert stored["derived"]["sgd_steps_per_iteration"] == 38
+
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["network"] == {"depth": 4, "width": 64, "repr_dim": 16, "residual": True}
+    assert spec["provenance"]["train_step"] == result.env_steps
+
+    evaluations = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    assert [e["env_steps"] for e in evaluations] == [0, 2100, 4200, 6300, 8400]
+    assert set(evaluations[0]["train"]) >= {"success_rate", "time_at_goal",
+                                             "final_distance_median"}
+
+    steps = checkpoint_steps(run_dir)
+    best = max(evaluations, key=lambda e: e["train"]["time_at_goal"])["env_steps"]
+    assert steps == sorted({6300, 8400, best})  # the last 2 and the best
+    assert list((run_dir / "tb").glob("events.*"))
+    assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_load_run_gives_params_the_actor_can_apply(point_run) -> None:
+    run_dir, result = point_run
+    run = load_run(run_dir)
+    assert run.step == result.env_steps
+    assert set(run.params) == {"actor", "sa_encoder", "g_encoder"}
+    assert run.spec.network is not None and run.spec.network.depth == 4
+    assert run.spec.provenance.train_step == run.step
+    actor = Actor(NetworkConfig(depth=4, width=64, repr_dim=16), run.spec.act_dim)
+    mean, _ = actor.apply({"params": run.params["actor"]}, np.zeros((1, 4)), np.zeros((1, 2)))
+    assert mean.shape == (1, 2)
+    for leaf, trained in zip(jax.tree.leaves(run.params),
+                             jax.tree.leaves(result.state.params), strict=True):
+        np.testing.assert_array_equal(leaf, trained)
+    with pytest.raises(CheckpointError, match="no checkpoint at step 1"):
+        load_run(run_dir, step=1)
+    with pytest.raises(CheckpointError, match="not a training run"):
+        load_run(run_dir / "nowhere")
+
+
+def test_training_improves_over_the_untrained_policy(point_run) -> None:
+    _, result = point_run
+    first, last = result.evaluations[0]["train"], result.evaluations[-1]["train"]
+    assert first["success_rate"] < 0.3
+    assert last["success_rate"] > first["success_rate"] + 0.4
+    assert last["final_distance_median"] < first["final_distance_median"]
+
+
+def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(point_run) -> None:
+    run_dir, _ = point_run
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        prepare_run_dir(run_dir, tiny_config(), resume=False)
+    with pytest.raises(ConfigError, match=r"^depth: .* started with 4, not 8"):
+        prepare_run_dir(run_dir, tiny_config(network=NetworkConfig(depth=8, width=64,
+                                                                   repr_dim=16)), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"network": NetworkConfig(depth=6)}, r"^depth: 6 is not a positive multiple of 4.*use"),
+        ({"algo": AlgoConfig(batch_size=10_000)}, r"^batch_size: 10000 is larger than the replay"),
+        ({"task": "nope"}, r"^task: 'nope' is not a known task; choose one of reacher"),
+        ({"algo": AlgoConfig(gamma=1.0)}, r"^gamma: must be in \(0, 1\)"),
+        ({"total_steps": 10}, r"^total_steps: 10 is less than one iteration"),
+    ],
+)
+def test_config_validation_names_the_field(changes, message, tmp_path) -> None:
+    config = tiny_config(**changes)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, ("reacher", "ant", "point_mass"))
+    if "task" not in changes:
+        with pytest.raises(ConfigError, match=message):  # before any env, compile or run dir
+            train(config, tmp_path / "run", env=PointMass())
+        assert not (tmp_path / "run").exists()
+
+
+def test_presets_are_valid_and_paper_is_table_2() -> None:
+    for preset in PRESETS.values():
+        validate(dataclasses.replace(preset, task="reacher"), ("reacher",))
+    p = PRESETS["paper"]
+    assert (p.replay.num_envs, p.algo.batch_size, p.replay.unroll_length) == (512, 512, 62)
+    assert p.sgd_steps_per_iteration == 794  # 512 envs × 62 steps / 40: UTD 1:40
+    assert (p.replay.buffer_steps, p.replay.min_replay_steps) == (10_000, 1_000)
+    a = p.algo
+    assert (a.gamma, a.logsumexp_penalty, a.entropy_scale) == (0.99, 0.1, 0.5)
+    assert a.actor_lr == a.critic_lr == a.alpha_lr == 3e-4
+    assert (p.network.width, p.network.repr_dim, p.network.residual) == (256, 64, True)
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys) -> None:
+    for argv in (["reacher", "--depth", "6", "--out", str(tmp_path / "a")],
+                 ["no_such_task", "--out", str(tmp_path / "b")],
+                 ["eval", "--run", str(tmp_path / "missing")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("crl-train: error: ") and "\n" not in err
+
+
+def test_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
+    seen = {}
+
+    def fake_train(config, out, resume=False):
+        seen.update(config=config, out=out, resume=resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("crl.train.trainer.train", fake_train)
+    argv = ["reacher", "--preset", "quick", "--depth", "8", "--width", "32", "--num-envs", "7",
+            "--batch-size", "9", "--total-steps", "1234", "--seed", "3", "--dr", "off",
+            "--no-residual", "--out", str(tmp_path / "r")]
+    assert cli.main(argv) == 130
+    c = seen["config"]
+    assert (c.task, c.seed, c.total_steps, c.dr) == ("reacher", 3, 1234, "off")
+    assert c.network == NetworkConfig(depth=8, width=32, repr_dim=64, residual=False)
+    assert (c.replay.num_envs, c.algo.batch_size) == (7, 9)
+    assert c.replay.unroll_length == cli.PRESETS["quick"].replay.unroll_length
+    assert seen["out"] == tmp_path / "r"
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    config = tiny_config(total_steps=30 * 7 * 30)
+    env = PointMass(episode_length=23, nan_after=7 * 15)  # observations turn NaN mid-run
+    with pytest.raises(DivergedError) as info:
+        train(config, tmp_path / "run", env=env, progress=False)
+    message = str(info.value)
+    match = re.fullmatch(
+        r"training stopped: (\w+) is nan at step (\d+); last good checkpoint: (\S+)", message
+    )
+    assert match, message
+    assert int(match[2]) == 30 * 7 * 16  # the first iteration that collected NaN
+    good = Path(match[3])
+    assert good.name == "2100"
+    run = load_run(tmp_path / "run")
+    assert run.step == 2100
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.params))
+
+
+_RUN_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_trainer import PointMass, tiny_config
+from crl.train.trainer import train
+train(tiny_config(), Path({out!r}), resume={resume}, env=PointMass(episode_length=23),
+      progress=False)
+"""
+
+
+def _start(out: Path, resume: bool, cache: Path) -> subprocess.Popen:
+    """The `point_run` fixture's run in a subprocess (sharing one compilation cache)."""
+    script = _RUN_SCRIPT.format(tests=str(TESTS), out=str(out), resume=resume)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return subprocess.Popen([sys.executable, "-c", script], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_ends_bitwise_equal(point_run, tmp_path) -> None:
+    """Kill -9 a run after its first checkpoint, resume it: it ends with the parameters and
+    evaluations of the uninterrupted `point_run`, bit for bit."""
+    whole, _ = point_run
+    killed, cache = tmp_path / "killed", tmp_path / "jax_cache"
+    first = tiny_config().eval.eval_every
+    b = _start(killed, resume=False, cache=cache)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and b.poll() is None:
+        if any(s >= first for s in checkpoint_steps(killed)):
+            b.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert b.wait(60) == -signal.SIGKILL, b.stdout.read().decode()[-2000:]
+    assert max(checkpoint_steps(killed)) < load_run(whole).step  # it really was cut short
+    c = _start(killed, resume=True, cache=cache)
+    assert c.wait(240) == 0, c.stdout.read().decode()[-2000:]
+    end_whole, end_resumed = load_run(whole), load_run(killed)
+    assert end_whole.step == end_resumed.step
+    for x, y in zip(jax.tree.leaves(end_whole.params), jax.tree.leaves(end_resumed.params),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
+    evals_whole = json.loads((whole / "eval.json").read_text())["evaluations"]
+    evals_resumed = json.loads((killed / "eval.json").read_text())["evaluations"]
+    assert [e["train"] for e in evals_whole] == [e["train"] for e in evals_resumed]
+
+
+# --------------------------------------------------------------------------------- reacher
+
+
+def reacher_config() -> TrainConfig:
+    """The quick preset shrunk to a test's budget: 64 envs, width 64, 144k env steps."""
+    quick = PRESETS["quick"]
+    return dataclasses.replace(
+        quick,
+        task="reacher",
+        seed=1,
+        total_steps=64 * 16 * 141,
+        network=NetworkConfig(depth=4, width=64, repr_dim=32),
+        replay=dataclasses.replace(quick.replay, num_envs=64),
+        eval=EvalConfig(eval_every=64 * 16 * 47, eval_episodes=128, held_out=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def reacher_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "reacher"
+    return run_dir, train(reacher_config(), run_dir, progress=False)
+
+
+@pytest.mark.slow
+def test_reacher_short_run_beats_the_untrained_policy(reacher_run) -> None:
+    _, result = reacher_run
+    untrained, trained = result.evaluations[0]["train"], result.evaluations[-1]["train"]
+    assert trained["success_rate"] > untrained["success_rate"] + 0.2
+    assert trained["final_distance_median"] < 0.7 * untrained["final_distance_median"]
+
+
+@pytest.mark.slow
+def test_reacher_eval_cli_writes_json_curve_and_renders(reacher_run, tmp_path, monkeypatch,
+                                                        capsys) -> None:
+    run_dir, result = reacher_run
+    calls = {}
+
+    def render_rollout(env, policy, episodes, seed, video=None, frames=None):
+        obs, goal = np.zeros(env.spec.obs_dim, np.float32), np.zeros(env.spec.goal_dim)
+        action = np.asarray(policy(obs, goal))
+        calls.update(episodes=episodes, video=video, frames=frames, action=action)
+        return {"summary": {"episodes": episodes}}
+
+    fake = type(sys)("crl.sim.render")
+    fake.render_rollout = render_rollout
+    monkeypatch.setitem(sys.modules, "crl.sim.render", fake)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--run", str(run_dir), "--dr", "held-out", "--episodes", "16",
+            "--video", str(tmp_path / "v.mp4"), "--curve", str(tmp_path / "curve.png"),
+            "--json", str(out)]
+    assert cli.main(argv) == 0
+    written = json.loads(out.read_text())
+    assert (written["dr"], written["episodes"], written["step"]) == ("held-out", 16,
+                                                                     result.env_steps)
+    assert 0.0 <= written["success_rate"] <= 1.0
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    assert calls["video"] == tmp_path / "v.mp4"
+    assert calls["action"].shape == (2,) and np.all(np.abs(calls["action"]) <= 1)
+    assert "reacher @" in capsys.readouterr().out

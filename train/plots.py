@@ -1,0 +1,58 @@
+"""Learning-curve PNG of a run, drawn from its `eval.json`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crl.train.checkpoint import CheckpointError
+
+CURVE_FILE = "learning_curve.png"
+
+
+def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
+    """Success rate, time at goal and median final distance against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no eval.json to plot")
+    data = json.loads(path.read_text())
+    evaluations = data.get("evaluations", [])
+    steps = [e["env_steps"] for e in evaluations]
+    splits = {"train": f"training env (DR {data.get('dr', 'on')})", "held_out": "held-out DR"}
+    spec_path = run_dir / "spec.json"
+    radius = json.loads(spec_path.read_text())["success_radius"] if spec_path.is_file() else None
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    panels = (
+        ("success_rate", "success rate", 100.0, "%"),
+        ("time_at_goal", "time at goal", 1.0, "steps"),
+        ("final_distance_median", "median final distance", 100.0, "cm"),
+    )
+    for ax, (key, title, scale, unit) in zip(axes, panels, strict=True):
+        for split, label in splits.items():
+            if evaluations and split in evaluations[0]:
+                ax.plot(steps, [e[split][key] * scale for e in evaluations], marker="o", ms=3,
+                        label=label)
+        ax.set_title(title)
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-2, 102)
+    axes[0].legend(loc="lower right")
+    if radius is not None:
+        axes[2].axhline(radius * 100.0, color="gray", ls="--", lw=1, label="success radius")
+        axes[2].legend(loc="upper right")
+    fig.suptitle(f"{data.get('task', '')}: deterministic actor on fresh goals")
+    out = Path(out) if out is not None else run_dir / CURVE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

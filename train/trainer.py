@@ -1,0 +1,539 @@
+"""Deep residual Contrastive RL (Wang et al., 2025): the training loop, top to bottom.
+
+One training iteration is one jitted call:
+  1. collect `unroll_length` steps in `num_envs` environments with the stochastic actor and
+     append them to the on-device trajectory buffer;
+  2. once the buffer holds `min_replay_steps`, run `sgd_steps_per_iteration` SGD steps; each
+     samples a relabeled batch, updates the actor and α, then the critic, on that same batch.
+Around it, plain Python: evaluation every `eval_every` env steps (deterministic actor, fresh
+goals, optionally held-out domain randomization), a checkpoint at each evaluation, TensorBoard,
+a progress bar, and a finiteness check that stops a diverged run before it is saved.
+
+Resume is exact: the checkpoint holds everything the next iteration reads (parameters, Adam
+moments, α, buffer, env states, RNG), evaluation draws from its own key, and every iteration is
+the same compiled program, so a resumed run reproduces the uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from crl.sim.env import jit as env_jit
+from crl.sim.spec import NetworkSpec
+from crl.train import losses, replay
+from crl.train.checkpoint import (
+    CONFIG_FILE,
+    SPEC_FILE,
+    Checkpointer,
+    checkpoint_steps,
+    git_commit,
+    write_json_atomic,
+)
+from crl.train.config import DR_MODES, ConfigError, TrainConfig, validate
+from crl.train.evaluate import make_evaluator, summarize
+from crl.train.plots import plot_learning_curve
+
+EVAL_FILE = "eval.json"
+# Independent random streams derived from the seed: training, evaluation.
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+class DivergedError(RuntimeError):
+    """A loss or parameter became non-finite; the message names it, the step, the checkpoint."""
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one iteration reads and writes (and what a checkpoint holds)."""
+
+    params: dict  # {"actor", "sa_encoder", "g_encoder"}
+    log_alpha: jax.Array
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    alpha_opt: optax.OptState
+    env_state: Any  # the env's State, batched over num_envs
+    buffer: replay.ReplayState
+    key: jax.Array
+    iteration: jax.Array  # i32: iterations completed
+    sgd_steps: jax.Array  # i32: SGD steps taken
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static pieces an iteration is built from."""
+
+    config: TrainConfig
+    env: Any
+    nets: losses.Networks
+    actor_tx: optax.GradientTransformation
+    critic_tx: optax.GradientTransformation
+    alpha_tx: optax.GradientTransformation
+
+    @property
+    def spec(self) -> Any:
+        return self.env.spec
+
+
+def make_setup(config: TrainConfig, env: Any) -> Setup:
+    a = config.algo
+    return Setup(
+        config=config,
+        env=env,
+        nets=losses.make_networks(config.network, env.spec.act_dim),
+        actor_tx=optax.adam(a.actor_lr),
+        critic_tx=optax.adam(a.critic_lr),
+        alpha_tx=optax.adam(a.alpha_lr),
+    )
+
+
+def init_state(setup: Setup) -> TrainState:
+    """Fresh networks, optimisers, α = 1, an empty buffer, environments about to reset."""
+    c, spec = setup.config, setup.spec
+    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), TRAIN_STREAM)
+    key, k_params, k_env = jax.random.split(key, 3)
+    params = jax.jit(losses.init_params, static_argnums=(0, 2, 3))(
+        setup.nets, k_params, spec.obs_dim, spec.goal_dim
+    )
+    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
+    log_alpha = jnp.zeros((), jnp.float32)
+    return TrainState(
+        params=params,
+        log_alpha=log_alpha,
+        actor_opt=setup.actor_tx.init(params["actor"]),
+        critic_opt=setup.critic_tx.init(critic),
+        alpha_opt=setup.alpha_tx.init(log_alpha),
+        env_state=_pending_resets(setup.env, jax.random.split(k_env, c.replay.num_envs)),
+        buffer=replay.init(
+            c.replay.buffer_steps, c.replay.num_envs, spec.obs_dim, spec.act_dim, spec.goal_dim
+        ),
+        key=key,
+        iteration=jnp.zeros((), jnp.int32),
+        sgd_steps=jnp.zeros((), jnp.int32),
+    )
+
+
+def _pending_resets(env: Any, keys: jax.Array) -> Any:
+    """Env states that are all `done`, so the first collect step resets them from `keys`.
+
+    The iteration's own `reset_if_done` draws the first episodes: no separate reset program to
+    compile before training starts.
+    """
+    shapes = jax.eval_shape(jax.vmap(env.reset), keys)
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return state.replace(done=jnp.ones_like(state.done), rng=keys)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dict]]:
+    """The jitted training iteration: collect, insert, and (after prefill) SGD."""
+    c, env, nets = setup.config, setup.env, setup.nets
+    target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
+
+    def collect(
+        actor_params: dict, env_state: Any, key: jax.Array
+    ) -> tuple[Any, replay.Transition, dict]:
+        def step(env_state: Any, key: jax.Array) -> tuple[Any, tuple[replay.Transition, Any]]:
+            env_state = jax.vmap(env.reset_if_done)(env_state)  # episodes that ended last step
+            obs, goal = env_state.obs, env_state.goal
+            mean, log_std = nets.actor.apply({"params": actor_params}, obs, goal)
+            action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
+            next_state = jax.vmap(env.step)(env_state, action)
+            transition = replay.Transition(
+                obs=env_state.obs,
+                action=action,
+                next_achieved=next_state.achieved_goal,
+                t=env_state.t,
+            )
+            return next_state, (transition, next_state.success)
+
+        keys = jax.random.split(key, c.replay.unroll_length)
+        env_state, (unroll, success) = jax.lax.scan(step, env_state, keys)
+        return env_state, unroll, {"collect_at_goal": jnp.mean(success)}
+
+    def sgd_step(
+        carry: tuple[dict, jax.Array, Any, Any, Any], key: jax.Array, buffer: replay.ReplayState
+    ) -> tuple[tuple[dict, jax.Array, Any, Any, Any], dict]:
+        params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
+        k_batch, k_actor = jax.random.split(key)
+        batch, _ = replay.sample(
+            buffer, k_batch, c.algo.batch_size, c.algo.gamma, env.episode_length
+        )
+        critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
+
+        # Actor and α first, against the current critic.
+        (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
+            losses.actor_loss, has_aux=True
+        )(params["actor"], critic, log_alpha, nets, batch, k_actor)
+        alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
+            log_alpha, log_prob, target_entropy
+        )
+        updates, actor_opt = setup.actor_tx.update(actor_grad, actor_opt)
+        actor_params = optax.apply_updates(params["actor"], updates)
+        updates, alpha_opt = setup.alpha_tx.update(alpha_grad, alpha_opt)
+        log_alpha = optax.apply_updates(log_alpha, updates)
+
+        # Then the critic, on the same batch.
+        (_, critic_metrics), critic_grad = jax.value_and_grad(losses.critic_loss, has_aux=True)(
+            critic, nets, batch, c.algo.logsumexp_penalty
+        )
+        updates, critic_opt = setup.critic_tx.update(critic_grad, critic_opt)
+        critic = optax.apply_updates(critic, updates)
+
+        params = {"actor": actor_params, **critic}
+        metrics = {
+            **actor_metrics,
+            **critic_metrics,
+            "alpha_loss": alpha_value,
+            "alpha": jnp.exp(log_alpha),
+        }
+        return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
+
+    def sgd(carry: tuple, buffer: replay.ReplayState, key: jax.Array) -> tuple[tuple, dict]:
+        keys = jax.random.split(key, c.sgd_steps_per_iteration)
+        carry, metrics = jax.lax.scan(lambda cr, k: sgd_step(cr, k, buffer), carry, keys)
+        return carry, jax.tree.map(jnp.mean, metrics)
+
+    def skip_sgd(carry: tuple, buffer: replay.ReplayState, key: jax.Array) -> tuple[tuple, dict]:
+        _, shapes = jax.eval_shape(sgd, carry, buffer, key)
+        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def iteration(state: TrainState) -> tuple[TrainState, dict]:
+        key, k_collect, k_sgd = jax.random.split(state.key, 3)
+        actor_params = state.params["actor"]
+        env_state, unroll, collect_metrics = collect(actor_params, state.env_state, k_collect)
+        buffer = replay.insert(state.buffer, unroll)
+        state = state.replace(env_state=env_state, buffer=buffer, key=key)
+
+        trains = replay.size(buffer) >= c.replay.min_replay_steps
+        carry = (state.params, state.log_alpha, state.actor_opt, state.critic_opt, state.alpha_opt)
+        carry, sgd_metrics = jax.lax.cond(trains, sgd, skip_sgd, carry, buffer, k_sgd)
+        params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
+        state = state.replace(
+            params=params,
+            log_alpha=log_alpha,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            alpha_opt=alpha_opt,
+            iteration=state.iteration + 1,
+            sgd_steps=state.sgd_steps + jnp.where(trains, c.sgd_steps_per_iteration, 0),
+        )
+        metrics = {
+            **collect_metrics,
+            **sgd_metrics,
+            "trained": trains,
+            "finite/actor": _all_finite(params["actor"]),
+            "finite/critic": _all_finite({k: params[k] for k in ("sa_encoder", "g_encoder")}),
+            "finite/log_alpha": jnp.isfinite(log_alpha),
+        }
+        return state, metrics
+
+    return env_jit(iteration, donate_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host loop: run directory, evaluation, checkpoints, logging.
+
+
+def run_spec(setup: Setup, env_steps: int) -> Any:
+    """The env's policy spec with the network shape and this run's provenance filled in."""
+    n = setup.config.network
+    provenance = dataclasses.replace(
+        setup.spec.provenance, train_step=int(env_steps), git_commit=git_commit()
+    )
+    return setup.spec.replace(
+        network=NetworkSpec(depth=n.depth, width=n.width, repr_dim=n.repr_dim, residual=n.residual),
+        provenance=provenance,
+    )
+
+
+def check_finite(metrics: dict[str, Any], env_steps: int, last_checkpoint: str) -> None:
+    """Raise DivergedError naming the first non-finite loss or parameter group."""
+    for name, value in metrics.items():
+        if name.startswith("finite/"):
+            if not bool(value):
+                bad = f"{name.removeprefix('finite/')} parameters are not finite"
+                break
+        elif not np.all(np.isfinite(value)):
+            bad = f"{name} is {float(np.asarray(value).ravel()[0])}"
+            break
+    else:
+        return
+    raise DivergedError(
+        f"training stopped: {bad} at step {env_steps}; last good checkpoint: {last_checkpoint}"
+    )
+
+
+def compile_all(
+    iteration: Any, state: TrainState, evaluators: dict[str, Any], actor_params: dict,
+    eval_key: jax.Array,
+) -> tuple[Any, dict[str, Any]]:
+    """Compile the iteration and the evaluators at once: XLA compiles outside the GIL, so on a
+    multi-core CPU the evaluators' compile hides behind the iteration's."""
+    with ThreadPoolExecutor(max_workers=len(evaluators)) as pool:
+        futures = {
+            name: pool.submit(lambda f=f: f.lower(actor_params, eval_key).compile())
+            for name, f in evaluators.items()
+        }
+        compiled = iteration.lower(state).compile()
+        return compiled, {name: future.result() for name, future in futures.items()}
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Create a new run directory, or check that `--resume` matches the run it continues.
+
+    Returns the config to run with: on resume, the stored one (only total_steps may change).
+    """
+    config_path = run_dir / CONFIG_FILE
+    if resume:
+        if not config_path.is_file():
+            raise ConfigError(f"resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
+        stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        differs = _differences(stored, dataclasses.replace(config, total_steps=stored.total_steps))
+        if differs:
+            name, was, now = differs[0]
+            raise ConfigError(
+                f"{name}: the run in {run_dir} was started with {was!r}, not {now!r}; drop the "
+                "flag to resume it (only --total-steps may change) or start a new --out"
+            )
+        config = dataclasses.replace(stored, total_steps=config.total_steps)
+    elif config_path.exists() or checkpoint_steps(run_dir):
+        raise ConfigError(
+            f"out: {run_dir} already holds a run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config_path, config.to_dict())
+    return config
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x):
+            out += _differences(x, y, prefix)
+        elif x != y:
+            out.append((prefix + f.name, x, y))
+    return out
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    env_steps: int
+    evaluations: list[dict]
+    state: TrainState
+
+
+def make_envs(config: TrainConfig) -> tuple[Any, Any | None]:
+    """The training env and, when configured, the held-out-DR evaluation env."""
+    from crl.sim import tasks
+
+    env = tasks.make(config.task, dr=DR_MODES[config.dr])
+    held_out = tasks.make(config.task, dr="held_out") if config.eval.held_out else None
+    return env, held_out
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    env: Any = None,
+    held_out_env: Any = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train (or continue) the run in `run_dir`. `env` replaces `crl.sim.tasks.make(task)`
+    (tests pass stand-ins); config errors raise ConfigError before anything is compiled."""
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    if env is None:
+        from crl.sim import tasks
+
+        validate(config, tasks.TASKS)
+        config = prepare_run_dir(run_dir, config, resume)
+        env, held_out_env = make_envs(config)
+    else:
+        validate(config)
+        if config.eval.held_out and held_out_env is None:
+            raise ConfigError("held_out: no held-out environment given; pass --no-held-out")
+        config = prepare_run_dir(run_dir, config, resume)
+
+    setup = make_setup(config, env)
+    state = init_state(setup)
+    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+    evaluations: list[dict] = []
+    if resume and checkpointer.latest_step() is not None:
+        step = checkpointer.latest_step()
+        state = checkpointer.restore_state(step, state)
+        evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+    eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
+    evaluators = {"train": make_evaluator(env, setup.nets.actor, config.eval.eval_episodes)}
+    if held_out_env is not None:
+        evaluators["held_out"] = make_evaluator(
+            held_out_env, setup.nets.actor, config.eval.eval_episodes
+        )
+    # Wall-clock in eval.json counts from the start of this call, compile included; a resumed
+    # run continues the clock of the evaluations it keeps.
+    wall_offset = evaluations[-1]["wall_s"] if evaluations else 0.0
+
+    def wall() -> float:
+        return round(wall_offset + time.monotonic() - started, 2)
+
+    def evaluate(env_steps: int) -> dict:
+        record: dict[str, Any] = {
+            "env_steps": env_steps,
+            "sgd_steps": int(state.sgd_steps),
+            "wall_s": wall(),
+        }
+        for name, evaluator in evaluators.items():
+            per_episode = jax.device_get(evaluator(state.params["actor"], eval_key))
+            record[name] = summarize(per_episode, env.episode_length)
+        evaluations.append(record)
+        write_json_atomic(
+            run_dir / EVAL_FILE, {"task": config.task, "dr": config.dr, "evaluations": evaluations}
+        )
+        logger.evaluation(record)
+        return record
+
+    def save(env_steps: int, record: dict) -> str:
+        spec = run_spec(setup, env_steps)
+        meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
+        path = checkpointer.save(
+            env_steps, state, state.params, meta, {"time_at_goal": record["train"]["time_at_goal"]}
+        )
+        write_json_atomic(run_dir / SPEC_FILE, spec.to_dict())
+        return str(path)
+
+    start = int(state.iteration)
+    env_steps = start * config.env_steps_per_iteration
+    logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress)
+    try:
+        iteration_fn, evaluators = compile_all(
+            make_iteration(setup), state, evaluators, state.params["actor"], eval_key
+        )
+        logger.compiled(wall())
+        last_checkpoint = str(checkpointer.path(env_steps))
+        if start == 0:
+            last_checkpoint = save(0, evaluate(0))  # the untrained policy's figures
+        pending: list[tuple[int, dict]] = []
+        for it in range(start, config.iterations):
+            state, metrics = iteration_fn(state)
+            env_steps = (it + 1) * config.env_steps_per_iteration
+            pending.append((env_steps, metrics))
+            evaluate_now = (
+                env_steps // config.eval.eval_every
+                > (env_steps - config.env_steps_per_iteration) // config.eval.eval_every
+                or it + 1 == config.iterations
+            )
+            if evaluate_now or len(pending) >= config.log_every:
+                for steps, m in pending:  # oldest first, so the first bad step is named
+                    check_finite(jax.device_get(m), steps, last_checkpoint)
+                logger.training(env_steps, int(state.sgd_steps), jax.device_get(metrics))
+                pending.clear()
+            if evaluate_now:
+                last_checkpoint = save(env_steps, evaluate(env_steps))
+    finally:
+        logger.close()
+        checkpointer.close()
+    plot_learning_curve(run_dir)
+    return RunResult(run_dir=run_dir, env_steps=env_steps, evaluations=evaluations, state=state)
+
+
+def _read_evaluations(run_dir: Path) -> list[dict]:
+    path = run_dir / EVAL_FILE
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("evaluations", []))
+
+
+class _Logger:
+    """Console progress bar and TensorBoard scalars."""
+
+    def __init__(
+        self, run_dir: Path, config: TrainConfig, env_steps: int, sgd_steps: int, show: bool
+    ) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
+        self._last = (time.monotonic(), env_steps, sgd_steps)
+        self._progress = Progress(
+            TextColumn(f"[bold]{config.task}[/] {{task.description}}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rates]}"),
+            TextColumn("success {task.fields[success]}"),
+            TimeRemainingColumn(),
+            disable=not show,
+        )
+        self._task = self._progress.add_task(
+            "compiling", total=config.iterations * config.env_steps_per_iteration,
+            completed=env_steps, rates="", success="-",
+        )
+        self._progress.start()
+
+    def compiled(self, seconds: float) -> None:
+        """Rates count from here; the console says how long the compile took."""
+        _, env_steps, sgd_steps = self._last
+        self._last = (time.monotonic(), env_steps, sgd_steps)
+        self._progress.update(self._task, description="")
+        self._progress.console.print(f"set up and compiled in {seconds:.1f} s", soft_wrap=True)
+
+    def training(self, env_steps: int, sgd_steps: int, metrics: dict) -> None:
+        now = time.monotonic()
+        t, steps, sgd = self._last
+        dt = max(now - t, 1e-9)
+        sps, sgd_rate = (env_steps - steps) / dt, (sgd_steps - sgd) / dt
+        self._last = (now, env_steps, sgd_steps)
+        self._progress.update(
+            self._task, completed=env_steps, rates=f"{sps:,.0f} SPS  {sgd_rate:,.0f} SGD/s"
+        )
+        w = self._writer
+        w.add_scalar("perf/sps", sps, env_steps)
+        w.add_scalar("perf/sgd_steps_per_s", sgd_rate, env_steps)
+        if bool(metrics["trained"]):
+            for name, value in metrics.items():
+                if not name.startswith("finite/") and name != "trained":
+                    w.add_scalar(f"train/{name}", float(value), env_steps)
+
+    def evaluation(self, record: dict) -> None:
+        for split in ("train", "held_out"):
+            for name, value in record.get(split, {}).items():
+                self._writer.add_scalar(f"eval_{split}/{name}", value, record["env_steps"])
+        self._writer.flush()
+        s = record["train"]
+        self._progress.update(self._task, success=f"{s['success_rate']:.0%}")
+        self._progress.console.print(
+            f"eval @ {record['env_steps']:>11,} steps: success {s['success_rate']:6.1%}  "
+            f"time at goal {s['time_at_goal']:7.1f}  median final distance "
+            f"{s['final_distance_median']:.4f}"
+            + (f"  (held-out DR: success {record['held_out']['success_rate']:.1%})"
+               if "held_out" in record else ""),
+            soft_wrap=True,  # one line per evaluation, also in logs piped to a file
+        )
+
+    def close(self) -> None:
+        self._progress.stop()
+        self._writer.close()
