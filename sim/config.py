@@ -92,6 +92,11 @@ class DRConfig:
     max_action_delay: int = 0
 
     def __post_init__(self) -> None:
+        # Ranges read back from JSON (a spec's provenance, a config file) arrive as lists.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
         _check_range(self.friction, "DRConfig.friction")
         _check_range(self.body_mass, "DRConfig.body_mass", positive=True)
         _check_range(self.joint_damping, "DRConfig.joint_damping")

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from mujoco import mjx
 
 from crl.sim.config import DRConfig
+from crl.sim.mjx import mjx
 
 
 @struct.dataclass

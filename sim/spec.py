@@ -229,6 +229,10 @@ def validate(spec: PolicySpec) -> None:
         raise SpecError(f"spec.format: {spec.format!r} is unknown (expected {FORMAT!r})")
     if not spec.task:
         raise SpecError("spec.task: empty")
+    if not spec.goal.frame:
+        raise SpecError("spec.goal.frame: empty; name the frame goals are expressed in")
+    if not spec.provenance.env:
+        raise SpecError("spec.provenance.env: empty; name the env the policy was trained in")
     _check_fields(spec.observation, "observation")
     _check_fields(spec.goal.fields, "goal.fields")
     g = spec.goal
@@ -240,6 +244,8 @@ def validate(spec: PolicySpec) -> None:
         raise SpecError(f"spec.action.kind: {a.kind!r} is not one of {ACTION_KINDS}")
     if len(a.joints) != a.size:
         raise SpecError(f"spec.action.joints: {len(a.joints)} names for action.size {a.size}")
+    if not all(a.joints):
+        raise SpecError(f"spec.action.joints: an empty joint name in {a.joints}")
     if len(set(a.joints)) != len(a.joints):
         raise SpecError(f"spec.action.joints: duplicate joint names in {a.joints}")
     for name in ("scale", "offset"):
@@ -248,6 +254,10 @@ def validate(spec: PolicySpec) -> None:
             raise SpecError(f"spec.action.{name}: {len(values)} entries for action.size {a.size}")
         if not all(math.isfinite(v) for v in values):
             raise SpecError(f"spec.action.{name}: non-finite entry in {values}")
+    if any(s == 0 for s in a.scale):
+        raise SpecError(
+            f"spec.action.scale: a zero entry in {a.scale} leaves that joint unactuated"
+        )
     _check_bounds(a.low, a.high, a.size, "action")
     if not (math.isfinite(spec.control_hz) and spec.control_hz > 0):
         raise SpecError(f"spec.control_hz: must be positive and finite, got {spec.control_hz}")
@@ -275,6 +285,8 @@ def _check_fields(fields: Sequence[Field], where: str) -> None:
         if f.name in seen:
             raise SpecError(f"spec.{where}: duplicate field name {f.name!r}")
         seen.add(f.name)
+        if not isinstance(f.size, int) or isinstance(f.size, bool):
+            raise SpecError(f"spec.{where}.{f.name}.size: must be an integer, got {f.size!r}")
         if f.size <= 0:
             raise SpecError(f"spec.{where}.{f.name}.size: must be positive, got {f.size}")
         if f.names and len(f.names) != f.size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -52,6 +53,13 @@ def test_dr_range_must_not_be_negative(name: str) -> None:
 def test_dr_range_must_be_a_pair_of_numbers(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"DRConfig\.friction"):
         DRConfig(friction=bad)  # type: ignore[arg-type]
+
+
+def test_dr_ranges_read_back_from_json_are_accepted() -> None:
+    written = DRConfig(friction=(0.5, 1.5), max_action_delay=2)
+    fields = json.loads(json.dumps(written.to_dict()))
+    assert isinstance(fields["friction"], list)
+    assert DRConfig(**fields) == written
 
 
 @pytest.mark.parametrize("delay", [-1, 1.5, True])

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ from crl.sim.env import GoalReachEnv, State, compiler_options
 from crl.sim.spec import PolicySpec
 from crl.sim.tasks import TASKS, make
 
-N_ENVS = 4  # contact-rich tasks must stay at <= 8 vmapped envs on the CPU runtime
+N_ENVS = 4  # contact-rich tasks compile and step slowly on the CPU: a few envs keep it quick
 TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level": 0}
 
 
@@ -146,6 +149,43 @@ def test_resets_give_varied_starts_and_goals(task: Compiled) -> None:
     assert not np.allclose(again.goal, goals) or not np.allclose(again.data.qpos, qpos)
 
 
+def _where_goals_lie(name: str, goals: np.ndarray, base_xy: np.ndarray) -> None:
+    """Each task's goal (and, for the maze, start) geometry, as its module describes it."""
+    if name == "reacher":  # the reachable annulus around the shoulder
+        r = np.linalg.norm(goals, axis=1)
+        assert ((r >= 0.07 - 1e-5) & (r <= 0.2 + 1e-5)).all()
+    elif name == "arm_reach":  # a box in front of the arm
+        assert ((goals >= [0.25, -0.35, 0.15]) & (goals <= [0.65, 0.35, 0.65])).all()
+    elif name == "ant":  # on the paper's circle of radius 10 m
+        np.testing.assert_allclose(np.linalg.norm(goals, axis=1), 10.0, rtol=1e-5)
+    elif name == "ant_u_maze":  # goal cells' centres; the start cell's centre
+        from crl.sim.maze import U_MAZE
+
+        centres = {U_MAZE.cell_center(i, j) for i, j in U_MAZE.goal_cells()}
+        assert {tuple(g) for g in goals.astype(float).round(5)} <= {
+            tuple(np.round(c, 5)) for c in centres
+        }
+        starts = {tuple(np.round(U_MAZE.cell_center(i, j), 5)) for i, j in U_MAZE.start_cells()}
+        assert {tuple(b) for b in base_xy.astype(float).round(5)} <= starts
+    elif name == "humanoid":  # 1..5 m away at standing torso height
+        r = np.linalg.norm(goals[:, :2], axis=1)
+        assert ((r >= 1.0 - 1e-5) & (r <= 5.0 + 1e-5)).all()
+        np.testing.assert_allclose(goals[:, 2], 1.25)
+    else:
+        raise AssertionError(f"no goal geometry test for task {name!r}")
+
+
+def test_goals_follow_the_task_geometry(task: Compiled) -> None:
+    env = task.env
+    state = task.fresh(11)
+    qadr = env._base_qadr  # the free joint's x, y in qpos (-1: no free base)
+    base_xy = np.asarray(state.data.qpos)[:, qadr : qadr + 2] if qadr >= 0 else np.zeros(0)
+    _where_goals_lie(env.config.name, np.asarray(state.goal), base_xy)
+    # Many more draws than envs, straight from the sampler the env resets with.
+    goals = np.asarray(jax.vmap(env.sample_goal)(jax.random.split(jax.random.key(12), 256)))
+    _where_goals_lie(env.config.name, goals, base_xy)
+
+
 def test_success_only_when_achieved_goal_is_on_goal(task: Compiled) -> None:
     state, action = task.fresh(4), task.actions(5)
     reached = task.step(state, action).achieved_goal  # where this step will end up
@@ -185,12 +225,47 @@ def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:
     assert _trees_equal(out, task.reset_if_done(state.replace(done=done)))
 
 
+@pytest.mark.slow
+def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
+    """256 vmapped ants deadlocked XLA:CPU's concurrency-optimized scheduler (crl.sim.env turns
+    it off through XLA_FLAGS, so this runs in a fresh process that imports crl.sim.env first)."""
+    code = (
+        "import jax\n"
+        "from crl.sim import tasks\n"
+        "from crl.sim.env import jit\n"
+        "env, n = tasks.make('ant', dr='train'), 256\n"
+        "step, reset_if_done = jax.vmap(env.step), jax.vmap(env.reset_if_done)\n"
+        "def run(s, key):\n"
+        "    def body(s, k):\n"
+        "        a = jax.random.uniform(k, (n, env.spec.act_dim), minval=-1.0, maxval=1.0)\n"
+        "        return reset_if_done(step(s, a)), None\n"
+        "    return jax.lax.scan(body, s, jax.random.split(key, 10))[0]\n"
+        "s = jit(jax.vmap(env.reset))(jax.random.split(jax.random.key(0), n))\n"
+        "f = jit(run)\n"
+        "for i in range(3):\n"
+        "    s = jax.block_until_ready(f(s, jax.random.key(i)))\n"
+        "print('t', int(s.t.max()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "t 30" in r.stdout
+
+
 def test_reset_if_done_on_blank_equals_reset() -> None:
     task = compiled("reacher")
     keys = jax.random.split(jax.random.key(10), N_ENVS)
-    via_reset = test_compile(jax.vmap(task.env.reset))(keys)
-    via_rid = task.fresh(10)
-    assert _trees_equal(via_reset, via_rid)
+    via_reset = _numpy(test_compile(jax.vmap(task.env.reset))(keys))
+    via_rid = _numpy(task.fresh(10))
+    # Two separately compiled programs: the same draws and integers exactly, the same floats up
+    # to the rounding of XLA's fusion choices (which the CPU scheduler flag changes, ~1e-9).
+    assert jax.tree.structure(via_reset) == jax.tree.structure(via_rid)
+    for x, y in zip(jax.tree.leaves(via_reset), jax.tree.leaves(via_rid), strict=True):
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(x, y)
 
 
 def test_reacher_full_episode_sets_done_once() -> None:

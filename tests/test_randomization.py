@@ -210,3 +210,32 @@ def test_held_out_ranges_differ_from_training(task: str) -> None:
     recorded = env.spec.provenance.domain_randomization
     assert recorded["mode"] == "held_out"
     assert tuple(recorded["body_mass"]) == held_out.body_mass
+
+
+def test_friction_draws_change_how_the_ant_moves() -> None:
+    """The reacher has no contacts, so friction is shown on the ant, whose feet push the floor:
+    each episode draws new friction, and the same start and actions end elsewhere under it."""
+    from crl.sim.tasks.ant import CONFIG as ANT
+
+    env = GoalReachEnv(ANT.replace(dr_train=DRConfig(friction=(0.1, 2.0))), dr="train")
+    sliding = _numpy(jax.vmap(env.randomizer.sample)(_keys(5))).geom_friction[..., 0]
+    assert len({row.tobytes() for row in sliding}) == N_ENVS
+
+    def jit(f: Any) -> Any:
+        return jax.jit(jax.vmap(f), compiler_options=TEST_COMPILER_OPTIONS)
+
+    step = jit(env.step)
+    start = _broadcast(jit(env.reset)(_keys(6)), 0)
+    nominal = _numpy(env.randomizer.nominal()).geom_friction
+    scale = np.array([0.1, 0.1, 2.0, 2.0], np.float32)[:, None]
+    friction = np.repeat(nominal[None], N_ENVS, axis=0)
+    friction[..., 0] *= scale
+    state = start.replace(dr=start.dr.replace(geom_friction=friction))
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # 1.5 s: the ant lands and walks
+        action = np.repeat(rng.uniform(-1, 1, (1, env.spec.act_dim)), N_ENVS, 0)
+        state = step(state, action.astype(np.float32))
+    qpos = np.asarray(state.data.qpos)
+    np.testing.assert_array_equal(qpos[0], qpos[1])  # same friction, same motion
+    np.testing.assert_array_equal(qpos[2], qpos[3])
+    assert np.linalg.norm(qpos[0, :2] - qpos[2, :2]) > 1e-3  # the torso ends elsewhere

@@ -201,6 +201,28 @@ def test_goal_marker_is_drawn(reacher):
     assert reacher.mj_model.vis.quality.shadowsize == fresh.vis.quality.shadowsize
 
 
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_every_task_renders_its_robot_and_goal(task: str):
+    """Each task's camera frames the robot and the goal marker (the CLI rollout test renders
+    only the reacher)."""
+    env = tasks.make(task, dr="off")
+    m, c = env.mj_model, env.config
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)
+    here = (d.site(c.goal_name) if c.goal_kind == "site" else d.body(c.goal_name)).xpos
+    achieved = np.array([here["xyz".index(a)] for a in c.goal_axes])
+    offset = np.zeros_like(achieved)
+    offset[0] = 3 * env.spec.success_radius  # beside the robot, inside the camera's view
+    drawer = render.FrameRenderer(env, 96, 72)
+    try:
+        left = drawer.frame(still_trajectory(env, 0, achieved - offset), 0)
+        right = drawer.frame(still_trajectory(env, 0, achieved + offset), 0)
+    finally:
+        drawer.close()
+    assert left.shape == (72, 96, 3) and left.std() > 5  # a picture, not a blank
+    assert np.abs(left.astype(int) - right.astype(int)).sum() > 0  # the goal marker moved
+
+
 def test_camera_choice(reacher):
     m = reacher.mj_model
     top = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "top")
