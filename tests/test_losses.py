@@ -32,6 +32,19 @@ def test_pairwise_energy_matches_the_difference_form() -> None:
                                rtol=1e-5)
 
 
+def test_contrastive_logits_keep_close_positives_exact() -> None:
+    """φ ≈ ψ on the diagonal (a trained critic's positives), far from the origin: the expanded
+    form ‖φ‖² + ‖ψ‖² − 2φ·ψ loses those distances to fp32 rounding, the logits must not."""
+    sa = 3 * jax.random.normal(jax.random.PRNGKey(0), (32, 64))
+    g = sa + 1e-3 * jax.random.normal(jax.random.PRNGKey(1), (32, 64))
+    direct = -np.linalg.norm(np.asarray(sa, np.float64)[:, None] - np.asarray(g)[None], axis=-1)
+    logits = np.asarray(losses.contrastive_logits(sa, g))
+    np.testing.assert_allclose(np.diag(logits), np.diag(direct), rtol=1e-4)
+    np.testing.assert_allclose(logits, direct, rtol=1e-4, atol=1e-3)
+    expanded = np.diag(np.asarray(losses.pairwise_energy(sa, g)))
+    assert np.abs(expanded / np.diag(direct) - 1).max() > 1e-3  # what the diagonal fixes
+
+
 def test_energy_gradient_is_finite_at_zero_distance() -> None:
     grad = jax.grad(lambda x: losses.energy(x, jnp.zeros((1, 2))).sum())(jnp.zeros((1, 2)))
     assert bool(jnp.all(jnp.isfinite(grad)))

@@ -20,6 +20,11 @@ from crl.train.networks import (
 IN_DIM = 9
 
 
+def test_depth_must_be_a_multiple_of_four_wherever_a_network_is_built() -> None:
+    with pytest.raises(ValueError, match="depth: 6 is not a positive multiple of 4"):
+        NetworkConfig(depth=6).num_blocks  # noqa: B018
+
+
 def _count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 

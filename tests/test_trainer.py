@@ -191,6 +191,30 @@ def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(point_run
                                                                    repr_dim=16)), resume=True)
 
 
+def test_held_out_evaluation_and_no_residual_reach_the_run(tmp_path) -> None:
+    """`--no-residual` trains the ablation and says so in spec.json; a held-out env adds its
+    own figures to every evaluation. The directory already holds the config.json of a run that
+    died before its first checkpoint: that is no run to protect, so training starts in place."""
+    run_dir = tmp_path / "ablation"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    config = tiny_config(
+        total_steps=30 * 7 * 4,
+        network=NetworkConfig(depth=4, width=64, repr_dim=16, residual=False),
+        eval=EvalConfig(eval_every=30 * 7 * 2, eval_episodes=16, held_out=True),
+    )
+    result = train(config, run_dir, env=PointMass(episode_length=23),
+                   held_out_env=PointMass(episode_length=23), progress=False)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["network"]["residual"] is False
+    assert json.loads((run_dir / "config.json").read_text())["network"]["residual"] is False
+    evaluations = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    assert len(evaluations) == 3 and all({"train", "held_out"} <= set(e) for e in evaluations)
+    assert result.evaluations == evaluations
+    with pytest.raises(ConfigError, match="no held-out environment given"):
+        train(config, tmp_path / "other", env=PointMass(episode_length=23), progress=False)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -348,6 +372,33 @@ def test_reacher_short_run_beats_the_untrained_policy(reacher_run) -> None:
     untrained, trained = result.evaluations[0]["train"], result.evaluations[-1]["train"]
     assert trained["success_rate"] > untrained["success_rate"] + 0.2
     assert trained["final_distance_median"] < 0.7 * untrained["final_distance_median"]
+
+
+@pytest.mark.slow
+def test_reacher_checkpoint_restores_the_mjx_state_bit_for_bit(reacher_run) -> None:
+    """The MJX env state holds zero-size and PRNG-key leaves that orbax cannot store as they
+    are; the last checkpoint must still give back exactly the state the run ended with."""
+    from crl.train.checkpoint import Checkpointer
+    from crl.train.trainer import init_state, make_envs, make_setup
+
+    run_dir, result = reacher_run
+    config = reacher_config()
+    template = init_state(make_setup(config, make_envs(config)[0]))
+    checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
+    try:
+        restored = checkpointer.restore_state(result.env_steps, template)
+    finally:
+        checkpointer.close()
+
+    def host(tree):
+        return [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype,
+                                                                            jax.dtypes.prng_key)
+                           else x) for x in jax.tree.leaves(tree)]
+
+    assert jax.tree.structure(restored) == jax.tree.structure(result.state)
+    for x, y in zip(host(restored), host(result.state), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert int(restored.iteration) == result.env_steps // config.env_steps_per_iteration
 
 
 @pytest.mark.slow

@@ -72,6 +72,17 @@ def pairwise_energy(sa_repr: jax.Array, g_repr: jax.Array) -> jax.Array:
     return -_safe_sqrt(jnp.maximum(sq, 0.0))
 
 
+def contrastive_logits(sa_repr: jax.Array, g_repr: jax.Array) -> jax.Array:
+    """The B × B InfoNCE logits, with the positives (the diagonal) from the direct difference.
+
+    The expanded form loses fp32 digits where ‖φ − ψ‖ is small next to ‖φ‖ and ‖ψ‖, which is
+    exactly where a trained critic puts its positives (and the gradient of the norm is 1/d);
+    the B diagonal entries cost one [B, D] difference.
+    """
+    batch = jnp.arange(sa_repr.shape[0])
+    return pairwise_energy(sa_repr, g_repr).at[batch, batch].set(energy(sa_repr, g_repr))
+
+
 def infonce_loss(logits: jax.Array, logsumexp_penalty: float) -> tuple[jax.Array, dict]:
     """Forward InfoNCE over the rows of the logits, plus penalty · mean(logsumexp²).
 
@@ -101,7 +112,7 @@ def critic_loss(
         jnp.concatenate([batch.obs, batch.action], axis=-1),
     )
     g = nets.g_encoder.apply({"params": critic_params["g_encoder"]}, batch.goal)
-    loss, metrics = infonce_loss(pairwise_energy(sa, g), logsumexp_penalty)
+    loss, metrics = infonce_loss(contrastive_logits(sa, g), logsumexp_penalty)
     return loss, {"critic_loss": loss, **metrics}
 
 

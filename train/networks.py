@@ -37,6 +37,13 @@ class NetworkConfig:
 
     @property
     def num_blocks(self) -> int:
+        if self.depth <= 0 or self.depth % BLOCK_LAYERS:
+            # crl.train.config.validate says this first for a training run; this guards every
+            # other builder of a network (evaluation, export, tests) against silent truncation.
+            raise ValueError(
+                f"depth: {self.depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers "
+                f"inside residual blocks of {BLOCK_LAYERS})"
+            )
         return self.depth // BLOCK_LAYERS
 
 

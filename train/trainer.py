@@ -311,7 +311,9 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainCo
                 "flag to resume it (only --total-steps may change) or start a new --out"
             )
         config = dataclasses.replace(stored, total_steps=config.total_steps)
-    elif config_path.exists() or checkpoint_steps(run_dir):
+    elif checkpoint_steps(run_dir):
+        # A config.json without checkpoints is a run that died before its first one (in setup
+        # or compile): nothing to continue, so it starts again in place.
         raise ConfigError(
             f"out: {run_dir} already holds a run; pass --resume to continue it or choose "
             "another --out"
@@ -382,6 +384,8 @@ def train(
         step = checkpointer.latest_step()
         state = checkpointer.restore_state(step, state)
         evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+    # Every evaluation replays the same episodes (starts and goals drawn apart from training's),
+    # so the learning curve compares checkpoints on equal terms rather than on luck of the draw.
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
     evaluators = {"train": make_evaluator(env, setup.nets.actor, config.eval.eval_episodes)}
     if held_out_env is not None:
