@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
+# What mypy reads (MYPYPATH): the repaired TensorRT stubs and a crl link tree, since the
+# editable install maps crl.* to the stage folders through an import hook mypy cannot follow.
+TYPESTUBS := $(VENV)/typestubs
+TYPESTAMP := $(TYPESTUBS)/.ready
 DEMO_DIR ?= demo
 
 .PHONY: venv demo test lint typecheck clean
@@ -16,13 +20,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "$(TRT_STUBS)"
 	touch $@
 
+$(TYPESTAMP): $(STAMP) tests/tensorrt_stubs.py
+	$(BIN)/python tests/tensorrt_stubs.py \
+	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" $(TYPESTUBS)
+	mkdir -p $(TYPESTUBS)/crl
+	for stage in sim train export runtime; do ln -sfn ../../../$$stage $(TYPESTUBS)/crl/$$stage; done
+	touch $@
+
 venv: $(STAMP)
 
 lint: venv
 	$(BIN)/ruff check .
 
-typecheck: venv
-	$(BIN)/mypy --strict export/tensorrt_build.py runtime/trt_backend.py
+typecheck: $(TYPESTAMP)
+	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy --strict -m crl.export.tensorrt_build -m crl.runtime.trt_backend
 
 test: venv lint typecheck
 	$(BIN)/python -m pytest

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote {info.path} and {info.sidecar.name} ({info.precision}, TensorRT "
                   f"{info.tensorrt_version}, {info.gpu or 'GPU unknown'}, "
                   f"batch 1..{info.max_batch})")
-    except (ExportError, SpecError) as e:
+    except (ExportError, SpecError, OSError) as e:  # OSError: an --out that cannot be written
         print(f"crl-export: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 

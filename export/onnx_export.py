@@ -106,7 +106,7 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> E
         finally:
             logging.disable(logging.NOTSET)
         model = onnx.load(tmp)
-    model.ir_version = max(model.ir_version, IR_VERSION)
+    model.ir_version = IR_VERSION  # quantize_dynamic writes the onnx default (see IR_VERSION)
     digest = seal(model, spec, "int8")
     save_atomic(model, dst)
     return Exported(dst, spec, "int8", digest, CRITIC_OUTPUTS[-1] in sealed.outputs)

@@ -21,11 +21,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crl.export.onnx_export import INPUTS, ExportError, load_model, read_seal, temporary_path
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 ENGINE_FORMAT = "crl-engine/1"
 ENGINE_PRECISIONS = ("fp32", "fp16")
@@ -59,6 +63,36 @@ def tensorrt_missing() -> str | None:
     except ImportError:
         return TENSORRT_MISSING
     return None if hasattr(tensorrt, "Builder") else TENSORRT_MISSING
+
+
+def capturing_logger(echo_warnings: bool = False) -> tuple[trt.ILogger, list[str]]:
+    """A TensorRT logger that keeps its errors (and warnings) in a list instead of printing them.
+
+    TensorRT reports why a parse, build or deserialization failed only through its logger; kept
+    here, that reason goes into crl's one-line error instead of a separate stderr line.
+    `echo_warnings` also prints warnings (a build's are worth reading; a robot's start is not).
+    """
+    import tensorrt as trt
+
+    lines: list[str] = []
+
+    class Capture(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            level = int(severity)  # INTERNAL_ERROR 0, ERROR 1, WARNING 2, INFO 3, VERBOSE 4
+            if level <= int(trt.ILogger.WARNING):
+                lines.append(msg.strip())
+            if echo_warnings and level == int(trt.ILogger.WARNING):
+                print(f"TensorRT warning: {msg.strip()}", file=sys.stderr)
+
+    return Capture(), lines
+
+
+def logged_reason(lines: list[str]) -> str:
+    """The last thing TensorRT logged, for an error message ("" when it said nothing)."""
+    return f" (TensorRT: {lines[-1]})" if lines else ""
 
 
 def sidecar_path(engine: Path) -> Path:
@@ -155,8 +189,16 @@ def build_engine(
 
     major = int(trt.__version__.split(".")[0])
     engine_prec = engine_precision(precision, seal.precision, major)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    logger, logged = capturing_logger(echo_warnings=True)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError:  # the bindings turn a null builder (no GPU, no driver) into a TypeError
+        builder = None
+    if builder is None:
+        raise ExportError(
+            "TensorRT cannot create a builder: no usable NVIDIA GPU or driver on this machine"
+            f"{logged_reason(logged)}; build the engine on the GPU that will run it"
+        )
     # TensorRT 11 networks are always strongly typed; on 10, an fp16 export is built strongly
     # typed too, so its fp16 weights and compute are kept exactly as exported.
     flags = 0
@@ -182,11 +224,18 @@ def build_engine(
 
     cache_path = Path(timing_cache) if timing_cache else out.parent / "tensorrt_timing.cache"
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: start a fresh one (it is rewritten below).
+        print(f"crl-export: {cache_path} was made for another GPU or TensorRT version; "
+              "starting a new timing cache", file=sys.stderr)
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise ExportError(f"TensorRT refused a new timing cache{logged_reason(logged)}")
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+        raise ExportError(
+            f"{onnx_path}: TensorRT could not build an engine{logged_reason(logged)}"
+        )
     engine = bytes(memoryview(serialized))
     gpu = gpu_info()
     sidecar: dict[str, Any] = {

@@ -35,6 +35,9 @@ class BenchArgs:
     """timed calls per batch size, after a warm-up of a tenth as many"""
     threads: int = 1
     """ONNX Runtime intra-op threads (1 is fastest at batch 1 on small CPUs)"""
+    providers: tuple[str, ...] = ()
+    """ONNX Runtime execution providers, best first, e.g. CUDAExecutionProvider (default: the
+    best this onnxruntime has: TensorRT, then CUDA, then CPU)"""
     plot: Path | None = None
     """latency histogram PNG to write"""
 
@@ -53,7 +56,7 @@ def bench(args: BenchArgs) -> None:
     from crl.runtime.bench import run_bench
 
     result = run_bench(args.policy, args.backend, parse_batches(args.batch), args.iterations,
-                       args.out, args.plot, args.threads)
+                       args.out, args.plot, args.threads, args.providers or None)
     for r in result["results"]:
         print(f"batch {r['batch']:4d}: p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
               f"max {r['max_ms']:.3f} ms  {r['throughput_per_s']:.0f}/s  "
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if isinstance(args, BenchArgs):
             bench(args)
-    except (PolicyError, SpecError) as e:
+    except (PolicyError, SpecError, OSError) as e:  # OSError: an --out that cannot be written
         print(f"crl-run: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 

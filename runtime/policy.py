@@ -10,6 +10,7 @@ No jax at import time: the JAX backend is imported only when asked for.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -60,17 +61,26 @@ class Policy(Protocol):
 
 
 def load_policy(
-    path: str | Path, backend: str = "ort", *, threads: int = 1, step: int | None = None
+    path: str | Path,
+    backend: str = "ort",
+    *,
+    threads: int = 1,
+    step: int | None = None,
+    providers: Sequence[str] | None = None,
 ) -> Policy:
     """Load a policy file with the named backend.
 
     ort: an ONNX file from `crl-export onnx` (CPU; CUDA / TensorRT execution providers when
-        onnxruntime-gpu is installed); `threads` is ONNX Runtime's intra-op thread count.
+        onnxruntime-gpu is installed); `threads` is ONNX Runtime's intra-op thread count and
+        `providers` the execution providers to use, best first (default: the best available).
     trt: a TensorRT engine from `crl-export tensorrt`, with its `.json` sidecar.
     jax: a run directory (runs/<name>) at checkpoint `step` (latest if None), for debugging and
         parity checks against the exported files.
     """
     path = Path(path)
+    if providers and backend != "ort":
+        raise PolicyError(f"providers: ONNX Runtime execution providers apply to backend 'ort', "
+                          f"not {backend!r}")
     if backend == "ort" and path.suffix == ".engine":
         raise PolicyError(f"{path}: a TensorRT engine; load it with backend 'trt'")
     if backend == "trt" and path.suffix == ".onnx":
@@ -80,7 +90,7 @@ def load_policy(
     if backend == "ort":
         from crl.runtime.ort_backend import OrtPolicy
 
-        return OrtPolicy(path, threads=threads)
+        return OrtPolicy(path, threads=threads, providers=providers)
     if backend == "trt":
         from crl.runtime.trt_backend import TrtPolicy
 
@@ -90,6 +100,7 @@ def load_policy(
 
         return load_jax_policy(path, step=step)
     raise PolicyError(f"backend: {backend!r} is not one of {BACKENDS}")
+
 
 
 def check_inputs(

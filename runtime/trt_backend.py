@@ -21,8 +21,10 @@ from numpy.typing import ArrayLike, NDArray
 from crl.export.onnx_export import ACTION, INPUTS
 from crl.export.tensorrt_build import (
     ENGINE_FORMAT,
+    capturing_logger,
     cuda_runtime,
     gpu_info,
+    logged_reason,
     sidecar_path,
     tensorrt_missing,
 )
@@ -127,7 +129,7 @@ class TrtPolicy:
 
         self._rt = rt
         self._check(rt.cudaSetDevice(device))
-        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._logger, self._logged = capturing_logger()
         self._runtime = trt.Runtime(self._logger)
         try:
             engine = self._runtime.deserialize_cuda_engine(blob)
@@ -135,7 +137,8 @@ class TrtPolicy:
             engine = None
         if engine is None:
             raise PolicyError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine "
-                              f"(built for another GPU or TensorRT version, or corrupt); {rebuild}")
+                              "(built for another GPU or TensorRT version, or corrupt)"
+                              f"{logged_reason(self._logged)}; {rebuild}")
         self._engine = engine
         self._context = engine.create_execution_context()
 
@@ -149,11 +152,12 @@ class TrtPolicy:
         self._host: dict[str, NDArray[np.float32]] = {}
         self._device: dict[str, int] = {}
         for name in names:
-            row = tuple(int(d) for d in engine.get_tensor_shape(name))[1:]
+            dims = engine.get_tensor_shape(name)
+            row = tuple(int(dims[i]) for i in range(1, len(dims)))
             if name in sizes and row != (sizes[name],):
                 raise PolicyError(f"{path}: engine input {name!r} has shape {row}, the sidecar "
                                   f"spec says ({sizes[name]},); {rebuild}")
-            if trt.nptype(engine.get_tensor_dtype(name)) != np.float32:
+            if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
                 raise PolicyError(f"{path}: engine tensor {name!r} is not float32; {rebuild}")
             host = np.zeros((side.max_batch, *row), np.float32)
             ptr = int(self._check(rt.cudaMalloc(host.nbytes)))
@@ -196,12 +200,14 @@ class TrtPolicy:
         to_device = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         to_host = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, x in ((INPUTS[0], obs), (INPUTS[1], g)):
-            self._context.set_input_shape(name, (batch, x.shape[1]))
+            if not self._context.set_input_shape(name, (batch, x.shape[1])):
+                raise PolicyError(f"TensorRT refused input {name!r} of shape {x.shape}"
+                                  f"{logged_reason(self._logged)}")
             self._check(rt.cudaMemcpyAsync(
                 self._device[name], x.ctypes.data, x.nbytes, to_device, stream
             ))
         if not self._context.execute_async_v3(int(stream)):
-            raise PolicyError("TensorRT execution failed (see its log above)")
+            raise PolicyError(f"TensorRT execution failed{logged_reason(self._logged)}")
         for name in self._outputs:
             host = self._host[name][:batch]
             self._check(rt.cudaMemcpyAsync(

@@ -106,6 +106,10 @@ def _tamper_weight(model: onnx.ModelProto) -> None:
     t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.01, t.name))
 
 
+def _widen_goal(model: onnx.ModelProto) -> None:
+    model.graph.input[1].type.tensor_type.shape.dim[-1].dim_value += 1
+
+
 def _plain_onnx(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
@@ -130,6 +134,8 @@ def _plain_onnx(path: Path) -> Path:
          "spec.format: 'crl-policy/99' is not a format"),
         (lambda src, d: _reseal_free_copy(src, d / "tampered.onnx", _tamper_weight),
          "weights sha256 mismatch.*re-export"),
+        (lambda src, d: _reseal_free_copy(src, d / "io.onnx", _widen_goal),
+         "graph tensor 'goal' has size 3 but the embedded spec says 2"),
     ],
 )
 def test_bad_policy_files(
@@ -211,5 +217,8 @@ def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         err = capsys.readouterr().err.strip()
         assert e.value.code == 1 and match in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r.json").exists()
+    with pytest.raises(PolicyError, match="providers: ONNX Runtime execution providers apply"):
+        run_bench(tmp_path / "x.onnx", "trt", (1,), 10, tmp_path / "r.json",
+                  providers=["CUDAExecutionProvider"])
     with pytest.raises(PolicyError, match="--iterations 0"):
         run_bench(tmp_path / "x.onnx", "ort", (1,), 0, tmp_path / "r.json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,9 @@ from crl.export.tensorrt_build import (
     ENGINE_FORMAT,
     TENSORRT_MISSING,
     build_engine,
+    capturing_logger,
     engine_precision,
+    logged_reason,
     sidecar_path,
     tensorrt_missing,
 )
@@ -74,17 +77,68 @@ def write_engine(path: Path, blob: bytes = b"engine", **changes: object) -> Path
     return path
 
 
-def test_mypy_strict_against_tensorrt_stubs() -> None:
+def _mypy(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """mypy --strict as `make typecheck` runs it: repaired stubs and a crl link tree on MYPYPATH."""
+    import sysconfig
+
+    stubs = tmp_path / "typestubs"
+    if not stubs.is_dir():
+        subprocess.run(
+            [sys.executable, "tests/tensorrt_stubs.py", sysconfig.get_paths()["purelib"],
+             str(stubs)], cwd=REPO, check=True, capture_output=True, timeout=60,
+        )
+        (stubs / "crl").mkdir()
+        for stage in ("sim", "train", "export", "runtime"):
+            (stubs / "crl" / stage).symlink_to(REPO / stage)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MYPYPATH": str(stubs)},
+    )
+
+
+def test_mypy_strict_against_tensorrt_stubs(tmp_path: Path) -> None:
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy not installed")
     if importlib.util.find_spec("tensorrt_stubs") is None:
         pytest.skip("tensorrt-stubs not installed")
-    r = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "export/tensorrt_build.py",
-         "runtime/trt_backend.py"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+    r = _mypy(tmp_path, "-m", "crl.export.tensorrt_build", "-m", "crl.runtime.trt_backend")
     assert r.returncode == 0, r.stdout + r.stderr
+    # The stubs and crl's own types are really read (not silently Any): misuse of either fails.
+    bad = _mypy(tmp_path, "-c", "import tensorrt as trt\n"
+                "from crl.runtime.policy import check_inputs\n"
+                "trt.Builder(trt.Logger(trt.Logger.WARNING)).no_such_method()\n"
+                "check_inputs(1, 2, 3)\n")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert '"Builder" has no attribute "no_such_method"' in bad.stdout
+    assert 'incompatible type "int"; expected "PolicySpec"' in bad.stdout
+
+
+def test_capturing_logger_keeps_what_tensorrt_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TensorRT's reasons (errors, warnings) end up in crl's one-line errors, not on stderr;
+    a build also echoes its warnings. A stand-in module plays TensorRT's logger base class."""
+    import types
+
+    class ILogger:
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+        def __init__(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(ILogger=ILogger))
+    logger, lines = capturing_logger(echo_warnings=True)
+    logger.log(ILogger.INFO, "building")
+    logger.log(ILogger.WARNING, "slow tactic ")
+    logger.log(ILogger.ERROR, "deserialize failed: version mismatch")
+    assert lines == ["slow tactic", "deserialize failed: version mismatch"]
+    assert logged_reason(lines) == " (TensorRT: deserialize failed: version mismatch)"
+    assert logged_reason([]) == ""
+    assert capsys.readouterr().err == "TensorRT warning: slow tactic\n"
+    quiet, _ = capturing_logger()
+    quiet.log(ILogger.WARNING, "not echoed")
+    assert capsys.readouterr().err == ""
 
 
 def test_tensorrt_import_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
