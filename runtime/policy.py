@@ -102,7 +102,6 @@ def load_policy(
     raise PolicyError(f"backend: {backend!r} is not one of {BACKENDS}")
 
 
-
 def check_inputs(
     spec: PolicySpec, observation: ArrayLike, goal: ArrayLike, max_batch: int | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], bool]:

@@ -45,7 +45,7 @@ if CPU_SCHEDULER_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         warnings.warn(
             f"crl.sim.env was imported after jax started, too late for XLA_FLAGS to take "
             f"{CPU_SCHEDULER_FLAG}: contact-rich tasks with 256+ envs may hang on the CPU; import "
-            "crl.sim first or set XLA_FLAGS before starting Python",
+            "crl.sim.env before running jax, or set XLA_FLAGS before starting Python",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -253,6 +253,22 @@ def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
     assert "t 30" in r.stdout
 
 
+def test_importing_the_env_after_jax_started_warns() -> None:
+    code = (
+        "import warnings, jax.numpy as jnp\n"
+        "jnp.ones(2).block_until_ready()\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import crl.sim.env\n"
+        "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "too late for XLA_FLAGS" in r.stdout and "import crl.sim.env before" in r.stdout
+
+
 def test_reset_if_done_on_blank_equals_reset() -> None:
     task = compiled("reacher")
     keys = jax.random.split(jax.random.key(10), N_ENVS)
