@@ -225,6 +225,15 @@ def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:
     assert _trees_equal(out, task.reset_if_done(state.replace(done=done)))
 
 
+def _fresh_python(code: str, timeout: float) -> str:
+    """Run `code` in a new interpreter without XLA_FLAGS (as a user starts one); its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
 @pytest.mark.slow
 def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
     """256 vmapped ants deadlocked XLA:CPU's concurrency-optimized scheduler (crl.sim.env turns
@@ -246,11 +255,7 @@ def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
         "    s = jax.block_until_ready(f(s, jax.random.key(i)))\n"
         "print('t', int(s.t.max()))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "t 30" in r.stdout
+    assert "t 30" in _fresh_python(code, timeout=300)
 
 
 def test_importing_the_env_after_jax_started_warns() -> None:
@@ -262,11 +267,8 @@ def test_importing_the_env_after_jax_started_warns() -> None:
         "    import crl.sim.env\n"
         "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "too late for XLA_FLAGS" in r.stdout and "import crl.sim.env before" in r.stdout
+    out = _fresh_python(code, timeout=120)
+    assert "too late for XLA_FLAGS" in out and "import crl.sim.env before" in out
 
 
 def test_reset_if_done_on_blank_equals_reset() -> None:
