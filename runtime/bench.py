@@ -1,10 +1,12 @@
 """Policy latency benchmark: the number a user measures on their own robot computer.
 
 Per-call latency of `policy.act` (input checks included, as the control loop pays them) after a
-warm-up, at each batch size: p50/p90/p99/max and throughput. At batch 1 a call streams every
-weight from memory once, so the floor is weight bytes ÷ memory bandwidth; the bench measures
-that bandwidth in the same run and reports latency against it (1.0 = as fast as the memory
-allows, 2.0 = half as fast).
+warm-up, at each batch size: p50/p90/p99/max and throughput, back to back or paced at a control
+rate (`rate_hz`: a robot calls the policy once a control period, and a call after an idle
+period finds colder caches and a dozing CPU; at 50 Hz it measured 25% slower than back to back
+on the 2-core EPYC). At batch 1 a call streams every weight from memory once, so the floor is
+weight bytes ÷ memory bandwidth; the bench measures that bandwidth in the same run and reports
+latency against it (1.0 = as fast as the memory allows, 2.0 = half as fast).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,23 +39,35 @@ class BenchConfig:
     iterations: int = 1000
     warmup: int = 100
     seed: int = 0
+    rate_hz: float = 0.0
+    """pace the timed calls at this rate, as a control loop does; 0: back to back"""
 
 
-def memory_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
-    """Single-core memory read bandwidth in bytes/s: the best of `repeats` passes over an array.
+def memory_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5, cores: int = 1) -> float:
+    """Memory read bandwidth in bytes/s: the best of `repeats` passes over an array per core.
 
-    One core, like the one intra-op thread the ONNX Runtime backend uses at batch 1. The pass is
-    `max`, which numpy runs as a plain SIMD stream; `sum`'s pairwise summation does more work per
-    byte and read about 20% slower here (24 against 30 GB/s on the 2-core EPYC), which made the
-    "floor" slower than the policy it bounds.
+    One core by default, like the one intra-op thread the ONNX Runtime backend uses at batch 1;
+    `cores` threads read their own arrays at once (numpy releases the GIL), the bandwidth a
+    policy split over that many threads could draw. The pass is `max`, which numpy runs as a
+    plain SIMD stream; `sum`'s pairwise summation does more work per byte and read about 20%
+    slower here (24 against 30 GB/s on the 2-core EPYC), which made the "floor" slower than the
+    policy it bounds.
     """
-    a = np.ones(nbytes // 4, np.float32)
+    arrays = [np.ones(nbytes // 4, np.float32) for _ in range(cores)]
+    pool = ThreadPoolExecutor(cores) if cores > 1 else None
     best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a.max()
-        best = min(best, time.perf_counter() - start)
-    return a.nbytes / best
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            if pool is None:
+                arrays[0].max()
+            else:
+                list(pool.map(np.max, arrays))
+            best = min(best, time.perf_counter() - start)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return sum(a.nbytes for a in arrays) / best
 
 
 def random_inputs(
@@ -66,24 +81,47 @@ def random_inputs(
     return obs, goal
 
 
-def time_calls(policy: Policy, batch: int, config: BenchConfig) -> NDArray[np.float64]:
-    """Seconds per `policy.act` call, after `config.warmup` untimed calls."""
+def time_calls(
+    policy: Policy, batch: int, config: BenchConfig
+) -> tuple[NDArray[np.float64], float]:
+    """Seconds per `policy.act` call, after `config.warmup` untimed calls back to back, and the
+    process's CPU use over the timed calls in % of one core (what the policy leaves the robot).
+
+    Paced calls keep an absolute schedule; a call that overruns its period restarts it, as a
+    control loop that drops the missed tick would.
+    """
     rng = np.random.default_rng(config.seed)
     pool = [random_inputs(policy, batch, rng) for _ in range(INPUT_POOL)]
     for i in range(config.warmup):
         policy.act(*pool[i % INPUT_POOL])
     out = np.empty(config.iterations)
+    period = 1.0 / config.rate_hz if config.rate_hz > 0 else 0.0
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    tick = wall_start
     for i in range(config.iterations):
         obs, goal = pool[i % INPUT_POOL]
         start = time.perf_counter_ns()
         policy.act(obs, goal)
         out[i] = time.perf_counter_ns() - start
-    return out * 1e-9
+        if period:
+            tick += period
+            idle = tick - time.perf_counter()
+            if idle > 0:
+                time.sleep(idle)
+            else:
+                tick = time.perf_counter()
+    cpu_percent = 100 * (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+    return out * 1e-9, cpu_percent
 
 
-def summarize(seconds: NDArray[np.float64], batch: int) -> dict[str, float]:
+def summarize(
+    seconds: NDArray[np.float64], batch: int, cpu_percent: float, rate_hz: float = 0.0
+) -> dict[str, float]:
+    """Latency percentiles and throughput; paced, also the calls that overran their period."""
     ms = seconds * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    paced = {"rate_hz": rate_hz, "calls_over_period": int(np.sum(seconds > 1 / rate_hz))} if (
+        rate_hz > 0) else {"rate_hz": 0.0}
     return {
         "batch": batch,
         "iterations": len(ms),
@@ -93,6 +131,8 @@ def summarize(seconds: NDArray[np.float64], batch: int) -> dict[str, float]:
         "max_ms": float(ms.max()),
         "mean_ms": float(ms.mean()),
         "throughput_per_s": float(batch / seconds.mean()),
+        "cpu_percent": cpu_percent,
+        **paced,
     }
 
 
@@ -102,10 +142,11 @@ def bench_policy(
     """Latency at every batch size; returns the JSON-ready summary and the raw samples."""
     bandwidth = memory_bandwidth() if bandwidth is None else bandwidth
     bound_ms = policy.weight_bytes / bandwidth * 1e3
-    samples = {b: time_calls(policy, b, config) for b in config.batches}
+    timed = {b: time_calls(policy, b, config) for b in config.batches}
+    samples = {b: s for b, (s, _) in timed.items()}
     results = []
-    for b, s in samples.items():
-        r = summarize(s, b)
+    for b, (s, cpu) in timed.items():
+        r = summarize(s, b, cpu, config.rate_hz)
         r["p50_over_bandwidth_bound"] = r["p50_ms"] / bound_ms if bound_ms else float("nan")
         results.append(r)
     spec = policy.spec
@@ -192,6 +233,8 @@ def run_bench(
     plot: Path | None = None,
     threads: int = 1,
     providers: Sequence[str] | None = None,
+    rate_hz: float = 0.0,
+    spin: bool = False,
 ) -> dict[str, Any]:
     """`crl-run bench`: load, measure, write the JSON (and the histogram)."""
     from crl.runtime.policy import PolicyError, load_policy
@@ -199,13 +242,18 @@ def run_bench(
     if iterations < 1 or not batches or min(batches) < 1:
         raise PolicyError(f"--iterations {iterations}, --batch {list(batches)}: need positive "
                           "values")
-    policy = load_policy(policy_path, backend, threads=threads, providers=providers)
-    config = BenchConfig(tuple(batches), iterations, warmup=max(10, iterations // 10))
+    if not (rate_hz >= 0 and np.isfinite(rate_hz)):
+        raise PolicyError(f"--rate {rate_hz}: need a rate in Hz ≥ 0 (0: back to back)")
+    policy = load_policy(policy_path, backend, threads=threads, providers=providers, spin=spin)
+    config = BenchConfig(tuple(batches), iterations, warmup=max(10, iterations // 10),
+                         rate_hz=rate_hz)
     summary, samples = bench_policy(policy, config)
     result = {
         "policy": str(policy_path),
         **summary,
+        "rate_hz": rate_hz,
         "threads": threads if backend == "ort" else None,
+        "spin": spin if backend == "ort" else None,
         "providers": getattr(policy, "providers", None),
         "device": device_info(),
         "versions": versions(),
@@ -213,7 +261,8 @@ def run_bench(
     }
     write_json(out, result)
     if plot is not None:
-        plot_latency(samples, f"{policy_path.name}: {backend}, {summary['precision']}", plot)
+        pace = f", {rate_hz:g} Hz" if rate_hz else ", back to back"
+        plot_latency(samples, f"{policy_path.name}: {backend}, {summary['precision']}{pace}", plot)
     return result
 
 

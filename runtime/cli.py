@@ -33,8 +33,14 @@ class BenchArgs:
     """comma-separated batch sizes"""
     iterations: int = 1000
     """timed calls per batch size, after a warm-up of a tenth as many"""
+    rate: float = 0.0
+    """pace the calls at this rate in Hz, as the control loop does (e.g. the spec's control_hz);
+    0: back to back"""
     threads: int = 1
     """ONNX Runtime intra-op threads (1 is fastest at batch 1 on small CPUs)"""
+    spin: bool = False
+    """ONNX Runtime worker threads busy-wait instead of sleeping (with --threads 2 or more; they
+    go on spinning for tens of ms after each call, so at a control rate those cores never rest)"""
     providers: tuple[str, ...] = ()
     """ONNX Runtime execution providers, best first, e.g. CUDAExecutionProvider (default: the
     best this onnxruntime has: TensorRT, then CUDA, then CPU)"""
@@ -56,11 +62,14 @@ def bench(args: BenchArgs) -> None:
     from crl.runtime.bench import run_bench
 
     result = run_bench(args.policy, args.backend, parse_batches(args.batch), args.iterations,
-                       args.out, args.plot, args.threads, args.providers or None)
+                       args.out, args.plot, args.threads, args.providers or None, args.rate,
+                       args.spin)
     for r in result["results"]:
+        over = f", {r['calls_over_period']} calls over the period" if args.rate else ""
         print(f"batch {r['batch']:4d}: p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
               f"max {r['max_ms']:.3f} ms  {r['throughput_per_s']:.0f}/s  "
-              f"({r['p50_over_bandwidth_bound']:.2f}× the memory-bandwidth bound)")
+              f"({r['p50_over_bandwidth_bound']:.2f}× the memory-bandwidth bound; "
+              f"CPU {r['cpu_percent']:.0f}% of a core{over})")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

@@ -21,22 +21,24 @@ TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPU
 PREFERENCE = (TENSORRT, CUDA, CPU)
 
 
-def session_options(threads: int = 1) -> ort.SessionOptions:
+def session_options(threads: int = 1, spin: bool = False) -> ort.SessionOptions:
     """Options for low batch-1 latency on a small CPU (a 2-core robot computer, a Jetson).
 
-    At batch 1 every layer is a [1, W] × [W, W] product: far too little work to split, so one
-    intra-op thread is fastest (on the 2-core machine, two threads were slower and had a much
-    worse p99 whenever the other core was busy) and leaves the other core to the control loop.
-    Spinning only affects pool workers; it stays off so that `threads > 1` (larger batches) does
-    not burn a core between calls. ORT_ENABLE_ALL fuses MatMul + Add into Gemm and x·sigmoid(x)
-    into QuickGelu, three kernels per layer instead of five.
+    At batch 1 every layer is a [1, W] × [W, W] product that streams its weights from memory.
+    One intra-op thread is the default: it leaves the other cores to the control loop and the
+    rest of the robot. A second thread adds a second core's memory bandwidth but hands each
+    layer to a sleeping worker; on the 2-core EPYC it ran from 13% faster to 30% slower than
+    one thread, run to run. `spin` keeps pool workers busy-waiting for the next layer instead,
+    and for about 70 ms after each call (measured there): at a 50 Hz control rate the cores it
+    spins on never rest, so it is for a machine with cores to spare. ORT_ENABLE_ALL fuses
+    MatMul + Add into Gemm and x·sigmoid(x) into QuickGelu, three kernels per layer, not five.
     """
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.log_severity_level = 3  # errors only: the TensorRT EP is chatty about fallbacks
     return so
 
@@ -79,7 +81,11 @@ class OrtPolicy:
     backend = "ort"
 
     def __init__(
-        self, path: str | Path, threads: int = 1, providers: Sequence[str] | None = None
+        self,
+        path: str | Path,
+        threads: int = 1,
+        providers: Sequence[str] | None = None,
+        spin: bool = False,
     ) -> None:
         if threads < 1:
             raise PolicyError(f"threads: must be ≥ 1, got {threads}")
@@ -87,7 +93,7 @@ class OrtPolicy:
         try:
             self._session = ort.InferenceSession(
                 self._file.model_bytes,
-                session_options(threads),
+                session_options(threads, spin),
                 providers=providers_for(self._file.seal.precision, providers),
             )
         except Exception as e:  # onnxruntime raises its own unrelated exception types

@@ -67,12 +67,14 @@ def load_policy(
     threads: int = 1,
     step: int | None = None,
     providers: Sequence[str] | None = None,
+    spin: bool = False,
 ) -> Policy:
     """Load a policy file with the named backend.
 
     ort: an ONNX file from `crl-export onnx` (CPU; CUDA / TensorRT execution providers when
         onnxruntime-gpu is installed); `threads` is ONNX Runtime's intra-op thread count and
-        `providers` the execution providers to use, best first (default: the best available).
+        `providers` the execution providers to use, best first (default: the best available);
+        `spin` keeps its worker threads busy-waiting (see `ort_backend.session_options`).
     trt: a TensorRT engine from `crl-export tensorrt`, with its `.json` sidecar.
     jax: a run directory (runs/<name>) at checkpoint `step` (latest if None), for debugging and
         parity checks against the exported files.
@@ -81,6 +83,9 @@ def load_policy(
     if providers and backend != "ort":
         raise PolicyError(f"providers: ONNX Runtime execution providers apply to backend 'ort', "
                           f"not {backend!r}")
+    if spin and backend != "ort":
+        raise PolicyError(f"spin: ONNX Runtime thread spinning applies to backend 'ort', not "
+                          f"{backend!r}")
     if backend == "ort" and path.suffix == ".engine":
         raise PolicyError(f"{path}: a TensorRT engine; load it with backend 'trt'")
     if backend == "trt" and path.suffix == ".onnx":
@@ -90,7 +95,7 @@ def load_policy(
     if backend == "ort":
         from crl.runtime.ort_backend import OrtPolicy
 
-        return OrtPolicy(path, threads=threads, providers=providers)
+        return OrtPolicy(path, threads=threads, providers=providers, spin=spin)
     if backend == "trt":
         from crl.runtime.trt_backend import TrtPolicy
 
@@ -107,7 +112,9 @@ def check_inputs(
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], bool]:
     """Validate shape, dtype and finiteness against the spec.
 
-    Returns float32 [B, obs_dim], [B, goal_dim] arrays and whether the call was unbatched.
+    Returns float32 [B, obs_dim], [B, goal_dim] arrays and whether the call was unbatched. It
+    runs on every control tick, so the common case (float32 arrays, all finite) does no more than
+    look at them; the per-field detail is worked out only for an error message.
     """
     obs = _as_float32(observation, "observation")
     g = _as_float32(goal, "goal")
@@ -133,24 +140,23 @@ def check_inputs(
             f"batch {obs.shape[0]} exceeds this engine's max batch {max_batch}; rebuild it with "
             "`crl-export tensorrt --max-batch N` or split the batch"
         )
-    _check_finite(obs, spec.observation_slices(), "observation")
-    _check_finite(g, spec.goal_slices(), "goal")
+    if not (np.isfinite(obs).all() and np.isfinite(g).all()):
+        for name, x, slices in (("observation", obs, spec.observation_slices()),
+                                ("goal", g, spec.goal_slices())):
+            bad = [f for f, s in slices.items() if not np.isfinite(x[:, s]).all()]
+            if bad:
+                raise PolicyError(
+                    f"{name}: non-finite values (NaN, inf or beyond float32) in field(s) "
+                    f"{', '.join(bad)}; check the sensor or the goal source"
+                )
     return obs, g, single
 
 
 def _as_float32(x: ArrayLike, name: str) -> NDArray[np.float32]:
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
     a = np.asarray(x)
     if a.dtype.kind not in "fiu":
         raise PolicyError(f"{name}: dtype {a.dtype} is not a real number type; pass float32")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just after
         return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _check_finite(x: NDArray[np.float32], slices: dict[str, slice], name: str) -> None:
-    if np.isfinite(x).all():
-        return
-    bad = [f for f, s in slices.items() if not np.isfinite(x[:, s]).all()]
-    raise PolicyError(
-        f"{name}: non-finite values (NaN, inf or beyond float32) in field(s) {', '.join(bad)}; "
-        "check the sensor or the goal source"
-    )

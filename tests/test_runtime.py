@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ import pytest
 from onnx import helper, numpy_helper
 
 from crl.export.onnx_export import SPEC_KEY, export_actor, random_params
-from crl.runtime.bench import BenchConfig, bench_policy, memory_bandwidth, run_bench
+from crl.runtime.bench import (
+    BenchConfig,
+    bench_policy,
+    memory_bandwidth,
+    run_bench,
+    summarize,
+    time_calls,
+)
 from crl.runtime.cli import main as run_main
 from crl.runtime.onnx_file import read_spec
 from crl.runtime.policy import PolicyError, load_policy
@@ -162,6 +170,16 @@ def test_backend_choice_errors(exported: tuple[PolicySpec, dict, Path]) -> None:
         load_policy(exported[2], "jax")
     with pytest.raises(PolicyError, match="not a training run"):
         load_policy(exported[2].parent, "jax")
+    with pytest.raises(PolicyError, match="spin: ONNX Runtime thread spinning applies"):
+        load_policy(exported[2].parent, "jax", spin=True)
+
+
+def test_spinning_threads_give_the_same_actions(exported: tuple[PolicySpec, dict, Path]) -> None:
+    obs = np.random.default_rng(0).standard_normal((5, exported[0].obs_dim), dtype=np.float32)
+    goal = np.zeros((5, exported[0].goal_dim), np.float32)
+    reference = load_policy(exported[2]).act(obs, goal)
+    spinning = load_policy(exported[2], threads=2, spin=True)
+    np.testing.assert_array_equal(spinning.act(obs, goal), reference)
 
 
 def test_runtime_imports_no_jax() -> None:
@@ -187,6 +205,24 @@ def test_bench_statistics(exported: tuple[PolicySpec, dict, Path]) -> None:
     assert summary["bandwidth_bound_ms"] == pytest.approx(policy.weight_bytes / 1e10 * 1e3)
     assert samples[4].shape == (30,)
     assert memory_bandwidth(nbytes=8 * 2**20, repeats=2) > 1e8
+    assert memory_bandwidth(nbytes=8 * 2**20, repeats=2, cores=2) > 1e8
+    assert all(r["rate_hz"] == 0.0 and r["cpu_percent"] > 0 for r in summary["results"])
+
+
+def test_paced_bench_keeps_the_control_rate(exported: tuple[PolicySpec, dict, Path]) -> None:
+    """At 50 Hz, 25 calls take half a second and leave the CPU mostly idle."""
+    policy = load_policy(exported[2])
+    config = BenchConfig((1,), iterations=25, warmup=2, rate_hz=50.0)
+    start = time.perf_counter()
+    seconds, cpu_percent = time_calls(policy, 1, config)
+    elapsed = time.perf_counter() - start
+    assert 0.48 < elapsed < 1.0 and seconds.shape == (25,)
+    assert cpu_percent < 50
+    r = summarize(seconds, 1, cpu_percent, config.rate_hz)
+    assert r["rate_hz"] == 50.0 and r["calls_over_period"] == 0
+    # a rate the policy cannot keep: every call overruns its period, none waits
+    fast = summarize(np.full(4, 0.03), 1, 100.0, 50.0)
+    assert fast["calls_over_period"] == 4
 
 
 def test_bench_cli_writes_json_and_plot(
@@ -204,6 +240,14 @@ def test_bench_cli_writes_json_and_plot(
     assert result["memory_bandwidth_gb_s"] > 0 and len(result["results"]) == 2
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "r"]
+    assert result["rate_hz"] == 0.0 and result["threads"] == 1 and result["spin"] is False
+
+    run_main(["bench", "--policy", str(exported[2]), "--batch", "1", "--iterations", "10",
+              "--rate", "100", "--threads", "2", "--spin", "--out", str(out)])
+    assert "calls over the period" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["rate_hz"] == 100.0 and result["threads"] == 2 and result["spin"] is True
+    assert result["results"][0]["rate_hz"] == 100.0 and "calls_over_period" in result["results"][0]
 
 
 def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,6 +255,8 @@ def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (["--policy", str(tmp_path / "x.onnx")], "no such file"),
         (["--policy", str(tmp_path / "x.onnx"), "--batch", "1,a"], "--batch: '1,a'"),
         (["--policy", str(tmp_path / "x.onnx"), "--batch", "0"], "positive"),
+        (["--policy", str(tmp_path / "x.onnx"), "--rate", "-5"], "--rate -5"),
+        (["--policy", str(tmp_path / "x.onnx"), "--rate", "nan"], "--rate nan"),
     ]:
         with pytest.raises(SystemExit) as e:
             run_main(["bench", *argv, "--out", str(tmp_path / "r.json")])
@@ -222,3 +268,26 @@ def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
                   providers=["CUDAExecutionProvider"])
     with pytest.raises(PolicyError, match="--iterations 0"):
         run_bench(tmp_path / "x.onnx", "ort", (1,), 0, tmp_path / "r.json")
+
+
+def test_policy_latency_bench_quick(tmp_path: Path) -> None:
+    """bench/policy_latency.py end to end on a small network: every measurement in its JSON."""
+    out = tmp_path / "latency.json"
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "bench" / "policy_latency.py"), "--quick",
+         "--paced-iterations", "10", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    fp32, fp16 = result["ort_batch1"]["fp32"], result["ort_batch1"]["fp16"]
+    assert fp32["runtime_weight_bytes"] == fp32["weight_bytes"]
+    # the CPU provider has no fp16 Gemm: it holds the fp16 file's weights as fp32
+    assert fp16["runtime_weight_bytes"] > 1.9 * fp16["weight_bytes"]
+    paced = result["ort_fp32_batch1_at_control_rate"]
+    assert paced["rate_hz"] == 50.0 and paced["iterations"] == 10
+    for key in ("ort_fp32_2_threads_batch1", "ort_fp32_2_threads_spinning_batch1"):
+        assert result[key]["p50_over_two_core_bound"] > 0
+    assert result["memory_bandwidth_gb_s"]["two_cores"] > 0
+    assert set(result["targets"]) == {"p99_le_1ms", "fp32_bandwidth_bound_le_1ms",
+                                      "p50_within_2x_bandwidth_bound", "export_le_60s"}
