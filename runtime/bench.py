@@ -120,9 +120,7 @@ def summarize(
     """Latency percentiles and throughput; paced, also the calls that overran their period."""
     ms = seconds * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    paced = {"rate_hz": rate_hz, "calls_over_period": int(np.sum(seconds > 1 / rate_hz))} if (
-        rate_hz > 0) else {"rate_hz": 0.0}
-    return {
+    r = {
         "batch": batch,
         "iterations": len(ms),
         "p50_ms": float(p50),
@@ -132,8 +130,11 @@ def summarize(
         "mean_ms": float(ms.mean()),
         "throughput_per_s": float(batch / seconds.mean()),
         "cpu_percent": cpu_percent,
-        **paced,
+        "rate_hz": rate_hz,
     }
+    if rate_hz > 0:
+        r["calls_over_period"] = int(np.sum(seconds > 1 / rate_hz))
+    return r
 
 
 def bench_policy(
