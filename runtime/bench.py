@@ -6,7 +6,9 @@ rate (`rate_hz`: a robot calls the policy once a control period, and a call afte
 period finds colder caches and a dozing CPU; at 50 Hz it measured 25% slower than back to back
 on the 2-core EPYC). At batch 1 a call streams every weight from memory once, so the floor is
 weight bytes ÷ memory bandwidth; the bench measures that bandwidth in the same run and reports
-latency against it (1.0 = as fast as the memory allows, 2.0 = half as fast).
+latency against it (1.0 = as fast as the memory allows, 2.0 = half as fast). On a virtual
+machine it also reports the share of CPU time the hypervisor gave to other guests (steal) while
+it measured: a latency tail that moves with steal is the host's, not the policy's.
 """
 
 from __future__ import annotations
@@ -68,6 +70,32 @@ def memory_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5, cores: int
         if pool is not None:
             pool.shutdown()
     return sum(a.nbytes for a in arrays) / best
+
+
+def cpu_times(stat: str | Path = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine from /proc/stat; None where it has none.
+
+    Steal is time a virtual CPU was ready to run but the hypervisor ran another guest on it.
+    """
+    try:
+        with open(stat) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":  # steal is the 8th counter (Linux ≥ 2.6.11)
+        return None
+    try:
+        ticks = [int(v) for v in fields[1:9]]  # guest time is already counted in user
+    except ValueError:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Steal between two `cpu_times` readings, in % of all CPU time; None if unknown."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100 * (after[0] - before[0]) / (after[1] - before[1])
 
 
 def random_inputs(
@@ -143,7 +171,9 @@ def bench_policy(
     """Latency at every batch size; returns the JSON-ready summary and the raw samples."""
     bandwidth = memory_bandwidth() if bandwidth is None else bandwidth
     bound_ms = policy.weight_bytes / bandwidth * 1e3
+    before = cpu_times()
     timed = {b: time_calls(policy, b, config) for b in config.batches}
+    steal = steal_percent(before, cpu_times())
     samples = {b: s for b, (s, _) in timed.items()}
     results = []
     for b, (s, cpu) in timed.items():
@@ -160,6 +190,7 @@ def bench_policy(
         "weight_bytes": policy.weight_bytes,
         "memory_bandwidth_gb_s": bandwidth / 1e9,
         "bandwidth_bound_ms": bound_ms,
+        "cpu_steal_percent": steal,
         "results": results,
     }
     return summary, samples

@@ -70,6 +70,10 @@ def bench(args: BenchArgs) -> None:
               f"max {r['max_ms']:.3f} ms  {r['throughput_per_s']:.0f}/s  "
               f"({r['p50_over_bandwidth_bound']:.2f}× the memory-bandwidth bound; "
               f"CPU {r['cpu_percent']:.0f}% of a core{over})")
+    steal = result["cpu_steal_percent"]
+    if steal:  # a virtual machine whose host ran other guests on its CPUs meanwhile
+        print(f"the hypervisor gave other guests {steal:.1f}% of this machine's CPU time "
+              "meanwhile (steal): a tail that grows with it is the host's")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

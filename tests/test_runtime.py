@@ -17,8 +17,10 @@ from crl.export.onnx_export import SPEC_KEY, export_actor, random_params
 from crl.runtime.bench import (
     BenchConfig,
     bench_policy,
+    cpu_times,
     memory_bandwidth,
     run_bench,
+    steal_percent,
     summarize,
     time_calls,
 )
@@ -207,6 +209,24 @@ def test_bench_statistics(exported: tuple[PolicySpec, dict, Path]) -> None:
     assert memory_bandwidth(nbytes=8 * 2**20, repeats=2) > 1e8
     assert memory_bandwidth(nbytes=8 * 2**20, repeats=2, cores=2) > 1e8
     assert all(r["rate_hz"] == 0.0 and r["cpu_percent"] > 0 for r in summary["results"])
+    steal = summary["cpu_steal_percent"]
+    assert steal is None or 0 <= steal <= 100
+
+
+def test_steal_from_proc_stat(tmp_path: Path) -> None:
+    """Steal is the 8th counter of /proc/stat's first line; anything else reads as unknown."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 5 80 1 0 0 4 3 0\ncpu0 5 0 2 40 0 0 0 2 1 0\n")
+    assert cpu_times(stat) == (4, 100)  # guest (3) is inside user already: not added again
+    assert steal_percent((4, 100), (14, 200)) == pytest.approx(10.0)
+    assert steal_percent((4, 100), (4, 100)) is None and steal_percent(None, (4, 100)) is None
+    for text in ("cpu  10 0 5 80\n", "intr 1 2 3 4 5 6 7 8 9\n", "cpu  a b c d e f g h\n"):
+        stat.write_text(text)
+        assert cpu_times(stat) is None
+    assert cpu_times(tmp_path / "missing") is None
+    if Path("/proc/stat").exists():
+        steal, total = cpu_times() or (-1, -1)
+        assert 0 <= steal <= total
 
 
 def test_paced_bench_keeps_the_control_rate(exported: tuple[PolicySpec, dict, Path]) -> None:
@@ -290,4 +310,11 @@ def test_policy_latency_bench_quick(tmp_path: Path) -> None:
         assert result[key]["p50_over_two_core_bound"] > 0
     assert result["memory_bandwidth_gb_s"]["two_cores"] > 0
     assert set(result["targets"]) == {"p99_le_1ms", "fp32_bandwidth_bound_le_1ms",
+                                      "fp32_weight_read_p99_le_1ms",
                                       "p50_within_2x_bandwidth_bound", "export_le_60s"}
+    # the bare read of the fp32 weights' bytes, timed in the same rounds as the policies
+    read = result["fp32_weight_read_batch1"]
+    assert read["weight_bytes"] == fp32["weight_bytes"] and read["iterations"] == 100
+    assert 0 < read["p50_ms"] <= read["p99_ms"]
+    assert fp32["p99_over_weight_read_p99"] == pytest.approx(fp32["p99_ms"] / read["p99_ms"])
+    assert set(result["cpu_steal_percent"]) == {"back_to_back", "paced"}
