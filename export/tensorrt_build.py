@@ -15,6 +15,7 @@ and says what to install.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -252,13 +253,21 @@ def build_engine(
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
         "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(out, engine)
-    _write_atomic(sidecar_path(out), json.dumps(sidecar, indent=2, sort_keys=True).encode())
-    _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    write_files_atomically({
+        out: engine,
+        sidecar_path(out): json.dumps(sidecar, indent=2, sort_keys=True).encode(),
+        cache_path: bytes(memoryview(config.get_timing_cache().serialize())),
+    })
     return EngineInfo(out, sidecar_path(out), trt.__version__, gpu["gpu"], engine_prec, max_batch)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    with temporary_path(path) as tmp:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+def write_files_atomically(files: dict[Path, bytes]) -> None:
+    """Write every file in full beside its target, then rename them all into place: a failed
+    write (a full disk, say) leaves the previous engine and sidecar, never a new engine beside
+    an old sidecar."""
+    with contextlib.ExitStack() as stack:
+        tmps = {path: stack.enter_context(temporary_path(path)) for path in files}
+        for path, data in files.items():
+            tmps[path].write_bytes(data)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)

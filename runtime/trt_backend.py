@@ -170,7 +170,8 @@ class TrtPolicy:
         """cuda-python returns (error, value...) tuples: raise on error, return the value."""
         err, *values = result if isinstance(result, tuple) else (result,)
         if err != self._rt.cudaError_t.cudaSuccess:
-            raise PolicyError(f"CUDA error: {err}")
+            raise PolicyError(f"CUDA error: {err}; check that the GPU is visible "
+                              "(`nvidia-smi`) and that no other process holds its memory")
         return values[0] if len(values) == 1 else None
 
     @property

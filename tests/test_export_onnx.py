@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def inputs(spec: PolicySpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 def jax_action(params: dict, spec: PolicySpec, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
     n = spec.network
-    actor = Actor(NetworkConfig(n.depth, n.width, n.repr_dim), spec.act_dim)
+    actor = Actor(NetworkConfig(n.depth, n.width, n.repr_dim, n.residual), spec.act_dim)
     return np.asarray(deterministic_action(actor, params["actor"], obs, goal))
 
 
@@ -99,21 +100,48 @@ def test_actor_parity_fp32_and_fp16(depth: int, width: int, tmp_path: Path) -> N
         assert np.abs(fp16.act(obs, goal) - ref).max() <= FP16_TOL
 
 
+def jax_critic(params: dict, spec: PolicySpec, obs: np.ndarray, goal: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """The actor's action and the critic's φ(s, a), ψ(g) and distance ‖φ − ψ‖, in JAX."""
+    n = spec.network
+    encoder = Encoder(NetworkConfig(n.depth, n.width, n.repr_dim, n.residual))
+    action = jax_action(params, spec, obs, goal)
+    phi = np.asarray(encoder.apply({"params": params["sa_encoder"]},
+                                   jnp.concatenate([obs, action], -1)))
+    psi = np.asarray(encoder.apply({"params": params["g_encoder"]}, goal))
+    return {"action": action, "phi": phi, "psi": psi,
+            "distance": np.linalg.norm(phi - psi, axis=-1)}
+
+
 def test_critic_distance_matches_jax(small: tuple[PolicySpec, dict, Path]) -> None:
     spec, params, path = small
     obs, goal = inputs(spec, 16)
     out = OrtPolicy(path).run(obs, goal)
-    n = spec.network
-    encoder = Encoder(NetworkConfig(n.depth, n.width, n.repr_dim))
-    action = jax_action(params, spec, obs, goal)
-    phi = encoder.apply({"params": params["sa_encoder"]}, jnp.concatenate([obs, action], -1))
-    psi = encoder.apply({"params": params["g_encoder"]}, goal)
-    distance = np.linalg.norm(np.asarray(phi) - np.asarray(psi), axis=-1)
+    ref = jax_critic(params, spec, obs, goal)
     assert out["distance"].shape == (16,)
-    np.testing.assert_allclose(out["phi"], phi, atol=1e-5)
-    np.testing.assert_allclose(out["psi"], psi, atol=1e-5)
-    np.testing.assert_allclose(out["distance"], distance, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out["action"], action, atol=FP32_TOL)
+    np.testing.assert_allclose(out["phi"], ref["phi"], atol=1e-5)
+    np.testing.assert_allclose(out["psi"], ref["psi"], atol=1e-5)
+    np.testing.assert_allclose(out["distance"], ref["distance"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["action"], ref["action"], atol=FP32_TOL)
+
+
+def test_plain_networks_without_skips_match_jax(tmp_path: Path) -> None:
+    """The ablation without residual connections (`residual=False` in the spec) exports the
+    network it trained: every output, actor and critic, against JAX."""
+    spec = make_spec(depth=8, width=64)
+    spec = dataclasses.replace(spec, network=dataclasses.replace(spec.network, residual=False))
+    params = random_params(spec, seed=3)
+    path = export_actor(params, spec, tmp_path / "plain.onnx", critic=True).path
+    policy = OrtPolicy(path)
+    assert policy.spec.network.residual is False
+    obs, goal = inputs(spec, 8)
+    out, ref = policy.run(obs, goal), jax_critic(params, spec, obs, goal)
+    np.testing.assert_allclose(out["action"], ref["action"], atol=FP32_TOL)
+    for k in ("phi", "psi", "distance"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5)
+    # and it differs from the residual network on the same parameters: the flag is honoured
+    residual = dataclasses.replace(spec, network=dataclasses.replace(spec.network, residual=True))
+    assert np.abs(jax_action(params, residual, obs, goal) - ref["action"]).max() > 1e-3
 
 
 def test_file_format(small: tuple[PolicySpec, dict, Path]) -> None:
@@ -162,11 +190,18 @@ def test_spec_and_hash_read_back_for_every_precision(
 
 def test_fp16_keeps_float32_interface(small: tuple[PolicySpec, dict, Path], tmp_path: Path) -> None:
     spec, params, _ = small
-    path = export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True).path
+    path = export_actor(params, spec, tmp_path / "fp16.onnx", fp16=True, critic=True).path
     model = onnx.load(path)
     f32 = onnx.TensorProto.FLOAT
     assert all(v.type.tensor_type.elem_type == f32 for v in model.graph.input)
-    assert model.graph.output[0].type.tensor_type.elem_type == f32
+    assert [o.name for o in model.graph.output] == ["action", "phi", "psi", "distance"]
+    assert all(v.type.tensor_type.elem_type == f32 for v in model.graph.output)
+    # the critic's readout in fp16 against JAX in fp32, at the fp16 tolerance
+    obs, goal = inputs(spec, 16)
+    out, ref = OrtPolicy(path).run(obs, goal), jax_critic(params, spec, obs, goal)
+    assert all(v.dtype == np.float32 for v in out.values())
+    for k in out:
+        np.testing.assert_allclose(out[k], ref[k], rtol=FP16_TOL, atol=FP16_TOL)
     types = {t.name: t.data_type for t in model.graph.initializer}
     # Dense weights in fp16; LayerNorm (2 × width a layer) computes and stores in fp32.
     assert {t for n, t in types.items() if "/norm/" not in n} == {onnx.TensorProto.FLOAT16}

@@ -23,10 +23,12 @@ from crl.export.tensorrt_build import (
     TENSORRT_MISSING,
     build_engine,
     capturing_logger,
+    cuda_runtime,
     engine_precision,
     logged_reason,
     sidecar_path,
     tensorrt_missing,
+    write_files_atomically,
 )
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.trt_backend import check_built_here, read_sidecar
@@ -35,6 +37,11 @@ from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, P
 REPO = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = tensorrt_missing() is None
 needs_tensorrt = pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt not installed")
+# Running an engine also needs cuda-python's runtime API (a `cuda` namespace alone, such as
+# cuda-pathfinder's, is not it).
+needs_engine_runtime = pytest.mark.skipif(
+    not HAS_TENSORRT or cuda_runtime() is None, reason="tensorrt or cuda-python not installed"
+)
 
 
 def make_spec() -> PolicySpec:
@@ -205,6 +212,32 @@ def test_engines_built_elsewhere_are_refused(tmp_path: Path) -> None:
         assert "rebuild it here with `crl-export tensorrt" in str(e.value)
 
 
+def test_engine_and_sidecar_are_replaced_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails part-way (a full disk) leaves the previous engine and sidecar as they
+    were and no temporary files; one that succeeds replaces all of them."""
+    engine, side = tmp_path / "policy.engine", tmp_path / "policy.engine.json"
+    engine.write_bytes(b"old engine")
+    side.write_text("old sidecar")
+    real_write = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        if self.name.startswith(".policy.engine.json."):
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_bytes", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            write_files_atomically({engine: b"new engine", side: b"new sidecar"})
+    assert engine.read_bytes() == b"old engine" and side.read_text() == "old sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.engine", "policy.engine.json"]
+    write_files_atomically({engine: b"new engine", side: b"new sidecar"})
+    assert engine.read_bytes() == b"new engine" and side.read_text() == "new sidecar"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.engine", "policy.engine.json"]
+
+
 def test_precision_rules() -> None:
     assert engine_precision(None, "fp16", 11) == "fp16"
     assert engine_precision("fp16", "fp32", 10) == "fp16"  # builder FP16 flag
@@ -216,10 +249,8 @@ def test_precision_rules() -> None:
         engine_precision(None, "int8", 10)
 
 
-@needs_tensorrt
+@needs_engine_runtime
 def test_engine_build_and_parity(onnx_files: dict[str, Path], tmp_path: Path) -> None:
-    if importlib.util.find_spec("cuda") is None:
-        pytest.skip("cuda-python not installed")
     ort_policy = load_policy(onnx_files["fp32"], "ort")
     spec = ort_policy.spec
     rng = np.random.default_rng(0)
@@ -245,7 +276,7 @@ def test_engine_build_and_parity(onnx_files: dict[str, Path], tmp_path: Path) ->
     assert (tmp_path / "tensorrt_timing.cache").stat().st_size > 0
 
 
-@needs_tensorrt
+@needs_engine_runtime
 def test_foreign_or_corrupt_engines_are_refused(
     onnx_files: dict[str, Path], tmp_path: Path
 ) -> None:
