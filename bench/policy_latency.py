@@ -13,8 +13,10 @@ In the same run:
   batch 1, their weight bytes, the bytes ONNX Runtime actually holds after its graph
   optimizations (the CPU provider has no fp16 Gemm: it casts fp16 weights back to fp32 when it
   loads the model, so fp16 streams fp32 bytes there) and their action error against fp32;
-- fp32 paced at the control rate (`control_hz` calls a second, as the robot calls it), with the
-  process's CPU use;
+- fp32 and int8 paced at the control rate (`control_hz` calls a second, as the robot calls
+  them), with the process's CPU use, beside the bare read of the fp32 weights' bytes paced alike:
+  between ticks a shared L3 loses the weights to other tenants, so a paced call reads them from
+  DRAM where a back-to-back call finds them in the cache;
 - ONNX Runtime with 2 intra-op threads, sleeping and spinning (why the runtime uses 1), against
   the read bandwidth of two cores;
 - the JAX jitted actor, the same network, for the ONNX Runtime ÷ JAX ratio;
@@ -224,7 +226,8 @@ def main(config: Config) -> dict[str, Any]:
                               "weight_read": WeightRead(policies["fp32"])}, config)
         del two_spinning  # its workers would spin through the paced measurement
         ticks_paced = cpu_times()
-        paced = latencies({"fp32": policies["fp32"]}, config, config.control_hz)["fp32"]
+        paced = latencies({"fp32": policies["fp32"], "int8": policies["int8"],
+                           "weight_read": WeightRead(policies["fp32"])}, config, config.control_hz)
         steal = {"back_to_back": steal_percent(ticks, ticks_paced),
                  "paced": steal_percent(ticks_paced, cpu_times())}
         bandwidth = max(bandwidth_before, memory_bandwidth())
@@ -232,7 +235,7 @@ def main(config: Config) -> dict[str, Any]:
         ort = {k: measured[k] for k in policies}
         ort_2, ort_2_spin = measured["fp32_2_threads"], measured["fp32_2_threads_spinning"]
         jax_r, weight_read = measured["jax"], measured["weight_read"]
-        for r in (*measured.values(), paced):  # against the better bandwidth reading
+        for r in (*measured.values(), *paced.values()):  # against the better bandwidth reading
             add_bounds(r, bandwidth)
         for k, r in ort.items():
             r["runtime_weight_bytes"] = runtime_bytes[k]
@@ -241,6 +244,8 @@ def main(config: Config) -> dict[str, Any]:
             r["working_set_bandwidth_gb_s"] = hot / 1e9
             r["p50_over_working_set_bound"] = r["p50_ms"] / (r["weight_bytes"] / hot * 1e3)
         ort["fp32"]["p99_over_weight_read_p99"] = ort["fp32"]["p99_ms"] / weight_read["p99_ms"]
+        paced_read = paced.pop("weight_read")
+        paced["fp32"]["p99_over_weight_read_p99"] = paced["fp32"]["p99_ms"] / paced_read["p99_ms"]
         for r in (ort_2, ort_2_spin):
             r["two_core_bound_ms"] = r["weight_bytes"] / bandwidth_2 * 1e3
             r["p50_over_two_core_bound"] = r["p50_ms"] / r["two_core_bound_ms"]
@@ -264,11 +269,12 @@ def main(config: Config) -> dict[str, Any]:
         "memory_bandwidth_gb_s": {"before": bandwidth_before / 1e9, "used": bandwidth / 1e9,
                                   "two_cores": bandwidth_2 / 1e9},
         "ort_batch1": ort,
-        "ort_fp32_batch1_at_control_rate": paced,
+        "ort_batch1_at_control_rate": paced,
         "ort_fp32_2_threads_batch1": ort_2,
         "ort_fp32_2_threads_spinning_batch1": ort_2_spin,
         "jax_batch1": jax_r,
         "fp32_weight_read_batch1": weight_read,
+        "fp32_weight_read_batch1_at_control_rate": paced_read,
         "cpu_steal_percent": steal,
         "ort_fp32_over_jax_p50": ort["fp32"]["p50_ms"] / jax_r["p50_ms"],
         "action_error_vs_fp32": errors,
@@ -282,6 +288,8 @@ def main(config: Config) -> dict[str, Any]:
             "fp32_bandwidth_bound_le_1ms": ort["fp32"]["bandwidth_bound_ms"] <= P99_TARGET_MS,
             # and with its tail: the bare read of those bytes, in the same rounds
             "fp32_weight_read_p99_le_1ms": weight_read["p99_ms"] <= P99_TARGET_MS,
+            # as the robot calls it: one call a control period, with the cache gone cold between
+            "fp32_p99_at_control_rate_le_1ms": paced["fp32"]["p99_ms"] <= P99_TARGET_MS,
             "p50_within_2x_bandwidth_bound": ort["fp32"]["p50_over_bound"] <= BANDWIDTH_TARGET,
             "export_le_60s": export_s <= EXPORT_TARGET_S,
         },
@@ -292,8 +300,9 @@ def main(config: Config) -> dict[str, Any]:
               f"{r['p50_over_bound']:.2f}× the bound ({r['weight_bytes'] / 1e6:.1f} MB at "
               f"{bandwidth / 1e9:.1f} GB/s)" + (f"  max error {errors[k]['max_abs']:.2e}"
                                                  if k in errors else ""))
-    print(f"ort fp32 at {config.control_hz:g} Hz: p50 {paced['p50_ms']:.3f} ms  "
-          f"p99 {paced['p99_ms']:.3f} ms  CPU {paced['cpu_percent']:.0f}% of a core")
+    for k, r in (*paced.items(), ("fp32 weight read", paced_read)):
+        print(f"{'ort ' * (k in paced)}{k} at {config.control_hz:g} Hz: p50 {r['p50_ms']:.3f} ms  "
+              f"p99 {r['p99_ms']:.3f} ms  CPU {r['cpu_percent']:.0f}% of a core")
     for name, r in (("2 threads", ort_2), ("2 spinning threads", ort_2_spin)):
         print(f"ort fp32, {name}: p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
               f"({r['p50_over_two_core_bound']:.2f}× the two-core bound at "

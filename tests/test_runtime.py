@@ -184,6 +184,34 @@ def test_spinning_threads_give_the_same_actions(exported: tuple[PolicySpec, dict
     np.testing.assert_array_equal(spinning.act(obs, goal), reference)
 
 
+def test_execution_providers_best_first_with_engine_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the ort backend asks onnxruntime-gpu for, checked without a GPU: the TensorRT EP with
+    its engine and timing caches under XDG_CACHE_HOME (so only the first start builds), fp16
+    kernels only for an fp16 file, then CUDA, then the CPU."""
+    import onnxruntime
+
+    from crl.runtime.ort_backend import CPU, CUDA, TENSORRT, providers_for
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU, TENSORRT])
+    cache = tmp_path / "crl" / "ort_tensorrt"
+    for precision in ("fp32", "fp16"):
+        (trt, options), cuda, cpu = providers_for(precision)
+        assert (trt, cuda, cpu) == (TENSORRT, CUDA, CPU)
+        assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+        assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
+        assert options["trt_fp16_enable"] == (precision == "fp16")
+    assert cache.is_dir()
+    assert providers_for("fp32", [CUDA, CPU]) == [CUDA, CPU]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    assert providers_for("fp32") == [CPU]
+    with pytest.raises(PolicyError, match=r"providers: \['CUDAExecutionProvider'\] not in"
+                       r".*install onnxruntime-gpu"):
+        providers_for("fp32", [CUDA, CPU])
+
+
 def test_runtime_imports_no_jax() -> None:
     code = (
         "import pkgutil, importlib, sys, crl.runtime\n"
@@ -290,6 +318,36 @@ def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         run_bench(tmp_path / "x.onnx", "ort", (1,), 0, tmp_path / "r.json")
 
 
+def test_gpu_policy_latency_bench_quick(tmp_path: Path) -> None:
+    """bench/policy_latency_gpu.py end to end on a small network, here on the CPU: each backend
+    this machine can run, at each batch, and the reason for each it cannot."""
+    out = tmp_path / "gpu.json"
+    script = Path(__file__).parents[1] / "bench" / "policy_latency_gpu.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "policy_latency_gpu" and result["jax_devices"]
+    jax_r = result["results"]["jax"]
+    assert jax_r["max_abs_diff_vs_cpu_fp32"] <= 1e-5
+    for b in (1, 64):
+        assert jax_r[f"batch{b}"]["batch"] == b and jax_r[f"batch{b}"]["iterations"] == 50
+        assert 0 < jax_r[f"batch{b}"]["p50_ms"] <= jax_r[f"batch{b}"]["p99_ms"]
+    # every GPU backend is either measured or skipped with a reason
+    gpu_backends = {"ort_cuda_fp32", "ort_tensorrt_fp32", "ort_tensorrt_fp16", "trt_fp32",
+                    "trt_fp16"}
+    assert gpu_backends == (set(result["results"]) | set(result["skipped"])) - {"jax"}
+    assert all(result["skipped"].values())
+    # without --quick it refuses a machine where jax sees no GPU, rather than mislabel CPU figures
+    import jax
+
+    if jax.default_backend() != "gpu":
+        r = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "no.json")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "jax sees no GPU" in r.stderr
+        assert not (tmp_path / "no.json").exists()
+
+
 def test_policy_latency_bench_quick(tmp_path: Path) -> None:
     """bench/policy_latency.py end to end on a small network: every measurement in its JSON."""
     out = tmp_path / "latency.json"
@@ -304,13 +362,19 @@ def test_policy_latency_bench_quick(tmp_path: Path) -> None:
     assert fp32["runtime_weight_bytes"] == fp32["weight_bytes"]
     # the CPU provider has no fp16 Gemm: it holds the fp16 file's weights as fp32
     assert fp16["runtime_weight_bytes"] > 1.9 * fp16["weight_bytes"]
-    paced = result["ort_fp32_batch1_at_control_rate"]
-    assert paced["rate_hz"] == 50.0 and paced["iterations"] == 10
+    paced = result["ort_batch1_at_control_rate"]
+    assert set(paced) == {"fp32", "int8"}
+    # --paced-iterations 10 over 5 rounds: 2 a round, each policy and the bare read in turn
+    for r in (*paced.values(), result["fp32_weight_read_batch1_at_control_rate"]):
+        assert r["rate_hz"] == 50.0 and r["iterations"] == 10 and r["calls_over_period"] >= 0
+    assert paced["fp32"]["p99_over_weight_read_p99"] == pytest.approx(
+        paced["fp32"]["p99_ms"] / result["fp32_weight_read_batch1_at_control_rate"]["p99_ms"])
     for key in ("ort_fp32_2_threads_batch1", "ort_fp32_2_threads_spinning_batch1"):
         assert result[key]["p50_over_two_core_bound"] > 0
     assert result["memory_bandwidth_gb_s"]["two_cores"] > 0
     assert set(result["targets"]) == {"p99_le_1ms", "fp32_bandwidth_bound_le_1ms",
                                       "fp32_weight_read_p99_le_1ms",
+                                      "fp32_p99_at_control_rate_le_1ms",
                                       "p50_within_2x_bandwidth_bound", "export_le_60s"}
     # the bare read of the fp32 weights' bytes, timed in the same rounds as the policies
     read = result["fp32_weight_read_batch1"]
