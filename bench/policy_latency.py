@@ -39,6 +39,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,8 @@ SETTLE_S = 0.25  # after each turn: spinning ONNX Runtime workers go on for ~70 
 
 
 @dataclass(frozen=True)
-class Config:
-    """Measure batch-1 policy latency (ONNX Runtime fp32/fp16/int8, JAX) and export time."""
+class ActorShape:
+    """The benchmarked actor: the depth and width the target names, the ant task's sizes."""
 
     depth: int = 64
     width: int = 256
@@ -81,12 +82,18 @@ class Config:
     """observation size (the ant task's)"""
     goal_dim: int = 2
     act_dim: int = 8
+    control_hz: float = 50.0
+    """the spec's control rate (policy_latency.py paces its control-rate calls at it)"""
+
+
+@dataclass(frozen=True)
+class Config(ActorShape):
+    """Measure batch-1 policy latency (ONNX Runtime fp32/fp16/int8, JAX) and export time."""
+
     iterations: int = 5000
     """timed calls per measurement, in `rounds` rounds each after a warm-up of a tenth as many"""
     rounds: int = 5
     """the back-to-back measurements take turns, a round each, this many times"""
-    control_hz: float = 50.0
-    """the rate of the paced measurement"""
     paced_iterations: int = 1000
     """timed calls of the paced measurement (20 s at 50 Hz), in `rounds` rounds"""
     error_batch: int = 256
@@ -100,7 +107,7 @@ class Config:
     /tmp, each unless given on the command line"""
 
 
-def make_spec(config: Config, depth: int) -> PolicySpec:
+def make_spec(config: ActorShape, depth: int) -> PolicySpec:
     a = config.act_dim
     return PolicySpec(
         task="bench",
@@ -316,11 +323,17 @@ def main(config: Config) -> dict[str, Any]:
     return payload
 
 
-if __name__ == "__main__":
+def run_cli(main: Callable[[Any], object], config: type, name: str) -> None:
+    """`main` on the config the command line gives; crl's own errors (a bad size, a bad file)
+    as one line and exit 2, any other error with its traceback (that is a bug)."""
     try:
-        main(tyro.cli(Config))
+        main(tyro.cli(config))
     except ValueError as e:
         if not type(e).__module__.startswith("crl."):
             raise
-        print(f"policy_latency: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_cli(main, Config, "policy_latency")

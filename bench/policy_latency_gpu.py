@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-import tyro
-from policy_latency import Config as CpuConfig  # the bench folder is the script's path entry
-from policy_latency import make_spec
+from policy_latency import ActorShape, make_spec, run_cli  # bench/ is the script's path
 
 from crl.export.onnx_export import export_actor, random_params
 from crl.export.tensorrt_build import build_engine, cuda_runtime, tensorrt_missing
@@ -52,21 +49,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ActorShape):
     """Measure policy latency on a GPU (JAX, ONNX Runtime CUDA/TensorRT, TensorRT engines)."""
 
-    depth: int = 64
-    width: int = 256
-    obs_dim: int = 29
-    """observation size (the ant task's)"""
-    goal_dim: int = 2
-    act_dim: int = 8
     batches: tuple[int, ...] = (1, 1024)
     iterations: int = 2000
     """timed calls per backend and batch, in `rounds` rounds each after a tenth as many warm-up"""
     rounds: int = 5
-    control_hz: float = 50.0
-    """written into the bench policy's spec; the calls here run back to back"""
     out: Path | None = None
     """output JSON; default bench/results/policy_latency_gpu_<gpu>.json"""
     quick: bool = False
@@ -136,9 +125,7 @@ def main(config: Config) -> dict[str, Any]:
                          f"{jax.default_backend()!r}); run it on a GPU machine with jax[cuda], or "
                          "bench/policy_latency.py for the CPU figures")
     out = config.out or RESULTS / f"policy_latency_gpu_{gpu_slug(device['gpu'])}.json"
-    shape = CpuConfig(width=config.width, obs_dim=config.obs_dim, goal_dim=config.goal_dim,
-                      act_dim=config.act_dim, control_hz=config.control_hz)
-    spec = make_spec(shape, config.depth)
+    spec = make_spec(config, config.depth)
     params = random_params(spec, critic=False)
     batches = tuple(sorted(set(config.batches)))
     per_round = max(1, config.iterations // config.rounds)
@@ -193,10 +180,4 @@ def main(config: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config))
-    except ValueError as e:
-        if not type(e).__module__.startswith("crl."):
-            raise
-        print(f"policy_latency_gpu: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, Config, "policy_latency_gpu")
