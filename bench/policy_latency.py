@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -86,6 +86,9 @@ class ActorShape:
     """the spec's control rate (policy_latency.py paces its control-rate calls at it)"""
 
 
+ShapeT = TypeVar("ShapeT", bound=ActorShape)
+
+
 @dataclass(frozen=True)
 class Config(ActorShape):
     """Measure batch-1 policy latency (ONNX Runtime fp32/fp16/int8, JAX) and export time."""
@@ -123,10 +126,22 @@ def make_spec(config: ActorShape, depth: int) -> PolicySpec:
     )
 
 
+def slug(name: str) -> str:
+    """A device's name for a file name: lowercase with dashes, `cpu` where it has none."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
+
+
 def device_slug(device: dict[str, Any]) -> str:
     """`cpu`, or the board's name on a Jetson (`nvidia-jetson-orin-nano-...`)."""
-    name = device["board"] or "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
+    return slug(device["board"])
+
+
+def quick_config(config: ShapeT, small: dict[str, Any]) -> ShapeT:
+    """`config` with the smoke test's `small` sizes, each where the command line left the
+    default (a size given on the command line stays)."""
+    default = type(config)()
+    return dataclasses.replace(config, **{
+        k: v for k, v in small.items() if getattr(config, k) == getattr(default, k)})
 
 
 class WeightRead:
@@ -162,25 +177,25 @@ def runtime_weight_bytes(path: Path) -> int:
 
 
 def latencies(
-    policies: dict[str, Policy], config: Config, rate_hz: float = 0.0
+    policies: dict[str, Policy], iterations: int, rounds: int, rate_hz: float = 0.0,
+    batch: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency of each policy, measured in `config.rounds` interleaved rounds.
+    """Latency of each policy at `batch`, `iterations` calls in `rounds` interleaved rounds.
 
     On a shared machine the memory bandwidth and the other tenants drift over a minute; taking
     every policy's calls round by round puts the same drift on each, so their ratios hold.
     """
-    iterations = config.paced_iterations if rate_hz else config.iterations
-    per_round = max(1, iterations // config.rounds)
-    bench = BenchConfig((1,), per_round, warmup=max(10, per_round // 10), rate_hz=rate_hz)
+    per_round = max(1, iterations // rounds)
+    bench = BenchConfig((batch,), per_round, warmup=max(10, per_round // 10), rate_hz=rate_hz)
     samples: dict[str, list[np.ndarray]] = {k: [] for k in policies}
     cpu: dict[str, list[float]] = {k: [] for k in policies}
-    for _ in range(config.rounds):
+    for _ in range(rounds):
         for k, policy in policies.items():
-            seconds, cpu_percent = time_calls(policy, 1, bench)
+            seconds, cpu_percent = time_calls(policy, batch, bench)
             samples[k].append(seconds)
             cpu[k].append(cpu_percent)
             time.sleep(SETTLE_S)
-    return {k: {**summarize(np.concatenate(samples[k]), 1, float(np.mean(cpu[k])), rate_hz),
+    return {k: {**summarize(np.concatenate(samples[k]), batch, float(np.mean(cpu[k])), rate_hz),
                 "p50_ms_per_round": [float(np.median(s) * 1e3) for s in samples[k]],
                 "weight_bytes": policies[k].weight_bytes} for k in policies}
 
@@ -197,13 +212,10 @@ def action_error(a: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def main(config: Config) -> dict[str, Any]:
-    if config.quick:  # the smoke-test sizes, where the command line left the default
-        small = {"depth": 8, "width": 64, "iterations": 100, "paced_iterations": 50,
-                 "export_depth": 16,
-                 "out": Path(tempfile.gettempdir()) / "policy_latency_quick.json"}
-        default = Config()
-        config = dataclasses.replace(config, **{
-            k: v for k, v in small.items() if getattr(config, k) == getattr(default, k)})
+    if config.quick:
+        config = quick_config(config, {
+            "depth": 8, "width": 64, "iterations": 100, "paced_iterations": 50, "export_depth": 16,
+            "out": Path(tempfile.gettempdir()) / "policy_latency_quick.json"})
     device = device_info()
     out = config.out or RESULTS / f"policy_latency_{device_slug(device)}.json"
     spec = make_spec(config, config.depth)
@@ -227,14 +239,16 @@ def main(config: Config) -> dict[str, Any]:
         bandwidth_before = memory_bandwidth()
         two_threads = OrtPolicy(files["fp32"], threads=2)
         two_spinning = OrtPolicy(files["fp32"], threads=2, spin=True)
+        reader = WeightRead(policies["fp32"])
         ticks = cpu_times()
         measured = latencies({**policies, "fp32_2_threads": two_threads,
                               "fp32_2_threads_spinning": two_spinning, "jax": jax_policy,
-                              "weight_read": WeightRead(policies["fp32"])}, config)
+                              "weight_read": reader}, config.iterations, config.rounds)
         del two_spinning  # its workers would spin through the paced measurement
         ticks_paced = cpu_times()
         paced = latencies({"fp32": policies["fp32"], "int8": policies["int8"],
-                           "weight_read": WeightRead(policies["fp32"])}, config, config.control_hz)
+                           "weight_read": reader}, config.paced_iterations, config.rounds,
+                          config.control_hz)
         steal = {"back_to_back": steal_percent(ticks, ticks_paced),
                  "paced": steal_percent(ticks_paced, cpu_times())}
         bandwidth = max(bandwidth_before, memory_bandwidth())

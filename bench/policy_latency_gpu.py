@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,21 +28,26 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from policy_latency import ActorShape, make_spec, run_cli  # bench/ is the script's path
+from policy_latency import (  # bench/ is the script's own path entry
+    ActorShape,
+    latencies,
+    make_spec,
+    quick_config,
+    run_cli,
+    slug,
+)
 
 from crl.export.onnx_export import export_actor, random_params
 from crl.export.tensorrt_build import build_engine, cuda_runtime, tensorrt_missing
 from crl.runtime.bench import (
-    BenchConfig,
     device_info,
     random_inputs,
-    summarize,
-    time_calls,
     versions,
     write_json,
 )
 from crl.runtime.ort_backend import CPU, CUDA, TENSORRT, OrtPolicy
 from crl.runtime.policy import Policy, PolicyError
+from crl.runtime.trt_backend import CUDA_PYTHON_MISSING, TrtPolicy
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,10 +65,6 @@ class Config(ActorShape):
     quick: bool = False
     """smoke test: depth 8, width 64, batches 1 and 64, 50 iterations, output in /tmp, each
     unless given on the command line; runs without a GPU"""
-
-
-def gpu_slug(gpu: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") or "cpu"
 
 
 def make_policies(
@@ -93,8 +93,7 @@ def make_policies(
                 skipped[key] = f"onnxruntime fell back to {policy.providers} (see its log)"
                 continue
             policies[key] = policy
-    missing = tensorrt_missing() or (
-        "cuda-python is not installed" if cuda_runtime() is None else None)
+    missing = tensorrt_missing() or (CUDA_PYTHON_MISSING if cuda_runtime() is None else None)
     for precision, path in (("fp32", fp32), ("fp16", fp16)):
         key = f"trt_{precision}"
         if missing is not None:
@@ -102,8 +101,6 @@ def make_policies(
             continue
         try:
             engine = build_engine(path, tmp / f"{precision}.engine", max_batch=max_batch)
-            from crl.runtime.trt_backend import TrtPolicy
-
             policies[key] = TrtPolicy(engine.path)
         except (PolicyError, ValueError) as e:  # ExportError is a ValueError
             skipped[key] = str(e)
@@ -111,12 +108,10 @@ def make_policies(
 
 
 def main(config: Config) -> dict[str, Any]:
-    if config.quick:  # the smoke-test sizes, where the command line left the default
-        small = {"depth": 8, "width": 64, "batches": (1, 64), "iterations": 50,
-                 "out": Path(tempfile.gettempdir()) / "policy_latency_gpu_quick.json"}
-        default = Config()
-        config = dataclasses.replace(config, **{
-            k: v for k, v in small.items() if getattr(config, k) == getattr(default, k)})
+    if config.quick:
+        config = quick_config(config, {
+            "depth": 8, "width": 64, "batches": (1, 64), "iterations": 50,
+            "out": Path(tempfile.gettempdir()) / "policy_latency_gpu_quick.json"})
     import jax
 
     device = device_info()
@@ -124,26 +119,17 @@ def main(config: Config) -> dict[str, Any]:
         raise SystemExit(f"policy_latency_gpu: jax sees no GPU (backend "
                          f"{jax.default_backend()!r}); run it on a GPU machine with jax[cuda], or "
                          "bench/policy_latency.py for the CPU figures")
-    out = config.out or RESULTS / f"policy_latency_gpu_{gpu_slug(device['gpu'])}.json"
+    out = config.out or RESULTS / f"policy_latency_gpu_{slug(device['gpu'])}.json"
     spec = make_spec(config, config.depth)
     params = random_params(spec, critic=False)
     batches = tuple(sorted(set(config.batches)))
-    per_round = max(1, config.iterations // config.rounds)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         fp32 = export_actor(params, spec, tmp / "fp32.onnx").path
         fp16 = export_actor(params, spec, tmp / "fp16.onnx", fp16=True).path
         policies, skipped = make_policies(fp32, fp16, params, spec, max(batches), tmp)
-        samples: dict[str, dict[int, list[np.ndarray]]] = {
-            k: {b: [] for b in batches} for k in policies}
-        cpu: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in policies}
-        for _ in range(config.rounds):
-            for k, policy in policies.items():
-                for b in batches:
-                    timing = BenchConfig((b,), per_round, warmup=max(10, per_round // 10))
-                    seconds, cpu_percent = time_calls(policy, b, timing)
-                    samples[k][b].append(seconds)
-                    cpu[k][b].append(cpu_percent)
+        timed = {b: latencies(policies, config.iterations, config.rounds, batch=b)
+                 for b in batches}
         obs, goal = random_inputs(policies["jax"], max(batches), np.random.default_rng(1))
         reference = OrtPolicy(fp32, providers=[CPU]).act(obs, goal)
         results: dict[str, Any] = {}
@@ -154,8 +140,7 @@ def main(config: Config) -> dict[str, Any]:
                 "providers": getattr(policy, "providers", None),
                 "weight_bytes": policy.weight_bytes,
                 "max_abs_diff_vs_cpu_fp32": float(np.abs(policy.act(obs, goal) - reference).max()),
-                **{f"batch{b}": summarize(np.concatenate(samples[k][b]), b,
-                                          float(np.mean(cpu[k][b]))) for b in batches},
+                **{f"batch{b}": timed[b][k] for b in batches},
             }
     payload = {
         "benchmark": "policy_latency_gpu",
