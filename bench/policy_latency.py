@@ -89,6 +89,16 @@ class ActorShape:
 ShapeT = TypeVar("ShapeT", bound=ActorShape)
 
 
+class BenchConfigError(ValueError):
+    """A benchmark setting that cannot work; the message names it."""
+
+
+def require_at_least_one(config: object, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise BenchConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
+
+
 @dataclass(frozen=True)
 class Config(ActorShape):
     """Measure batch-1 policy latency (ONNX Runtime fp32/fp16/int8, JAX) and export time."""
@@ -216,6 +226,7 @@ def main(config: Config) -> dict[str, Any]:
         config = quick_config(config, {
             "depth": 8, "width": 64, "iterations": 100, "paced_iterations": 50, "export_depth": 16,
             "out": Path(tempfile.gettempdir()) / "policy_latency_quick.json"})
+    require_at_least_one(config, "iterations", "rounds", "paced_iterations", "error_batch")
     device = device_info()
     out = config.out or RESULTS / f"policy_latency_{device_slug(device)}.json"
     spec = make_spec(config, config.depth)
@@ -343,7 +354,7 @@ def run_cli(main: Callable[[Any], object], config: type, name: str) -> None:
     try:
         main(tyro.cli(config))
     except ValueError as e:
-        if not type(e).__module__.startswith("crl."):
+        if not (isinstance(e, BenchConfigError) or type(e).__module__.startswith("crl.")):
             raise
         print(f"{name}: {e}", file=sys.stderr)
         sys.exit(2)

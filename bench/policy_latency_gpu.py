@@ -30,9 +30,11 @@ import numpy as np
 import onnxruntime
 from policy_latency import (  # bench/ is the script's own path entry
     ActorShape,
+    BenchConfigError,
     latencies,
     make_spec,
     quick_config,
+    require_at_least_one,
     run_cli,
     slug,
 )
@@ -112,6 +114,9 @@ def main(config: Config) -> dict[str, Any]:
         config = quick_config(config, {
             "depth": 8, "width": 64, "batches": (1, 64), "iterations": 50,
             "out": Path(tempfile.gettempdir()) / "policy_latency_gpu_quick.json"})
+    require_at_least_one(config, "iterations", "rounds")
+    if not config.batches or min(config.batches) < 1:
+        raise BenchConfigError(f"batches: each must be at least 1, got {config.batches}")
     import jax
 
     device = device_info()

@@ -348,6 +348,19 @@ def test_gpu_policy_latency_bench_quick(tmp_path: Path) -> None:
         assert not (tmp_path / "no.json").exists()
 
 
+def test_latency_benches_refuse_settings_that_cannot_work(tmp_path: Path) -> None:
+    bench = Path(__file__).parents[1] / "bench"
+    for script, args, message in (
+        ("policy_latency.py", ["--rounds", "0"], "rounds: must be at least 1, got 0"),
+        ("policy_latency_gpu.py", ["--batches", "1", "0"], "batches: each must be at least 1"),
+    ):
+        out = tmp_path / "x.json"
+        r = subprocess.run([sys.executable, str(bench / script), "--quick", *args, "--out",
+                            str(out)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_policy_latency_bench_quick(tmp_path: Path) -> None:
     """bench/policy_latency.py end to end on a small network: every measurement in its JSON."""
     out = tmp_path / "latency.json"
