@@ -1,9 +1,12 @@
 """`crl-run`: run exported policies on a robot computer.
 
-    crl-run bench --policy policy.onnx --backend ort --out latency.json --plot latency.png
+    crl-run serve --policy policy.onnx --robot reacher          # the control loop (ZMQ)
+    crl-run goal 0.1 0.05                                       # send it a goal
+    crl-run closed-loop --policy policy.onnx --task reacher --dr held-out --goals 20 --out r.json
+    crl-run bench --policy policy.onnx --out latency.json       # policy latency
+    crl-run bench-loop --policy policy.onnx --hz 100 --seconds 60 --out loop.json
 
-Subcommands are dataclasses dispatched by type, so later ones (the control loop, the sim robot
-bridge) slot in beside `bench`. A user mistake is one line on stderr and exit status 1.
+A user mistake is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import tyro
 
 from crl.runtime.policy import PolicyError
 from crl.sim.spec import SpecError
+
+USAGE_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,104 @@ class BenchArgs:
     best this onnxruntime has: TensorRT, then CUDA, then CPU)"""
     plot: Path | None = None
     """latency histogram PNG to write"""
+
+
+
+
+@dataclass(frozen=True)
+class Connection:
+    host: str = "127.0.0.1"
+    """where the ZMQ streams live (another address makes them reachable from other machines)"""
+    port: int = 5560
+    """base port: robot observations P, telemetry P+1; runtime actions P+2, goals P+3, status P+4"""
+
+
+@dataclass(frozen=True)
+class ServeArgs(Connection):
+    """Run a policy on a robot at its control rate: observations in, goals in, actions out, with
+    the robot config's safety checks; a one-line live status."""
+
+    policy: Path = tyro.MISSING
+    """policy.onnx (backend ort) or policy.engine (trt)"""
+    backend: Literal["ort", "trt"] = "ort"
+    robot: str = ""
+    """robot config: a shipped one by task name (reacher, ant, ...) or a YAML path (default:
+    the policy's task)"""
+    rate: float = 0.0
+    """control rate in Hz (default: the policy's spec)"""
+    speed: float = 1.0
+    """run the clock this many times faster than real time (against a sim robot run as fast)"""
+    seconds: float = 0.0
+    """stop after this long (0: until Ctrl-C)"""
+    wait: float = 30.0
+    """seconds to wait for the robot's first observation"""
+    spin: float = 0.0005
+    """seconds before each deadline spent busy-waiting instead of sleeping (timer precision)"""
+    realtime: bool = False
+    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit)"""
+    threads: int = 1
+    """ONNX Runtime intra-op threads"""
+    max_observation_age: float | None = None
+    """override the robot config: control periods before data counts as stale"""
+    goal_margin: float | None = None
+    """override the robot config: margin around the training goal box"""
+    max_action_change: float | None = None
+    """override the robot config: largest command change per tick, physical units"""
+    soft_start: float | None = None
+    """override the robot config: seconds over which actions ramp in"""
+    safe_action: Literal["hold", "zero", "default_pose"] | None = None
+    """override the robot config's safe action"""
+    goal: tuple[float, ...] = ()
+    """a goal to hold from the start (in the policy's goal frame)"""
+    stats_out: Path | None = None
+    """write the final statistics here (JSON)"""
+    quiet: bool = False
+    """no live status line"""
+
+
+@dataclass(frozen=True)
+class GoalArgs(Connection):
+    """Send one goal to a running `crl-run serve`; prints whether it was accepted."""
+
+    values: tyro.conf.Positional[tuple[float, ...]] = ()
+    """the goal: X Y [Z] in the policy's goal frame"""
+    frame: str = "world"
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class ClosedLoopArgs:
+    """Run a policy on the MuJoCo sim robot (robot and runtime as separate processes) and score
+    N goals; writes per-goal results and the loop's statistics."""
+
+    policy: Path
+    task: str
+    out: Path
+    dr: Literal["off", "train", "held-out"] = "held-out"
+    seed: int = 0
+    goals: int = 20
+    backend: Literal["ort", "trt"] = "ort"
+    robot: str = ""
+    """robot config (default: the shipped one of the task)"""
+    speed: float = 1.0
+    """faster than real time, for both processes"""
+
+
+@dataclass(frozen=True)
+class BenchLoopArgs:
+    """Time the control loop at a rate against a loopback robot: period error, misses, latency."""
+
+    policy: Path
+    out: Path
+    hz: float = 100.0
+    seconds: float = 60.0
+    backend: Literal["ort", "trt"] = "ort"
+    robot: str = ""
+    """robot config (default: the shipped one of the policy's task)"""
+    spin: float = 0.0005
+    realtime: bool = False
+    plot: Path | None = None
+    """period-error histogram PNG"""
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -77,14 +180,128 @@ def bench(args: BenchArgs) -> None:
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 
+
+
+def _policy(path: Path, backend: str, threads: int = 1) -> object:
+    from crl.runtime.policy import load_policy
+
+    return load_policy(path, backend, threads=threads)
+
+
+def serve_cmd(args: ServeArgs) -> None:
+    from crl.runtime import robot_config
+    from crl.runtime.controller import Controller
+    from crl.runtime.serve import ServeOptions, serve
+    from crl.runtime.transport import Endpoints
+
+    policy = _policy(args.policy, args.backend, args.threads)
+    spec = policy.spec  # type: ignore[attr-defined]
+    config = robot_config.load(args.robot or spec.task).replace_safety(
+        max_observation_age=args.max_observation_age, goal_margin=args.goal_margin,
+        max_action_change=args.max_action_change, soft_start=args.soft_start,
+        safe_action=args.safe_action)
+    controller = Controller(policy, config, rate_hz=args.rate or None,  # type: ignore[arg-type]
+                            speed=args.speed)
+    if args.goal:
+        ok, reason = controller.set_goal(spec.goal.frame, list(args.goal))
+        if not ok:
+            raise PolicyError(f"--goal: {reason}")
+    endpoints = Endpoints(args.host, args.port)
+    print(f"crl-run serve: {spec.task} policy ({args.backend}) at {controller.rate_hz:g} Hz; "
+          f"robot observations from {endpoints.observations}, actions on {endpoints.actions}, "
+          f"goals on {endpoints.goals}", file=sys.stderr, flush=True)
+    live = sys.stderr.isatty() and not args.quiet
+    final = serve(controller, ServeOptions(endpoints, wait_s=args.wait, spin_s=args.spin,
+                                           realtime=args.realtime, seconds=args.seconds),
+                  on_status=_status_line if live else None)
+    if live:
+        print(file=sys.stderr)
+    print(summary_line(final))
+    if args.stats_out:
+        from crl.runtime.bench import write_json
+
+        write_json(args.stats_out, final)
+
+
+def summary_line(s: dict[str, float | int | str]) -> str:
+    return (f"{s['mode']:>10}  {s['rate_hz']:6.1f} Hz  p99 period error "
+            f"{s['period_error_p99_ms']:.3f} ms  policy p99 {s['policy_latency_p99_ms']:.3f} ms  "
+            f"misses {s['misses']}  stale stops {s['stale_stops']}  goal rejections "
+            f"{s['goal_rejections']}  non-finite {s['nonfinite_actions']}")
+
+
+def _status_line(s: dict[str, float | int | str]) -> None:
+    print("\r" + summary_line(s), end="", file=sys.stderr, flush=True)
+
+
+def goal_cmd(args: GoalArgs) -> None:
+    from crl.runtime.transport import Endpoints, send_goal
+
+    if not args.values:
+        raise PolicyError("goal: give the goal's coordinates, e.g. `crl-run goal 0.1 0.05`")
+    reply = send_goal(Endpoints(args.host, args.port), list(args.values), args.frame, args.timeout)
+    if not reply.accepted:
+        raise PolicyError(f"goal rejected: {reply.reason}")
+    print(f"goal {list(args.values)} accepted")
+
+
+def closed_loop_cmd(args: ClosedLoopArgs) -> None:
+    from crl.runtime.bench import write_json
+    from crl.runtime.closed_loop import run_closed_loop
+
+    spec = _policy(args.policy, args.backend).spec  # type: ignore[attr-defined]
+    if spec.task != args.task:
+        raise PolicyError(f"--task {args.task!r}: the policy was trained for {spec.task!r}")
+    result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
+                             goals=args.goals, backend=args.backend, robot=args.robot or None,
+                             speed=args.speed, spec_success_radius=spec.success_radius,
+                             spec_goal_frame=spec.goal.frame)
+    write_json(args.out, result)
+    rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
+    print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
+          f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
+          f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
+          f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
+          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, stale stops "
+          f"{rt.get('stale_stops')}; wrote {args.out}")
+
+
+def bench_loop_cmd(args: BenchLoopArgs) -> None:
+    from crl.runtime.bench import write_json
+    from crl.runtime.bench_loop import plot_period_error, run_bench_loop
+
+    result = run_bench_loop(args.policy, hz=args.hz, seconds=args.seconds, backend=args.backend,
+                            robot=args.robot or None, spin_s=args.spin, realtime=args.realtime)
+    write_json(args.out, result)
+    if args.plot:
+        plot_period_error([result], args.plot)
+    pe, e2e = result["period_error_ms"], result["end_to_end_ms"]
+    print(f"{args.hz:g} Hz for {args.seconds:g} s: period error p50 {pe['p50']:.3f} / p99 "
+          f"{pe['p99']:.3f} / max {pe['max']:.3f} ms, {result['misses']} missed deadlines; "
+          f"end-to-end p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms; wrote {args.out}"
+          + (f" and {args.plot}" if args.plot else ""))
+
+
+COMMANDS = {"serve": ServeArgs, "goal": GoalArgs, "closed-loop": ClosedLoopArgs,
+            "bench": BenchArgs, "bench-loop": BenchLoopArgs}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = tyro.extras.subcommand_cli_from_dict({"bench": BenchArgs}, prog="crl-run", args=argv)
+    from crl.runtime.closed_loop import ClosedLoopError
+    from crl.runtime.observation import ObservationError
+    from crl.runtime.robot_config import RobotConfigError
+    from crl.runtime.serve import StartupError
+    from crl.runtime.transport import TransportError
+
+    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-run", args=argv)
+    run = {ServeArgs: serve_cmd, GoalArgs: goal_cmd, ClosedLoopArgs: closed_loop_cmd,
+           BenchArgs: bench, BenchLoopArgs: bench_loop_cmd}[type(args)]
     try:
-        if isinstance(args, BenchArgs):
-            bench(args)
-    except (PolicyError, SpecError, OSError) as e:  # OSError: an --out that cannot be written
+        run(args)  # type: ignore[operator]
+    except (PolicyError, SpecError, RobotConfigError, ObservationError, StartupError,
+            TransportError, ClosedLoopError, OSError) as e:  # OSError: an unwritable --out
         print(f"crl-run: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(USAGE_ERROR) from None
 
 
 if __name__ == "__main__":

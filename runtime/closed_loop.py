@@ -1,0 +1,204 @@
+"""`crl-run closed-loop`: a policy on the MuJoCo sim robot, robot and runtime as separate processes.
+
+It starts `crl-sim robot` and `crl-run serve` on free loopback ports, listens to the sim robot's
+telemetry, and at the start of each episode sends that episode's goal to the runtime (the sim
+robot draws it with the task's goal sampler from the seed: the spec's goal box bounds the
+sampler, but part of the box can lie outside the robot's reach). An episode counts when its goal
+was accepted at its first step; it is scored at its last step from the true achieved goal
+(success: within the spec's success radius at that step). The runtime's own statistics and the
+robot's end-to-end latency (observation stamp → action received, on the robot's clock) go in
+the result too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import zmq
+
+from crl.runtime.messages import Telemetry
+from crl.runtime.transport import Endpoints, send_goal, status_reader, telemetry_reader
+
+STARTUP_S = 180.0  # the sim robot imports jax and compiles its reset: slow on a small CPU
+STALL_S = 10.0  # telemetry comes every control period; this long without any is a stalled robot
+
+
+class ClosedLoopError(RuntimeError):
+    """A closed-loop run that could not finish; the message names the process and its last words."""
+
+
+def free_base_port(host: str = "127.0.0.1", count: int = 5, tries: int = 200) -> int:
+    """A base port whose `count` consecutive ports are free now on `host`."""
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randrange(20000, 60000 - count)
+        socks = []
+        try:
+            for p in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((host, p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise ClosedLoopError(f"no {count} consecutive free ports found on {host}")
+
+
+@dataclass
+class Episode:
+    number: int
+    goal: np.ndarray
+    accepted: bool
+    distances: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def tail(self, lines: int = 8) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        text = self.log.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    def check(self) -> None:
+        code = self.popen.poll()
+        if code is not None:
+            raise ClosedLoopError(f"{self.name} exited with status {code}: {self.tail()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+def start(name: str, argv: list[str], logdir: Path) -> Process:
+    log = open(logdir / f"{name}.log", "w+b")  # noqa: SIM115 (closed by run_closed_loop)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env)
+    return Process(name, popen, log)
+
+
+def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
+                    backend: str = "ort", robot: str | None = None, speed: float = 1.0,
+                    spec_success_radius: float, spec_goal_frame: str,
+                    serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the closed loop and return the result (see the module docstring)."""
+    host = "127.0.0.1"
+    ep = Endpoints(host, free_base_port(host))
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="crl-closed-loop-") as tmp:
+        logdir = Path(tmp)
+        procs = [
+            start("crl-sim robot", [py, "-m", "crl.sim.cli", "robot", task, "--dr", dr,
+                                    "--seed", str(seed), "--host", host, "--port", str(ep.port),
+                                    "--speed", str(speed)], logdir),
+            start("crl-run serve", [py, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
+                                    "--backend", backend, "--robot", robot or task, "--host",
+                                    host, "--port", str(ep.port), "--speed", str(speed),
+                                    "--wait", str(STARTUP_S), "--quiet", *serve_args], logdir),
+        ]
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            result = _score(ctx, ep, procs, goals, spec_success_radius, spec_goal_frame)
+        finally:
+            ctx.destroy(linger=0)
+            codes = {p.name: p.stop() for p in reversed(procs)}
+            for p in procs:
+                p.log.close()
+    result.update(task=task, dr=dr, seed=seed, policy=str(policy), backend=backend, speed=speed,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  exit_codes=codes)
+    return result
+
+
+def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Process], goals: int,
+           radius: float, frame: str) -> dict[str, Any]:
+    telemetry = telemetry_reader(ctx, ep)
+    statuses = status_reader(ctx, ep)
+    episodes: dict[int, Episode] = {}
+    scored: list[dict[str, Any]] = []
+    latencies: list[float] = []
+    last_status: dict[str, Any] | None = None
+    runtime_ready = False
+    started = time.monotonic()
+    deadline = started + STARTUP_S
+    while len(scored) < goals:
+        for p in procs:
+            p.check()
+        status = statuses.poll()
+        if status is not None:
+            last_status, runtime_ready = dict(status.stats), True
+        batch = telemetry.drain(timeout_ms=50)
+        if not batch and time.monotonic() > deadline:
+            raise ClosedLoopError(
+                "no telemetry from the sim robot in time" if not episodes else
+                "the sim robot stopped sending telemetry"
+                + "; " + "; ".join(f"{p.name}: {p.tail(4)}" for p in procs))
+        for tel in batch:
+            deadline = time.monotonic() + STALL_S
+            e = episodes.get(tel.episode)
+            if e is None:
+                e = _begin(ep, tel, frame, runtime_ready)
+                episodes[tel.episode] = e
+            if not np.isnan(tel.action_latency_ms) and runtime_ready:
+                latencies.append(tel.action_latency_ms)
+            if tel.step >= 1:
+                e.distances.append(float(np.linalg.norm(tel.achieved_goal - e.goal)))
+            if tel.step == tel.episode_length and e.accepted and len(scored) < goals:
+                scored.append(_result(e, radius))
+    final = np.asarray([g["final_distance"] for g in scored])
+    lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
+    return {
+        "goals": scored,
+        "success_rate": float(np.mean([g["success"] for g in scored])),
+        "final_distance_median": float(np.median(final)),
+        "time_at_goal_mean": float(np.mean([g["time_at_goal"] for g in scored])),
+        "runtime": last_status or {},
+        "robot_end_to_end_ms": {"p50": float(np.percentile(lat, 50)),
+                                "p99": float(np.percentile(lat, 99)),
+                                "max": float(np.max(lat)), "samples": len(latencies)},
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _begin(ep: Endpoints, tel: Telemetry, frame: str, runtime_ready: bool) -> Episode:
+    """A new episode: send its goal; it counts only if the runtime was running and took the goal
+    at the episode's first step."""
+    accepted = False
+    if runtime_ready:
+        with contextlib.suppress(Exception):
+            accepted = send_goal(ep, [float(v) for v in tel.goal], frame).accepted
+    return Episode(tel.episode, tel.goal.copy(), accepted and tel.step <= 1)
+
+
+def _result(e: Episode, radius: float) -> dict[str, Any]:
+    d = np.asarray(e.distances)
+    return {"episode": e.number, "goal": [float(v) for v in e.goal],
+            "final_distance": float(d[-1]), "success": bool(d[-1] <= radius),
+            "time_at_goal": int((d <= radius).sum()), "steps": len(d)}

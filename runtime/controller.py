@@ -1,0 +1,271 @@
+"""The controller: one control tick from the newest observation and the held goal to a command.
+
+It knows nothing of ZMQ or ROS: a transport calls `observe` and `set_goal` with what arrived and
+`tick` at the control rate (`crl.runtime.loop`), then publishes the returned `Command`. Each tick:
+the newest observation (refused when older than the staleness limit), the policy input assembled
+from the spec's named fields, the policy, [-1, 1] → physical units, clipped to the limits, ramped
+in after a start or a safety stop (soft start), limited in change per tick, returned. Anything
+unsafe (stale data, no goal yet, a policy output that is not finite, a policy that raised) sends
+the configured safe action instead, and is counted in `stats`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from crl.runtime.messages import Observation
+from crl.runtime.observation import ObservationAssembler, ObservationError
+from crl.runtime.policy import Policy
+from crl.runtime.robot_config import RobotConfig
+from crl.sim.spec import PolicySpec
+
+Vector = NDArray[np.float64]
+MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
+
+
+class Window:
+    """The last `capacity` samples of a quantity, for percentiles (a fixed ring, no allocation
+    per sample)."""
+
+    def __init__(self, capacity: int = 4096):
+        self.buf = np.zeros(capacity)
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        self.buf[self.count % len(self.buf)] = value
+        self.count += 1
+
+    def values(self) -> NDArray[np.float64]:
+        return self.buf[: min(self.count, len(self.buf))]
+
+    def percentile(self, q: float) -> float:
+        v = self.values()
+        return float(np.percentile(v, q)) if len(v) else math.nan
+
+    def max(self) -> float:
+        v = self.values()
+        return float(v.max()) if len(v) else math.nan
+
+
+class Stats:
+    """What the loop did: rates, latencies, misses and every safety intervention, counted."""
+
+    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "nonfinite_actions",
+                "policy_errors", "observation_rejections", "goals_accepted", "goal_rejections")
+
+    def __init__(self, window: int = 4096):
+        self.period_error = Window(window)  # s, actual wake-up − deadline
+        self.policy_latency = Window(window)  # s, policy.act
+        self.end_to_end = Window(window)  # s, observation stamp → command published
+        self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self.mode = "no_goal"
+        self.last_goal_rejection = ""
+        self.started = time.monotonic()
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        ms = 1e3
+        out: dict[str, float | int | str] = dict(self.counts)
+        elapsed = time.monotonic() - self.started
+        out.update(
+            mode=self.mode,
+            uptime_s=round(elapsed, 3),
+            rate_hz=self.counts["ticks"] / elapsed if elapsed > 0 else 0.0,
+            period_error_p50_ms=self.period_error.percentile(50) * ms,
+            period_error_p99_ms=self.period_error.percentile(99) * ms,
+            period_error_max_ms=self.period_error.max() * ms,
+            policy_latency_p50_ms=self.policy_latency.percentile(50) * ms,
+            policy_latency_p99_ms=self.policy_latency.percentile(99) * ms,
+            end_to_end_p50_ms=self.end_to_end.percentile(50) * ms,
+            end_to_end_p99_ms=self.end_to_end.percentile(99) * ms,
+            last_goal_rejection=self.last_goal_rejection,
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class Command:
+    """One tick's output: physical values in the robot's command order."""
+
+    joints: tuple[str, ...]
+    values: Vector
+    kind: str  # "position" | "effort"
+    safe: bool
+    mode: str
+    obs_seq: int
+    obs_time: float  # the observation's time on this process's monotonic clock
+
+
+class Controller:
+    """Holds the goal and the newest observation; `tick` turns them into a command.
+
+    `rate_hz` overrides the spec's control rate (benchmarks); `speed` runs the clock that many
+    times faster than real time (a faster-than-real-time sim robot): periods and the staleness
+    limit shrink with it, while the soft start keeps its length in ticks.
+    """
+
+    def __init__(self, policy: Policy, config: RobotConfig, *, rate_hz: float | None = None,
+                 speed: float = 1.0, window: int = 4096):
+        spec: PolicySpec = policy.spec
+        self.policy, self.spec, self.config = policy, spec, config
+        self.assembler = ObservationAssembler(spec, config)  # checks config against spec
+        if speed <= 0 or not math.isfinite(speed):
+            raise ValueError(f"speed: must be positive, got {speed}")
+        self.rate_hz = rate_hz or spec.control_hz
+        self.period = 1.0 / (self.rate_hz * speed)
+        safety = config.safety
+        self.max_age = safety.max_observation_age * self.period
+        self.ramp_ticks = round(safety.soft_start * self.rate_hz)
+        a = spec.action
+        self.scale, self.offset = np.asarray(a.scale), np.asarray(a.offset)
+        self.low, self.high = np.asarray(a.low), np.asarray(a.high)
+        self.kind = a.kind
+        self.command_joints = config.command_joints
+        self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
+        self.max_change = safety.max_action_change
+        self.stats = Stats(window)
+        self.goal: NDArray[np.float32] | None = None
+        self.goal_low = np.asarray(spec.goal.low) - safety.goal_margin
+        self.goal_high = np.asarray(spec.goal.high) + safety.goal_margin
+        self.latest: Observation | None = None
+        self.latest_time = -math.inf
+        self.last_sent: Vector | None = None  # physical, spec action order
+        self.ramp_left = 0  # ticks of soft start still to go
+        self.ramp_from: Vector | None = None
+        self.stopped = True  # a soft start is due when the policy next acts
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def start(self, obs: Observation, obs_time: float) -> None:
+        """The first observation: a robot that does not send what the policy needs is refused
+        here, naming the joint or field (ObservationError)."""
+        self.assembler.check(obs)
+        self.latest, self.latest_time = obs, obs_time
+        self.stats.started = time.monotonic()
+
+    def observe(self, obs: Observation, obs_time: float) -> bool:
+        """Take a newer observation; one lacking a needed joint or field is refused and counted
+        (the previous one ages towards the staleness limit)."""
+        try:
+            self.assembler.check(obs)
+        except ObservationError:
+            self.stats.counts["observation_rejections"] += 1
+            return False
+        self.latest, self.latest_time = obs, obs_time
+        return True
+
+    def set_goal(self, frame: str, values: NDArray[np.float64] | list[float]) -> tuple[bool, str]:
+        """Validate and hold a goal; a rejected goal keeps the previous one and says why."""
+        reason = self.check_goal(frame, np.asarray(values, dtype=np.float64))
+        if reason:
+            self.stats.counts["goal_rejections"] += 1
+            self.stats.last_goal_rejection = reason
+            return False, reason
+        self.goal = np.asarray(values, dtype=np.float32)
+        self.stats.counts["goals_accepted"] += 1
+        return True, "accepted"
+
+    def check_goal(self, frame: str, g: Vector) -> str:
+        """Why a goal is refused ("" when it is fine)."""
+        spec = self.spec
+        if frame != spec.goal.frame:
+            return (f"goal frame {frame!r} is not the policy's goal frame {spec.goal.frame!r}; "
+                    "transform it first")
+        if g.shape != (spec.goal_dim,):
+            return f"goal has {g.size} values, the policy's goal has {spec.goal_dim}"
+        if not np.isfinite(g).all():
+            return "goal has non-finite values"
+        outside = (g < self.goal_low) | (g > self.goal_high)
+        if outside.any():
+            i = int(np.argmax(outside))
+            return (f"goal[{i}] = {g[i]:.4g} is outside the policy's training goal box "
+                    f"[{self.goal_low[i]:.4g}, {self.goal_high[i]:.4g}] (margin included)")
+        return ""
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Command:
+        """One control step at monotonic time `now`."""
+        if self.latest is None:
+            raise RuntimeError("Controller.tick before start(): no observation yet")
+        self.stats.counts["ticks"] += 1
+        if now - self.latest_time > self.max_age:
+            if self.stats.mode != "stale":
+                self.stats.counts["stale_stops"] += 1
+            return self._safe("stale")
+        if self.goal is None:
+            return self._safe("no_goal")
+        x = self.assembler.assemble(self.latest, self._last_action())
+        t0 = time.perf_counter()
+        try:
+            a = np.asarray(self.policy.act(x, self.goal), dtype=np.float64)
+        except Exception:  # any backend failure: the robot gets the safe action, never a crash
+            self.stats.counts["policy_errors"] += 1
+            return self._safe("fault")
+        self.stats.policy_latency.add(time.perf_counter() - t0)
+        if a.shape != (self.spec.act_dim,) or not np.isfinite(a).all():
+            self.stats.counts["nonfinite_actions"] += 1
+            return self._safe("fault")
+        target = np.clip(self.offset + self.scale * np.clip(a, -1.0, 1.0), self.low, self.high)
+        if self.stopped:  # first action after start or a safety stop: ramp in
+            self.stopped = False
+            self.ramp_left = self.ramp_ticks
+            self.ramp_from = self._hold_target()
+        mode = "running"
+        if self.ramp_left > 0 and self.ramp_from is not None:
+            r = 1.0 - (self.ramp_left - 1) / self.ramp_ticks
+            target = self.ramp_from + r * (target - self.ramp_from)
+            self.ramp_left -= 1
+            mode = "soft_start"
+        return self._send(target, safe=False, mode=mode)
+
+    def safe_command(self, mode: str = "stopped") -> Command:
+        """The safe action now (what a runtime sends once when it shuts down)."""
+        return self._safe(mode)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _safe(self, mode: str) -> Command:
+        self.stats.counts["safe_ticks"] += 1
+        self.stopped = True
+        safety = self.config.safety
+        if safety.safe_action == "hold":
+            target = self._hold_target()
+        elif safety.safe_action == "zero":
+            target = np.zeros(self.spec.act_dim)
+        else:
+            target = np.asarray([safety.default_pose[j] for j in self.spec.action.joints])
+        # Zero torque must act at once; a position target may be reached gradually.
+        limit = self.kind == "position"
+        return self._send(np.clip(target, self.low, self.high), safe=True, mode=mode,
+                          rate_limit=limit)
+
+    def _hold_target(self) -> Vector:
+        """What holding still means now: the last command sent, or before any, the measured
+        joint positions (position control) or zero torque (effort)."""
+        if self.last_sent is not None:
+            return self.last_sent.copy()
+        if self.kind == "effort":
+            return np.zeros(self.spec.act_dim)
+        assert self.latest is not None
+        measured = self.assembler.joint_values(self.latest, self.spec.action.joints)
+        return np.clip(measured, self.low, self.high)
+
+    def _last_action(self) -> Vector:
+        """The `last_action` observation field: the last command, normalized like the env's."""
+        return (self._hold_target() - self.offset) / self.scale
+
+    def _send(self, target: Vector, *, safe: bool, mode: str, rate_limit: bool = True
+              ) -> Command:
+        if rate_limit and self.max_change is not None and self.last_sent is not None:
+            step = np.clip(target - self.last_sent, -self.max_change, self.max_change)
+            target = self.last_sent + step
+        self.last_sent = target
+        self.stats.mode = mode
+        assert self.latest is not None
+        return Command(self.command_joints, target[self.to_command], self.kind, safe, mode,
+                       self.latest.seq, self.latest_time)

@@ -1,0 +1,301 @@
+"""The runtime's wire format: versioned msgpack maps with an explicit schema per kind.
+
+Every message carries `v` (the format version), `kind`, `session` (a random id per sender process),
+`seq` (increasing within a session) and `stamp` (the sender's wall clock, `time.time()`, in
+seconds, like a ROS header stamp). The decoder trusts nothing: it refuses oversized input before
+parsing, parses with msgpack's own container limits and no extension types (no pickle, no eval),
+checks every field's type and size, and refuses non-finite numbers. Each refusal is a
+`MessageError` whose `reason` is one of `REASONS`, so a transport can count what it dropped.
+
+    encode(Observation(...)) -> bytes
+    decode(data, Observation) -> Observation     # or MessageError
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+import numpy as np
+from numpy.typing import NDArray
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024  # a 100-joint observation is ~4 kB; anything near this is wrong
+MAX_ITEMS = 512  # the longest list any field may hold (joint names, values)
+REASONS = ("oversized", "malformed", "schema", "size", "nonfinite", "out_of_order")
+
+Vector = NDArray[np.float64]
+
+
+class MessageError(ValueError):
+    """A message the decoder refused; `reason` (one of REASONS) is what a transport counts."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def new_session() -> int:
+    """A random id for this sender process, so a restarted sender's seq 0 is not 'old'."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+@dataclass(frozen=True)
+class Header:
+    """The envelope every message has."""
+
+    session: int
+    seq: int
+    stamp: float
+
+
+@dataclass(frozen=True)
+class Observation(Header):
+    """What the robot measured: joint states by name (any order; extras allowed) and, for a
+    floating-base robot, base pose (world) and twist (base frame, as in ROS Odometry)."""
+
+    KIND: ClassVar[str] = "observation"
+    joint_names: tuple[str, ...]
+    joint_pos: Vector
+    joint_vel: Vector
+    base_pos: Vector | None = None
+    base_quat: Vector | None = None  # w, x, y, z
+    base_lin_vel: Vector | None = None
+    base_ang_vel: Vector | None = None
+
+
+@dataclass(frozen=True)
+class Action(Header):
+    """A command for the robot's joints in physical units (rad targets or N·m); `safe` marks the
+    safe action rather than the policy's. `obs_seq`/`obs_stamp` name the observation it answers
+    (-1 / 0.0 when none), so the robot measures end-to-end latency on its own clock."""
+
+    KIND: ClassVar[str] = "action"
+    joints: tuple[str, ...]
+    values: Vector
+    command: str
+    safe: bool
+    obs_seq: int
+    obs_stamp: float
+
+
+@dataclass(frozen=True)
+class Goal(Header):
+    """A commanded goal: values in `frame` (the policy's spec says which frame it accepts)."""
+
+    KIND: ClassVar[str] = "goal"
+    frame: str
+    values: Vector
+
+
+@dataclass(frozen=True)
+class GoalReply(Header):
+    """The runtime's answer to a goal: accepted, or the reason it kept the previous goal."""
+
+    KIND: ClassVar[str] = "goal_reply"
+    accepted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Telemetry(Header):
+    """What a simulated robot knows and a real one does not: the true (noise-free) achieved goal
+    and the episode's sampled goal, for scoring a closed loop. Never fed to a policy."""
+
+    KIND: ClassVar[str] = "telemetry"
+    episode: int
+    step: int
+    episode_length: int
+    goal: Vector
+    achieved_goal: Vector
+    action_latency_ms: float
+    actions_received: int
+
+
+@dataclass(frozen=True)
+class Status(Header):
+    """The runtime's statistics (`Stats.to_dict()` of crl.runtime.controller), a flat map."""
+
+    KIND: ClassVar[str] = "status"
+    stats: dict[str, Any]
+
+
+Message = Observation | Action | Goal | GoalReply | Telemetry | Status
+M = TypeVar("M", Observation, Action, Goal, GoalReply, Telemetry, Status)
+
+# The schema: field → (type, vector size rule). "vec" = list of finite floats; "vec3"/"vec4" fixed.
+_SCHEMA: dict[str, dict[str, str]] = {
+    "observation": {"joint_names": "names", "joint_pos": "vec", "joint_vel": "vec",
+                    "base_pos": "vec3?", "base_quat": "vec4?", "base_lin_vel": "vec3?",
+                    "base_ang_vel": "vec3?"},
+    "action": {"joints": "names", "values": "vec", "command": "str", "safe": "bool",
+               "obs_seq": "int", "obs_stamp": "float"},
+    "goal": {"frame": "str", "values": "vec"},
+    "goal_reply": {"accepted": "bool", "reason": "str"},
+    "telemetry": {"episode": "int", "step": "int", "episode_length": "int", "goal": "vec",
+                  "achieved_goal": "vec", "action_latency_ms": "float?nan",
+                  "actions_received": "int"},
+    "status": {"stats": "stats"},
+}
+_HEADER = ("session", "seq", "stamp")
+
+
+def encode(msg: Message) -> bytes:
+    """The msgpack bytes of a message (numpy arrays become lists of floats)."""
+    out: dict[str, Any] = {"v": VERSION, "kind": msg.KIND}
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray):
+            value = [float(x) for x in value.ravel()]
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    data: bytes = msgpack.packb(out, use_bin_type=True)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError("oversized", f"{msg.KIND} encodes to {len(data)} bytes, over "
+                                        f"{MAX_MESSAGE_BYTES}")
+    return data
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise MessageError("malformed", f"msgpack extension type {code} is not allowed")
+
+
+def decode(data: bytes, cls: type[M]) -> M:
+    """Parse and check one message of kind `cls`; MessageError names what was wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MessageError("malformed", f"expected bytes, got {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError("oversized", f"{len(data)} bytes, over {MAX_MESSAGE_BYTES}")
+    try:
+        raw = msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext,
+            max_str_len=1024, max_bin_len=0, max_array_len=MAX_ITEMS, max_map_len=128,
+            max_ext_len=0,
+        )
+    except MessageError:
+        raise
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise MessageError("malformed", f"not a msgpack message ({type(e).__name__})") from None
+    if not isinstance(raw, dict):
+        raise MessageError("schema", f"expected a map, got {type(raw).__name__}")
+    if raw.get("v") != VERSION:
+        raise MessageError("schema", f"version {raw.get('v')!r}, this runtime reads {VERSION}")
+    kind = cls.KIND
+    if raw.get("kind") != kind:
+        raise MessageError("schema", f"kind {raw.get('kind')!r}, expected {kind!r}")
+    schema = _SCHEMA[kind]
+    unknown = set(raw) - set(schema) - set(_HEADER) - {"v", "kind"}
+    if unknown:
+        raise MessageError("schema", f"{kind}: unknown field(s) {sorted(unknown)}")
+    values: dict[str, Any] = {
+        "session": _int(raw, "session"), "seq": _int(raw, "seq"), "stamp": _float(raw, "stamp"),
+    }
+    if values["seq"] < 0 or values["session"] < 0:
+        raise MessageError("schema", f"{kind}: negative seq or session")
+    for name, rule in schema.items():
+        values[name] = _field(raw, kind, name, rule)
+    if kind == "observation":
+        n = len(values["joint_names"])
+        for name in ("joint_pos", "joint_vel"):
+            if len(values[name]) != n:
+                raise MessageError("size", f"observation.{name}: {len(values[name])} values for "
+                                           f"{n} joint names")
+    if kind == "action" and len(values["values"]) != len(values["joints"]):
+        raise MessageError("size", f"action.values: {len(values['values'])} values for "
+                                   f"{len(values['joints'])} joints")
+    return cls(**values)
+
+
+def _int(raw: dict[str, Any], name: str) -> int:
+    value = raw.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MessageError("schema", f"{name}: expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _float(raw: dict[str, Any], name: str, allow_nan: bool = False) -> float:
+    value = raw.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise MessageError("schema", f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) and not (allow_nan and math.isnan(value)):
+        raise MessageError("nonfinite", f"{name}: {value}")
+    return value
+
+
+def _field(raw: dict[str, Any], kind: str, name: str, rule: str) -> Any:
+    optional = rule.endswith("?")
+    rule = rule.rstrip("?")
+    if name not in raw:
+        if optional:
+            return None
+        raise MessageError("schema", f"{kind}: missing field {name!r}")
+    value = raw[name]
+    where = f"{kind}.{name}"
+    if rule == "str":
+        if not isinstance(value, str):
+            raise MessageError("schema", f"{where}: expected a string")
+        return value
+    if rule == "bool":
+        if not isinstance(value, bool):
+            raise MessageError("schema", f"{where}: expected true/false")
+        return value
+    if rule == "int":
+        return _int(raw, name)
+    if rule == "float":
+        return _float(raw, name)
+    if rule == "float?nan":
+        return _float(raw, name, allow_nan=True)
+    if rule == "names":
+        if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+            raise MessageError("schema", f"{where}: expected a list of non-empty strings")
+        if len(set(value)) != len(value):
+            raise MessageError("schema", f"{where}: duplicate names")
+        return tuple(value)
+    if rule == "stats":
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float, str, bool)) for v in value.values()
+        ):
+            raise MessageError("schema", f"{where}: expected a flat map of numbers and strings")
+        return value
+    # vectors
+    if not isinstance(value, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    ):
+        raise MessageError("schema", f"{where}: expected a list of numbers")
+    want = {"vec3": 3, "vec4": 4}.get(rule)
+    if want is not None and len(value) != want:
+        raise MessageError("size", f"{where}: {len(value)} values, expected {want}")
+    vec = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(vec).all():
+        raise MessageError("nonfinite", f"{where}: NaN or inf")
+    return vec
+
+
+class SequenceGuard:
+    """Drops messages older than the newest accepted one (out of order, or replayed).
+
+    Order is per sender session; a new session (a restarted sender) is accepted only with a stamp
+    newer than the last accepted message's, so an old sender still sending is not mistaken for a
+    restart.
+    """
+
+    def __init__(self) -> None:
+        self.session: int | None = None
+        self.seq = -1
+        self.stamp = -math.inf
+
+    def accept(self, msg: Header) -> bool:
+        if msg.session == self.session:
+            if msg.seq <= self.seq:
+                return False
+        elif msg.stamp <= self.stamp:
+            return False
+        self.session, self.seq, self.stamp = msg.session, msg.seq, msg.stamp
+        return True

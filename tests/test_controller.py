@@ -1,0 +1,245 @@
+"""The controller, observation assembly, robot configs and the fixed-rate loop (no sockets)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from robot_fixtures import JOINTS, export_policy, fingertip, observation, reacher_spec
+
+from crl.runtime import robot_config
+from crl.runtime.controller import Controller, Stats
+from crl.runtime.loop import FixedRateLoop
+from crl.runtime.observation import ObservationError
+from crl.runtime.policy import load_policy
+from crl.runtime.robot_config import RobotConfigError
+
+REACHER = robot_config.load("reacher")
+
+
+@pytest.fixture(scope="module")
+def policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_policy(tmp_path_factory.mktemp("ctl") / "reacher.onnx")
+
+
+@pytest.fixture(scope="module")
+def nan_policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_policy(tmp_path_factory.mktemp("ctl") / "nan.onnx", nan=True)
+
+
+def make(policy_path: Path, **safety: object) -> Controller:
+    config = REACHER.replace_safety(**safety) if safety else REACHER
+    c = Controller(load_policy(policy_path), config)
+    c.start(observation(), 0.0)
+    return c
+
+
+def test_assembly_picks_joints_by_name_and_derives_the_fingertip(policy_path: Path) -> None:
+    c = make(policy_path)
+    q, qd = (0.4, -1.1), (0.5, -0.25)
+    obs = observation(q, qd, names=("extra", "elbow", "shoulder"))
+    c.observe(obs, 0.0)
+    x = c.assembler.assemble(obs, np.array([0.5, -0.5]))
+    s = c.spec.observation_slices()
+    np.testing.assert_allclose(x[s["joint_pos"]], q, atol=1e-6)
+    np.testing.assert_allclose(x[s["joint_vel"]], qd, atol=1e-6)
+    np.testing.assert_allclose(x[s["site_pos"]], fingertip(q), atol=1e-6)
+    np.testing.assert_allclose(x[s["last_action"]], [0.5, -0.5])
+
+
+def test_a_robot_missing_a_joint_is_refused_by_name(policy_path: Path) -> None:
+    c = Controller(load_policy(policy_path), REACHER)
+    with pytest.raises(ObservationError, match="elbow"):
+        c.start(observation(names=("shoulder",)), 0.0)
+    c.start(observation(), 0.0)
+    # After the start, such an observation is refused and counted, not used.
+    assert not c.observe(observation(names=("shoulder",)), 1.0)
+    assert c.stats.counts["observation_rejections"] == 1 and c.latest_time == 0.0
+
+
+def test_config_that_does_not_fit_the_spec_is_refused_naming_the_field(tmp_path: Path) -> None:
+    spec = reacher_spec()
+    base = {"task": "reacher", "model": "reacher.xml", "command_joints": list(JOINTS),
+            "observation": {"joint_pos": "joint_position", "joint_vel": "joint_velocity",
+                            "site_pos": {"forward_kinematics": "fingertip"},
+                            "last_action": "last_action"}}
+    robot_config.parse(base).check_against(spec)
+    no_site = {**base, "observation": {k: v for k, v in base["observation"].items()
+                                       if k != "site_pos"}}
+    with pytest.raises(RobotConfigError, match="site_pos"):
+        robot_config.parse(no_site).check_against(spec)
+    other_model = tmp_path / "reacher.xml"
+    other_model.write_text(robot_config.ASSETS.joinpath("reacher.xml").read_text() + "\n")
+    with pytest.raises(RobotConfigError, match="sha256"):
+        robot_config.parse({**base, "model": str(other_model)}).check_against(spec)
+    with pytest.raises(RobotConfigError, match="command_joints"):
+        robot_config.parse({**base, "command_joints": ["shoulder"]}).check_against(spec)
+    with pytest.raises(RobotConfigError, match="unknown source"):
+        robot_config.parse({**base, "observation": {"joint_pos": "encoders"}})
+    with pytest.raises(RobotConfigError, match="safe_action"):
+        robot_config.parse({**base, "safety": {"safe_action": "freeze"}})
+    effort = spec.replace(action=spec.action.__class__(
+        2, JOINTS, "effort", (1.0, 1.0), (0.0, 0.0), (-1.0, -1.0), (1.0, 1.0)))
+    with pytest.raises(RobotConfigError, match="hold"):
+        robot_config.parse(base).check_against(effort)
+
+
+def test_every_shipped_robot_config_loads() -> None:
+    names = sorted(p.stem for p in robot_config.ROBOTS.glob("*.yaml"))
+    assert names == ["ant", "ant_u_maze", "arm_reach", "humanoid", "reacher"]
+    for name in names:
+        config = robot_config.load(name)
+        assert config.task == name and config.model is not None and config.model.is_file()
+
+
+def test_goals_are_validated_and_a_rejected_goal_keeps_the_previous(policy_path: Path) -> None:
+    c = make(policy_path)  # reacher.yaml: margin 0.01 around the box ±0.2
+    assert c.set_goal("world", [0.1, 0.05]) == (True, "accepted")
+    for frame, goal, reason in [
+        ("map", [0.1, 0.1], "frame 'map'"),
+        ("world", [0.1], "1 values"),
+        ("world", [np.nan, 0.1], "non-finite"),
+        ("world", [0.1, np.inf], "non-finite"),
+        ("world", [0.215, 0.0], "outside"),
+    ]:
+        ok, why = c.set_goal(frame, goal)
+        assert not ok and reason in why, why
+    np.testing.assert_allclose(c.goal, [0.1, 0.05])
+    assert c.stats.counts["goal_rejections"] == 5 and c.stats.counts["goals_accepted"] == 1
+    assert c.set_goal("world", [0.205, -0.205])[0]  # inside the margin
+
+
+def test_no_goal_holds_the_measured_pose(policy_path: Path) -> None:
+    c = make(policy_path)
+    cmd = c.tick(0.01)
+    assert cmd.safe and cmd.mode == "no_goal" and cmd.joints == ("shoulder", "elbow")
+    np.testing.assert_allclose(cmd.values, [0.3, -0.5])  # observation()'s default pose
+
+
+def test_stale_observation_sends_the_safe_action_then_soft_starts(policy_path: Path) -> None:
+    c = make(policy_path, soft_start=0.2, max_action_change=100.0)  # 5 ticks of ramp at 25 Hz
+    c.set_goal("world", [0.1, 0.1])
+    policy = load_policy(policy_path)
+    period = c.period
+    for k in range(10):  # run in, past the soft start
+        c.observe(observation(), k * period)
+        c.tick(k * period + 0.001)
+    held = c.last_sent.copy()
+    # No observation since t = 9 periods: stale beyond 3 periods.
+    stale_at = 9 * period + c.max_age + 1e-6
+    cmd = c.tick(stale_at)
+    assert cmd.safe and cmd.mode == "stale"
+    np.testing.assert_allclose(cmd.values, held)  # hold = the last command
+    c.tick(stale_at + period)
+    assert c.stats.counts["stale_stops"] == 1  # one stop, however long it lasts
+    # Fresh data: the policy's command ramps in from the held one over 5 ticks.
+    obs = observation()
+    now = stale_at + 2 * period
+    c.observe(obs, now)
+    x = c.assembler.assemble(obs, (held - c.offset) / c.scale)
+    target = np.clip(c.offset + c.scale * policy.act(x, c.goal), c.low, c.high)
+    cmd = c.tick(now)
+    assert not cmd.safe and cmd.mode == "soft_start"
+    np.testing.assert_allclose(cmd.values, held + (target - held) / 5, atol=1e-5)
+
+
+def test_rate_limit_bounds_the_change_per_tick(policy_path: Path) -> None:
+    c = make(policy_path, max_action_change=0.01, soft_start=0.0)
+    c.set_goal("world", [-0.15, 0.1])
+    previous = c.tick(0.001).values
+    for k in range(1, 5):
+        c.observe(observation(), k * c.period)
+        values = c.tick(k * c.period + 0.001).values
+        assert np.abs(values - previous).max() <= 0.01 + 1e-12
+        previous = values
+
+
+def test_nan_from_onnx_runtime_never_reaches_the_robot(nan_policy_path: Path) -> None:
+    c = make(nan_policy_path)
+    c.set_goal("world", [0.1, 0.1])
+    raw = load_policy(nan_policy_path).act(np.zeros(c.spec.obs_dim), np.zeros(2))
+    assert np.isnan(raw).any()  # the backend really does return NaN
+    for k in range(3):
+        c.observe(observation(), k * c.period)
+        cmd = c.tick(k * c.period + 0.001)
+        assert cmd.safe and cmd.mode == "fault" and np.isfinite(cmd.values).all()
+    assert c.stats.counts["nonfinite_actions"] == 3
+
+
+def test_a_backend_that_raises_gives_the_safe_action(policy_path: Path) -> None:
+    class Broken:
+        """A stand-in backend whose inference fails (a CUDA error, say)."""
+
+        def __init__(self) -> None:
+            self.inner = load_policy(policy_path)
+            self.spec, self.backend = self.inner.spec, "broken"
+
+        def act(self, observation: object, goal: object) -> np.ndarray:
+            raise RuntimeError("device lost")
+
+    c = Controller(Broken(), REACHER)  # type: ignore[arg-type]
+    c.start(observation(), 0.0)
+    c.set_goal("world", [0.1, 0.1])
+    cmd = c.tick(0.001)
+    assert cmd.safe and c.stats.counts["policy_errors"] == 1
+
+
+def test_zero_and_default_pose_safe_actions(policy_path: Path) -> None:
+    c = make(policy_path, safe_action="zero")
+    cmd = c.tick(0.001)
+    assert cmd.safe and cmd.mode == "no_goal"
+    np.testing.assert_allclose(cmd.values, [0.0, 0.0])
+    with pytest.raises(RobotConfigError, match="default_pose"):  # reacher.yaml has no pose
+        REACHER.replace_safety(safe_action="default_pose")
+    pose = robot_config.parse({
+        "task": "reacher", "model": "reacher.xml", "command_joints": ["elbow", "shoulder"],
+        "observation": {"joint_pos": "joint_position", "joint_vel": "joint_velocity",
+                        "site_pos": {"forward_kinematics": "fingertip"},
+                        "last_action": "last_action"},
+        "safety": {"safe_action": "default_pose", "default_pose": {"shoulder": 1.0, "elbow": -2.0}},
+    })
+    c = Controller(load_policy(policy_path), pose)
+    c.start(observation(), 0.0)
+    cmd = c.tick(0.001)
+    assert cmd.joints == ("elbow", "shoulder")  # the robot controller's order
+    np.testing.assert_allclose(cmd.values, [-2.0, 1.0])
+
+
+class FakeClock:
+    """Simulated time: sleeping advances it, and every reading costs a microsecond."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        self.t += 1e-6
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_loop_uses_absolute_deadlines_and_skips_missed_ones(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("crl.runtime.loop.time.sleep", clock.sleep)
+    stats = Stats()
+    loop = FixedRateLoop(0.01, stats, clock=clock, spin_s=0.0)
+    deadlines: list[float] = []
+
+    def on_tick(deadline: float, now: float) -> None:
+        deadlines.append(deadline)
+        if len(deadlines) == 5:
+            clock.t += 0.035  # this tick overran by 3.5 periods
+
+    loop.run(on_tick, threading.Event(), start=100.0, max_ticks=10)
+    steps = np.diff(deadlines) / 0.01
+    # On the grid (no drift). The overrun ended 0.5 period past the third deadline after it:
+    # the two deadlines wholly passed are skipped, the third runs at once, late, and then the
+    # grid goes on: no burst of catch-up ticks.
+    np.testing.assert_allclose(steps, [1, 1, 1, 1, 3, 1, 1, 1, 1], atol=1e-6)
+    assert stats.counts["misses"] == 3  # the overrunning tick and the two skipped deadlines
+    errors = stats.period_error.values()
+    assert errors[:5].max() < 1e-4 and 0.004 < errors[5] < 0.006
