@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -276,6 +277,10 @@ def run_bench(
                           "values")
     if not (rate_hz >= 0 and np.isfinite(rate_hz)):
         raise PolicyError(f"--rate {rate_hz}: need a rate in Hz ≥ 0 (0: back to back)")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # said before the measurement, not after it: the robot's plain install has no matplotlib
+        raise PolicyError(f"--plot {plot}: needs matplotlib (pip install matplotlib; the train "
+                          "extra has it), or leave --plot out")
     policy = load_policy(policy_path, backend, threads=threads, providers=providers, spin=spin)
     config = BenchConfig(tuple(batches), iterations, warmup=max(10, iterations // 10),
                          rate_hz=rate_hz)
@@ -289,7 +294,7 @@ def run_bench(
         "providers": getattr(policy, "providers", None),
         "device": device_info(),
         "versions": versions(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     write_json(out, result)
     if plot is not None:

@@ -12,10 +12,10 @@ A user mistake is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tyro
 
@@ -282,8 +282,10 @@ def bench_loop_cmd(args: BenchLoopArgs) -> None:
           + (f" and {args.plot}" if args.plot else ""))
 
 
-COMMANDS = {"serve": ServeArgs, "goal": GoalArgs, "closed-loop": ClosedLoopArgs,
-            "bench": BenchArgs, "bench-loop": BenchLoopArgs}
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "serve": ServeArgs, "goal": GoalArgs, "closed-loop": ClosedLoopArgs, "bench": BenchArgs,
+    "bench-loop": BenchLoopArgs,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

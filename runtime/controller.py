@@ -29,8 +29,13 @@ MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
 
 
 class Window:
-    """The last `capacity` samples of a quantity, for percentiles (a fixed ring, no allocation
-    per sample)."""
+    """The last `capacity` samples of a quantity (a fixed ring, no allocation per sample).
+
+    Live statistics (`percentile`, `max`) look at the newest `RECENT` samples only: they are
+    computed inside the control loop, so their cost must not grow with a benchmark's capacity.
+    """
+
+    RECENT = 1024
 
     def __init__(self, capacity: int = 4096):
         self.buf = np.zeros(capacity)
@@ -41,14 +46,24 @@ class Window:
         self.count += 1
 
     def values(self) -> NDArray[np.float64]:
-        return self.buf[: min(self.count, len(self.buf))]
+        """Every sample kept, oldest first."""
+        n, cap = self.count, len(self.buf)
+        if n <= cap:
+            return self.buf[:n]
+        i = n % cap
+        return np.concatenate([self.buf[i:], self.buf[:i]])
+
+    def recent(self) -> NDArray[np.float64]:
+        n, cap = min(self.count, self.RECENT, len(self.buf)), len(self.buf)
+        idx = (np.arange(self.count - n, self.count)) % cap
+        return self.buf[idx]
 
     def percentile(self, q: float) -> float:
-        v = self.values()
+        v = self.recent()
         return float(np.percentile(v, q)) if len(v) else math.nan
 
     def max(self) -> float:
-        v = self.values()
+        v = self.recent()
         return float(v.max()) if len(v) else math.nan
 
 
@@ -248,16 +263,16 @@ class Controller:
         """What holding still means now: the last command sent, or before any, the measured
         joint positions (position control) or zero torque (effort)."""
         if self.last_sent is not None:
-            return self.last_sent.copy()
+            return np.array(self.last_sent, dtype=np.float64)
         if self.kind == "effort":
             return np.zeros(self.spec.act_dim)
         assert self.latest is not None
         measured = self.assembler.joint_values(self.latest, self.spec.action.joints)
-        return np.clip(measured, self.low, self.high)
+        return np.asarray(np.clip(measured, self.low, self.high), dtype=np.float64)
 
     def _last_action(self) -> Vector:
         """The `last_action` observation field: the last command, normalized like the env's."""
-        return (self._hold_target() - self.offset) / self.scale
+        return np.asarray((self._hold_target() - self.offset) / self.scale, dtype=np.float64)
 
     def _send(self, target: Vector, *, safe: bool, mode: str, rate_limit: bool = True
               ) -> Command:

@@ -99,6 +99,10 @@ def load_jax_policy(run_dir: str | Path, step: int | None = None) -> JaxPolicy:
     try:
         from crl.train.checkpoint import CheckpointError, load_run
     except ImportError as e:
+        from crl.runtime.extras import extra_of, needs
+
+        if extra_of(e) == "train":
+            raise PolicyError(needs("backend 'jax'", "train")) from None
         raise PolicyError(f"the jax backend needs crl.train.checkpoint ({e})") from None
     try:
         run = load_run(run_dir, step)

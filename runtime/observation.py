@@ -163,4 +163,4 @@ class ObservationAssembler:
                 out[s] = fk[src.site]
             else:  # last_action
                 out[s] = last_action
-        return out.copy()
+        return np.array(out, dtype=np.float32)

@@ -93,8 +93,14 @@ def load_policy(
                           f"`crl-export tensorrt --onnx {path} --out policy.engine`, or use "
                           "backend 'ort'")
     if backend == "ort":
-        from crl.runtime.ort_backend import OrtPolicy
+        try:
+            from crl.runtime.ort_backend import OrtPolicy
+        except ModuleNotFoundError as e:  # the plain install leaves ONNX Runtime to an extra
+            if e.name != "onnxruntime":
+                raise
+            from crl.runtime.extras import ORT_MISSING
 
+            raise PolicyError(f"backend 'ort': {ORT_MISSING}") from None
         return OrtPolicy(path, threads=threads, providers=providers, spin=spin)
     if backend == "trt":
         from crl.runtime.trt_backend import TrtPolicy

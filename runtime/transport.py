@@ -153,7 +153,7 @@ class Reader(Generic[M]):
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], url: str, cls: type[M],
                  latest_only: bool):
-        self.cls = cls
+        self.cls: type[M] = cls
         self.socket = _subscriber(ctx, url, latest_only)
         self.guard = SequenceGuard()
         self.counters = Counters()

@@ -243,3 +243,13 @@ def test_loop_uses_absolute_deadlines_and_skips_missed_ones(monkeypatch: pytest.
     assert stats.counts["misses"] == 3  # the overrunning tick and the two skipped deadlines
     errors = stats.period_error.values()
     assert errors[:5].max() < 1e-4 and 0.004 < errors[5] < 0.006
+
+
+def test_window_keeps_the_newest_samples_in_order() -> None:
+    from crl.runtime.controller import Window
+
+    w = Window(5)
+    for i in range(8):
+        w.add(float(i))
+    np.testing.assert_array_equal(w.values(), [3, 4, 5, 6, 7])
+    assert w.max() == 7 and w.percentile(50) == 5

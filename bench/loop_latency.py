@@ -1,0 +1,87 @@
+"""The control loop's timing targets, measured with `crl-run bench-loop` against a loopback robot.
+
+Targets (issue 11, on the 2-core CPU): 100 Hz for 60 s with a depth-64 width-256 ONNX Runtime
+policy, and 500 Hz for 60 s with a depth-4 one: p99 period error ≤ 0.5 ms and zero missed
+deadlines in both; end-to-end latency (observation stamp → action received by the robot) p50/p99
+reported. The policies are the reacher's (its observation, forward kinematics and robot config)
+with random weights: timing does not depend on weight values. Each run is a separate
+`crl-run bench-loop` process, as a user would run it; the period-error histograms of both go in
+one PNG.
+
+    python bench/loop_latency.py                 # bench/results/loop_latency_<device>.json/.png
+    python bench/loop_latency.py --seconds 5 --out /tmp/loop.json    # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from crl.export.onnx_export import export_actor, random_params
+from crl.runtime.bench import device_info
+from crl.runtime.bench_loop import plot_period_error
+from crl.sim.spec import NetworkSpec
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = ((100.0, 64), (500.0, 4))  # (Hz, depth) pairs the targets name
+WIDTH = 256
+
+
+def reacher_spec() -> Any:
+    from crl.sim import tasks
+
+    with contextlib.redirect_stdout(sys.stderr):  # MJX's import notices
+        return tasks.make("reacher", dr="off").spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--spin", type=float, default=None, help="crl-run bench-loop --spin")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    spec = reacher_spec()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for hz, depth in RUNS:
+            s = spec.replace(network=NetworkSpec(depth, WIDTH, 64))
+            policy = Path(tmp) / f"reacher_d{depth}.onnx"
+            export_actor(random_params(s, critic=False), s, policy)
+            out = Path(tmp) / f"loop_{hz:g}.json"
+            cmd = [sys.executable, "-m", "crl.runtime.cli", "bench-loop", "--policy", str(policy),
+                   "--hz", str(hz), "--seconds", str(args.seconds), "--out", str(out)]
+            if args.spin is not None:
+                cmd += ["--spin", str(args.spin)]
+            subprocess.run(cmd, check=True)
+            results.append(json.loads(out.read_text()))
+    device = device_info()
+    name = "cpu" if not device.get("gpu") else "gpu"
+    out = args.out or RESULTS / f"loop_latency_{name}.json"
+    summary = {
+        "benchmark": "loop_latency",
+        "date": results[0]["date"],
+        "device": device,
+        "versions": results[0]["versions"],
+        "targets_met": all(all(r["targets"].values()) for r in results),
+        "runs": [{k: v for k, v in r.items() if k != "period_error_samples_ms"} for r in results],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    plot_period_error(results, out.with_suffix(".png"))
+    for r in results:
+        pe, e2e = r["period_error_ms"], r["end_to_end_ms"]
+        print(f"{r['hz']:g} Hz depth {r['policy']['depth']}: period error p99 {pe['p99']:.3f} ms "
+              f"(max {pe['max']:.3f}), {r['misses']} misses in {r['ticks']} ticks; end-to-end "
+              f"p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
