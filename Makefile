@@ -1,4 +1,5 @@
-# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv themselves.
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv themselves;
+# `make test` also builds .venv310, the robot's install on Python 3.10 (`make test-robot`).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,13 +10,25 @@ TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 TYPESTUBS := $(VENV)/typestubs
 TYPESTAMP := $(TYPESTUBS)/.ready
 DEMO_DIR ?= demo
+# The robot's install on the Python a robot has (3.10: JetPack 6, ROS 2 Humble): the plain
+# install with the cpu and test extras, no jax. pyenv's 3.10 where present (its shims pick a
+# version per folder), else python3.10 on PATH; `make test-robot` skips, saying so, without one.
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYTHON310 ?= $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.10.*/bin/python3.10))),python3.10)
+VENV310 := .venv310
+STAMP310 := $(VENV310)/.installed
+# The runtime's tests (spec, backends, input checks, bench, controller, transport, closed loop,
+# the install itself); what needs jax in them skips there, saying so.
+ROBOT_TESTS := tests/test_install.py tests/test_runtime.py tests/test_spec.py tests/test_tensorrt.py \
+  $(wildcard tests/test_controller*.py tests/test_transport.py tests/test_closed_loop.py)
 
-.PHONY: venv demo test lint typecheck clean
+.PHONY: venv demo test test-robot lint typecheck clean
 
+# The workstation: every stage, ONNX Runtime for the CPU (never both it and the gpu extra).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[cpu,train,dev]"
 	# The stubs pin tensorrt itself, which only NVIDIA's index serves: take the stubs alone.
 	$(BIN)/python -m pip install -q --no-deps "$(TRT_STUBS)"
 	touch $@
@@ -25,6 +38,15 @@ $(TYPESTAMP): $(STAMP) tests/tensorrt_stubs.py
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" $(TYPESTUBS)
 	mkdir -p $(TYPESTUBS)/crl
 	for stage in sim train export runtime; do ln -sfn ../../../$$stage $(TYPESTUBS)/crl/$$stage; done
+	touch $@
+
+# Rebuilt only when pyproject.toml changes; editable, so the tests run the working tree's code.
+# The venv ignores itself in git, as Python 3.13's venv does.
+$(STAMP310): pyproject.toml
+	test -x $(VENV310)/bin/python || $(PYTHON310) -m venv $(VENV310)
+	echo '*' > $(VENV310)/.gitignore
+	$(VENV310)/bin/python -m pip install -q --upgrade pip
+	$(VENV310)/bin/python -m pip install -q -e ".[cpu,test]"
 	touch $@
 
 venv: $(STAMP)
@@ -37,6 +59,17 @@ typecheck: $(TYPESTAMP)
 
 test: venv lint typecheck
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-robot
+
+# The runtime's tests on Python 3.10 without the train extra: what a Jetson or a ROS 2 Humble
+# machine installs. Its policies are exported there (export needs only numpy and onnx).
+test-robot:
+	@if $(PYTHON310) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then \
+	  $(MAKE) --no-print-directory $(STAMP310) && $(VENV310)/bin/python -m pytest $(ROBOT_TESTS); \
+	else \
+	  echo "test-robot: skipped: no Python 3.10 here ($(PYTHON310) is not one);" \
+	    "set PYTHON310=/path/to/python3.10"; \
+	fi
 
 # The pipeline on the CPU: train reacher (quick preset), evaluate it on fresh goals and render
 # it, export the actor to ONNX, and measure its latency the way a robot would run it. The run
@@ -53,4 +86,4 @@ demo: venv
 	  "episodes $(DEMO_DIR)/reacher_eval.mp4, policy $(DEMO_DIR)/reacher.onnx"
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(VENV310) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -33,7 +33,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from crl.sim.spec import NetworkSpec, PolicySpec, SpecError
 
-OPSET = 17  # the first opset with LayerNormalization; TensorRT 10 and ONNX Runtime ≥ 1.14 run it
+# The first opset with LayerNormalization: ONNX Runtime ≥ 1.12 reads IR 8 + opset 17 (its
+# compatibility table) and TensorRT's ONNX parser ≥ 8.6 the op (onnx-tensorrt's changelog).
+OPSET = 17
 # Written explicitly: onnx 1.23 defaults to IR 14, which onnxruntime 1.31 and TensorRT 10 reject.
 IR_VERSION = 8
 SPEC_KEY = "crl.policy_spec"

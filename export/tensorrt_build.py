@@ -251,7 +251,7 @@ def build_engine(
         "weight_bytes": int(seal.weight_bytes),
         "onnx_weights_sha256": str(seal.weights_sha256),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
-        "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     write_files_atomically({
         out: engine,
