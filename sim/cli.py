@@ -2,6 +2,7 @@
 
     crl-sim info reacher [--json]
     crl-sim rollout reacher --episodes 2 --video out.mp4 --frames out.png
+    crl-sim robot reacher --dr held-out --seed 0 [--speed 1] [--host 127.0.0.1 --port 5560]
 
 Errors a user can cause (an unknown task, a bad path or size) print one line and exit 2.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,9 +73,36 @@ class Rollout:
     """Print the metrics as JSON instead of a table."""
 
 
+@dataclass(frozen=True)
+class Robot:
+    """Play the real robot: plain MuJoCo in real time on the runtime's ZMQ transport.
+
+    Publishes observations (every hinge/slide joint, base pose/twist, with the DR draw's noise)
+    and telemetry (the episode's goal, the true achieved goal) at the task's control rate, and
+    applies the newest action received after the draw's delay. One new DR draw, start and goal
+    per episode, from the MJX env's own reset. Prints one line to stderr when it is publishing;
+    SIGINT/SIGTERM stop it (exit 0).
+    """
+
+    task: Task
+    dr: Literal["off", "train", "held-out", "held_out"]
+    """Domain randomization: none, the training ranges or the wider held-out ones (MJX's draws)."""
+    seed: int = 0
+    """Seeds every episode's start, goal, DR draw and observation noise."""
+    speed: float = 1.0
+    """Run this many times faster than real time (tests)."""
+    host: str = "127.0.0.1"
+    """Host to bind the observation and telemetry ports on and to read actions from."""
+    port: int = 5560
+    """Base port: observations P, telemetry P+1, actions read from P+2."""
+    episodes: int = 0
+    """Stop after this many episodes (0: run until SIGINT/SIGTERM)."""
+
+
 Command = (
     Annotated[Info, tyro.conf.subcommand("info")]
     | Annotated[Rollout, tyro.conf.subcommand("rollout")]
+    | Annotated[Robot, tyro.conf.subcommand("robot")]
 )
 
 
@@ -173,11 +202,51 @@ def rollout(cmd: Rollout) -> None:
             print(f"wrote {path}")
 
 
+def robot(cmd: Robot) -> None:
+    """Serve until a signal or `--episodes`; a signal during startup stops it before serving."""
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from crl.sim.robot import RobotError, SimRobot, serve
+
+        if not cmd.speed > 0 or cmd.speed == float("inf"):
+            raise RobotError(f"speed: must be a positive number, got {cmd.speed}")
+        if cmd.episodes < 0:
+            raise RobotError(f"episodes: must be >= 0, got {cmd.episodes}")
+        from crl.runtime.transport import Endpoints, TransportError
+
+        try:
+            endpoints = Endpoints(cmd.host, cmd.port)
+        except TransportError as e:
+            raise RobotError(str(e)) from None
+        with contextlib.redirect_stdout(sys.stderr):
+            sim = SimRobot(cmd.task, dr=cmd.dr, seed=cmd.seed)
+            sim.reset(0)  # compiles the env's reset before the clock starts
+        if stopping:
+            return
+        try:
+            stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
+                          stop=lambda: bool(stopping),
+                          announce=lambda line: print(line, file=sys.stderr, flush=True))
+        except TransportError as e:
+            raise RobotError(str(e)) from None
+        print(f"crl-sim robot: stopped: {stats.summary()}", file=sys.stderr, flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cmd = tyro.cli(Command, args=argv, prog="crl-sim")
     try:
         if isinstance(cmd, Info):
             info(cmd)
+        elif isinstance(cmd, Robot):
+            robot(cmd)
         else:
             rollout(cmd)
     except ValueError as e:

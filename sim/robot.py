@@ -1,0 +1,405 @@
+"""A simulated robot for closed-loop tests of the runtime: plain MuJoCo playing the real robot.
+
+`SimRobot` runs one task's MJCF on MuJoCo's C library (CPU, float64), one instance. Each
+episode's start, goal and domain-randomization `Draw` come from the MJX env's own jitted
+`reset`, so `held_out` here means exactly the dynamics, noise and delays the MJX env evaluates
+under; the draw's model fields are copied into a fresh `mujoco.MjModel` and stepped with
+`mj_step`, the same substeps per control step as the env. It measures what a robot's drivers
+would (every hinge/slide joint, base pose and twist) with the draw's Gaussian noise, and it also
+knows what a real robot does not: the true achieved goal, for scoring only.
+
+`serve` drives a `SimRobot` in real time (physics timestep on the monotonic clock, absolute
+deadlines, `speed` times faster for tests) and speaks the runtime's ZMQ transport: observations
+and telemetry out at the control rate, the newest action in, applied as servos would (zero-order
+hold from the next physics step, after the draw's action delay).
+
+Known differences from the MJX env, both in the env rather than here (see the issue report):
+MJX's implicitfast keeps a position servo's kv damping while its force is clamped by forcerange
+(MuJoCo C drops it), so saturating actions diverge; and positions read after a step (sites,
+bodies: `site_pos`, `base_pos`, the achieved goal) are those before the step's last integration,
+as `mj_step`/`mjx.step` leave them. The second is copied here on purpose, so both agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jax
+import mujoco
+import numpy as np
+from numpy.typing import NDArray
+
+from crl.sim.config import ConfigError
+from crl.sim.randomization import Draw
+
+if TYPE_CHECKING:
+    from crl.runtime.transport import Endpoints, RobotLink
+    from crl.sim.env import GoalReachEnv
+
+Vector = NDArray[np.float64]
+# The command line spells the held-out mode with a hyphen; the env with an underscore.
+DR_MODES = {"off": "off", "train": "train", "held-out": "held_out", "held_out": "held_out"}
+# Draw fields that are model fields (the rest, noise and delay, the robot applies itself).
+MODEL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Draw) if f.name not in ("obs_noise_std", "action_delay")
+)
+_SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+DROP_REASONS = ("joints", "command")
+
+
+class RobotError(ConfigError):
+    """A sim robot that cannot start (bad DR mode, speed, port); one line, what to change."""
+
+
+class ActionError(ValueError):
+    """An action the robot cannot execute; `reason` (one of DROP_REASONS) is what it counts."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def episode_key(seed: int, episode: int) -> jax.Array:
+    """The env reset key of episode `episode`: the same (seed, episode) gives the same robot."""
+    return jax.random.fold_in(jax.random.key(seed), episode)
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode's robot and task, as the MJX env's reset drew them (numpy)."""
+
+    index: int
+    qpos: Vector
+    qvel: Vector
+    ctrl: Vector  # all actuators; the actuated ones hold the start pose (servos) or push 0
+    goal: Vector
+    model_fields: dict[str, np.ndarray] = field(repr=False)
+    obs_noise_std: float
+    action_delay: int  # control steps
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the robot's sensors report (noisy): joints by name, base pose (world) and twist
+    (base frame) when the task has a floating base."""
+
+    joint_names: tuple[str, ...]
+    joint_pos: Vector
+    joint_vel: Vector
+    base_pos: Vector | None = None
+    base_quat: Vector | None = None
+    base_lin_vel: Vector | None = None
+    base_ang_vel: Vector | None = None
+
+
+class SimRobot:
+    """One MuJoCo (C) instance playing the real robot of `task`, stepped in lockstep by callers.
+
+    `reset(k)` starts episode k; `apply(values)` commands the actuated joints in physical units
+    (spec order); `step_physics()` advances one physics step, `step_control()` to the next
+    control step; `observation()` is the noisy `Reading`; `achieved_goal()` the true one.
+    """
+
+    def __init__(self, task: str, dr: str = "off", seed: int = 0, env: GoalReachEnv | None = None):
+        if dr not in DR_MODES:
+            raise RobotError(f"dr: {dr!r} is not one of {', '.join(k for k in DR_MODES)}")
+        if env is None:
+            from crl.sim import tasks
+
+            env = tasks.make(task, dr=DR_MODES[dr])
+        elif env.dr_mode != DR_MODES[dr]:
+            raise RobotError(f"dr: the env given runs {env.dr_mode!r}, not {DR_MODES[dr]!r}")
+        from crl.sim.env import jit
+
+        self.env = env
+        self.task = env.config.name
+        self.seed = seed
+        self.spec = env.spec
+        self.nominal: mujoco.MjModel = env.mj_model
+        self.episode_length = env.episode_length
+        self.substeps = int(env._substeps)
+        self.timestep = float(env.mj_model.opt.timestep)
+        self.control_period = self.substeps * self.timestep
+        self._reset = jit(env.reset)
+        # The action mapping, as the env's action_to_ctrl does it for physical units.
+        self.act_ids = np.asarray(env._act_ids)
+        self.action_joints: tuple[str, ...] = tuple(env.joint_names)
+        self.action_kind: str = env.action_kind
+        self._unit = np.asarray(env._ctrl_unit, np.float64)
+        self._ctrl_low = np.asarray(env._ctrl_low, np.float64)
+        self._ctrl_high = np.asarray(env._ctrl_high, np.float64)
+        # Everything a robot's joint-state driver reports: every hinge and slide joint.
+        m = self.nominal
+        joints = [j for j in range(m.njnt) if m.jnt_type[j] in _SCALAR_JOINTS]
+        self.joint_names = tuple(
+            mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j) or f"#{j}" for j in joints
+        )
+        self._qadr = np.asarray(m.jnt_qposadr[joints], np.int64)
+        self._dadr = np.asarray(m.jnt_dofadr[joints], np.int64)
+        self._base = int(env._base_id)
+        self._base_dof = int(env._base_dofadr)
+        self._goal_id = int(env._goal_id)
+        self._goal_axes = np.asarray(env._goal_axes)
+        self._goal_site = env.config.goal_kind == "site"
+        self.model: mujoco.MjModel = copy.deepcopy(m)
+        self.data = mujoco.MjData(self.model)
+        self.episode: Episode | None = None
+        self.t = 0  # control steps taken this episode
+        self.physics_steps = 0  # this episode
+        self.last_command = np.zeros(len(self.action_joints))  # physical, clipped
+        self._pending: deque[tuple[int, Vector]] = deque()  # (due physics step, ctrl)
+        self._rng = np.random.default_rng()
+
+    # -- episodes ---------------------------------------------------------------------------------
+
+    def draw(self, index: int) -> Episode:
+        """Episode `index`'s start, goal and draw from the MJX env's jitted reset."""
+        state = self._reset(episode_key(self.seed, index))
+        d, dr = jax.device_get((state.data, state.dr))
+        return Episode(
+            index=index,
+            qpos=np.asarray(d.qpos, np.float64),
+            qvel=np.asarray(d.qvel, np.float64),
+            ctrl=np.asarray(d.ctrl, np.float64),
+            goal=np.asarray(jax.device_get(state.goal), np.float64),
+            model_fields={name: np.asarray(getattr(dr, name)) for name in MODEL_FIELDS},
+            obs_noise_std=float(dr.obs_noise_std),
+            action_delay=int(dr.action_delay),
+        )
+
+    def reset(self, index: int) -> Episode:
+        """Start episode `index`: a fresh model with its draw, its start state and hold ctrl."""
+        ep = self.draw(index)
+        model = copy.deepcopy(self.nominal)
+        for name, value in ep.model_fields.items():
+            getattr(model, name)[...] = value
+        data = mujoco.MjData(model)
+        data.qpos[:], data.qvel[:], data.ctrl[:] = ep.qpos, ep.qvel, ep.ctrl
+        mujoco.mj_forward(model, data)
+        self.model, self.data, self.episode = model, data, ep
+        self.t = self.physics_steps = 0
+        self._pending.clear()
+        self.last_command = ep.ctrl[self.act_ids] * self._unit
+        seq = np.random.SeedSequence([self.seed % 2**64, index])
+        self._rng = np.random.default_rng(seq)
+        return ep
+
+    # -- acting -----------------------------------------------------------------------------------
+
+    def order(self, joints: tuple[str, ...], values: Vector, command: str) -> Vector:
+        """`values` for `joints` → spec order; ActionError unless it commands exactly the
+        actuated joints (any order) with this robot's command kind."""
+        if command != self.action_kind:
+            raise ActionError("command", f"{command!r}; this robot takes {self.action_kind!r}")
+        if len(joints) != len(values) or sorted(joints) != sorted(self.action_joints):
+            raise ActionError(
+                "joints", f"{list(joints)}; this robot's actuated joints are "
+                f"{list(self.action_joints)}"
+            )
+        index = {n: i for i, n in enumerate(joints)}
+        return np.asarray(values, np.float64)[[index[n] for n in self.action_joints]]
+
+    def apply(self, physical: Vector) -> None:
+        """Command the actuated joints (spec order, physical units): from the next physics step
+        (after the episode's action delay, in control periods) the actuators hold it."""
+        if self.episode is None:
+            raise RuntimeError("SimRobot.apply before reset")
+        values = np.asarray(physical, np.float64)
+        if values.shape != self._unit.shape or not np.isfinite(values).all():
+            raise ActionError("joints", f"expected {self._unit.size} finite values")
+        ctrl = np.clip(values / self._unit, self._ctrl_low, self._ctrl_high)
+        self.last_command = ctrl * self._unit
+        due = self.physics_steps + self.episode.action_delay * self.substeps
+        self._pending.append((due, ctrl))
+
+    def step_physics(self) -> None:
+        """One `mj_step`, with any command that has come due taking effect first."""
+        while self._pending and self._pending[0][0] <= self.physics_steps:
+            self.data.ctrl[self.act_ids] = self._pending.popleft()[1]
+        mujoco.mj_step(self.model, self.data)
+        self.physics_steps += 1
+        if self.physics_steps % self.substeps == 0:
+            self.t += 1
+
+    def step_control(self) -> None:
+        """Physics steps up to the next control step (the env's substeps from a control step)."""
+        self.step_physics()
+        while self.physics_steps % self.substeps:
+            self.step_physics()
+
+    @property
+    def done(self) -> bool:
+        return self.t >= self.episode_length
+
+    # -- sensing ----------------------------------------------------------------------------------
+
+    def true_reading(self) -> Reading:
+        """The noise-free measurements; base fields read as the env's observation does."""
+        d, b = self.data, self._base
+        if b < 0:
+            return Reading(self.joint_names, d.qpos[self._qadr].copy(), d.qvel[self._dadr].copy())
+        dof = self._base_dof
+        xmat = d.xmat[b].reshape(3, 3)
+        return Reading(
+            self.joint_names,
+            d.qpos[self._qadr].copy(),
+            d.qvel[self._dadr].copy(),
+            base_pos=d.xpos[b].copy(),
+            base_quat=d.xquat[b].copy(),
+            base_lin_vel=xmat.T @ d.qvel[dof : dof + 3],
+            base_ang_vel=d.qvel[dof + 3 : dof + 6].copy(),
+        )
+
+    def observation(self) -> Reading:
+        """The measurements with the episode's Gaussian noise on every value (the env's std)."""
+        if self.episode is None:
+            raise RuntimeError("SimRobot.observation before reset")
+        clean = self.true_reading()
+        std = self.episode.obs_noise_std
+        if std == 0:
+            return clean
+        noisy: dict[str, Any] = {}
+        for f in dataclasses.fields(Reading):
+            v = getattr(clean, f.name)
+            if isinstance(v, np.ndarray):
+                v = v + std * self._rng.standard_normal(v.shape)
+            noisy[f.name] = v
+        return Reading(**noisy)
+
+    def achieved_goal(self) -> Vector:
+        """The true (noise-free) achieved goal, as the env computes it; for scoring only."""
+        pos = self.data.site_xpos if self._goal_site else self.data.xpos
+        return np.asarray(pos[self._goal_id, self._goal_axes], np.float64)
+
+
+# -- the real-time server -------------------------------------------------------------------------
+
+
+@dataclass
+class ServeStats:
+    """What a `serve` run did; `summary()` is the line printed at exit."""
+
+    episodes_done: int = 0
+    control_steps: int = 0
+    actions_received: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    late: int = 0  # times the loop fell a control period behind and re-anchored its clock
+    link: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        dropped = sum(self.dropped.values())
+        why = ", ".join(f"{k} {v}" for k, v in self.dropped.items() if v)
+        bad = sum(v for k, v in self.link.items() if k.startswith("dropped_"))
+        return (
+            f"{self.episodes_done} episodes done, {self.control_steps} control steps, "
+            f"actions received {self.actions_received}, dropped {dropped}"
+            + (f" ({why})" if why else "")
+            + f", undecodable {bad}, late {self.late}"
+        )
+
+
+def serve(
+    robot: SimRobot,
+    endpoints: Endpoints,
+    *,
+    speed: float = 1.0,
+    episodes: int = 0,
+    stop: Callable[[], bool] = lambda: False,
+    announce: Callable[[str], None] = print,
+    link: RobotLink | None = None,
+    stats: ServeStats | None = None,
+) -> ServeStats:
+    """Run `robot` in real time on the transport until `stop()` or `episodes` episodes (0: no
+    end). Observations and telemetry go out at each control step; the newest action is applied
+    at the next physics step. Deadlines are absolute on the monotonic clock; a loop that falls a
+    whole control period behind re-anchors (counted as `late`) instead of bursting to catch up;
+    so does a new episode, whose reset (a few ms of the env's jitted reset) is not counted.
+    `stats`, if given, is filled as it runs (a caller can watch it); `link` replaces the
+    transport (it is then the caller's to close).
+    """
+    from crl.runtime.messages import Observation, Telemetry
+    from crl.runtime.transport import RobotLink
+
+    if not (math.isfinite(speed) and speed > 0):
+        raise RobotError(f"speed: must be a positive number, got {speed}")
+    stats = ServeStats() if stats is None else stats
+    own = link is None
+    link = RobotLink(endpoints) if link is None else link
+    latency_ms = math.nan
+    if robot.episode is None:
+        robot.reset(0)
+
+    def publish(final: bool = False) -> None:
+        """Telemetry of this control step; before it, unless final, the observation."""
+        ep = robot.episode
+        assert ep is not None
+        session, seq, stamp = link.stamper.next()
+        if not final:
+            r = robot.observation()
+            link.publish_observation(Observation(
+                session, seq, stamp, r.joint_names, r.joint_pos, r.joint_vel,
+                r.base_pos, r.base_quat, r.base_lin_vel, r.base_ang_vel,
+            ))
+            session, seq, _ = link.stamper.next()  # the same stamp pairs the two
+        link.publish_telemetry(Telemetry(
+            session, seq, stamp, ep.index, robot.t, robot.episode_length, ep.goal,
+            robot.achieved_goal(), latency_ms, stats.actions_received,
+        ))
+
+    period = robot.timestep / speed
+    lag_limit = robot.control_period / speed
+    try:
+        announce(
+            f"crl-sim robot: {robot.task} publishing on {endpoints.observations} (observations; "
+            f"telemetry {endpoints.telemetry}, actions from {endpoints.actions}), "
+            f"{1 / lag_limit:g} Hz, dr {robot.env.dr_mode}, seed {robot.seed}, speed {speed:g}"
+        )
+        publish()
+        start, n = time.monotonic(), 0
+        while not stop():
+            n += 1
+            deadline = start + n * period
+            now = time.monotonic()
+            if now < deadline:
+                time.sleep(deadline - now)
+            elif now - deadline > lag_limit:
+                start, stats.late = now - n * period, stats.late + 1
+            action = link.poll_action()
+            if action is not None:
+                try:
+                    robot.apply(robot.order(action.joints, action.values, action.command))
+                except ActionError as e:
+                    stats.dropped[e.reason] += 1
+                else:
+                    stats.actions_received += 1
+                    if action.obs_seq >= 0 and action.obs_stamp > 0:
+                        latency_ms = (time.time() - action.obs_stamp) * 1000.0
+            robot.step_physics()
+            if robot.physics_steps % robot.substeps:
+                continue
+            stats.control_steps += 1
+            if robot.done:
+                publish(final=True)
+                stats.episodes_done += 1
+                if episodes and stats.episodes_done >= episodes:
+                    break
+                assert robot.episode is not None
+                robot.reset(robot.episode.index + 1)
+                publish()
+                # A reset is a pause between two robots, not a missed deadline: the new
+                # episode's clock starts now.
+                start = time.monotonic() - n * period
+                continue
+            publish()
+    finally:
+        stats.link = dict(link.counters)
+        if own:
+            link.close()
+    return stats

@@ -1,0 +1,487 @@
+"""The sim robot (`crl.sim.robot`, `crl-sim robot`): MuJoCo C playing the real robot.
+
+It must be the MJX env's robot, not merely a similar one: the same starts, goals and DR draws
+(from the env's own reset), the same physics step for step, the same delays. The last tests run
+the real-time server on loopback against a small fake runtime that binds its own sockets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+import pytest
+import zmq
+from mujoco.mjx._src import derivative
+from mujoco.mjx._src.types import BiasType
+
+from crl.runtime.messages import Action, Observation, Telemetry, encode
+from crl.runtime.transport import Endpoints, Reader
+from crl.sim import tasks
+from crl.sim.env import GoalReachEnv, jit
+from crl.sim.mjx import mjx
+from crl.sim.robot import (
+    MODEL_FIELDS,
+    ActionError,
+    ServeStats,
+    SimRobot,
+    episode_key,
+    serve,
+)
+
+REACHER_STEPS = 50  # the reacher's episode length
+PARITY_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reacher_off() -> GoalReachEnv:
+    return tasks.make("reacher", dr="off")
+
+
+@pytest.fixture(scope="module")
+def reacher_held_out() -> GoalReachEnv:
+    return tasks.make("reacher", dr="held_out")
+
+
+def env_observation(robot: SimRobot) -> np.ndarray:
+    """The robot's true state as the env's observation vector (spec order): what the MJX env
+    would observe, built from what the robot measures plus its own last command."""
+    r, spec = robot.true_reading(), robot.spec
+    index = {n: i for i, n in enumerate(r.joint_names)}
+    a = spec.action
+    parts: list[np.ndarray] = []
+    for f in spec.observation:
+        if f.name in ("joint_pos", "joint_vel"):
+            values = r.joint_pos if f.name == "joint_pos" else r.joint_vel
+            parts.append(values[[index[n] for n in f.names]])
+        elif f.name == "site_pos":
+            name = robot.env.config.obs_site
+            site = mujoco.mj_name2id(robot.model, mujoco.mjtObj.mjOBJ_SITE, name)
+            parts.append(robot.data.site_xpos[site])
+        elif f.name == "last_action":
+            parts.append((robot.last_command - np.asarray(a.offset)) / np.asarray(a.scale))
+        elif f.name == "base_gravity":
+            parts.append(robot.data.xmat[robot._base].reshape(3, 3).T @ [0.0, 0.0, -1.0])
+        else:
+            parts.append(getattr(r, f.name))
+    return np.concatenate(parts)
+
+
+def physical(robot: SimRobot, action: np.ndarray) -> np.ndarray:
+    """A [-1, 1] action in physical units (spec.action), as a runtime sends it."""
+    return np.asarray(robot.spec.action.to_physical(action.tolist()))
+
+
+def unsaturating_action(robot: SimRobot, rng: np.random.Generator) -> np.ndarray:
+    """A random action whose servo targets lie within 0.2 rad of the joints, so no servo's
+    force reaches its forcerange (see `c_clamped_damping`)."""
+    a, q = robot.spec.action, robot.true_reading()
+    index = {n: i for i, n in enumerate(q.joint_names)}
+    target = q.joint_pos[[index[n] for n in a.joints]] + rng.uniform(-0.2, 0.2, a.size)
+    return ((target - np.asarray(a.offset)) / np.asarray(a.scale)).astype(np.float32)
+
+
+def run_parity(
+    env: GoalReachEnv, robot: SimRobot, episode: int, actions: Any, noise_free: bool = True
+) -> tuple[float, int]:
+    """Step the MJX env and the robot through one episode with the same actions; the largest
+    observation difference (and achieved-goal difference) and how many physics steps saw a
+    servo force at its forcerange. `actions(robot)` gives each [-1, 1] action."""
+    state = jit(env.reset)(episode_key(robot.seed, episode))
+    step = jit(env.step)
+    robot.reset(episode)
+    worst, clamped = 0.0, 0
+    limit = robot.model.actuator_forcerange[:, 1]
+    for t in range(env.episode_length + 1):
+        obs = env.observe(state.data, state.action_queue) if noise_free else state.obs
+        worst = max(
+            worst,
+            float(np.abs(env_observation(robot) - np.asarray(obs)).max()),
+            float(np.abs(robot.achieved_goal() - np.asarray(state.achieved_goal)).max()),
+        )
+        if t == env.episode_length:
+            break
+        action = actions(robot)
+        state = step(state, jnp.asarray(action))
+        robot.apply(physical(robot, action))
+        for _ in range(robot.substeps):
+            robot.step_physics()
+            clamped += int((np.abs(robot.data.actuator_force) >= limit - 1e-9).any())
+    assert robot.t == env.episode_length and robot.done and bool(state.done)
+    return worst, clamped
+
+
+def c_clamped_damping(m: Any, d: Any) -> jax.Array:
+    """MJX's `deriv_smooth_vel` with MuJoCo C's rule for servos: an actuator whose force is
+    clamped by its forcerange contributes no velocity derivative (kv) to implicitfast's
+    implicit solve. MJX 3.17 keeps kv there, MuJoCo C drops it; nothing else differs."""
+    vel = m.actuator_biasprm[:, 2] * (m.actuator_biastype == BiasType.AFFINE)
+    f, r = d.actuator_force, m.actuator_forcerange
+    clamped = m.actuator_forcelimited & ((f <= r[:, 0]) | (f >= r[:, 1]))
+    vel = jnp.where(clamped, 0.0, vel)
+    moment = d._impl.actuator_moment
+    return moment.T @ (moment * vel[:, None]) - jnp.diag(m.dof_damping)
+
+
+# -- lockstep parity with the MJX env --------------------------------------------------------------
+
+
+def test_dr_off_matches_the_mjx_env_over_an_episode(reacher_off: GoalReachEnv) -> None:
+    """Same start, same random actions: every observed value and the achieved goal within 1e-4
+    over a full episode (MJX float32 vs MuJoCo float64), servos kept off their force limits."""
+    robot = SimRobot("reacher", dr="off", seed=3, env=reacher_off)
+    rng = np.random.default_rng(0)
+    worst, clamped = run_parity(reacher_off, robot, 0, lambda r: unsaturating_action(r, rng))
+    assert clamped == 0, "the actions saturated a servo: this test is meant to stay clear of it"
+    assert worst < PARITY_TOL
+
+
+def test_dr_off_matches_mjx_with_saturating_actions_given_cs_clamped_damping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uniform random actions drive the servos into their forcerange. MuJoCo C then drops the
+    clamped servo's kv from the implicit solve, MJX keeps it (the arm moves up to ~0.3 rad apart
+    within one control step). With MJX given C's rule, the two agree to 1e-4 again."""
+    monkeypatch.setattr(derivative, "deriv_smooth_vel", c_clamped_damping)
+    env = tasks.make("reacher", dr="off")  # a fresh env: its step is traced with the rule
+    robot = SimRobot("reacher", dr="off", seed=5, env=env)
+    rng = np.random.default_rng(1)
+    uniform = lambda r: rng.uniform(-1, 1, r.spec.act_dim).astype(np.float32)  # noqa: E731
+    worst, clamped = run_parity(env, robot, 0, uniform)
+    assert clamped > 0, "no servo saturated: the test no longer covers the clamped case"
+    assert worst < PARITY_TOL
+
+
+def test_held_out_draws_set_the_mjx_models_values(reacher_held_out: GoalReachEnv) -> None:
+    """The robot's model holds exactly the randomized mjx model's values for the same key, and
+    its noise std and delay are the draw's."""
+    robot = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
+    reset = jit(reacher_held_out.reset)
+    delays = set()
+    for k in range(6):
+        ep = robot.reset(k)
+        state = reset(episode_key(3, k))
+        mjx_model = reacher_held_out.randomizer.apply(state.dr)
+        for name in MODEL_FIELDS:
+            want = np.asarray(getattr(mjx_model, name))
+            got = getattr(robot.model, name)
+            np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=name)
+        changed = robot.model.body_mass[1:] != robot.nominal.body_mass[1:]
+        assert changed.all(), "held-out masses should differ from the nominal model"
+        assert ep.obs_noise_std == float(state.dr.obs_noise_std) > 0
+        assert ep.action_delay == int(state.dr.action_delay)
+        np.testing.assert_array_equal(ep.goal, np.asarray(state.goal, np.float64))
+        delays.add(ep.action_delay)
+    assert delays == {0, 1, 2}, f"seed 3's first draws should cover every delay, got {delays}"
+
+
+def test_held_out_delays_hold_the_command_back(reacher_held_out: GoalReachEnv) -> None:
+    """A command applied at control step t reaches the actuators at control step t + delay."""
+    robot = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
+    by_delay: dict[int, int] = {}
+    for k in range(6):
+        by_delay.setdefault(robot.reset(k).action_delay, k)
+    assert sorted(by_delay) == [0, 1, 2]
+    for delay, k in sorted(by_delay.items()):
+        ep = robot.reset(k)
+        hold = robot.data.ctrl[robot.act_ids].copy()
+        np.testing.assert_array_equal(hold, ep.ctrl[robot.act_ids])
+        robot.step_control()  # control step 0 → 1
+        target = np.array([0.5, -0.5])
+        robot.apply(target)
+        for t in range(delay):
+            robot.step_physics()
+            np.testing.assert_array_equal(robot.data.ctrl[robot.act_ids], hold, f"d{delay} t{t}")
+            while robot.physics_steps % robot.substeps:
+                robot.step_physics()
+        robot.step_physics()
+        np.testing.assert_array_equal(robot.data.ctrl[robot.act_ids], target)
+
+
+def test_held_out_episodes_match_mjx_given_cs_clamped_damping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held-out episodes with delays 1 and 2, randomized gains, masses, damping: the robot
+    tracks the MJX env's noise-free observation to 1e-4 under uniform random actions, once MJX
+    follows MuJoCo C's clamped-servo rule (the held-out gains saturate even small steps)."""
+    monkeypatch.setattr(derivative, "deriv_smooth_vel", c_clamped_damping)
+    env = tasks.make("reacher", dr="held_out")
+    robot = SimRobot("reacher", dr="held-out", seed=3, env=env)
+    rng = np.random.default_rng(2)
+    uniform = lambda r: rng.uniform(-1, 1, r.spec.act_dim).astype(np.float32)  # noqa: E731
+    for episode, delay in ((1, 2), (3, 1)):
+        worst, clamped = run_parity(env, robot, episode, uniform)
+        assert robot.episode is not None and robot.episode.action_delay == delay
+        assert clamped > 0
+        assert worst < PARITY_TOL, (episode, worst)
+
+
+def test_observation_noise_is_the_draws_std_on_every_value(reacher_held_out: GoalReachEnv) -> None:
+    robot = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
+    ep = robot.reset(0)
+    true = robot.true_reading()
+    errors = np.concatenate(
+        [np.r_[r.joint_pos - true.joint_pos, r.joint_vel - true.joint_vel]
+         for r in (robot.observation() for _ in range(2000))]
+    )
+    assert (errors != 0).all()
+    assert abs(errors.std() / ep.obs_noise_std - 1) < 0.05
+    robot.reset(0)
+    again = robot.observation()  # the same episode replays the same noise
+    first = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
+    first.reset(0)
+    np.testing.assert_array_equal(first.observation().joint_pos, again.joint_pos)
+
+
+def test_floating_base_fields_match_the_env() -> None:
+    """The ant's base pose (world) and twist (base frame) read as the env reads them, at a
+    tilted, moving base (kinematics only: MJX's and MuJoCo's contact solvers part ways once
+    the ant touches the ground, which is not what this checks)."""
+    env = tasks.make("ant", dr="off")
+    robot = SimRobot("ant", dr="off", seed=0, env=env)
+    state = jit(env.reset)(episode_key(0, 0))
+    robot.reset(0)
+    rng = np.random.default_rng(0)
+    qpos = robot.data.qpos.copy()
+    quat = rng.normal(size=4)
+    qpos[3:7] = quat / np.linalg.norm(quat)
+    qpos = qpos.astype(np.float32).astype(np.float64)  # the same numbers in both
+    qvel = rng.normal(size=robot.model.nv).astype(np.float32).astype(np.float64)
+    observe = jit(lambda d, q: env.observe(mjx.kinematics(env.mjx_model, d), q))
+    data = state.data.replace(qpos=jnp.asarray(qpos, jnp.float32),
+                              qvel=jnp.asarray(qvel, jnp.float32))
+    want = np.asarray(observe(data, state.action_queue))
+    robot.data.qpos[:], robot.data.qvel[:] = qpos, qvel
+    mujoco.mj_kinematics(robot.model, robot.data)
+    r = robot.true_reading()
+    assert r.base_lin_vel is not None and not np.allclose(r.base_lin_vel, qvel[:3])
+    assert set(robot.spec.action.joints) <= set(r.joint_names)
+    np.testing.assert_allclose(env_observation(robot), want, atol=PARITY_TOL)
+
+
+def test_actions_for_other_joints_or_kinds_are_refused(reacher_off: GoalReachEnv) -> None:
+    robot = SimRobot("reacher", dr="off", env=reacher_off)
+    robot.reset(0)
+    values = np.array([0.3, -0.2])
+    np.testing.assert_array_equal(
+        robot.order(("elbow", "shoulder"), values, "position"), [-0.2, 0.3]
+    )
+    for joints, vals, command, reason in [
+        (("shoulder", "elbow"), values, "effort", "command"),
+        (("shoulder", "wrist"), values, "position", "joints"),
+        (("shoulder",), values[:1], "position", "joints"),
+        (("shoulder", "elbow", "wrist"), np.r_[values, 0.0], "position", "joints"),
+    ]:
+        with pytest.raises(ActionError) as e:
+            robot.order(joints, vals, command)
+        assert e.value.reason == reason
+    robot.apply(np.array([10.0, -10.0]))  # beyond the ctrlrange: clipped as a servo would
+    robot.step_physics()
+    np.testing.assert_allclose(robot.data.ctrl, [3.14, -2.6])
+    np.testing.assert_allclose(robot.last_command, [3.14, -2.6])
+
+
+# -- the real-time server on loopback --------------------------------------------------------------
+
+
+def free_base_port() -> int:
+    """A base port P with P..P+4 free on 127.0.0.1 right now."""
+    rng = np.random.default_rng()
+    for _ in range(200):
+        port = int(rng.integers(20000, 60000))
+        socks = []
+        try:
+            for p in range(port, port + 5):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no 5 free consecutive ports")
+
+
+class FakeRuntime:
+    """The runtime's side of the transport, bound and connected by hand: reads every
+    observation and telemetry message, publishes actions."""
+
+    def __init__(self, ep: Endpoints):
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.obs: Reader[Observation] = Reader(self.ctx, ep.observations, Observation, False)
+        self.tel: Reader[Telemetry] = Reader(self.ctx, ep.telemetry, Telemetry, False)
+        self.actions = self.ctx.socket(zmq.PUB)
+        self.actions.setsockopt(zmq.LINGER, 0)
+        self.actions.bind(ep.actions)
+        self.seq = 0
+
+    def send(self, joints: tuple[str, ...], values: list[float], command: str = "position",
+             obs: Observation | None = None) -> None:
+        self.seq += 1
+        self.actions.send(encode(Action(
+            1, self.seq, time.time(), joints, np.asarray(values, np.float64), command, False,
+            -1 if obs is None else obs.seq, 0.0 if obs is None else obs.stamp,
+        )))
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+def test_serve_publishes_and_applies_the_newest_action(reacher_off: GoalReachEnv) -> None:
+    """In-process server (a thread), real sockets: observations come at the control rate, and
+    an action sent changes the actuators' ctrl; wrong actions are counted, not applied."""
+    ep = Endpoints("127.0.0.1", free_base_port())
+    robot = SimRobot("reacher", dr="off", seed=0, env=reacher_off)
+    speed = 5.0
+    stop = threading.Event()
+    announced: list[str] = []
+    stats = ServeStats()
+    runtime = FakeRuntime(ep)
+    server = threading.Thread(target=serve, args=(robot, ep), kwargs=dict(
+        speed=speed, stop=stop.is_set, announce=announced.append, stats=stats))
+    server.start()
+    try:
+        target = [0.5, -1.0]  # shoulder, elbow; sent in the other order
+        observations: list[Observation] = []
+        deadline = time.monotonic() + 120  # a hang guard, not a speed bound
+        while time.monotonic() < deadline and server.is_alive():
+            obs = runtime.obs.poll(timeout_ms=200)
+            if obs is None:
+                continue
+            observations.append(obs)
+            if stats.dropped["command"] == 0:
+                runtime.send(("shoulder", "elbow"), target, command="effort", obs=obs)
+            else:
+                runtime.send(("elbow", "shoulder"), target[::-1], obs=obs)
+            if np.array_equal(robot.data.ctrl[robot.act_ids], target) and len(observations) > 20:
+                break
+        np.testing.assert_array_equal(robot.data.ctrl[robot.act_ids], target)
+        assert stats.actions_received > 0 and stats.dropped["command"] >= 1
+        assert announced and "reacher publishing on " + ep.observations in announced[0]
+        assert observations[0].joint_names == ("shoulder", "elbow")
+        # Paced, never ahead of the control rate (a busy machine only makes it slower).
+        span = observations[-1].stamp - observations[0].stamp
+        assert span >= 0.5 * (len(observations) - 1) * robot.control_period / speed
+    finally:
+        stop.set()
+        server.join(timeout=60)
+        runtime.close()
+    assert not server.is_alive()
+
+
+def _ready_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("crl-sim robot:"):
+            return line
+    raise AssertionError(f"crl-sim robot exited (rc {proc.wait()}) before publishing")
+
+
+def _messages(runtime: FakeRuntime) -> Iterator[tuple[list[Observation], list[Telemetry]]]:
+    """(observations, telemetry) as they arrive, in order; a hang guard ends it."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        yield runtime.obs.drain(timeout_ms=100), runtime.tel.drain()
+    raise AssertionError("the sim robot stopped publishing")
+
+
+def test_cli_robot_end_to_end_on_loopback() -> None:
+    """`crl-sim robot` as a process: an action-free episode is, value for value, the lockstep
+    robot's (true achieved goal in telemetry, the same noisy observations); actions sent move
+    the joints to their targets; SIGTERM stops it with exit 0."""
+    port = free_base_port()
+    ep = Endpoints("127.0.0.1", port)
+    seed, speed = 1, 5.0
+    cmd = [sys.executable, "-m", "crl.sim.cli", "robot", "reacher", "--dr", "held-out",
+           "--seed", str(seed), "--speed", str(speed), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    runtime: FakeRuntime | None = None
+    try:
+        line = _ready_line(proc)
+        assert f"reacher publishing on tcp://127.0.0.1:{port}" in line
+        runtime = FakeRuntime(ep)
+        # Phase 1, no actions: wait for an episode seen whole, observations paired with
+        # telemetry by their shared stamp.
+        stamps: dict[float, Observation] = {}
+        episodes: dict[int, dict[int, Telemetry]] = {}
+        whole = None
+        for observations, tels in _messages(runtime):
+            for o in observations:
+                stamps[o.stamp] = o
+            for t in tels:
+                episodes.setdefault(t.episode, {})[t.step] = t
+            whole = next((e for e, steps in episodes.items()
+                          if len(steps) == REACHER_STEPS + 1), None)
+            if whole is not None:
+                break
+        assert whole is not None
+        tel = episodes[whole]
+        lockstep = SimRobot("reacher", dr="held-out", seed=seed)
+        lock = lockstep.reset(whole)
+        assert lock.obs_noise_std > 0
+        for t in range(REACHER_STEPS + 1):
+            assert tel[t].episode_length == REACHER_STEPS and tel[t].actions_received == 0
+            assert math.isnan(tel[t].action_latency_ms)
+            np.testing.assert_array_equal(tel[t].goal, lock.goal)
+            np.testing.assert_allclose(tel[t].achieved_goal, lockstep.achieved_goal(), atol=1e-12)
+            if t < REACHER_STEPS:
+                want = lockstep.observation()
+                got = stamps.get(tel[t].stamp)
+                if got is not None:
+                    np.testing.assert_allclose(got.joint_pos, want.joint_pos, atol=1e-12)
+                    assert not np.allclose(got.joint_pos, lockstep.true_reading().joint_pos)
+                lockstep.step_control()
+        # Phase 2: answer every observation with one target; the joints get there.
+        target = {"shoulder": 1.0, "elbow": -1.0}
+        runtime.send(("shoulder", "nope"), [0.0, 0.0])  # dropped (counted at exit)
+        time.sleep(0.05)
+        # Telemetry queued up while the lockstep robot compiled: judge only episodes that
+        # start after the first one in which an action arrived.
+        acted: int | None = None
+        reached = None
+        for observations, tels in _messages(runtime):
+            for o in observations:
+                stamps[o.stamp] = o
+            if observations:
+                runtime.send(tuple(target), list(target.values()), obs=observations[-1])
+            for t in tels:
+                if acted is None and t.actions_received > 0:
+                    acted = t.episode
+                late_in_episode = 40 <= t.step < REACHER_STEPS and t.stamp in stamps
+                if acted is not None and t.episode > acted and late_in_episode:
+                    reached = (t, stamps[t.stamp])
+            if reached is not None:
+                break
+        assert reached is not None
+        t, o = reached
+        q = dict(zip(o.joint_names, o.joint_pos, strict=True))
+        assert t.actions_received > 0 and math.isfinite(t.action_latency_ms)
+        assert t.action_latency_ms >= 0
+        for name, value in target.items():
+            assert abs(q[name] - value) < 0.05, (name, q[name])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None
+        tail = proc.stderr.read()
+        assert "crl-sim robot: stopped:" in tail and "(joints 1)" in tail, tail
+    finally:
+        if runtime is not None:
+            runtime.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
