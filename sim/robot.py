@@ -13,11 +13,11 @@ deadlines, `speed` times faster for tests) and speaks the runtime's ZMQ transpor
 and telemetry out at the control rate, the newest action in, applied as servos would (zero-order
 hold from the next physics step, after the draw's action delay).
 
-Known differences from the MJX env, both in the env rather than here (see the issue report):
-MJX's implicitfast keeps a position servo's kv damping while its force is clamped by forcerange
-(MuJoCo C drops it), so saturating actions diverge; and positions read after a step (sites,
-bodies: `site_pos`, `base_pos`, the achieved goal) are those before the step's last integration,
-as `mj_step`/`mjx.step` leave them. The second is copied here on purpose, so both agree.
+Positions read at a control step (sites, bodies: `site_pos`, `base_pos`, the achieved goal) are
+recomputed by kinematics after the last physics step, as the env does, so they belong to the
+same instant as the joint angles a robot measures. MJX's implicitfast follows MuJoCo C's rule for
+force-clamped servos through `crl.sim.mjx`. Contact-rich robots (the ant) still drift apart
+from the MJX env within a few control steps: the two contact solvers differ.
 """
 
 from __future__ import annotations
@@ -227,6 +227,8 @@ class SimRobot:
         self.physics_steps += 1
         if self.physics_steps % self.substeps == 0:
             self.t += 1
+            # Positions of this instant, as the env reads them after its control step.
+            mujoco.mj_kinematics(self.model, self.data)
 
     def step_control(self) -> None:
         """Physics steps up to the next control step (the env's substeps from a control step)."""
@@ -319,8 +321,8 @@ def serve(
     """Run `robot` in real time on the transport until `stop()` or `episodes` episodes (0: no
     end). Observations and telemetry go out at each control step; the newest action is applied
     at the next physics step. Deadlines are absolute on the monotonic clock; a loop that falls a
-    whole control period behind re-anchors (counted as `late`) instead of bursting to catch up;
-    so does a new episode, whose reset (a few ms of the env's jitted reset) is not counted.
+    whole control period behind re-anchors (counted as `late`) instead of bursting to catch up.
+    A new episode's reset (a few ms of the env's jitted reset) keeps the clock's phase.
     `stats`, if given, is filled as it runs (a caller can watch it); `link` replaces the
     transport (it is then the caller's to close).
     """
@@ -393,9 +395,9 @@ def serve(
                 assert robot.episode is not None
                 robot.reset(robot.episode.index + 1)
                 publish()
-                # A reset is a pause between two robots, not a missed deadline: the new
-                # episode's clock starts now.
-                start = time.monotonic() - n * period
+                # The clock keeps its phase across a reset (a few ms of the env's jitted reset,
+                # absorbed by the next sleep): a runtime whose ticks are aligned to this robot's
+                # samples stays aligned, as it would with a real robot's driver.
                 continue
             publish()
     finally:

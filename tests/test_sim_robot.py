@@ -18,17 +18,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import mujoco
 import numpy as np
 import pytest
 import zmq
 from mujoco.mjx._src import derivative
-from mujoco.mjx._src.types import BiasType
 
 from crl.runtime.messages import Action, Observation, Telemetry, encode
 from crl.runtime.transport import Endpoints, Reader
+from crl.sim import mjx as crl_mjx
 from crl.sim import tasks
 from crl.sim.env import GoalReachEnv, jit
 from crl.sim.mjx import mjx
@@ -123,18 +122,6 @@ def run_parity(
     return worst, clamped
 
 
-def c_clamped_damping(m: Any, d: Any) -> jax.Array:
-    """MJX's `deriv_smooth_vel` with MuJoCo C's rule for servos: an actuator whose force is
-    clamped by its forcerange contributes no velocity derivative (kv) to implicitfast's
-    implicit solve. MJX 3.17 keeps kv there, MuJoCo C drops it; nothing else differs."""
-    vel = m.actuator_biasprm[:, 2] * (m.actuator_biastype == BiasType.AFFINE)
-    f, r = d.actuator_force, m.actuator_forcerange
-    clamped = m.actuator_forcelimited & ((f <= r[:, 0]) | (f >= r[:, 1]))
-    vel = jnp.where(clamped, 0.0, vel)
-    moment = d._impl.actuator_moment
-    return moment.T @ (moment * vel[:, None]) - jnp.diag(m.dof_damping)
-
-
 # -- lockstep parity with the MJX env --------------------------------------------------------------
 
 
@@ -148,14 +135,12 @@ def test_dr_off_matches_the_mjx_env_over_an_episode(reacher_off: GoalReachEnv) -
     assert worst < PARITY_TOL
 
 
-def test_dr_off_matches_mjx_with_saturating_actions_given_cs_clamped_damping(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_dr_off_matches_mjx_with_saturating_actions(reacher_off: GoalReachEnv) -> None:
     """Uniform random actions drive the servos into their forcerange. MuJoCo C then drops the
-    clamped servo's kv from the implicit solve, MJX keeps it (the arm moves up to ~0.3 rad apart
-    within one control step). With MJX given C's rule, the two agree to 1e-4 again."""
-    monkeypatch.setattr(derivative, "deriv_smooth_vel", c_clamped_damping)
-    env = tasks.make("reacher", dr="off")  # a fresh env: its step is traced with the rule
+    clamped servo's kv from implicitfast's implicit solve; MJX 3.17 kept it (the arm moved up
+    to ~0.3 rad apart within one control step) until `crl.sim.mjx` gave it C's rule."""
+    assert derivative.deriv_smooth_vel is crl_mjx.deriv_smooth_vel
+    env = reacher_off
     robot = SimRobot("reacher", dr="off", seed=5, env=env)
     rng = np.random.default_rng(1)
     uniform = lambda r: rng.uniform(-1, 1, r.spec.act_dim).astype(np.float32)  # noqa: E731
@@ -210,14 +195,11 @@ def test_held_out_delays_hold_the_command_back(reacher_held_out: GoalReachEnv) -
         np.testing.assert_array_equal(robot.data.ctrl[robot.act_ids], target)
 
 
-def test_held_out_episodes_match_mjx_given_cs_clamped_damping(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_held_out_episodes_match_mjx(reacher_held_out: GoalReachEnv) -> None:
     """Held-out episodes with delays 1 and 2, randomized gains, masses, damping: the robot
-    tracks the MJX env's noise-free observation to 1e-4 under uniform random actions, once MJX
-    follows MuJoCo C's clamped-servo rule (the held-out gains saturate even small steps)."""
-    monkeypatch.setattr(derivative, "deriv_smooth_vel", c_clamped_damping)
-    env = tasks.make("reacher", dr="held_out")
+    tracks the MJX env's noise-free observation to 1e-4 under uniform random actions, servos
+    saturating (MJX with MuJoCo C's clamped-servo rule, from `crl.sim.mjx`)."""
+    env = reacher_held_out
     robot = SimRobot("reacher", dr="held-out", seed=3, env=env)
     rng = np.random.default_rng(2)
     uniform = lambda r: rng.uniform(-1, 1, r.spec.act_dim).astype(np.float32)  # noqa: E731

@@ -1,0 +1,152 @@
+"""The closed loop: an exported policy on the MuJoCo sim robot, robot and runtime as separate
+processes talking over loopback ZMQ, as `crl-run closed-loop` and a robot user run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax", reason="the sim robot draws its dynamics with the MJX env (the "
+                                  "train extra, not in the robot's install)")
+
+import zmq
+from robot_fixtures import export_policy
+
+from crl.runtime.closed_loop import free_base_port
+from crl.runtime.messages import Action
+from crl.runtime.transport import Endpoints, action_reader, status_reader
+
+DEMO_POLICY_ENV = "CRL_DEMO_POLICY"  # `make test` points it at the quickstart policy it trains
+
+
+@pytest.fixture(scope="session")
+def demo_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart policy: `make test` trains it once with the repo's own commands and names
+    it in CRL_DEMO_POLICY; without that, it is trained here the same way (about 5 minutes)."""
+    given = os.environ.get(DEMO_POLICY_ENV)
+    if given:
+        path = Path(given)
+        assert path.is_file(), f"{DEMO_POLICY_ENV}={given}: no such file"
+        return path
+    out = tmp_path_factory.mktemp("demo")
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([bin_dir / "crl-train", "reacher", "--preset", "quick", "--out",
+                    out / "reacher"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([bin_dir / "crl-export", "onnx", "--run", out / "reacher", "--out",
+                    out / "reacher.onnx"], check=True, stdout=subprocess.DEVNULL)
+    return out / "reacher.onnx"
+
+
+@pytest.mark.slow
+def test_quickstart_policy_reaches_held_out_goals_in_the_closed_loop(demo_policy: Path,
+                                                                     tmp_path: Path) -> None:
+    """20 goals under held-out dynamics (unseen masses, gains, damping, noise, delays), each
+    held for one episode: at least 90% end within the success radius."""
+    out = tmp_path / "closed_loop.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "crl.runtime.cli", "closed-loop", "--policy", str(demo_policy),
+         "--task", "reacher", "--dr", "held-out", "--seed", "0", "--goals", "20", "--out",
+         str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    print(r.stdout)
+    assert len(result["goals"]) == 20
+    assert result["success_rate"] >= 0.9, result["goals"]
+    assert result["exit_codes"] == {"crl-run serve": 0, "crl-sim robot": 0}
+    runtime = result["runtime"]
+    assert runtime["stale_stops"] == 0 and runtime["nonfinite_actions"] == 0
+    assert runtime["goal_rejections"] == 0 and runtime["goals_accepted"] >= 20
+    assert result["robot_end_to_end_ms"]["samples"] > 0
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _sim_robot(port: int) -> subprocess.Popen[str]:
+    return _start([sys.executable, "-m", "crl.sim.cli", "robot", "reacher", "--dr", "held-out",
+                   "--seed", "1", "--port", str(port)])
+
+
+def _collect(actions: object, statuses: object, seconds: float) -> tuple[list[Action], set[str]]:
+    seen: list[Action] = []
+    modes: set[str] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        seen += actions.drain(20)  # type: ignore[attr-defined]
+        status = statuses.poll()  # type: ignore[attr-defined]
+        if status is not None:
+            modes.add(str(status.stats["mode"]))
+    return seen, modes
+
+
+@pytest.mark.slow
+def test_killing_the_sim_robot_sends_the_safe_action_and_a_new_one_resumes(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the sim robot mid-run: the safe action goes out within 2 control periods after
+    the staleness limit, the runtime keeps ticking at its rate, and when a new sim robot appears
+    the policy comes back through a soft start."""
+    policy = export_policy(tmp_path / "reacher.onnx")  # what acts does not matter here
+    port = free_base_port()
+    ep = Endpoints(port=port)
+    hz, limit_periods = 25.0, 3  # the reacher's rate; reacher.yaml's max_observation_age
+    robot = _sim_robot(port)
+    serve = _start([sys.executable, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
+                    "--robot", "reacher", "--port", str(port), "--goal", "0.1", "0.1", "--wait",
+                    "180", "--quiet"])
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    actions, statuses = action_reader(ctx, ep), status_reader(ctx, ep)
+    second = None
+    try:
+        deadline = time.monotonic() + 180  # the sim robot compiles its reset first
+        running: list[Action] = []
+        while not any(not a.safe for a in running):
+            running += actions.drain(100)
+            assert time.monotonic() < deadline and serve.poll() is None and robot.poll() is None
+        seen, _ = _collect(actions, statuses, 1.0)
+        assert seen and not any(a.safe for a in seen[5:])  # the policy is acting
+        robot.send_signal(signal.SIGKILL)
+        robot.wait(30)
+        dead, _ = _collect(actions, statuses, 2.0)
+        safe = [a for a in dead if a.safe]
+        assert safe, "no safe action after the robot died"
+        last_obs = max(a.obs_stamp for a in seen + dead)
+        assert safe[0].stamp - last_obs <= (limit_periods + 2) / hz, safe[0].stamp - last_obs
+        # Still ticking: holding still, one command a period (half the rate at the least, so a
+        # busy machine cannot fail it; the missed-deadline count is checked below).
+        after_stop = [a for a in dead if a.stamp >= safe[0].stamp]
+        span = after_stop[-1].stamp - after_stop[0].stamp
+        assert len(after_stop) >= 0.5 * hz * span
+        assert all(a.safe for a in after_stop)
+        np.testing.assert_allclose(after_stop[-1].values, after_stop[0].values)
+        # A new sim robot on the same ports: the runtime resumes, ramping in.
+        second = _sim_robot(port)
+        deadline = time.monotonic() + 180
+        resumed: list[Action] = []
+        modes: set[str] = set()
+        while not any(not a.safe for a in resumed):
+            got, m = _collect(actions, statuses, 0.2)
+            resumed, modes = resumed + got, modes | m
+            assert time.monotonic() < deadline and second.poll() is None and serve.poll() is None
+        _, m = _collect(actions, statuses, 1.0)
+        assert "soft_start" in modes | m
+    finally:
+        serve.send_signal(signal.SIGINT)
+        out, err = serve.communicate(timeout=60)
+        for p in (robot, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=60)
+        ctx.destroy(linger=0)
+    assert serve.returncode == 0, err
+    assert "stale stops 1" in out, out
