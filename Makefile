@@ -57,8 +57,19 @@ lint: venv
 typecheck: $(TYPESTAMP)
 	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy --strict -m crl.export.tensorrt_build -m crl.runtime.trt_backend
 
-test: venv lint typecheck
-	$(BIN)/python -m pytest
+# The quickstart policy the closed-loop tests run (trained and exported with the repo's own
+# commands, as `make demo` does), rebuilt when the code that makes it changes.
+TEST_POLICY_DIR := build/test-policy
+TEST_POLICY := $(TEST_POLICY_DIR)/reacher.onnx
+POLICY_SOURCES := $(wildcard sim/*.py sim/tasks/*.py sim/assets/*.xml train/*.py export/*.py)
+
+$(TEST_POLICY): $(STAMP) $(POLICY_SOURCES)
+	rm -rf $(TEST_POLICY_DIR)
+	$(BIN)/crl-train reacher --preset quick --out $(TEST_POLICY_DIR)/reacher > /dev/null
+	$(BIN)/crl-export onnx --run $(TEST_POLICY_DIR)/reacher --out $@
+
+test: venv lint typecheck $(TEST_POLICY)
+	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-robot
 
 # The runtime's tests on Python 3.10 without the train extra: what a Jetson or a ROS 2 Humble
@@ -72,8 +83,9 @@ test-robot:
 	fi
 
 # The pipeline on the CPU: train reacher (quick preset), evaluate it on fresh goals and render
-# it, export the actor to ONNX, and measure its latency the way a robot would run it. The run
-# directory holds the checkpoints, eval.json and learning_curve.png.
+# it, export the actor to ONNX, measure its latency the way a robot would run it, and run it in
+# the closed loop: the runtime driving the MuJoCo sim robot under held-out dynamics, 20 goals.
+# The run directory holds the checkpoints, eval.json and learning_curve.png.
 demo: venv
 	rm -rf $(DEMO_DIR)/reacher
 	$(BIN)/crl-train reacher --preset quick --out $(DEMO_DIR)/reacher
@@ -82,6 +94,8 @@ demo: venv
 	$(BIN)/crl-export onnx --run $(DEMO_DIR)/reacher --out $(DEMO_DIR)/reacher.onnx
 	$(BIN)/crl-run bench --policy $(DEMO_DIR)/reacher.onnx --backend ort --batch 1 \
 	  --out $(DEMO_DIR)/reacher_latency.json --plot $(DEMO_DIR)/reacher_latency.png
+	$(BIN)/crl-run closed-loop --policy $(DEMO_DIR)/reacher.onnx --task reacher --dr held-out \
+	  --seed 0 --goals 20 --out $(DEMO_DIR)/reacher_closed_loop.json
 	@echo "demo: learning curve $(DEMO_DIR)/reacher/learning_curve.png," \
 	  "episodes $(DEMO_DIR)/reacher_eval.mp4, policy $(DEMO_DIR)/reacher.onnx"
 

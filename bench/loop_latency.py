@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--spin", type=float, default=None, help="crl-run bench-loop --spin")
+    p.add_argument("--realtime", action="store_true",
+                   help="SCHED_FIFO for the runtime and the loopback robot (as on a robot)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     spec = reacher_spec()
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--hz", str(hz), "--seconds", str(args.seconds), "--out", str(out)]
             if args.spin is not None:
                 cmd += ["--spin", str(args.spin)]
+            if args.realtime:
+                cmd += ["--realtime"]
             subprocess.run(cmd, check=True)
             results.append(json.loads(out.read_text()))
     device = device_info()

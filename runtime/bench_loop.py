@@ -48,7 +48,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
         robot_proc = subprocess.Popen(
             [sys.executable, "-m", "crl.runtime.loopback_robot", "--robot",
              str(config.path or spec.task), "--hz", str(hz), "--port", str(ep.port), "--report",
-             str(report)], stdin=subprocess.DEVNULL)
+             str(report), *(["--realtime"] if realtime else [])], stdin=subprocess.DEVNULL)
         try:
             final = serve(controller, options, stop=threading.Event())
         finally:
@@ -76,6 +76,8 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
         "period_error_ms": _percentiles(period_error_ms),
         "policy_latency_ms": _percentiles(stats.policy_latency.values() * 1e3),
         "end_to_end_ms": {**_percentiles(e2e), "samples": int(np.isfinite(e2e).sum())},
+        "realtime": realtime,
+        "spin_s": options.spin_s,
         "runtime_status": final,
         "targets": {"period_error_p99_le_0.5ms": p99 <= PERIOD_ERROR_TARGET_MS,
                     "zero_missed_deadlines": stats.counts["misses"] == 0},

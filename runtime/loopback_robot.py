@@ -22,6 +22,7 @@ import mujoco
 import numpy as np
 
 from crl.runtime import robot_config
+from crl.runtime.loop import set_realtime
 from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
 
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5560)
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--realtime", action="store_true", help="ask for SCHED_FIFO, as a driver would")
     args = p.parse_args(argv)
+    if args.realtime:
+        print(f"loopback robot: {set_realtime()}", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -2,13 +2,15 @@
 
 The loop is one thread: each tick takes the newest observation and any pending goals from the
 sockets (neither blocks), runs the controller and publishes its command, then sleeps to the next
-absolute deadline. The clock starts on the first observation, so ticks fall just after the
-robot's samples arrive rather than at an arbitrary phase of its period. On SIGINT/SIGTERM it
+absolute deadline. The deadlines are laid on the robot's sampling grid, from its first
+observation's stamp, so ticks fall just after its samples arrive rather than at an arbitrary
+phase of its period. On SIGINT/SIGTERM it
 publishes the safe action once and exits.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -24,6 +26,7 @@ from crl.runtime.observation import ObservationError
 from crl.runtime.transport import Endpoints, RuntimeLink
 
 STATUS_HZ = 5.0
+PHASE_LEAD_S = 0.0005  # after the robot's sample: the transport's time to bring it over
 
 
 class StartupError(RuntimeError):
@@ -52,6 +55,14 @@ def to_message(link: RuntimeLink, cmd: Command) -> Action:
                   wall_obs)
 
 
+def first_deadline(obs_time: float, period: float, now: float) -> float:
+    """The loop's first deadline: on the robot's sampling grid (its first observation's stamp
+    plus whole periods), `PHASE_LEAD_S` after a sample, so each tick finds a fresh observation
+    just arrived rather than one up to a period old."""
+    k = max(0, math.ceil((now - obs_time - PHASE_LEAD_S) / period))
+    return obs_time + PHASE_LEAD_S + k * period
+
+
 def goal_handler(controller: Controller) -> Callable[[Goal], tuple[bool, str]]:
     return lambda g: controller.set_goal(g.frame, g.values)
 
@@ -74,7 +85,7 @@ def wait_for_robot(link: RuntimeLink, controller: Controller, wait_s: float,
             raise StartupError(f"no observation from a robot on {link.endpoints.observations} "
                                f"within {wait_s:g} s; is the robot (or `crl-sim robot`) running "
                                "with this --port?")
-        time.sleep(0.005)
+        link.wait_observation(0.005)
     raise StartupError("stopped before a robot appeared")
 
 
@@ -90,6 +101,7 @@ def serve(controller: Controller, options: ServeOptions,
             print(f"crl-run serve: {set_realtime()}", file=sys.stderr)
         wait_for_robot(link, controller, options.wait_s, stop)
         loop = FixedRateLoop(controller.period, controller.stats, spin_s=options.spin_s)
+        start = first_deadline(controller.latest_time, controller.period, time.monotonic())
         status_every = max(1, round(controller.rate_hz / STATUS_HZ))
         handle_goal = goal_handler(controller)
         end = time.monotonic() + options.seconds if options.seconds > 0 else None
@@ -110,7 +122,7 @@ def serve(controller: Controller, options: ServeOptions,
             if end is not None and now >= end:
                 stop.set()
 
-        loop.run(on_tick, stop)
+        loop.run(on_tick, stop, start=start)
         # Leave the robot with the safe action, not the policy's last command.
         link.publish_action(to_message(link, controller.safe_command()))
         time.sleep(0.05)  # let the PUB socket hand it over before the context goes

@@ -287,6 +287,10 @@ class RuntimeLink:
     def poll_observation(self) -> Observation | None:
         return self._obs.poll()
 
+    def wait_observation(self, timeout_s: float) -> None:
+        """Block until an observation is pending (or the timeout): for waiting, not for a loop."""
+        self._obs.socket.poll(max(1, round(timeout_s * 1000)))
+
     def serve_goals(self, handler: GoalHandler) -> None:
         """Answer every pending goal request; a message that does not decode is answered with
         the reason too (a REP socket must answer each request)."""
