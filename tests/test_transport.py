@@ -228,7 +228,9 @@ def test_goal_command_reports_acceptance_and_rejection(controller_policy: Path) 
     robot = RobotLink(ep)
     try:
         run = [sys.executable, "-m", "crl.runtime.cli", "goal", "--port", str(port)]
-        ok = subprocess.run([*run, "0.1", "0.05"], capture_output=True, text=True, timeout=60)
+        # The first waits for the runtime to come up (ZMQ queues the request until it binds).
+        ok = subprocess.run([*run, "--timeout", "60", "0.1", "0.05"], capture_output=True,
+                            text=True, timeout=90)
         assert ok.returncode == 0 and "accepted" in ok.stdout, ok.stderr
         far = subprocess.run([*run, "0.5", "0.0"], capture_output=True, text=True, timeout=60)
         assert far.returncode == 2 and "outside the policy's training goal box" in far.stderr
