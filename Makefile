@@ -24,11 +24,13 @@ ROBOT_TESTS := tests/test_install.py tests/test_runtime.py tests/test_spec.py te
 
 .PHONY: venv demo test test-robot lint typecheck clean
 
-# The workstation: every stage, ONNX Runtime for the CPU (never both it and the gpu extra).
+# The workstation: every stage, ONNX Runtime for the CPU (never both it and the gpu extra), and
+# ROS 2 Jazzy's rclpy and messages as wheels for the ROS package's tests (one venv: the wheels'
+# bootstrapper adds ~30 ms to each Python start, which the tests can afford).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[cpu,train,dev]"
+	$(BIN)/python -m pip install -q -e ".[cpu,train,dev,ros]"
 	# The stubs pin tensorrt itself, which only NVIDIA's index serves: take the stubs alone.
 	$(BIN)/python -m pip install -q --no-deps "$(TRT_STUBS)"
 	touch $@
@@ -70,6 +72,7 @@ $(TEST_POLICY): $(STAMP) $(POLICY_SOURCES)
 
 test: venv lint typecheck $(TEST_POLICY)
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest
+	CRL_ROS_POLICY=$(CURDIR)/$(TEST_POLICY) CRL_README=$(CURDIR)/README.md ros2_ws/test.sh $(BIN)
 	$(MAKE) --no-print-directory test-robot
 
 # The runtime's tests on Python 3.10 without the train extra: what a Jetson or a ROS 2 Humble

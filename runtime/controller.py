@@ -214,7 +214,7 @@ class Controller:
             return self._safe("stale")
         if self.goal is None:
             return self._safe("no_goal")
-        x = self.assembler.assemble(self.latest, self._last_action())
+        x = self.policy_input()
         t0 = time.perf_counter()
         try:
             a = np.asarray(self.policy.act(x, self.goal), dtype=np.float64)
@@ -237,6 +237,12 @@ class Controller:
             self.ramp_left -= 1
             mode = "soft_start"
         return self._send(target, safe=False, mode=mode)
+
+    def policy_input(self) -> NDArray[np.float32]:
+        """The observation vector the policy sees now (for readouts such as the critic's)."""
+        if self.latest is None:
+            raise RuntimeError("Controller.policy_input before start(): no observation yet")
+        return self.assembler.assemble(self.latest, self._last_action())
 
     def safe_command(self, mode: str = "stopped") -> Command:
         """The safe action now (what a runtime sends once when it shuts down)."""

@@ -58,12 +58,15 @@ class FixedRateLoop:
     def run(self, on_tick: Callable[[float, float], None], stop: threading.Event,
             start: float | None = None, max_ticks: int | None = None) -> None:
         """Run until `stop` is set (or `max_ticks`); the first deadline is `start` (now)."""
-        deadline = self.clock() if start is None else start
-        ticks = 0
         # Collections of the young generation happen at allocation counts, i.e. mid-tick:
         # freeze what setup allocated so the collector has less to walk when it does run.
         gc.collect()
         gc.freeze()
+        now = self.clock()
+        deadline = now if start is None else start
+        if deadline < now:  # setup outlasted the given start: begin on the next deadline
+            deadline += math.ceil((now - deadline) / self.period) * self.period
+        ticks = 0
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
             now = self.wait_until(deadline)
             self.stats.period_error.add(now - deadline)

@@ -1,0 +1,141 @@
+"""
+ROS messages to and from the runtime's types, as plain functions of message fields.
+
+Nothing here starts ROS: the nodes call these, and the tests call them on message objects
+directly. The controller does everything after the conversion (joint lookup by name, staleness,
+goal checks), so this module only moves numbers and refuses what cannot be an observation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from crl.runtime.messages import Observation
+
+Vector = NDArray[np.float64]
+AXES = "xyz"
+
+
+class ConversionError(ValueError):
+    """A message that cannot become an observation or a goal; `reason` is what gets counted."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def stamp_seconds(stamp: Any) -> float:
+    """Seconds of a builtin_interfaces/Time (0.0 for an unset stamp)."""
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+@dataclass(frozen=True)
+class BaseState:
+    """Base pose (world) and twist (base frame) from an Odometry message, and its stamp."""
+
+    stamp: float
+    pos: Vector
+    quat: Vector  # w, x, y, z
+    lin_vel: Vector
+    ang_vel: Vector
+
+
+def odometry_to_base(msg: Any, received: float) -> BaseState:
+    """Read nav_msgs/Odometry; an unset stamp means the receive time (node clock, s)."""
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    lin, ang = msg.twist.twist.linear, msg.twist.twist.angular
+    stamp = stamp_seconds(msg.header.stamp) or received
+    return BaseState(stamp, np.array([p.x, p.y, p.z]), np.array([q.w, q.x, q.y, q.z]),
+                     np.array([lin.x, lin.y, lin.z]), np.array([ang.x, ang.y, ang.z]))
+
+
+def joint_state_to_observation(msg: Any, received: float, session: int, seq: int,
+                               base: BaseState | None = None,
+                               required: Sequence[str] = ()) -> Observation:
+    """
+    Turn sensor_msgs/JointState (+ odometry) into an Observation.
+
+    The stamp is the header's, or the receive time when it is zero; with odometry it is the
+    older of the two, so stale odometry makes the observation stale. Joints in `required` must
+    have finite position and velocity (a missing velocity array counts as non-finite): a NaN
+    from one sensor refuses the message rather than reaching the policy.
+    """
+    names = tuple(msg.name)
+    pos = np.asarray(msg.position, dtype=np.float64)
+    vel = np.asarray(msg.velocity, dtype=np.float64)
+    if len(vel) == 0:
+        vel = np.full(len(names), math.nan)
+    if len(pos) != len(names) or len(vel) != len(names):
+        raise ConversionError("malformed", f"{len(names)} names, {len(pos)} positions, "
+                              f"{len(vel)} velocities")
+    if len(set(names)) != len(names):
+        raise ConversionError("malformed", f"duplicate joint names in {list(names)}")
+    stamp = stamp_seconds(msg.header.stamp) or received
+    index = {n: i for i, n in enumerate(names)}
+    bad = [n for n in required
+           if n in index and not (math.isfinite(pos[index[n]]) and math.isfinite(vel[index[n]]))]
+    if bad:
+        raise ConversionError("nonfinite", f"non-finite position or velocity of joint(s) "
+                              f"{', '.join(bad)}")
+    if base is None:
+        return Observation(session, seq, stamp, names, pos, vel)
+    values = (base.pos, base.quat, base.lin_vel, base.ang_vel)
+    if not all(np.isfinite(v).all() for v in values):
+        raise ConversionError("nonfinite", "non-finite odometry")
+    return Observation(session, seq, min(stamp, base.stamp), names, pos, vel, *values)
+
+
+def goal_axes(fields: Sequence[Any], override: str = "") -> str:
+    """
+    Which position axes form the goal: the override, else the goal fields' name suffixes.
+
+    The env names a goal field `<site or body>_<axes>` (fingertip_xy, torso_xy, ee_xyz).
+    """
+    size = sum(int(f.size) for f in fields)
+    axes = override or "".join(str(f.name).rsplit("_", 1)[-1] for f in fields)
+    if len(axes) != size or not set(axes) <= set(AXES) or len(set(axes)) != len(axes):
+        raise ValueError(f"goal_axes: cannot read {size} position axes from the policy's goal "
+                         f"fields ({', '.join(f.name for f in fields)}); set goal_axes (e.g. xy)")
+    return axes
+
+
+def goal_values(point: Vector, axes: str) -> Vector:
+    """Pick the goal axes out of a 3-D point."""
+    return np.asarray([point[AXES.index(a)] for a in axes], dtype=np.float64)
+
+
+def point_of(msg: Any) -> Vector:
+    """Return the 3-D position of a PoseStamped or PointStamped."""
+    p = msg.pose.position if hasattr(msg, "pose") else msg.point
+    return np.array([p.x, p.y, p.z], dtype=np.float64)
+
+
+def quat_rotate(q: Vector, v: Vector) -> Vector:
+    """Rotate v by the unit quaternion q = (w, x, y, z)."""
+    w, u = q[0], q[1:]
+    return np.asarray(v + 2.0 * np.cross(u, np.cross(u, v) + w * v))
+
+
+def apply_transform(transform: Any, point: Vector) -> Vector:
+    """
+    Apply a geometry_msgs/Transform (target <- source) to a point in the source frame.
+
+    Written out here rather than taken from tf2_geometry_msgs so that it is tested where
+    tf2 is not installed.
+    """
+    t, r = transform.translation, transform.rotation
+    q = np.array([r.w, r.x, r.y, r.z], dtype=np.float64)
+    q /= np.linalg.norm(q)
+    return quat_rotate(q, point) + np.array([t.x, t.y, t.z])
+
+
+def goal_frame_error(frame: str, goal_frame: str, why: str) -> str:
+    """Describe, in one log line, a goal that could not be brought into the goal frame."""
+    return (f"goal rejected: it is in frame {frame or '(empty)'!r}, the policy takes goals in "
+            f"{goal_frame!r}, and {why}")

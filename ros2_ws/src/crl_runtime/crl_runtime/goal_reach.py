@@ -1,0 +1,436 @@
+"""
+ROS 2 node `goal_reach`: the runtime's controller with ROS messages in and out.
+
+Joint states (and odometry) become the controller's observation, goals from RViz become its
+goal, and each tick's command goes to a ros2_control forward command controller. Everything
+that decides what the robot does (staleness, goal box, soft start, safe action, rate limits)
+is the controller's, so a robot behaves the same under `crl-run serve` and under ROS.
+
+Threads: the executor spins the subscriptions in the main thread; the control loop runs in a
+dedicated thread on absolute deadlines (crl.runtime.loop.FixedRateLoop, as `crl-run serve`),
+which measured lower period jitter than an rclpy timer (test/measure_jitter.py). A joint state
+callback converts its message and hands it to the controller at once; a tick uses the newest.
+On SIGINT/SIGTERM the node publishes the safe action once and exits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped, PoseStamped
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from visualization_msgs.msg import Marker, MarkerArray
+
+from crl.runtime import robot_config
+from crl.runtime.controller import Command, Controller
+from crl.runtime.loop import FixedRateLoop, set_realtime
+from crl.runtime.messages import new_session
+from crl.runtime.observation import ObservationError
+from crl.runtime.policy import PolicyError, load_policy
+from crl_runtime.convert import (
+    BaseState,
+    ConversionError,
+    apply_transform,
+    goal_axes,
+    goal_frame_error,
+    goal_values,
+    joint_state_to_observation,
+    odometry_to_base,
+    point_of,
+)
+from crl_runtime.kinematics import GoalPoint
+from crl_runtime.node_runner import StartupError, default_controller, run_node
+from crl_runtime.parameters import GOAL_REACH, declare
+
+# Newest message only, and both best-effort (sensor data) and reliable publishers match.
+SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                        reliability=ReliabilityPolicy.BEST_EFFORT)
+COUNTERS = ("joint_states_received", "observation_malformed", "observation_nonfinite",
+            "odometry_nonfinite")
+WAIT_LOG_S = 5.0
+# The control thread waits for the GIL while the executor thread runs Python code; the default
+# switch interval (5 ms) would let that wait reach 5 ms (test/measure_jitter.py).
+SWITCH_INTERVAL_S = 0.0005
+
+
+def file_sha256(path: str) -> str:
+    """Hash the policy file, so diagnostics say exactly which policy runs."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class GoalReach(Node):
+    """The node; `run` is the control thread's body."""
+
+    def __init__(self) -> None:
+        super().__init__("goal_reach")
+        self.params = p = declare(self, GOAL_REACH)
+        self.controller = self._controller(p)
+        c = self.controller
+        spec = c.spec
+        self.goal_frame = spec.goal.frame
+        try:
+            self.axes = goal_axes(spec.goal.fields, p["goal_axes"])
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        self.policy_sha256 = file_sha256(p["policy"])
+        self.lock = threading.Lock()  # the controller: ticks vs goal callbacks
+        self.session = new_session()
+        self.seq = 0
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.started = threading.Event()  # the controller has its first observation
+        self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
+        self.base: BaseState | None = None
+        self.needs_base = bool(c.assembler.requirements.base)
+        self.required = c.assembler.requirements.joints
+        self.critic = "distance" in c.policy.outputs
+        self.goal_point = self._goal_point()
+        self.exit_code = 0
+
+        controller = p["controller"] or default_controller(c.kind)
+        self.command_topic = p["command_topic"] or f"/{controller}/commands"
+        self.command_pub = self.create_publisher(Float64MultiArray, self.command_topic, 1)
+        self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
+        self.marker_pub = self.create_publisher(MarkerArray, p["markers_topic"], 1)
+        self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state,
+                                 SENSOR_QOS)
+        if self.needs_base:
+            self.create_subscription(Odometry, p["odom_topic"], self._on_odometry, SENSOR_QOS)
+        self.create_subscription(PoseStamped, p["goal_pose_topic"], self._on_goal, 10)
+        self.create_subscription(PointStamped, p["clicked_point_topic"], self._on_goal, 10)
+        self.tf_buffer, self._tf_listener = self._tf()
+        self.tf_goals: queue.Queue[Any] = queue.Queue(maxsize=8)
+        if self.tf_buffer is not None:
+            threading.Thread(target=self._tf_worker, name="crl-goal-tf", daemon=True).start()
+        self.get_logger().info(
+            f"policy {p['policy']} ({c.policy.backend}, sha256 {self.policy_sha256[:12]}), "
+            f"task {spec.task}, {c.rate_hz:g} Hz, goals in {self.goal_frame!r} ({self.axes}) "
+            f"on {p['goal_pose_topic']} and {p['clicked_point_topic']}, commands on "
+            f"{self.command_topic} for joints {list(c.command_joints)}")
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def _controller(self, p: dict[str, Any]) -> Controller:
+        if not p["policy"]:
+            raise StartupError("parameter policy: name the policy file (policy:=policy.onnx)")
+        if not Path(p["policy"]).is_file():
+            raise StartupError(f"parameter policy: {p['policy']}: no such file")
+        try:
+            policy = load_policy(p["policy"], p["backend"])
+            config = robot_config.load(p["robot_config"] or policy.spec.task)
+            overrides = {k: (p[k] if p[k] >= 0 else None) for k in
+                         ("max_observation_age", "goal_margin", "max_action_change",
+                          "soft_start")}
+            overrides["safe_action"] = p["safe_action"] or None
+            config = config.replace_safety(**overrides)
+            return Controller(policy, config)
+        except (PolicyError, robot_config.RobotConfigError, ObservationError) as e:
+            raise StartupError(str(e)) from None
+
+    def _goal_point(self) -> GoalPoint | None:
+        config, fields = self.controller.config, self.controller.spec.goal.fields
+        name = str(fields[0].name).rsplit("_", 1)[0]
+        if config.model is None or len(fields) != 1:
+            return None
+        try:
+            return GoalPoint(str(config.model), name)
+        except ValueError as e:
+            self.get_logger().info(f"no achieved-goal marker: {e}")
+            return None
+
+    def _tf(self) -> tuple[Any, Any]:
+        try:
+            import tf2_ros
+        except ImportError:
+            return None, None
+        buffer = tf2_ros.Buffer()
+        return buffer, tf2_ros.TransformListener(buffer, self, spin_thread=True)
+
+    def now_s(self) -> float:
+        """Read the node clock (ROS time, or /clock under use_sim_time) in seconds."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- callbacks (executor thread) --------------------------------------------------------
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        """
+        Convert at once and hand it to the controller (newest wins).
+
+        Refusing here, before the controller holds it, means a bad message never displaces a
+        good one the next tick has not used yet. Its age is measured on the node clock (stamp
+        against the clock at arrival) and carried onto the monotonic clock the loop runs on,
+        never later than its arrival.
+        """
+        received_mono, received_ros = time.monotonic(), self.now_s()
+        self.counts["joint_states_received"] += 1
+        self.seq += 1
+        try:
+            obs = joint_state_to_observation(msg, received_ros, self.session, self.seq,
+                                             self.base if self.needs_base else None,
+                                             self.required)
+        except ConversionError as e:
+            self.counts[f"observation_{e.reason}"] += 1
+            self.get_logger().warning(f"joint state refused: {e}",
+                                      throttle_duration_sec=WAIT_LOG_S)
+            return
+        obs_time = received_mono - max(0.0, received_ros - obs.stamp)
+        with self.lock:
+            if self.started.is_set():
+                self.controller.observe(obs, obs_time)
+                return
+            try:
+                self.controller.start(obs, obs_time)
+            except ObservationError as e:
+                self.waiting_for = f"the robot's joint states do not fit the policy: {e}"
+                return
+        self.started.set()
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        base = odometry_to_base(msg, self.now_s())
+        values = (base.pos, base.quat, base.lin_vel, base.ang_vel)
+        if not all(np.isfinite(v).all() for v in values):
+            self.counts["odometry_nonfinite"] += 1
+            return
+        self.base = base
+
+    def _on_goal(self, msg: PoseStamped | PointStamped) -> None:
+        frame = msg.header.frame_id
+        point = point_of(msg)
+        if frame == self.goal_frame or self.tf_buffer is None:
+            why = "tf2_ros is not installed to transform it"
+            self._set_goal(frame, point, why)
+            return
+        try:
+            self.tf_goals.put_nowait((frame, point))
+        except queue.Full:
+            self._set_goal(frame, point, "goals arrive faster than they can be transformed")
+
+    def _tf_worker(self) -> None:
+        """Transform goals with a bounded wait, off the executor thread (sensor data flows)."""
+        from rclpy.duration import Duration
+        from rclpy.time import Time
+
+        while rclpy.ok():
+            frame, point = self.tf_goals.get()
+            try:
+                t = self.tf_buffer.lookup_transform(
+                    self.goal_frame, frame, Time(),
+                    timeout=Duration(seconds=self.params["tf_timeout"]))
+            except Exception as e:  # tf2's lookup, connectivity and extrapolation errors
+                self._set_goal(frame, point, f"no transform within "
+                               f"{self.params['tf_timeout']:g} s ({type(e).__name__}: {e})")
+                continue
+            self._set_goal(self.goal_frame, apply_transform(t.transform, point), "")
+
+    def _set_goal(self, frame: str, point: np.ndarray, why: str) -> None:
+        values = goal_values(point, self.axes)
+        with self.lock:
+            ok, reason = self.controller.set_goal(frame, values)
+        log = self.get_logger()
+        if ok:
+            log.info(f"goal {np.round(values, 4).tolist()} in {frame!r} accepted")
+        elif frame != self.goal_frame:
+            log.warning(goal_frame_error(frame, self.goal_frame, why))
+        else:
+            log.warning(f"goal {np.round(values, 4).tolist()} rejected: {reason}")
+
+    # -- the control thread ----------------------------------------------------------------
+
+    def wait_for_robot(self, stop: threading.Event) -> bool:
+        """Wait until a joint state started the controller; False when stopped or timed out."""
+        timeout = self.params["startup_timeout"]
+        deadline = time.monotonic() + timeout if timeout > 0 else math.inf
+        last_log = 0.0
+        while not stop.is_set() and not self.started.wait(0.005):
+            now = time.monotonic()
+            if now > deadline:
+                self.get_logger().fatal(f"no usable joint state within {timeout:g} s: "
+                                        f"{self.waiting_for}")
+                return False
+            if now - last_log > WAIT_LOG_S:
+                self.get_logger().info(f"waiting for the robot: {self.waiting_for}")
+                last_log = now
+        return self.started.is_set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the control loop until `stop` (the control thread's body)."""
+        c, p = self.controller, self.params
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if p["realtime"]:
+            self.get_logger().info(set_realtime())
+        if not self.wait_for_robot(stop):
+            self.exit_code = 0 if stop.is_set() else 1
+            stop.set()
+            return
+        self.get_logger().info("robot found; control loop running")
+        diag_every = max(1, round(c.rate_hz / max(p["diagnostics_hz"], 1e-3)))
+        marker_every = max(1, round(c.rate_hz / max(p["markers_hz"], 1e-3)))
+        last_mode = ""
+
+        def on_tick(deadline: float, now: float) -> None:
+            nonlocal last_mode
+            with self.lock:
+                cmd = c.tick(now)
+            self.publish_command(cmd)
+            c.stats.end_to_end.add(time.monotonic() - cmd.obs_time)
+            if cmd.mode != last_mode:
+                self._log_mode(cmd.mode, last_mode)
+                last_mode = cmd.mode
+            ticks = c.stats.counts["ticks"]
+            if ticks % diag_every == 0:
+                self.diag_pub.publish(self.diagnostics())
+            if ticks % marker_every == 0:
+                self.marker_pub.publish(self.markers(cmd))
+
+        FixedRateLoop(c.period, c.stats, spin_s=p["spin_s"]).run(on_tick, stop)
+
+    def _log_mode(self, mode: str, previous: str) -> None:
+        log = self.get_logger()
+        if mode in ("stale", "fault"):
+            log.warning(f"safe action ({mode}): " + (
+                "no fresh joint state within the staleness limit" if mode == "stale"
+                else "the policy failed or returned a non-finite action"))
+        elif mode == "no_goal":
+            log.info("holding: waiting for a goal")
+        elif previous in ("stale", "fault", "no_goal", "") and mode in ("soft_start", "running"):
+            log.info("policy acting")
+
+    def publish_command(self, cmd: Command) -> None:
+        """Send a command in the controller's command_joints order."""
+        msg = Float64MultiArray()
+        msg.data = [float(v) for v in cmd.values]
+        self.command_pub.publish(msg)
+
+    def shutdown(self) -> None:
+        """Leave the robot with the safe action (once), not the policy's last command."""
+        if self.controller.latest is None:
+            return
+        with self.lock:
+            cmd = self.controller.safe_command()
+        self.publish_command(cmd)
+        self.diag_pub.publish(self.diagnostics())
+        self.get_logger().info(f"stopped: safe action sent on {self.command_topic}")
+
+    # -- outputs ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, float | int | str]:
+        """Collect the controller's statistics and the node's counters in one flat map."""
+        c = self.controller
+        return {**c.stats.to_dict(), **self.counts, "backend": c.policy.backend,
+                "policy_hz": c.rate_hz, "policy": self.params["policy"],
+                "policy_sha256": self.policy_sha256, "command_topic": self.command_topic}
+
+    def diagnostics(self) -> DiagnosticArray:
+        """Build the diagnostics message; WARN while the safe action is sent for a fault."""
+        stats = self.status()
+        mode = str(stats["mode"])
+        level, message = DiagnosticStatus.OK, {
+            "running": "policy acting", "soft_start": "policy acting (soft start)",
+            "no_goal": "holding: waiting for a goal", "stopped": "stopped"}.get(mode, "")
+        if mode in ("stale", "fault"):
+            level, message = DiagnosticStatus.WARN, f"safe action: {mode}"
+        status = DiagnosticStatus(level=level, name="crl_runtime: goal_reach",
+                                  message=message, hardware_id=self.controller.spec.task)
+        status.values = [KeyValue(key=k, value=_text(v)) for k, v in stats.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        return msg
+
+    def markers(self, cmd: Command) -> MarkerArray:
+        """Draw the goal (success radius), the achieved goal and the critic's reachability."""
+        c = self.controller
+        stamp = self.get_clock().now().to_msg()
+        out = MarkerArray()
+        goal = c.goal
+        latest = c.latest
+        achieved = None
+        if self.goal_point is not None and latest is not None:
+            achieved = self.goal_point.position(latest)
+        diameter = 2.0 * c.spec.success_radius
+        out.markers.append(self._sphere(0, "goal", stamp, None if goal is None else
+                                        self._point3(goal, achieved), diameter,
+                                        (0.1, 0.8, 0.2, 0.6)))
+        out.markers.append(self._sphere(1, "achieved_goal", stamp, achieved, 0.5 * diameter,
+                                        (0.2, 0.4, 1.0, 0.9)))
+        text = Marker(ns="reachability", id=2, type=Marker.TEXT_VIEW_FACING)
+        text.header.frame_id, text.header.stamp = self.goal_frame, stamp
+        distance = self._critic_distance() if self.critic and cmd.mode == "running" else None
+        if goal is None or distance is None:
+            text.action = Marker.DELETE
+        else:
+            position = self._point3(goal, achieved)
+            text.pose.position.x, text.pose.position.y = position[0], position[1]
+            text.pose.position.z = position[2] + 2.0 * diameter
+            text.pose.orientation.w = 1.0
+            text.scale.z = max(diameter, 0.02)
+            text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+            text.text = f"critic distance {distance:.2f}"
+        out.markers.append(text)
+        return out
+
+    def _critic_distance(self) -> float | None:
+        """Evaluate the critic's distance ||phi(s, pi(s, g)) - psi(g)|| (small: reachable)."""
+        c = self.controller
+        with self.lock:
+            if c.goal is None or c.latest is None:
+                return None
+            x = c.policy_input()
+            goal = c.goal.copy()
+        try:
+            return float(np.asarray(c.policy.run(x, goal)["distance"]).reshape(-1)[0])
+        except Exception:  # a marker must never stop the control loop
+            return None
+
+    def _point3(self, goal: np.ndarray, achieved: np.ndarray | None) -> np.ndarray:
+        """Place the goal in 3-D: its axes from the goal, the others from the achieved goal."""
+        point = np.zeros(3) if achieved is None else achieved.copy()
+        for i, axis in enumerate(self.axes):
+            point["xyz".index(axis)] = float(goal[i])
+        return point
+
+    def _sphere(self, marker_id: int, ns: str, stamp: Any, position: np.ndarray | None,
+                diameter: float, rgba: tuple[float, float, float, float]) -> Marker:
+        m = Marker(ns=ns, id=marker_id, type=Marker.SPHERE)
+        m.header.frame_id, m.header.stamp = self.goal_frame, stamp
+        if position is None:
+            m.action = Marker.DELETE
+            return m
+        m.action = Marker.ADD
+        m.pose.position.x, m.pose.position.y, m.pose.position.z = (float(v) for v in position)
+        m.pose.orientation.w = 1.0
+        m.scale.x = m.scale.y = m.scale.z = diameter
+        m.color.r, m.color.g, m.color.b, m.color.a = rgba
+        return m
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `ros2 run crl_runtime goal_reach`."""
+    return run_node(GoalReach, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""
+ROS 2 node `sim_bridge`: the MuJoCo sim robot (crl.sim.robot.SimRobot) speaking ROS.
+
+It stands in for a robot's drivers and ros2_control: joint states (with the randomization
+draw's sensor noise), odometry and TF for a floating base, and a forward command controller's
+command topic, applied from the next physics step after the draw's action delay. Physics runs
+in real time on absolute deadlines in its own thread; episodes restart every episode length,
+as `crl-sim robot` does, and each control step's true achieved goal goes out on a telemetry
+topic for scoring (a real robot has no such topic).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from crl.runtime import robot_config
+from crl_runtime.node_runner import StartupError, default_controller, run_node
+from crl_runtime.parameters import SIM_BRIDGE, declare
+
+
+class SimBridge(Node):
+    """The node; `run` is the physics thread's body."""
+
+    def __init__(self) -> None:
+        super().__init__("sim_bridge")
+        self.params = p = declare(self, SIM_BRIDGE)
+        try:
+            config = robot_config.load(p["robot_config"])
+            from crl.sim.robot import SimRobot
+
+            self.get_logger().info(f"{config.task}: building the sim robot (jax compiles the "
+                                   "env's reset; this takes a while on a small CPU)")
+            self.robot = SimRobot(config.task, dr=p["dr"], seed=p["seed"])
+        except ModuleNotFoundError as e:
+            raise StartupError(f"the sim robot needs crl's train extra (jax, MJX): {e}") from None
+        except (robot_config.RobotConfigError, ValueError) as e:
+            raise StartupError(str(e)) from None
+        self.command_joints = config.command_joints
+        if sorted(self.command_joints) != sorted(self.robot.action_joints):
+            raise StartupError(f"robot_config {p['robot_config']}: command_joints "
+                               f"{list(self.command_joints)} are not the task's actuated joints "
+                               f"{list(self.robot.action_joints)}")
+        kind = self.robot.action_kind
+        self.command_topic = p["command_topic"] or \
+            f"/{p['controller'] or default_controller(kind)}/commands"
+        self.floating = self.robot.true_reading().base_pos is not None
+        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], 10)
+        self.odom_pub = (self.create_publisher(Odometry, p["odom_topic"], 10)
+                         if self.floating else None)
+        self.telemetry_pub = self.create_publisher(Float64MultiArray, p["telemetry_topic"], 10)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
+        self.tf = self._tf_broadcaster() if self.floating else None
+        self.command: np.ndarray | None = None
+        self.create_subscription(Float64MultiArray, self.command_topic, self._on_command, 1)
+        self.counts = {"commands": 0, "dropped": 0, "late": 0, "episodes": 0}
+        self.sim_steps = 0  # physics steps since start, for /clock
+        self.exit_code = 0
+
+    def _tf_broadcaster(self) -> Any:
+        try:
+            from tf2_ros import TransformBroadcaster
+        except ImportError:
+            return None
+        return TransformBroadcaster(self)
+
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        values = np.asarray(msg.data, dtype=np.float64)
+        if values.shape != (len(self.command_joints),) or not np.isfinite(values).all():
+            self.counts["dropped"] += 1
+            self.get_logger().warning(
+                f"command dropped: expected {len(self.command_joints)} finite values for "
+                f"{list(self.command_joints)}, got {values.tolist()}", throttle_duration_sec=5.0)
+            return
+        self.command = values
+
+    # -- the physics thread ----------------------------------------------------------------
+
+    def stamp(self) -> Any:
+        """Stamp messages with the simulated time when publishing /clock, else the node clock."""
+        if self.clock_pub is None:
+            return self.get_clock().now().to_msg()
+        from builtin_interfaces.msg import Time
+
+        ns = round(self.sim_steps * self.robot.timestep * 1e9)
+        return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+    def measure(self) -> None:
+        """Publish the measurements: joint states and, for a floating base, odometry and TF."""
+        stamp = self.stamp()
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=stamp))
+        r = self.robot.observation()
+        js = JointState(name=list(r.joint_names), position=r.joint_pos.tolist(),
+                        velocity=r.joint_vel.tolist())
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+        if self.odom_pub is not None and r.base_pos is not None:
+            self._publish_base(r, stamp)
+
+    def publish(self, observe: bool = True) -> None:
+        """Publish a control step: measurements (unless the episode just ended), telemetry."""
+        robot = self.robot
+        if observe:
+            self.measure()
+        ep = robot.episode
+        assert ep is not None
+        telemetry = Float64MultiArray()
+        telemetry.data = [float(ep.index), float(robot.t), float(robot.episode_length),
+                          *ep.goal.tolist(), *robot.achieved_goal().tolist()]
+        self.telemetry_pub.publish(telemetry)
+
+    def _publish_base(self, r: Any, stamp: Any) -> None:
+        p = self.params
+        odom = Odometry()
+        odom.header.stamp, odom.header.frame_id = stamp, p["world_frame"]
+        odom.child_frame_id = p["base_frame"]
+        pos, q = odom.pose.pose.position, odom.pose.pose.orientation
+        pos.x, pos.y, pos.z = (float(v) for v in r.base_pos)
+        q.w, q.x, q.y, q.z = (float(v) for v in r.base_quat)
+        lin, ang = odom.twist.twist.linear, odom.twist.twist.angular
+        lin.x, lin.y, lin.z = (float(v) for v in r.base_lin_vel)
+        ang.x, ang.y, ang.z = (float(v) for v in r.base_ang_vel)
+        self.odom_pub.publish(odom)
+        if self.tf is not None:
+            from geometry_msgs.msg import TransformStamped
+
+            t = TransformStamped()
+            t.header = odom.header
+            t.child_frame_id = odom.child_frame_id
+            tr = t.transform.translation
+            tr.x, tr.y, tr.z = pos.x, pos.y, pos.z
+            t.transform.rotation = q
+            self.tf.sendTransform(t)
+
+    def run(self, stop: threading.Event) -> None:
+        """Step physics in real time until `stop` or the episode budget is spent."""
+        from crl.sim.robot import ActionError
+
+        robot, p = self.robot, self.params
+        robot.reset(0)
+        period, lag_limit = robot.timestep, robot.control_period
+        every_step = p["state_rate"] == "physics"
+        self.get_logger().info(
+            f"{robot.task}: publishing {p['joint_states_topic']}"
+            + (f" and {p['odom_topic']}" if self.floating else "")
+            + f" at {1 / (period if every_step else lag_limit):g} Hz, commands from "
+            f"{self.command_topic} ({robot.action_kind}, joints {list(self.command_joints)}), "
+            f"dr {p['dr']}, seed {p['seed']}")
+        self.publish()
+        start, n = time.monotonic(), 0
+        while not stop.is_set():
+            n += 1
+            deadline = start + n * period
+            now = time.monotonic()
+            if now < deadline:
+                time.sleep(deadline - now)
+            elif now - deadline > lag_limit:  # a whole control period behind: re-anchor
+                start = now - n * period
+                self.counts["late"] += 1
+            command, self.command = self.command, None
+            if command is not None:
+                try:
+                    robot.apply(robot.order(self.command_joints, command, robot.action_kind))
+                    self.counts["commands"] += 1
+                except ActionError as e:
+                    self.counts["dropped"] += 1
+                    self.get_logger().warning(f"command dropped: {e}", throttle_duration_sec=5.0)
+            robot.step_physics()
+            self.sim_steps += 1
+            if robot.physics_steps % robot.substeps:
+                if every_step:
+                    self.measure()
+                continue
+            if robot.done:
+                self.publish(observe=False)
+                self.counts["episodes"] += 1
+                if p["episodes"] and self.counts["episodes"] >= p["episodes"]:
+                    break
+                assert robot.episode is not None
+                robot.reset(robot.episode.index + 1)
+                self.publish()
+                start = time.monotonic() - n * period  # a reset is not a missed deadline
+                continue
+            self.publish()
+        self.get_logger().info(", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        stop.set()
+
+    def shutdown(self) -> None:
+        """Nothing to leave behind: the simulated robot stops with the process."""
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `ros2 run crl_runtime sim_bridge`."""
+    return run_node(SimBridge, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

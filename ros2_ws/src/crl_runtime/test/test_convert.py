@@ -1,0 +1,126 @@
+"""Message conversions and goal geometry, on real ROS message types (no ROS graph needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PointStamped, PoseStamped, Transform
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import JointState
+
+from crl.runtime import robot_config
+from crl.runtime.messages import Observation
+from crl_runtime.convert import (
+    ConversionError,
+    apply_transform,
+    goal_axes,
+    goal_values,
+    joint_state_to_observation,
+    odometry_to_base,
+    point_of,
+)
+from crl_runtime.kinematics import GoalPoint
+
+
+def joint_state(names: list[str], pos: list[float], vel: list[float] | None = None,
+                stamp: float = 0.0) -> JointState:
+    msg = JointState(name=names, position=pos, velocity=vel if vel is not None else [])
+    msg.header.stamp = Time(sec=int(stamp), nanosec=round((stamp % 1) * 1e9))
+    return msg
+
+
+def test_joint_state_keeps_names_in_any_order_and_its_stamp() -> None:
+    msg = joint_state(["elbow", "shoulder", "gripper"], [0.1, 0.2, 0.3], [1.0, 2.0, 3.0],
+                      stamp=100.25)
+    obs = joint_state_to_observation(msg, received=200.0, session=1, seq=5,
+                                     required=("shoulder", "elbow"))
+    assert obs.joint_names == ("elbow", "shoulder", "gripper")
+    assert obs.joint_pos.tolist() == [0.1, 0.2, 0.3] and obs.joint_vel.tolist() == [1.0, 2.0, 3.0]
+    assert obs.stamp == pytest.approx(100.25) and obs.seq == 5 and obs.base_pos is None
+
+
+def test_an_unset_stamp_means_the_receive_time() -> None:
+    obs = joint_state_to_observation(joint_state(["a"], [0.0], [0.0]), 42.5, 1, 1)
+    assert obs.stamp == 42.5
+
+
+@pytest.mark.parametrize(("msg", "reason"), [
+    (joint_state(["shoulder", "elbow"], [math.nan, 0.0], [0.0, 0.0]), "nonfinite"),
+    (joint_state(["shoulder", "elbow"], [0.0, 0.0], [0.0, math.inf]), "nonfinite"),
+    (joint_state(["shoulder", "elbow"], [0.0, 0.0]), "nonfinite"),  # no velocities
+    (joint_state(["shoulder", "elbow"], [0.0], [0.0, 0.0]), "malformed"),
+    (joint_state(["shoulder", "shoulder"], [0.0, 0.0], [0.0, 0.0]), "malformed"),
+])
+def test_refused_joint_states_say_why(msg: JointState, reason: str) -> None:
+    with pytest.raises(ConversionError) as e:
+        joint_state_to_observation(msg, 1.0, 1, 1, required=("shoulder", "elbow"))
+    assert e.value.reason == reason
+
+
+def test_a_nan_on_a_joint_the_policy_does_not_use_passes() -> None:
+    msg = joint_state(["shoulder", "elbow", "gripper"], [0.0, 0.0, math.nan], [0.0, 0.0, 0.0])
+    obs = joint_state_to_observation(msg, 1.0, 1, 1, required=("shoulder", "elbow"))
+    assert isinstance(obs, Observation)
+
+
+def test_odometry_gives_the_base_in_wxyz_and_the_older_stamp() -> None:
+    odom = Odometry()
+    odom.header.stamp = Time(sec=9, nanosec=0)
+    odom.pose.pose.position.x, odom.pose.pose.position.z = 1.0, 0.5
+    q = odom.pose.pose.orientation
+    q.w, q.x, q.y, q.z = 0.5, 0.5, 0.5, 0.5
+    odom.twist.twist.linear.x, odom.twist.twist.angular.z = 0.3, -0.2
+    base = odometry_to_base(odom, received=50.0)
+    obs = joint_state_to_observation(joint_state(["hip"], [0.0], [0.0], stamp=10.0), 50.0, 1, 1,
+                                     base=base)
+    assert obs.stamp == 9.0  # stale odometry makes the observation stale
+    assert obs.base_quat is not None and obs.base_quat.tolist() == [0.5, 0.5, 0.5, 0.5]
+    assert obs.base_pos is not None and obs.base_pos.tolist() == [1.0, 0.0, 0.5]
+    assert obs.base_lin_vel is not None and obs.base_lin_vel.tolist() == [0.3, 0.0, 0.0]
+    assert obs.base_ang_vel is not None and obs.base_ang_vel.tolist() == [0.0, 0.0, -0.2]
+
+
+class _Field:
+    def __init__(self, name: str, size: int):
+        self.name, self.size = name, size
+
+
+def test_goal_axes_come_from_the_goal_field_names() -> None:
+    assert goal_axes([_Field("fingertip_xy", 2)]) == "xy"
+    assert goal_axes([_Field("ee_xyz", 3)]) == "xyz"
+    assert goal_axes([_Field("target", 2)], override="xz") == "xz"
+    with pytest.raises(ValueError, match="set goal_axes"):
+        goal_axes([_Field("target", 2)])
+    assert goal_values(np.array([1.0, 2.0, 3.0]), "xz").tolist() == [1.0, 3.0]
+
+
+def test_goal_points_from_both_rviz_tools() -> None:
+    pose = PoseStamped()
+    pose.pose.position.x, pose.pose.position.y = 0.1, -0.2
+    point = PointStamped()
+    point.point.x, point.point.y, point.point.z = 0.1, -0.2, 0.3
+    assert point_of(pose).tolist() == [0.1, -0.2, 0.0]
+    assert point_of(point).tolist() == [0.1, -0.2, 0.3]
+
+
+def test_a_transform_rotates_then_translates() -> None:
+    t = Transform()
+    t.translation.x, t.translation.y = 1.0, 2.0
+    t.rotation.w = t.rotation.z = math.sqrt(0.5)  # 90 degrees about z
+    out = apply_transform(t, np.array([1.0, 0.0, 0.5]))
+    np.testing.assert_allclose(out, [1.0, 3.0, 0.5], atol=1e-12)
+
+
+def test_the_achieved_goal_is_forward_kinematics_of_the_goal_site() -> None:
+    point = GoalPoint(str(robot_config.ASSETS / "reacher.xml"), "fingertip")
+    obs = Observation(1, 1, 0.0, ("elbow", "shoulder"), np.array([0.0, math.pi / 2]),
+                      np.zeros(2))
+    pos = point.position(obs)
+    assert pos is not None
+    np.testing.assert_allclose(pos[:2], [0.0, 0.21], atol=1e-9)  # links 0.10 + 0.11, up
+    assert point.position(Observation(1, 1, 0.0, ("shoulder",), np.zeros(1), np.zeros(1))) is None
+    with pytest.raises(ValueError, match="neither a site nor a body"):
+        GoalPoint(str(robot_config.ASSETS / "reacher.xml"), "nowhere")
