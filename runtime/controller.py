@@ -244,6 +244,14 @@ class Controller:
             raise RuntimeError("Controller.policy_input before start(): no observation yet")
         return self.assembler.assemble(self.latest, self._last_action())
 
+    def warm_up(self) -> None:
+        """Run once, before the loop, what is slow the first time (ONNX Runtime allocating its
+        buffers, numpy's percentile machinery), so the first ticks do not overrun."""
+        goal = self.goal if self.goal is not None else (
+            (np.asarray(self.spec.goal.low) + self.spec.goal.high) / 2).astype(np.float32)
+        self.policy.act(self.policy_input(), goal)
+        np.percentile(np.arange(8.0), (50, 99))  # the statistics' first real call is slow
+
     def safe_command(self, mode: str = "stopped") -> Command:
         """The safe action now (what a runtime sends once when it shuts down)."""
         return self._safe(mode)

@@ -27,6 +27,7 @@ from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
 
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+SPIN_S = 0.0015  # before each sample: poll without blocking
 
 
 def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event,
@@ -60,9 +61,12 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
             link.publish_observation(obs)
             sent[seq] = t
             deadline += period
-            # Wait for the action while timestamping it the moment it arrives.
+            # Wait for the action while timestamping it the moment it arrives; the last stretch
+            # polls without blocking, so the next sample goes out on time (ZMQ's poll counts
+            # whole milliseconds).
             while (remaining := deadline - time.monotonic()) > 0:
-                action = link.poll_action(max(1, int(remaining * 1000)))
+                block_ms = int((remaining - SPIN_S) * 1000)
+                action = link.poll_action(block_ms) if block_ms >= 1 else link.poll_action()
                 now = time.monotonic()
                 if action is not None and action.obs_seq in sent:
                     latencies.append(now - sent[action.obs_seq])

@@ -26,7 +26,9 @@ from crl.runtime.observation import ObservationError
 from crl.runtime.transport import Endpoints, RuntimeLink
 
 STATUS_HZ = 5.0
-PHASE_LEAD_S = 0.0005  # after the robot's sample: the transport's time to bring it over
+# After the robot's sample (at most a quarter period): the transport's time to bring it over,
+# and room for a robot that publishes a little late.
+PHASE_LEAD_S = 0.001
 
 
 class StartupError(RuntimeError):
@@ -57,10 +59,11 @@ def to_message(link: RuntimeLink, cmd: Command) -> Action:
 
 def first_deadline(obs_time: float, period: float, now: float) -> float:
     """The loop's first deadline: on the robot's sampling grid (its first observation's stamp
-    plus whole periods), `PHASE_LEAD_S` after a sample, so each tick finds a fresh observation
+    plus whole periods), a short lead after a sample, so each tick finds a fresh observation
     just arrived rather than one up to a period old."""
-    k = max(0, math.ceil((now - obs_time - PHASE_LEAD_S) / period))
-    return obs_time + PHASE_LEAD_S + k * period
+    lead = min(PHASE_LEAD_S, period / 4)
+    k = max(0, math.ceil((now - obs_time - lead) / period))
+    return obs_time + lead + k * period
 
 
 def goal_handler(controller: Controller) -> Callable[[Goal], tuple[bool, str]]:
@@ -95,11 +98,13 @@ def serve(controller: Controller, options: ServeOptions,
     """Run the controller on the ZMQ transport; returns the final statistics."""
     stop = stop or threading.Event()
     installed = _install_signal_handlers(stop)
+    if options.realtime:  # first: ZMQ's I/O thread, started next, inherits the policy
+        print(f"crl-run serve: {set_realtime()}", file=sys.stderr)
     link = RuntimeLink(options.endpoints)
     try:
-        if options.realtime:
-            print(f"crl-run serve: {set_realtime()}", file=sys.stderr)
         wait_for_robot(link, controller, options.wait_s, stop)
+        controller.warm_up()
+        status(controller, link)
         loop = FixedRateLoop(controller.period, controller.stats, spin_s=options.spin_s)
         start = first_deadline(controller.latest_time, controller.period, time.monotonic())
         status_every = max(1, round(controller.rate_hz / STATUS_HZ))
