@@ -102,6 +102,22 @@ def test_actor_loss_by_hand() -> None:
     assert float(loss) == pytest.approx(float(np.mean(0.2 * lp - f)), rel=1e-5)
 
 
+def test_action_rate_penalty_adds_the_distance_to_the_last_action() -> None:
+    """The fixed actor's mean is the observation; its last entry is the last action here."""
+    nets = losses.Networks(_FixedActor(), _Identity(), _Identity())
+    obs = jnp.array([[0.3], [-1.0]])
+    batch = losses.Batch(obs=obs, action=jnp.zeros((2, 1)), goal=jnp.zeros((2, 2)))
+    args = ({}, {"sa_encoder": {}, "g_encoder": {}}, jnp.log(0.2), nets, batch,
+            jax.random.PRNGKey(3))
+    plain, _ = losses.actor_loss(*args)
+    penalized, (_, metrics) = losses.actor_loss(*args, 0.5, slice(0, 1))
+    rate = np.mean((np.tanh(np.asarray(obs)) - np.asarray(obs)) ** 2)
+    assert float(metrics["action_rate"]) == pytest.approx(rate, rel=1e-5)
+    assert float(penalized - plain) == pytest.approx(0.5 * rate, rel=1e-4)
+    with pytest.raises(ValueError, match="last_action"):
+        losses.actor_loss(*args, 0.5, None)
+
+
 def test_alpha_is_a_constant_in_the_actor_loss() -> None:
     config = NetworkConfig(depth=4, width=16, repr_dim=8)
     nets = losses.make_networks(config, 2)

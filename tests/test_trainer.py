@@ -222,6 +222,7 @@ def test_held_out_evaluation_and_no_residual_reach_the_run(tmp_path) -> None:
         ({"algo": AlgoConfig(batch_size=10_000)}, r"^batch_size: 10000 is larger than the replay"),
         ({"task": "nope"}, r"^task: 'nope' is not a known task; choose one of reacher"),
         ({"algo": AlgoConfig(gamma=1.0)}, r"^gamma: must be in \(0, 1\)"),
+        ({"algo": AlgoConfig(action_rate_penalty=-0.1)}, r"^action_rate_penalty: must be >= 0"),
         ({"total_steps": 10}, r"^total_steps: 10 is less than one iteration"),
     ],
 )

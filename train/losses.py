@@ -135,10 +135,15 @@ def actor_loss(
     nets: Networks,
     batch: Batch,
     key: jax.Array,
+    action_rate_penalty: float = 0.0,
+    last_action: slice | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, dict]]:
     """mean(α · log π(ã | s, g) − f(s, ã, g)), ã ~ π; returns (loss, (log π, metrics)).
 
     α enters as a constant; the trainer differentiates this w.r.t. the actor's parameters only.
+    With `action_rate_penalty` > 0, plus that weight times mean ‖tanh(μ(s, g)) − a_prev‖²,
+    a_prev being the observation's `last_action` field (`last_action` its slice): a smoothness
+    prior for a robot, whose servos follow a target that jumps from step to step only lagging.
     """
     mean, log_std = nets.actor.apply({"params": actor_params}, batch.obs, batch.goal)
     action, log_prob = tanh_gaussian_sample(mean, log_std, key)
@@ -150,6 +155,13 @@ def actor_loss(
     alpha = jax.lax.stop_gradient(jnp.exp(log_alpha))
     loss = jnp.mean(alpha * log_prob - f)
     metrics = {"actor_loss": loss, "entropy": -jnp.mean(log_prob), "energy_pi": jnp.mean(f)}
+    if action_rate_penalty > 0:
+        if last_action is None:
+            raise ValueError("actor_loss: action_rate_penalty needs the last_action slice")
+        change = jnp.tanh(mean) - batch.obs[:, last_action]
+        rate = jnp.mean(jnp.sum(jnp.square(change), axis=-1))
+        loss = loss + action_rate_penalty * rate
+        metrics["action_rate"] = rate
     return loss, (log_prob, metrics)
 
 

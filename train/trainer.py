@@ -143,6 +143,12 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
     """The jitted training iteration: collect, insert, and (after prefill) SGD."""
     c, env, nets = setup.config, setup.env, setup.nets
     target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
+    last_action = setup.spec.observation_slices().get("last_action")
+    if c.algo.action_rate_penalty > 0 and last_action is None:
+        raise ConfigError(
+            f"action_rate_penalty: {c.task!r} does not observe its last action (no "
+            "`last_action` observation field); set it to 0"
+        )
 
     def collect(
         actor_params: dict, env_state: Any, key: jax.Array
@@ -178,7 +184,8 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
         # Actor and α first, against the current critic.
         (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
             losses.actor_loss, has_aux=True
-        )(params["actor"], critic, log_alpha, nets, batch, k_actor)
+        )(params["actor"], critic, log_alpha, nets, batch, k_actor, c.algo.action_rate_penalty,
+          last_action)
         alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
             log_alpha, log_prob, target_entropy
         )
