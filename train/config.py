@@ -164,7 +164,9 @@ PAPER = TrainConfig(
 # bench/results/quickstart_cpu.json). The reacher observes its own last command (`last_action`);
 # with nothing in the loss against fast action changes, the policy learns to alternate between
 # two commands around the goal, which moves its nominal final distance from one checkpoint to
-# the next (0.67, 1.49, 1.15 cm over the last three).
+# the next (0.67, 1.49, 1.15 cm over the last three). An action-rate term (0.5 · mean ‖a −
+# last action‖² in the actor loss) removes that: final checkpoint 0.48 cm nominal and 0.79 cm
+# held-out, 98-99% success (bench/results/quickstart_cpu.json).
 QUICK = TrainConfig(
     task=tyro.MISSING,
     total_steps=600_000,
