@@ -68,7 +68,7 @@ POLICY_SOURCES := $(wildcard sim/*.py sim/tasks/*.py sim/assets/*.xml train/*.py
 $(TEST_POLICY): $(STAMP) $(POLICY_SOURCES)
 	rm -rf $(TEST_POLICY_DIR)
 	$(BIN)/crl-train reacher --preset quick --out $(TEST_POLICY_DIR)/reacher > /dev/null
-	$(BIN)/crl-export onnx --run $(TEST_POLICY_DIR)/reacher --out $@
+	$(BIN)/crl-export onnx --run $(TEST_POLICY_DIR)/reacher --best --out $@
 
 test: venv lint typecheck $(TEST_POLICY)
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest
@@ -94,7 +94,7 @@ demo: venv
 	$(BIN)/crl-train reacher --preset quick --out $(DEMO_DIR)/reacher
 	$(BIN)/crl-train eval --run $(DEMO_DIR)/reacher --episodes 128 \
 	  --video $(DEMO_DIR)/reacher_eval.mp4 --frames $(DEMO_DIR)/reacher_eval.png
-	$(BIN)/crl-export onnx --run $(DEMO_DIR)/reacher --out $(DEMO_DIR)/reacher.onnx
+	$(BIN)/crl-export onnx --run $(DEMO_DIR)/reacher --best --out $(DEMO_DIR)/reacher.onnx
 	$(BIN)/crl-run bench --policy $(DEMO_DIR)/reacher.onnx --backend ort --batch 1 \
 	  --out $(DEMO_DIR)/reacher_latency.json --plot $(DEMO_DIR)/reacher_latency.png
 	$(BIN)/crl-run closed-loop --policy $(DEMO_DIR)/reacher.onnx --task reacher --dr held-out \

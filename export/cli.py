@@ -32,6 +32,8 @@ class OnnxArgs:
     """the .onnx file to write"""
     step: int | None = None
     """checkpoint step (default: the latest)"""
+    best: bool = False
+    """export the checkpoint with the best evaluation time at goal instead of the latest"""
     fp16: bool = False
     """fp16 weights and compute; inputs and outputs stay float32"""
     int8: bool = False
@@ -60,13 +62,15 @@ def export_onnx(args: OnnxArgs) -> Exported:
     if args.fp16 and args.int8:
         raise ExportError("--fp16 and --int8: pick one precision")
     try:
-        from crl.train.checkpoint import CheckpointError, load_run
+        from crl.train.checkpoint import CheckpointError, best_step, load_run
     except ImportError as e:
         raise ExportError(
             f"--run: cannot load runs, crl.train.checkpoint is unavailable ({e})"
         ) from None
     try:
-        run = load_run(args.run, args.step)
+        if args.best and args.step is not None:
+            raise ExportError("--best and --step: pick one checkpoint")
+        run = load_run(args.run, best_step(args.run) if args.best else args.step)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     if not args.int8:

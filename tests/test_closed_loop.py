@@ -40,8 +40,8 @@ def demo_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bin_dir = Path(sys.executable).parent
     subprocess.run([bin_dir / "crl-train", "reacher", "--preset", "quick", "--out",
                     out / "reacher"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([bin_dir / "crl-export", "onnx", "--run", out / "reacher", "--out",
-                    out / "reacher.onnx"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([bin_dir / "crl-export", "onnx", "--run", out / "reacher", "--best",
+                    "--out", out / "reacher.onnx"], check=True, stdout=subprocess.DEVNULL)
     return out / "reacher.onnx"
 
 

@@ -183,6 +183,23 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def best_step(run_dir: Path) -> int:
+    """The kept checkpoint with the best evaluation time at goal (the one the trainer keeps
+    beside the latest ones), so a deployment takes the best policy the run produced."""
+    scored: list[tuple[float, int]] = []
+    for step in checkpoint_steps(run_dir):
+        path = Path(run_dir) / CHECKPOINTS / str(step) / "meta" / "metadata"
+        try:
+            evaluation = json.loads(path.read_text()).get("evaluation") or {}
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({e})") from None
+        if BEST_METRIC in evaluation.get("train", {}):
+            scored.append((float(evaluation["train"][BEST_METRIC]), step))
+    if not scored:
+        raise CheckpointError(f"{run_dir}: no checkpoint holds an evaluation to pick the best by")
+    return max(scored)[1]
+
+
 def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     """Parameters, spec and config of a run at `step` (the latest checkpoint when None)."""
     run_dir = Path(run_dir)
