@@ -32,12 +32,14 @@ class ObservationField:
     """What one named observation extractor returns (the extractors live in `crl.sim.env`).
 
     `needs` is the TaskConfig field naming what the extractor reads ("" = the actuated joints);
-    its value fills the `{}` in `meaning`.
+    its value fills the `{}` in `meaning`. `sensed` is False for what the controller knows
+    exactly rather than measures (its own last command): observation noise leaves it alone.
     """
 
     meaning: str
     frame: str = ""
     needs: str = ""
+    sensed: bool = True
 
 
 # The registry of observation fields a task may list, in the order a config names them.
@@ -56,6 +58,12 @@ OBSERVATION_FIELDS: Mapping[str, ObservationField] = {
         "unit gravity direction seen from base body {}", "base", "base_body"
     ),
     "site_pos": ObservationField("position of site {} (m)", "world", "obs_site"),
+    # The newest command in the env's action queue (before any action delay), mapped back from
+    # the clipped physical command: (physical - action.offset) / action.scale; at reset, the
+    # start hold command. A robot's controller feeds back the command it sent, the same way.
+    "last_action": ObservationField(
+        "the previous action commanded, normalized to [-1, 1]", sensed=False
+    ),
 }
 
 
@@ -80,8 +88,9 @@ class DRConfig:
     The physical ranges are scale factors on the nominal model: sliding friction of each geom,
     mass (and inertia) of each body, damping of each dof, and gain of each actuator (kp of a
     position servo, force per ctrl unit of a motor). Observation noise is Gaussian with a std
-    drawn per episode, in the observation's own units; the action delay is an integer number of
-    control steps drawn from 0..max_action_delay. The defaults are the nominal model.
+    drawn per episode, in the observation's own units, on the sensed fields (not `last_action`);
+    the action delay is an integer number of control steps drawn from 0..max_action_delay. The
+    defaults are the nominal model.
     """
 
     friction: Range = (1.0, 1.0)

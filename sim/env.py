@@ -54,6 +54,9 @@ _SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SL
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+# An observation field: (data, action queue) -> f32[size]. Most read only the data; the queue
+# (State.action_queue, ctrl commands newest first) is there for `last_action`.
+Extractor = Callable[[mjx.Data, jax.Array], jax.Array]
 
 
 def compiler_options() -> dict[str, Any]:
@@ -171,6 +174,10 @@ class GoalReachEnv:
         ctrl = state.data.ctrl.at[self._act_ids].set(queue[state.dr.action_delay])
         data = state.data.replace(ctrl=ctrl)
         data = jax.lax.fori_loop(0, self._substeps, lambda _, d: mjx.step(model, d), data)
+        # mjx.step leaves positions (site_xpos, xpos, xquat) as they were before its last
+        # integration; a robot measures its joints now, and the runtime derives sites from those
+        # by forward kinematics, so the observation must be of the same instant.
+        data = mjx.kinematics(model, data)
         rng, k_obs = jax.random.split(state.rng)
         return self._finish(data, state.goal, state.dr, queue, state.t + 1, rng, k_obs)
 
@@ -188,9 +195,12 @@ class GoalReachEnv:
         pos = data.site_xpos if self.config.goal_kind == "site" else data.xpos
         return pos[self._goal_id, self._goal_axes]
 
-    def observe(self, data: mjx.Data) -> jax.Array:
-        """The noise-free observation, fields concatenated in config order."""
-        return jnp.concatenate([self._extractors[n](data) for n in self.config.observation])
+    def observe(self, data: mjx.Data, action_queue: jax.Array) -> jax.Array:
+        """The noise-free observation, fields concatenated in config order; `action_queue` is
+        the state's (`State.action_queue`), which `last_action` reads."""
+        return jnp.concatenate(
+            [self._extractors[n](data, action_queue) for n in self.config.observation]
+        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -204,8 +214,9 @@ class GoalReachEnv:
         rng: jax.Array,
         k_obs: jax.Array,
     ) -> State:
-        clean = self.observe(data)
-        obs = clean + draw.obs_noise_std * jax.random.normal(k_obs, clean.shape)
+        clean = self.observe(data, queue)
+        noise = draw.obs_noise_std * jax.random.normal(k_obs, clean.shape)
+        obs = clean + (noise if self._obs_all_sensed else noise * self._obs_sensed)
         achieved = self.achieved_goal(data)
         success = jnp.linalg.norm(achieved - goal) <= self.config.success_radius
         return State(
@@ -357,20 +368,24 @@ class GoalReachEnv:
         self._qpos_low, self._qpos_high = jnp.asarray(low), jnp.asarray(high)
         self._data0 = mjx.put_data(m, mj_data, impl="jax")
 
-    def _make_extractors(self) -> dict[str, Callable[[mjx.Data], jax.Array]]:
+    def _make_extractors(self) -> dict[str, Extractor]:
         qadr, dadr, base = self._act_qadr, self._act_dofadr, self._base_id
         lin = slice(self._base_dofadr, self._base_dofadr + 3)
         ang = slice(self._base_dofadr + 3, self._base_dofadr + 6)
+        unit, offset, scale = self._ctrl_unit, self._act_offset, self._act_scale
         # A free joint's linear velocity is in the world frame, its angular one in the body frame.
-        extractors: dict[str, Callable[[mjx.Data], jax.Array]] = {
-            "joint_pos": lambda d: d.qpos[qadr],
-            "joint_vel": lambda d: d.qvel[dadr],
-            "base_pos": lambda d: d.xpos[base],
-            "base_quat": lambda d: d.xquat[base],
-            "base_lin_vel": lambda d: d.xmat[base].T @ d.qvel[lin],
-            "base_ang_vel": lambda d: d.qvel[ang],
-            "base_gravity": lambda d: d.xmat[base].T @ jnp.array([0.0, 0.0, -1.0]),
-            "site_pos": lambda d: d.site_xpos[self._site_id],
+        extractors: dict[str, Extractor] = {
+            "joint_pos": lambda d, q: d.qpos[qadr],
+            "joint_vel": lambda d, q: d.qvel[dadr],
+            "base_pos": lambda d, q: d.xpos[base],
+            "base_quat": lambda d, q: d.xquat[base],
+            "base_lin_vel": lambda d, q: d.xmat[base].T @ d.qvel[lin],
+            "base_ang_vel": lambda d, q: d.qvel[ang],
+            "base_gravity": lambda d, q: d.xmat[base].T @ jnp.array([0.0, 0.0, -1.0]),
+            "site_pos": lambda d, q: d.site_xpos[self._site_id],
+            # The newest queued command (before the delay), ctrl → physical → [-1, 1]: the
+            # clipped physical command the env sent, as spec.action normalizes it.
+            "last_action": lambda d, q: (q[0] * unit - offset) / scale,
         }
         if extractors.keys() != OBSERVATION_FIELDS.keys():
             raise RuntimeError("crl.sim.env extractors and config.OBSERVATION_FIELDS differ")
@@ -378,19 +393,24 @@ class GoalReachEnv:
 
     def _build_spec(self) -> PolicySpec:
         c = self.config
+        queue = jax.ShapeDtypeStruct((self._queue_len, len(self.joint_names)), jnp.float32)
         sizes = jax.eval_shape(
-            lambda d: {n: self._extractors[n](d) for n in c.observation}, self._data0
+            lambda d, q: {n: self._extractors[n](d, q) for n in c.observation}, self._data0, queue
         )
-        observation = []
+        observation, sensed = [], []
         for name in c.observation:
             info = OBSERVATION_FIELDS[name]
             size = int(np.prod(sizes[name].shape))
-            joints = name in ("joint_pos", "joint_vel")
+            sensed += [info.sensed] * size
+            joints = name in ("joint_pos", "joint_vel", "last_action")
             target = repr(getattr(c, info.needs)) if info.needs else ""
             meaning = info.meaning.format(target)
             observation.append(
                 Field(name, size, meaning, info.frame, self.joint_names if joints else ())
             )
+        # 1 where observation noise applies, 0 on fields the controller knows exactly.
+        self._obs_sensed = jnp.asarray(sensed, jnp.float32)
+        self._obs_all_sensed = all(sensed)
         low, high = c.goal_sampler.bounds()
         goal = GoalSpec(
             fields=(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from crl.sim.config import (
@@ -201,9 +203,15 @@ def test_any_mjcf_and_config_make_an_env(tmp_path: Path) -> None:
     assert action.kind == "effort" and action.joints == ("x", "y")
     assert action.low == (-5.0, -1.0) and action.high == (5.0, 2.0)
     assert action.offset == (0.0, 0.5) and action.scale == (5.0, 1.5)
-    assert env.spec.obs_dim == 2 + 2 + 3 and env.spec.goal_dim == 2
+    # joint_pos, joint_vel, site_pos and last_action, the reacher's fields.
+    assert env.spec.obs_dim == 2 + 2 + 3 + 2 and env.spec.goal_dim == 2
     assert env.spec.goal.low == (-0.5, -0.5)
     assert list(map(float, env.action_to_ctrl(jnp.array([1.0, -1.0])))) == [1.0, -0.5]
+    # A motor starts pushing nothing: last_action is 0 N normalized, (0 - offset) / scale.
+    state = jax.jit(env.reset)(jax.random.key(0))
+    np.testing.assert_allclose(state.obs[-2:], [0.0, -0.5 / 1.5], atol=1e-6)
+    state = jax.jit(env.step)(state, jnp.array([0.25, -2.0]))
+    np.testing.assert_allclose(state.obs[-2:], [0.25, -1.0], atol=1e-6)
 
 
 def test_mixed_servos_and_motors_are_refused(tmp_path: Path) -> None:

@@ -170,14 +170,65 @@ def test_observation_noise_has_the_drawn_std(wide: Compiled) -> None:
     errors: list[np.ndarray] = []
     for _ in range(20):
         state = wide.step(state, action)
-        clean = np.asarray(jax.vmap(wide.env.observe)(state.data))
+        clean = np.asarray(jax.vmap(wide.env.observe)(state.data, state.action_queue))
         errors.append(np.asarray(state.obs) - clean)
         # The achieved goal never carries noise: relabeling must see the true state.
         tip = np.asarray(state.data.site_xpos)[:, wide.env.mj_model.site("fingertip").id, :2]
         np.testing.assert_array_equal(state.achieved_goal, tip)
-    err = np.stack(errors, axis=1).reshape(N_ENVS, -1)
+    errs = np.stack(errors, axis=1)  # [env, step, obs]
+    # The sensed fields carry the noise; the policy's own last command is known exactly.
+    sensed = np.ones(wide.env.spec.obs_dim, bool)
+    sensed[_slice(wide.env, "last_action")] = False
+    np.testing.assert_array_equal(errs[..., ~sensed], 0.0)
+    err = errs[..., sensed].reshape(N_ENVS, -1)
     np.testing.assert_array_equal(err[0], 0.0)
     np.testing.assert_allclose(err[1:].std(axis=1), [0.01, 0.01, 0.02], rtol=0.3)
+
+
+def _slice(env: GoalReachEnv, name: str) -> slice:
+    """Where observation field `name` sits in the observation vector."""
+    start = 0
+    for f in env.spec.observation:
+        if f.name == name:
+            return slice(start, start + f.size)
+        start += f.size
+    raise KeyError(name)
+
+
+def test_last_action_is_the_newest_command_normalized(wide: Compiled) -> None:
+    """`last_action` is the command just sent (not the one the delay applies now), as
+    spec.action normalizes the clipped physical command; at reset, the start hold command."""
+    env = wide.env
+    spec, where = env.spec, _slice(env, "last_action")
+    field = next(f for f in spec.observation if f.name == "last_action")
+    assert (field.size, field.frame) == (spec.act_dim, "")
+    assert field.meaning == "the previous action commanded, normalized to [-1, 1]"
+    assert field.names == spec.action.joints
+    offset, scale = np.asarray(spec.action.offset), np.asarray(spec.action.scale)
+    low, high = np.asarray(spec.action.low), np.asarray(spec.action.high)
+    act_ids = [env.mj_model.actuator(j).id for j in spec.action.joints]
+    state = wide.reset(_keys(7))
+    delays = np.array([0, 1, 2, 2], np.int32)
+    state = _with_dr(state, action_delay=delays)  # observation noise stays on
+    # At reset: the hold command (servo targets = the start pose, clipped to ctrlrange).
+    qadr = [env.mj_model.joint(j).qposadr[0] for j in spec.action.joints]
+    qpos = np.asarray(state.data.qpos)[:, qadr]
+    hold = np.clip(qpos, low, high)
+    np.testing.assert_allclose(state.obs[:, where], (hold - offset) / scale, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(state.data.ctrl)[:, act_ids], offset + scale * state.obs[:, where], atol=1e-6
+    )
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(-1.5, 1.5, (5, N_ENVS, spec.act_dim)).astype(np.float32)
+    for t in range(len(actions)):
+        state = wide.step(state, actions[t])
+        last = np.asarray(state.obs)[:, where]
+        # Out-of-range actions come back clipped, as the physical command was.
+        np.testing.assert_allclose(last, np.clip(actions[t], -1, 1), rtol=1e-6, atol=1e-6)
+        applied = np.asarray(state.data.ctrl)[:, act_ids]
+        for i, k in enumerate(delays):
+            if k > 0 and t >= k:  # the delayed env applies an older command than it reports
+                assert not np.allclose(applied[i], offset + scale * last[i], atol=1e-3)
 
 
 def test_dr_off_is_the_nominal_model() -> None:

@@ -4,7 +4,9 @@ Goals cover the reachable annulus evenly (the model's links reach 0.057..0.21 m;
 keeps goals off the singular edges). Starts spread the arm over most of its joint space, so
 the first episodes already see varied fingertip positions to relabel. Observation noise is
 scaled down from the shared ranges: the whole workspace is 0.4 m across and the success radius
-2 cm, so centimetre noise on the fingertip position would swamp it.
+2 cm, so centimetre noise on the fingertip position would swamp it. The policy also sees its
+own last command (`last_action`): under a random action delay the servo targets in flight are
+otherwise invisible to it, and the policy chases its own lag around the goal.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ CONFIG = TaskConfig(
     goal_name="fingertip",
     goal_axes="xy",
     goal_sampler=AnnulusSampler(r_min=0.07, r_max=0.2),
-    observation=("joint_pos", "joint_vel", "site_pos"),
+    observation=("joint_pos", "joint_vel", "site_pos", "last_action"),
     obs_site="fingertip",
     control_hz=25.0,
     episode_length=50,
