@@ -430,3 +430,16 @@ def test_reacher_eval_cli_writes_json_curve_and_renders(reacher_run, tmp_path, m
     assert calls["video"] == tmp_path / "v.mp4"
     assert calls["action"].shape == (2,) and np.all(np.abs(calls["action"]) <= 1)
     assert "reacher @" in capsys.readouterr().out
+
+
+def test_best_step_picks_the_best_evaluated_checkpoint(tmp_path: Path) -> None:
+    from crl.train.checkpoint import CHECKPOINTS, CheckpointError, best_step
+
+    for step, time_at_goal in ((100, 30.0), (200, 45.5), (300, 37.0)):
+        meta = tmp_path / CHECKPOINTS / str(step) / "meta"
+        meta.mkdir(parents=True)
+        evaluation = {"train": {"time_at_goal": time_at_goal}}
+        (meta / "metadata").write_text(json.dumps({"env_steps": step, "evaluation": evaluation}))
+    assert best_step(tmp_path) == 200
+    with pytest.raises(CheckpointError, match="no checkpoint holds an evaluation"):
+        best_step(tmp_path / "empty")
