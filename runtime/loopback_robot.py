@@ -22,16 +22,21 @@ import mujoco
 import numpy as np
 
 from crl.runtime import robot_config
-from crl.runtime.loop import set_realtime
+from crl.runtime.loop import open_realtime
 from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
 
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
-SPIN_S = 0.0015  # before each sample: poll without blocking
+# ZMQ's poll waits whole milliseconds: the last FINE_POLL_S before each sample polls without
+# blocking every POLL_STEP_S instead, which timestamps an action to about 0.1 ms. Not a busy
+# spin: under SCHED_FIFO that would hold a core most of each period at 500 Hz, and Linux's
+# real-time throttling (95% of each second by default) then stalls the robot for tens of ms.
+FINE_POLL_S = 0.0015
+POLL_STEP_S = 50e-6
 
 
 def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event,
-        report: Path | None = None) -> dict[str, float | int]:
+        report: Path | None = None, realtime: bool = False) -> dict[str, float | int]:
     config = robot_config.load(config_name)
     if config.model is None:
         raise robot_config.RobotConfigError(f"{config_name}: the loopback robot needs a model")
@@ -40,7 +45,11 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
     names = tuple(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, j) or f"#{j}" for j in joints)
     q0 = np.asarray([m.qpos0[m.jnt_qposadr[j]] for j in joints])
     floating = any(m.jnt_type[j] == int(mujoco.mjtJoint.mjJNT_FREE) for j in range(m.njnt))
-    link = RobotLink(endpoints)
+    if realtime:
+        link, said = open_realtime(lambda: RobotLink(endpoints))
+        print(f"loopback robot: {said}", file=sys.stderr)
+    else:
+        link = RobotLink(endpoints)
     latencies: list[float] = []
     received = 0
     period = 1.0 / hz
@@ -61,12 +70,14 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
             link.publish_observation(obs)
             sent[seq] = t
             deadline += period
-            # Wait for the action while timestamping it the moment it arrives; the last stretch
-            # polls without blocking, so the next sample goes out on time (ZMQ's poll counts
-            # whole milliseconds).
+            # Wait for the action while timestamping it as it arrives, and send the next sample
+            # on time.
             while (remaining := deadline - time.monotonic()) > 0:
-                block_ms = int((remaining - SPIN_S) * 1000)
-                action = link.poll_action(block_ms) if block_ms >= 1 else link.poll_action()
+                block_ms = int((remaining - FINE_POLL_S) * 1000)
+                if block_ms >= 1:
+                    action = link.poll_action(block_ms)
+                elif (action := link.poll_action()) is None:
+                    time.sleep(min(remaining, POLL_STEP_S))
                 now = time.monotonic()
                 if action is not None and action.obs_seq in sent:
                     latencies.append(now - sent[action.obs_seq])
@@ -98,12 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--realtime", action="store_true", help="ask for SCHED_FIFO, as a driver would")
     args = p.parse_args(argv)
-    if args.realtime:
-        print(f"loopback robot: {set_realtime()}", file=sys.stderr)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run(args.robot, args.hz, Endpoints(args.host, args.port), stop, args.report)
+    run(args.robot, args.hz, Endpoints(args.host, args.port), stop, args.report, args.realtime)
     return 0
 
 

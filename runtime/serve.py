@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from crl.runtime.controller import Command, Controller
-from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, set_realtime
+from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, open_realtime
 from crl.runtime.messages import Action, Goal, Observation
 from crl.runtime.observation import ObservationError
 from crl.runtime.transport import Endpoints, RuntimeLink
@@ -98,9 +98,11 @@ def serve(controller: Controller, options: ServeOptions,
     """Run the controller on the ZMQ transport; returns the final statistics."""
     stop = stop or threading.Event()
     installed = _install_signal_handlers(stop)
-    if options.realtime:  # first: ZMQ's I/O thread, started next, inherits the policy
-        print(f"crl-run serve: {set_realtime()}", file=sys.stderr)
-    link = RuntimeLink(options.endpoints)
+    if options.realtime:
+        link, said = open_realtime(lambda: RuntimeLink(options.endpoints))
+        print(f"crl-run serve: {said}", file=sys.stderr)
+    else:
+        link = RuntimeLink(options.endpoints)
     try:
         wait_for_robot(link, controller, options.wait_s, stop)
         controller.warm_up()

@@ -253,3 +253,36 @@ def test_window_keeps_the_newest_samples_in_order() -> None:
         w.add(float(i))
     np.testing.assert_array_equal(w.values(), [3, 4, 5, 6, 7])
     assert w.max() == 7 and w.percentile(50) == 5
+
+
+_THREAD_PRIORITIES = """
+import os, zmq
+from crl.runtime.loop import open_realtime
+ctx = zmq.Context()
+sock, said = open_realtime(lambda: ctx.socket(zmq.PUB))
+if not said.startswith("running"):
+    print("refused")
+else:
+    me = os.getpid()
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{me}/task")):
+        name = open(f"/proc/{me}/task/{tid}/comm").read().strip().replace(" ", "_")
+        print(name if tid != me else "main", os.sched_getscheduler(tid) == os.SCHED_FIFO,
+              os.sched_getparam(tid).sched_priority)
+"""
+
+
+def test_realtime_transport_threads_run_above_the_loop() -> None:
+    """ZMQ's I/O threads must preempt the loop's spin (SCHED_FIFO does not time-slice), so a
+    tick finds the observation that arrived just before it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _THREAD_PRIORITIES], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split("\n")
+    if out[0] == "refused":
+        pytest.skip("SCHED_FIFO refused here (needs root or an rtprio limit)")
+    threads = [line.split() for line in out if line]
+    assert [t for t in threads if t[0] == "main"] == [["main", "True", "50"]]
+    # libzmq names its I/O thread and its reaper ZMQbg/...; both inherit the level above.
+    zmq_threads = [t for t in threads if t[0].startswith("ZMQbg")]
+    assert zmq_threads and all(t[1:] == ["True", "51"] for t in zmq_threads), threads
