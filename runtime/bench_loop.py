@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
     ep = Endpoints("127.0.0.1", free_base_port())
     options = ServeOptions(endpoints=ep, wait_s=30.0, seconds=seconds, realtime=realtime,
                            **({} if spin_s is None else {"spin_s": spin_s}))
+    host_before = host_counters()
     with tempfile.TemporaryDirectory(prefix="crl-bench-loop-") as tmp:
         report = Path(tmp) / "robot.json"
         robot_proc = subprocess.Popen(
@@ -55,6 +57,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
             robot_proc.terminate()
             robot_proc.wait(30)
         robot_side = json.loads(report.read_text()) if report.exists() else {}
+    host_after = host_counters()
     stats = controller.stats
     period_error_ms = stats.period_error.values() * 1e3
     e2e = np.asarray(robot_side.get("end_to_end_ms", [np.nan]))
@@ -78,11 +81,27 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
         "end_to_end_ms": {**_percentiles(e2e), "samples": int(np.isfinite(e2e).sum())},
         "realtime": realtime,
         "spin_s": options.spin_s,
+        "host": {"load_average_1min": host_before.get("load_average_1min", float("nan")),
+                 "steal_s": host_after.get("steal_s", float("nan"))
+                 - host_before.get("steal_s", float("nan"))},
         "runtime_status": final,
         "targets": {"period_error_p99_le_0.5ms": p99 <= PERIOD_ERROR_TARGET_MS,
                     "zero_missed_deadlines": stats.counts["misses"] == 0},
         "period_error_samples_ms": [round(float(v), 4) for v in period_error_ms],
     }
+
+
+def host_counters() -> dict[str, float]:
+    """The CPU time a hypervisor took from this machine (steal, all CPUs) and the load: on a VM
+    a missed deadline can be the host's, and these say whether it was. Empty where there is no
+    /proc (not Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return {}
+    steal = float(fields[8]) if len(fields) > 8 else float("nan")
+    return {"steal_s": steal / os.sysconf("SC_CLK_TCK"), "load_average_1min": load}
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:

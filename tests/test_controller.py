@@ -286,3 +286,29 @@ def test_realtime_transport_threads_run_above_the_loop() -> None:
     # libzmq names its I/O thread and its reaper ZMQbg/...; both inherit the level above.
     zmq_threads = [t for t in threads if t[0].startswith("ZMQbg")]
     assert zmq_threads and all(t[1:] == ["True", "51"] for t in zmq_threads), threads
+
+
+def test_bench_loop_times_the_loop_against_a_loopback_robot(policy_path: Path,
+                                                            tmp_path: Path) -> None:
+    """`crl-run bench-loop`: the runtime and a loopback robot in two processes; the JSON has a
+    period error per tick, the robot's end-to-end measurements, the host's steal and the
+    target flags, and the plot is written."""
+    import json
+    import subprocess
+    import sys
+
+    out, plot = tmp_path / "loop.json", tmp_path / "loop.png"
+    r = subprocess.run([sys.executable, "-m", "crl.runtime.cli", "bench-loop", "--policy",
+                        str(policy_path), "--hz", "100", "--seconds", "2", "--out", str(out),
+                        "--plot", str(plot)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["ticks"] > 0 and len(result["period_error_samples_ms"]) == result["ticks"]
+    assert result["end_to_end_ms"]["samples"] > 0
+    assert 0 < result["end_to_end_ms"]["p50"] <= result["end_to_end_ms"]["max"]
+    assert result["runtime_status"]["ticks"] == result["ticks"]
+    assert set(result["targets"]) == {"period_error_p99_le_0.5ms", "zero_missed_deadlines"}
+    assert result["targets"]["zero_missed_deadlines"] == (result["misses"] == 0)
+    if Path("/proc/stat").exists():
+        assert result["host"]["steal_s"] >= 0 and result["host"]["load_average_1min"] >= 0
+    assert plot.stat().st_size > 0
