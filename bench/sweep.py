@@ -1,0 +1,262 @@
+"""Sweep one axis of the network or the recipe: one `crl-train` run per value and seed, one JSON,
+the paper's plots.
+
+The depth-scaling paper's figures are sweeps: time at goal against env steps for each depth,
+and the final score against depth with the spread over seeds. This runs such a sweep with the
+repo's own commands, one run at a time (each run uses the whole device), in a folder of run
+directories:
+
+    python bench/sweep.py humanoid --axis depth --values 4,16,64 --seeds 3 --steps 50000000
+    python bench/sweep.py reacher --axis batch --values 256,1024 --preset quick --steps 300000
+    python bench/depth_sweep.py humanoid --depths 4,8,16,32,64 --seeds 3 --steps 50000000
+
+Resumable: a run whose evaluations reached `--steps` is not run again; a run that stopped part
+way continues from its latest checkpoint (`crl-train --resume`), so a sweep killed at any point
+restarts where it was. `--train-args` passes further flags to every run (e.g. a smaller
+`--num-envs` for a CPU). Writes `<out>/sweep.json` (every run's learning curve and final score,
+with the machine) and `<out>/sweep.png` (score against env steps per value; final score
+against the axis, every seed drawn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tyro
+from bench_cli import BenchConfigError, run_cli
+
+from crl.runtime.bench import device_info, versions
+from crl.sim.atomic import write_atomic, write_json
+
+Axis = Literal["depth", "width", "batch", "residual"]
+# The crl-train flag each axis sets; a value is put after it, except `residual` (a switch).
+AXIS_FLAGS: dict[str, str] = {"depth": "--depth", "width": "--width", "batch": "--batch-size"}
+# What each evaluation record holds (crl.train.evaluate), and how the plots scale it.
+METRICS = {"time_at_goal": ("time at goal", 1.0, "steps"),
+           "success_rate": ("success rate", 100.0, "%")}
+ARGS_FILE = "sweep_args.json"  # in each run directory: the crl-train arguments it was run with
+EVAL_SPLIT = "train"  # the env the run trains in; held-out evaluations sit beside it
+
+
+class SweepError(RuntimeError):
+    """A run of the sweep failed; the sweep can be rerun to continue."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One axis, its values, and the seeds each value is trained with."""
+
+    task: tyro.conf.Positional[str]
+    axis: Axis = "depth"
+    values: str = "4,8,16,32,64"
+    """Comma-separated values of the axis (`residual`: true,false)."""
+    seeds: int = 1
+    """Seeds 0..seeds-1 per value."""
+    steps: int = 1_000_000
+    """Env steps per run (crl-train --total-steps)."""
+    preset: Literal["paper", "quick"] = "paper"
+    out: Path | None = None
+    """Folder of run directories and results (default: runs/sweep-<task>-<axis>)."""
+    train_args: str = ""
+    """Further crl-train flags for every run, as one string (e.g. "--num-envs 256")."""
+    metric: Literal["time_at_goal", "success_rate"] = "time_at_goal"
+    """The score: the paper reports time at goal."""
+    final_evals: int = 1
+    """Evaluations averaged into a run's final score (the last ones)."""
+
+    def axis_values(self) -> list[Any]:
+        parts = [p.strip() for p in self.values.split(",") if p.strip()]
+        if not parts:
+            raise BenchConfigError(f"--values {self.values!r}: give at least one value")
+        if self.axis == "residual":
+            if any(p not in ("true", "false") for p in parts):
+                raise BenchConfigError(f"--values {self.values!r}: residual takes true,false")
+            return [p == "true" for p in parts]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise BenchConfigError(
+                f"--values {self.values!r}: {self.axis} takes integers") from None
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise BenchConfigError(f"--values {self.values!r}: distinct integers ≥ 1")
+        return values
+
+    def check(self) -> None:
+        self.axis_values()
+        for name in ("seeds", "steps", "final_evals"):
+            if getattr(self, name) < 1:
+                raise BenchConfigError(f"--{name.replace('_', '-')}: must be at least 1, "
+                                       f"got {getattr(self, name)}")
+        passed = set(shlex.split(self.train_args))
+        taken = {"--seed", "--total-steps", "--out", "--resume", "--preset",
+                 AXIS_FLAGS.get(self.axis, "--residual"), "--no-residual"}
+        if clash := sorted(passed & taken):
+            raise BenchConfigError(f"--train-args: {', '.join(clash)} is set by the sweep itself")
+
+    def folder(self) -> Path:
+        return self.out or Path("runs") / f"sweep-{self.task}-{self.axis}"
+
+
+def run_name(config: SweepConfig, value: Any, seed: int) -> str:
+    label = ("res" if value else "nores") if config.axis == "residual" else f"{value}"
+    return f"{config.task}-{config.axis}{'' if config.axis == 'residual' else '-'}{label}-s{seed}"
+
+
+def train_command(config: SweepConfig, value: Any, seed: int, run_dir: Path,
+                  resume: bool) -> list[str]:
+    axis_flag = (["--residual" if value else "--no-residual"] if config.axis == "residual"
+                 else [AXIS_FLAGS[config.axis], str(value)])
+    return [str(Path(sys.executable).parent / "crl-train"), config.task, "--preset",
+            config.preset, "--seed", str(seed), "--total-steps", str(config.steps), *axis_flag,
+            *shlex.split(config.train_args), "--out", str(run_dir),
+            *(["--resume"] if resume else [])]
+
+
+def evaluations(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("evaluations", []))
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    """A run is done when its evaluations reached the step budget (the trainer evaluates at
+    the end of a run)."""
+    evals = evaluations(run_dir)
+    return bool(evals) and evals[-1]["env_steps"] >= steps
+
+
+def ensure_run(config: SweepConfig, value: Any, seed: int) -> tuple[Path, str]:
+    """Train (or finish) one run; returns its directory and what was done."""
+    run_dir = config.folder() / run_name(config, value, seed)
+    args = train_command(config, value, seed, run_dir, resume=False)[1:]
+    recorded = run_dir / ARGS_FILE
+    if recorded.is_file() and json.loads(recorded.read_text()) != args:
+        raise SweepError(f"{run_dir} was trained with other settings "
+                         f"({' '.join(json.loads(recorded.read_text()))}); give another --out")
+    if finished(run_dir, config.steps):
+        return run_dir, "done before"
+    # A run that died before its first checkpoint starts again in place (crl-train allows it).
+    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(recorded, args)
+    cmd = train_command(config, value, seed, run_dir, resume)
+    print(f"sweep: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise SweepError(f"{run_dir.name}: crl-train exited {r.returncode} (command above); "
+                           "rerun the sweep to continue from its last checkpoint")
+    return run_dir, "resumed" if resume else "trained"
+
+
+def curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
+    return [(e["env_steps"], float(e[EVAL_SPLIT][metric])) for e in evaluations(run_dir)]
+
+
+def final_score(points: list[tuple[int, float]], last: int) -> float:
+    tail = [v for _, v in points[-last:]]
+    return sum(tail) / len(tail) if tail else math.nan
+
+
+def summarize(config: SweepConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per value: the final score's mean, std and min/max over seeds."""
+    out = []
+    for value in config.axis_values():
+        scores = [r["final_score"] for r in runs if r["value"] == value]
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+        out.append({"value": value, "seeds": len(scores), "mean": mean, "std": std,
+                    "min": min(scores), "max": max(scores)})
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Time at goal and success against env steps per value (mean over seeds, min–max shaded),
+    and the final score against the axis (mean ± std, every seed a dot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    axis, summary = result["axis"], result["summary"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(summary)))
+    for ax, (metric, (title, scale, unit)) in zip(axes[:2], METRICS.items(), strict=True):
+        for color, row in zip(colors, summary, strict=True):
+            runs = [r for r in result["runs"] if r["value"] == row["value"]]
+            steps = sorted({s for r in runs for s, _ in r["curves"][metric]})
+            per_seed = [np.interp(steps, *zip(*r["curves"][metric], strict=True)) * scale
+                        for r in runs]
+            ax.plot(steps, np.mean(per_seed, axis=0), color=color, label=f"{axis} {row['value']}")
+            ax.fill_between(steps, np.min(per_seed, axis=0), np.max(per_seed, axis=0),
+                            color=color, alpha=0.2)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"{title} ({unit})")
+        ax.set_title(f"{result['task']}: {title} (mean over seeds, min–max shaded)", fontsize=9)
+    axes[0].legend(fontsize=8)
+    title, scale, unit = METRICS[result["metric"]]
+    ax = axes[2]
+    for x, row in enumerate(summary):
+        scores = [r["final_score"] * scale for r in result["runs"] if r["value"] == row["value"]]
+        ax.scatter([x] * len(scores), scores, color="0.5", s=12, zorder=2)
+        ax.errorbar(x, row["mean"] * scale, yerr=row["std"] * scale, fmt="o", color="C0",
+                    capsize=4, zorder=3)
+    ax.set_xticks(range(len(summary)), [str(row["value"]) for row in summary])
+    ax.set_xlabel(axis)
+    ax.set_ylabel(f"final {title} ({unit})")
+    ax.set_title(f"final {title} at {result['steps']:,} steps (mean ± std, seeds as dots)",
+                 fontsize=9)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
+    config.check()
+    folder = config.folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for value in config.axis_values():
+        for seed in range(config.seeds):
+            run_dir, how = ensure_run(config, value, seed)
+            curves = {m: curve(run_dir, m) for m in METRICS}
+            runs.append({"value": value, "seed": seed, "run_dir": str(run_dir), "how": how,
+                         "curves": curves,
+                         "final_score": final_score(curves[config.metric], config.final_evals),
+                         "wall_s": evaluations(run_dir)[-1].get("wall_s")})
+    result = {
+        "benchmark": "sweep",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device_info(), "versions": versions(),
+        **{k: (str(v) if isinstance(v, Path) else v)
+           for k, v in dataclasses.asdict(config).items()},
+        "out": str(folder), "runs": runs, "summary": summarize(config, runs),
+    }
+    write_json(folder / "sweep.json", result)
+    plot(result, folder / "sweep.png")
+    for row in result["summary"]:
+        print(f"{config.axis} {row['value']}: final {config.metric} {row['mean']:.3g} "
+              f"± {row['std']:.2g} over {row['seeds']} seed(s)")
+    print(f"wrote {folder / 'sweep.json'} and {folder / 'sweep.png'}")
+    return result
+
+
+def main(config: SweepConfig) -> None:
+    try:
+        run_sweep(config)
+    except SweepError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main, SweepConfig, "sweep")

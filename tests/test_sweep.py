@@ -1,0 +1,90 @@
+"""bench/sweep.py and bench/depth_sweep.py: runs made with the repo's own crl-train, resumable,
+one JSON and one PNG."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax", reason="the sweep trains with crl-train (the train extra)")
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TINY = "--width 32 --num-envs 16 --eval-every 2048 --eval-episodes 8 --min-replay-steps 16"
+
+
+def sweep(*args: str, script: str = "sweep.py") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def fake_finished_run(run_dir: Path, time_at_goal: list[float], steps: int) -> None:
+    """A run directory as crl-train leaves a finished run (its eval.json), made by hand so the
+    summary and plot are tested on known numbers without training."""
+    run_dir.mkdir(parents=True)
+    evals = [{"env_steps": round(i * steps / (len(time_at_goal) - 1)),
+              "train": {"time_at_goal": t, "success_rate": min(1.0, t / 10)}}
+             for i, t in enumerate(time_at_goal)]
+    (run_dir / "eval.json").write_text(json.dumps({"task": "reacher", "dr": "train",
+                                                   "evaluations": evals}))
+
+
+def test_a_sweep_of_finished_runs_summarizes_them_without_training(tmp_path: Path) -> None:
+    finals = {(4, 0): 2.0, (4, 1): 4.0, (8, 0): 10.0, (8, 1): 12.0}
+    for (depth, seed), final in finals.items():
+        fake_finished_run(tmp_path / f"reacher-depth-{depth}-s{seed}", [0.0, final / 2, final],
+                          steps=1000)
+    r = sweep("reacher", "--axis", "depth", "--values", "4,8", "--seeds", "2", "--steps",
+              "1000", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert [run["how"] for run in result["runs"]] == ["done before"] * 4
+    assert [(s["value"], s["mean"], s["std"], s["seeds"]) for s in result["summary"]] == [
+        (4, 3.0, 1.0, 2), (8, 11.0, 1.0, 2)]
+    assert result["runs"][0]["curves"]["time_at_goal"] == [[0, 0.0], [500, 1.0], [1000, 2.0]]
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_a_sweep_refuses_a_run_made_with_other_settings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "reacher-depth-4-s0"
+    fake_finished_run(run_dir, [0.0, 1.0], steps=1000)
+    (run_dir / "sweep_args.json").write_text(json.dumps(["reacher", "--width", "64"]))
+    r = sweep("reacher", "--values", "4", "--steps", "1000", "--out", str(tmp_path))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "other settings" in r.stderr and "--out" in r.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--values", "4,x"], "takes integers"),
+    (["--values", "4,4"], "distinct"),
+    (["--axis", "residual", "--values", "yes"], "true,false"),
+    (["--seeds", "0"], "--seeds"),
+    (["--train-args=--depth 8 --width 32"], "--depth is set by the sweep"),
+])
+def test_settings_that_cannot_work_are_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                           says: str) -> None:
+    r = sweep("reacher", "--out", str(tmp_path), *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_depth_sweep_trains_with_crl_train_then_resumes_without_retraining(
+        tmp_path: Path) -> None:
+    args = ["reacher", "--depths", "4", "--preset", "quick", "--steps", "2048", "--out",
+            str(tmp_path), f"--train-args={TINY}"]
+    r = sweep(*args, script="depth_sweep.py")
+    assert r.returncode == 0, r.stderr
+    first = json.loads((tmp_path / "sweep.json").read_text())
+    run = first["runs"][0]
+    assert run["how"] == "trained" and run["curves"]["time_at_goal"][-1][0] >= 2048
+    config = json.loads((Path(run["run_dir"]) / "config.json").read_text())
+    assert (config["network"]["depth"], config["network"]["width"]) == (4, 32)
+    eval_json = Path(run["run_dir"]) / "eval.json"
+    written = eval_json.stat().st_mtime_ns
+    r = sweep(*args, script="depth_sweep.py")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "sweep.json").read_text())["runs"][0]["how"] == "done before"
+    assert eval_json.stat().st_mtime_ns == written
