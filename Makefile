@@ -18,8 +18,10 @@ PYTHON310 ?= $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.10.*/bin
 VENV310 := .venv310
 STAMP310 := $(VENV310)/.installed
 # The runtime's tests (spec, backends, input checks, bench, controller, transport, closed loop,
-# the install itself); what needs jax in them skips there, saying so.
+# atomic writes, the command lines, the install itself); what needs jax in them skips there,
+# saying so.
 ROBOT_TESTS := tests/test_install.py tests/test_runtime.py tests/test_spec.py tests/test_tensorrt.py \
+  tests/test_atomic.py tests/test_cli.py \
   $(wildcard tests/test_controller*.py tests/test_transport.py tests/test_closed_loop.py)
 
 .PHONY: venv demo test test-robot lint typecheck clean

@@ -36,10 +36,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 import onnxruntime
-import tyro
+from bench_cli import require_at_least_one, run_cli
 from onnx import numpy_helper
 
 from crl.export.onnx_export import export_actor, quantize_int8, random_params
@@ -61,10 +59,10 @@ from crl.runtime.bench import (
     summarize,
     time_calls,
     versions,
-    write_json,
 )
 from crl.runtime.ort_backend import OrtPolicy, session_options
 from crl.runtime.policy import Policy
+from crl.sim.atomic import write_json
 from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 RESULTS = Path(__file__).parent / "results"
@@ -87,16 +85,6 @@ class ActorShape:
 
 
 ShapeT = TypeVar("ShapeT", bound=ActorShape)
-
-
-class BenchConfigError(ValueError):
-    """A benchmark setting that cannot work; the message names it."""
-
-
-def require_at_least_one(config: object, *names: str) -> None:
-    for name in names:
-        if getattr(config, name) < 1:
-            raise BenchConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
 
 
 @dataclass(frozen=True)
@@ -346,18 +334,6 @@ def main(config: Config) -> dict[str, Any]:
           + ", ".join(f"{k.replace('_', ' ')} {v:.1f}%" for k, v in steal.items() if v is not None))
     print(f"export depth {config.export_depth}: {export_s:.1f} s; wrote {out}")
     return payload
-
-
-def run_cli(main: Callable[[Any], object], config: type, name: str) -> None:
-    """`main` on the config the command line gives; crl's own errors (a bad size, a bad file)
-    as one line and exit 2, any other error with its traceback (that is a bug)."""
-    try:
-        main(tyro.cli(config))
-    except ValueError as e:
-        if not (isinstance(e, BenchConfigError) or type(e).__module__.startswith("crl.")):
-            raise
-        print(f"{name}: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

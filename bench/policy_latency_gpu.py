@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
+from bench_cli import BenchConfigError, require_at_least_one, run_cli
 from policy_latency import (  # bench/ is the script's own path entry
     ActorShape,
-    BenchConfigError,
     latencies,
     make_spec,
     quick_config,
-    require_at_least_one,
-    run_cli,
     slug,
 )
 
@@ -45,11 +43,11 @@ from crl.runtime.bench import (
     device_info,
     random_inputs,
     versions,
-    write_json,
 )
 from crl.runtime.ort_backend import CPU, CUDA, TENSORRT, OrtPolicy
 from crl.runtime.policy import Policy, PolicyError
 from crl.runtime.trt_backend import CUDA_PYTHON_MISSING, TrtPolicy
+from crl.sim.atomic import write_json
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import re
@@ -29,9 +28,10 @@ from typing import Any, Literal
 
 import jax
 import mujoco
-import tyro
+from bench_cli import BenchConfigError, require_at_least_one, run_cli
 
 from crl.sim import tasks
+from crl.sim.atomic import write_json
 from crl.sim.env import jit
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,10 +42,6 @@ CPU_CONTACT_RICH_MAX = 256
 CPU_ENVS = (1, 16, 64, 256, 1024)
 GPU_ENVS = (256, 1024, 4096, 8192)
 QUICK_TASKS, QUICK_ENVS, QUICK_STEPS = ("reacher",), (2,), 8
-
-
-class BenchConfigError(ValueError):
-    """A benchmark setting that cannot work; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +56,7 @@ class Config:
     """Scan length: control steps per env per timed run."""
     repeats: int = 3
     """Timed runs per measurement; the median is reported."""
-    dr: Literal["train", "held_out", "off"] = "train"
+    dr: Literal["off", "train", "held-out"] = "train"
     """Domain randomization of the envs (randomized models cost what training pays)."""
     seed: int = 0
     out: Path | None = None
@@ -154,14 +150,6 @@ def measure(env: Any, num_envs: int, steps: int, repeats: int, seed: int) -> dic
     }
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Atomic: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main(config: Config) -> dict[str, Any]:
     if config.quick:
         config = dataclasses.replace(config, tasks=config.tasks or QUICK_TASKS,
@@ -170,9 +158,7 @@ def main(config: Config) -> dict[str, Any]:
     unknown = [t for t in config.tasks if t not in tasks.TASKS]
     if unknown:  # before anything runs, not an hour in
         raise BenchConfigError(f"tasks: unknown {unknown}; choose from {', '.join(tasks.TASKS)}")
-    for name in ("steps", "repeats"):
-        if getattr(config, name) < 1:
-            raise BenchConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
+    require_at_least_one(config, "steps", "repeats")
     if any(n < 1 for n in config.num_envs):
         raise BenchConfigError(f"num_envs: every count must be at least 1, got {config.num_envs}")
     device = device_info()
@@ -200,11 +186,4 @@ def main(config: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main(tyro.cli(Config))
-    except ValueError as e:
-        # Ours and crl's config errors are one line; any other ValueError is a bug: traceback.
-        if not (isinstance(e, BenchConfigError) or type(e).__module__.startswith("crl.")):
-            raise
-        print(f"sim_throughput: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, Config, "sim_throughput")

@@ -4,22 +4,24 @@
     crl-export tensorrt --onnx policy.onnx --out policy.engine [--precision fp16] [--max-batch 64]
 
 A mistake a user can make (missing run, file that is not a policy, TensorRT absent) is one line
-on stderr and exit status 1; nothing half-written is left behind.
+on stderr and exit status 2, as with every crl-* command; nothing half-written is left behind.
 """
 
 from __future__ import annotations
 
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tyro
 
 from crl.export.onnx_export import Exported, ExportError, export_actor, quantize_int8
 from crl.sim.spec import SpecError
+
+USAGE_ERROR = 2  # every crl-* command's status for a mistake a user can make (argparse's too)
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,11 @@ def export_onnx(args: OnnxArgs) -> Exported:
         return quantize_int8(fp32.path, args.out)
 
 
+COMMANDS: dict[str, Callable[..., Any]] = {"onnx": OnnxArgs, "tensorrt": TensorRTArgs}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = tyro.extras.subcommand_cli_from_dict(
-        {"onnx": OnnxArgs, "tensorrt": TensorRTArgs}, prog="crl-export", args=argv
-    )
+    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-export", args=argv)
     try:
         if isinstance(args, OnnxArgs):
             e = export_onnx(args)
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"batch 1..{info.max_batch})")
     except (ExportError, SpecError, OSError) as e:  # OSError: an --out that cannot be written
         print(f"crl-export: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(USAGE_ERROR) from None
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crl.export.onnx_export import INPUTS, ExportError, load_model, read_seal, temporary_path
+from crl.export.onnx_export import INPUTS, ExportError, load_model, read_seal
+from crl.sim.atomic import temporary_path
 
 if TYPE_CHECKING:
     import tensorrt as trt

@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from crl.runtime.policy import Policy
+from crl.sim.atomic import write_atomic, write_json
 
 BANDWIDTH_BYTES = 256 * 2**20  # far larger than any CPU cache, so the sum streams from DRAM
 INPUT_POOL = 16  # distinct random inputs cycled through, so no call sees the same data twice
@@ -254,7 +254,7 @@ def plot_latency(samples: dict[int, NDArray[np.float64]], title: str, path: Path
         ax.legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("latency per call (ms)")
     fig.suptitle(title, fontsize=10)
-    _save_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
 
 
 def run_bench(
@@ -302,14 +302,3 @@ def run_bench(
         plot_latency(samples, f"{policy_path.name}: {backend}, {summary['precision']}{pace}", plot)
     return result
 
-
-def write_json(path: Path, data: Any) -> None:
-    _save_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def _save_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    from crl.export.onnx_export import temporary_path
-
-    with temporary_path(path) as tmp:
-        write(tmp)
-        os.replace(tmp, path)

@@ -11,6 +11,7 @@ received by the robot, on the robot's clock).
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from crl.runtime import robot_config
 from crl.runtime.bench import device_info, versions
 from crl.runtime.closed_loop import free_base_port
 from crl.runtime.controller import Controller
-from crl.runtime.policy import load_policy
+from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.serve import ServeOptions, serve
 from crl.runtime.transport import Endpoints
 
@@ -110,6 +111,14 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
         return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
     return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
             "max": float(v.max())}
+
+
+def check_plot(plot: Path | None) -> None:
+    """Said before a minute of measuring, not after it: the robot's plain install has no
+    matplotlib."""
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise PolicyError(f"--plot {plot}: needs matplotlib (pip install matplotlib; the train "
+                          "extra has it), or leave --plot out")
 
 
 def plot_period_error(results: list[dict[str, Any]], path: Path) -> None:

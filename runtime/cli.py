@@ -20,6 +20,7 @@ from typing import Any, Literal
 import tyro
 
 from crl.runtime.policy import PolicyError
+from crl.sim.atomic import write_json
 from crl.sim.spec import SpecError
 
 USAGE_ERROR = 2
@@ -218,8 +219,6 @@ def serve_cmd(args: ServeArgs) -> None:
         print(file=sys.stderr)
     print(summary_line(final))
     if args.stats_out:
-        from crl.runtime.bench import write_json
-
         write_json(args.stats_out, final)
 
 
@@ -246,7 +245,6 @@ def goal_cmd(args: GoalArgs) -> None:
 
 
 def closed_loop_cmd(args: ClosedLoopArgs) -> None:
-    from crl.runtime.bench import write_json
     from crl.runtime.closed_loop import run_closed_loop
 
     spec = _policy(args.policy, args.backend).spec  # type: ignore[attr-defined]
@@ -267,9 +265,9 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
 
 
 def bench_loop_cmd(args: BenchLoopArgs) -> None:
-    from crl.runtime.bench import write_json
-    from crl.runtime.bench_loop import plot_period_error, run_bench_loop
+    from crl.runtime.bench_loop import check_plot, plot_period_error, run_bench_loop
 
+    check_plot(args.plot)
     result = run_bench_loop(args.policy, hz=args.hz, seconds=args.seconds, backend=args.backend,
                             robot=args.robot or None, spin_s=args.spin, realtime=args.realtime)
     write_json(args.out, result)

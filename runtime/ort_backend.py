@@ -90,11 +90,11 @@ class OrtPolicy:
         if threads < 1:
             raise PolicyError(f"threads: must be ≥ 1, got {threads}")
         self._file = read_policy_file(path)
+        # outside the try: a provider this onnxruntime lacks is not a fault of the file
+        wanted = providers_for(self._file.seal.precision, providers)
         try:
             self._session = ort.InferenceSession(
-                self._file.model_bytes,
-                session_options(threads, spin),
-                providers=providers_for(self._file.seal.precision, providers),
+                self._file.model_bytes, session_options(threads, spin), providers=wanted
             )
         except Exception as e:  # onnxruntime raises its own unrelated exception types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

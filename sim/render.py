@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crl.sim.atomic import write_atomic
+
 # A context and one real frame: creating a context alone can succeed where rendering fails.
 _PROBE = (
     "import mujoco\n"
@@ -337,25 +339,9 @@ def _check_suffix(path: Path, suffix: str, what: str) -> None:
         raise RenderError(f"{what}: {str(path)!r} must end in {suffix}")
 
 
-def _atomic_target(path: Path, suffix: str, what: str) -> Path:
-    _check_suffix(path, suffix, what)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory (same filesystem, so the rename is atomic) and the same suffix (imageio
-    # picks the format from it).
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-def _commit(tmp: Path, path: Path, write: Callable[[Path], None]) -> None:
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
     """H.264 mp4 via imageio-ffmpeg, written to a temp file and renamed into place."""
-    tmp = _atomic_target(path, ".mp4", "video")
+    _check_suffix(path, ".mp4", "video")
 
     def write(p: Path) -> None:
         h, w = frames[0].shape[:2]
@@ -368,12 +354,12 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> None:
                 out.send(np.ascontiguousarray(f))
             out.close()
 
-    _commit(tmp, path, write)
+    write_atomic(path, write)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
-    tmp = _atomic_target(path, ".png", "frames")
-    _commit(tmp, path, lambda p: imageio.imwrite(p, image))
+    _check_suffix(path, ".png", "frames")
+    write_atomic(path, lambda p: imageio.imwrite(p, image))
 
 
 def render_rollout(

@@ -1,13 +1,64 @@
-"""Test session setup.
+"""Test session setup and the fixtures several test modules share.
 
 `crl.sim.env` puts the XLA:CPU scheduler flag it needs into XLA_FLAGS when imported, which only
 takes effect before jax first compiles; importing it here, before any test module runs jax,
 makes that hold for the whole session whatever order the modules run in. Where jax is absent
 (the robot's Python 3.10 venv of `make test-robot`: no train extra) there is nothing to set up,
 and the tests that need jax skip, saying so.
+
+`toy_spec` and `toy_policy` need no jax: a small policy spec built by hand and an ONNX policy
+exported from random weights, for the tests of the spec, the export and the runtime.
 """
 
+from __future__ import annotations
+
 import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 if importlib.util.find_spec("jax") is not None:
     import crl.sim.env  # noqa: F401
+
+def make_toy_spec(depth: int = 8, width: int = 64, repr_dim: int = 16,
+                  **changes: Any) -> PolicySpec:
+    """A valid spec: 9 observation values (joint_pos 5 with joint names, joint_vel 4), a 2-d goal
+    in [-1, 1]², 3 position actions, 50 Hz, a network of `depth` × `width`; `changes` replace
+    top-level fields (and are validated, as any spec is)."""
+    fields: dict[str, Any] = dict(
+        task="toy",
+        observation=(Field("joint_pos", 5, "joint angles", "joint", tuple("abcde")),
+                     Field("joint_vel", 4, "joint velocities")),
+        goal=GoalSpec((Field("xy", 2),), "world", (-1.0, -1.0), (1.0, 1.0)),
+        action=ActionSpec(3, ("j0", "j1", "j2"), "position", (0.5,) * 3, (0.0,) * 3,
+                          (-0.5,) * 3, (0.5,) * 3),
+        control_hz=50.0,
+        success_radius=0.05,
+        provenance=Provenance("toy", "0" * 64, train_step=123, git_commit="abc",
+                              domain_randomization={"friction": [0.8, 1.2]}),
+        network=NetworkSpec(depth, width, repr_dim),
+    )
+    return PolicySpec(**{**fields, **changes})
+
+
+@pytest.fixture(scope="session")
+def toy_spec() -> Callable[..., PolicySpec]:
+    """`make_toy_spec`: call it for a spec, with other network sizes or fields if needed."""
+    return make_toy_spec
+
+
+@pytest.fixture(scope="session")
+def toy_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySpec, dict, Path]:
+    """(spec, params, path): the toy spec's actor with the critic readout, random weights,
+    exported once (fp32)."""
+    from crl.export.onnx_export import export_actor, random_params
+
+    spec = make_toy_spec()
+    params = random_params(spec)
+    path = tmp_path_factory.mktemp("toy_policy") / "policy.onnx"
+    export_actor(params, spec, path, critic=True)
+    return spec, params, path

@@ -93,13 +93,14 @@ def _collect(actions: object, statuses: object, seconds: float) -> tuple[list[Ac
 def test_killing_the_sim_robot_sends_the_safe_action_and_a_new_one_resumes(
     tmp_path: Path,
 ) -> None:
-    """SIGKILL the sim robot mid-run: the safe action goes out within 2 control periods after
-    the staleness limit, the runtime keeps ticking at its rate, and when a new sim robot appears
-    the policy comes back through a soft start."""
+    """SIGKILL the sim robot mid-run: the safe action goes out within 2 control ticks after the
+    staleness limit's (counted in ticks, which a busy machine delays but cannot add), the runtime
+    keeps sending it, and when a new sim robot appears the policy comes back through a soft
+    start."""
     policy = export_policy(tmp_path / "reacher.onnx")  # what acts does not matter here
     port = free_base_port()
     ep = Endpoints(port=port)
-    hz, limit_periods = 25.0, 3  # the reacher's rate; reacher.yaml's max_observation_age
+    limit_periods = 3  # reacher.yaml's max_observation_age, in control periods
     robot = _sim_robot(port)
     serve = _start([sys.executable, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
                     "--robot", "reacher", "--port", str(port), "--goal", "0.1", "0.1", "--wait",
@@ -117,16 +118,19 @@ def test_killing_the_sim_robot_sends_the_safe_action_and_a_new_one_resumes(
         assert seen and not any(a.safe for a in seen[5:])  # the policy is acting
         robot.send_signal(signal.SIGKILL)
         robot.wait(30)
-        dead, _ = _collect(actions, statuses, 2.0)
-        safe = [a for a in dead if a.safe]
-        assert safe, "no safe action after the robot died"
-        last_obs = max(a.obs_stamp for a in seen + dead)
-        assert safe[0].stamp - last_obs <= (limit_periods + 2) / hz, safe[0].stamp - last_obs
-        # Still ticking: holding still, one command a period (half the rate at the least, so a
-        # busy machine cannot fail it; the missed-deadline count is checked below).
-        after_stop = [a for a in dead if a.stamp >= safe[0].stamp]
-        span = after_stop[-1].stamp - after_stop[0].stamp
-        assert len(after_stop) >= 0.5 * hz * span
+        dead: list[Action] = []
+        deadline = time.monotonic() + 60  # a hang guard, not a speed bound
+        while not (len(dead) >= 5 and all(a.safe for a in dead[-5:])):
+            dead += _collect(actions, statuses, 0.2)[0]
+            assert time.monotonic() < deadline and serve.poll() is None, "no safe action"
+        # The actions name the observation they answer: the robot's last one was acted on for
+        # at most the staleness limit's ticks and 2 more, then only the safe action went out,
+        # holding still.
+        sent = seen + dead
+        last = max(a.obs_seq for a in sent)
+        on_last = [i for i, a in enumerate(sent) if not a.safe and a.obs_seq == last]
+        assert 1 <= len(on_last) <= limit_periods + 2, len(on_last)
+        after_stop = sent[on_last[-1] + 1:]
         assert all(a.safe for a in after_stop)
         np.testing.assert_allclose(after_stop[-1].values, after_stop[0].values)
         # A new sim robot on the same ports: the runtime resumes, ramping in.

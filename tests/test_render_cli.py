@@ -1,7 +1,8 @@
 """`crl-sim` (info, rollout), offscreen rendering, and the sim throughput bench's smoke mode.
 
-Compiling an MJX rollout is the slow part on a CPU, so only one test rolls out (reacher, in
-process) and one runs the bench; the rest render hand-made states or stop at argument checks.
+Compiling an MJX rollout is the slow part on a CPU, so only two tests roll out (reacher, in
+process: random actions, and a policy as `crl-train eval` passes one) and one runs the bench;
+the rest render hand-made states or stop at argument checks.
 """
 
 from __future__ import annotations
@@ -151,23 +152,35 @@ def test_rollout_writes_video_and_contact_sheet(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "reacher.png"]
 
 
-def test_rollout_with_a_policy_writes_nothing(reacher, tmp_path: Path, monkeypatch):
-    # What `crl-train eval` passes: a jax function of one (obs, goal); here "hold still".
+def test_rollout_with_a_policy_renders_it(reacher, tmp_path: Path, monkeypatch):
+    """What `crl-train eval --frames` does: a jax policy of one (obs, goal) rolled out and
+    rendered for real (offscreen GL), writing the contact sheet asked for and nothing else."""
+    import imageio.v2 as imageio
     import jax.numpy as jnp
 
     monkeypatch.chdir(tmp_path)
     calls = []
 
-    def policy(obs, goal):
+    def policy(obs, goal):  # "hold the home pose"
         calls.append((obs.shape, goal.shape))
         return jnp.zeros(reacher.spec.act_dim)
 
-    result = render.render_rollout(reacher, policy, episodes=2, seed=0)
+    w, h = 64, 48
+    sheet = tmp_path / "eval" / "sheet.png"
+    result = render.render_rollout(reacher, policy, episodes=2, seed=0, frames=sheet, width=w,
+                                   height=h)
     assert calls and calls[0] == ((reacher.spec.obs_dim,), (reacher.spec.goal_dim,))
     first, second = result["episodes"]
     assert first["final_distance"] != second["final_distance"]  # new start and goal each
     assert result["summary"]["episodes"] == 2
-    assert list(tmp_path.iterdir()) == []
+    image = imageio.imread(sheet)
+    gap = render.SHEET_GAP
+    assert image.shape == (2 * (h + gap) - gap, render.SHEET_FRAMES * (w + gap) - gap, 3)
+    rows = image[:h], image[h + gap:]
+    assert all(r.std() > 5 for r in rows)  # pictures, not blank buffers
+    assert np.abs(rows[0].astype(int) - rows[1].astype(int)).sum() > 0  # two different episodes
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
+        Path("eval"), Path("eval/sheet.png")]
 
 
 def test_episode_metrics(reacher):
@@ -249,21 +262,27 @@ def test_contact_sheet_tiles_rows():
     assert (sheet[:4, 8:] == 7).all() and (sheet[4:6] == 255).all()
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path):
-    target = tmp_path / "deep" / "x.png"
+def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch):
+    """A write that fails part-way (a full disk) leaves the previous image and no temp file."""
+    target = tmp_path / "x.png"
+    target.write_bytes(b"previous")
 
-    def boom(p: Path) -> None:
-        p.write_bytes(b"half")
+    def boom(path, image):
+        Path(path).write_bytes(b"half")
         raise OSError("disk full")
 
+    monkeypatch.setattr(render.imageio, "imwrite", boom)
     with pytest.raises(OSError, match="disk full"):
-        render._commit(render._atomic_target(target, ".png", "frames"), target, boom)
-    assert list((tmp_path / "deep").iterdir()) == []
+        render.write_png(target, np.zeros((4, 4, 3), np.uint8))
+    assert target.read_bytes() == b"previous"
+    assert list(tmp_path.iterdir()) == [target]
 
 
-def test_gl_backend_choice():
-    assert os.environ["MUJOCO_GL"] == render.GL_BACKEND  # chosen here or by the user
-    assert render.select_gl_backend() == render.GL_BACKEND  # a user's choice is kept
+def test_gl_backend_choice(monkeypatch):
+    # The choice is exported, so child processes (ffmpeg, the sim robot) inherit it.
+    assert os.environ["MUJOCO_GL"] == render.GL_BACKEND
+    monkeypatch.setenv("MUJOCO_GL", " OSMesa")  # a user's choice is kept, not probed over
+    assert render.select_gl_backend() == "osmesa" and os.environ["MUJOCO_GL"] == " OSMesa"
     assert not render._backend_works("no-such-backend")
 
 
@@ -310,20 +329,21 @@ def test_bench_quick_writes_json(tmp_path: Path):
     assert len(r["seconds"]) == 1
 
 
-def load_bench():
+def load_bench(monkeypatch):
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as running the script puts it first
     spec = importlib.util.spec_from_file_location("sim_throughput", ROOT / "bench" /
                                                   "sim_throughput.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look it up there
     spec.loader.exec_module(module)
     return module
 
 
-def test_bench_env_counts_and_device_names():
-    bench = load_bench()
+def test_bench_env_counts_and_device_names(monkeypatch):
+    bench = load_bench(monkeypatch)
     default = bench.Config()
     assert max(bench.env_counts("ant", default, on_cpu=True)) <= bench.CPU_CONTACT_RICH_MAX
     assert max(bench.env_counts("humanoid", default, on_cpu=True)) <= bench.CPU_CONTACT_RICH_MAX

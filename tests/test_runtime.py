@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from crl.export.onnx_export import SPEC_KEY, export_actor, random_params
+from crl.export.onnx_export import SPEC_KEY
 from crl.runtime.bench import (
     BenchConfig,
     bench_policy,
@@ -24,11 +23,12 @@ from crl.runtime.bench import (
     steal_percent,
     summarize,
     time_calls,
+    versions,
 )
 from crl.runtime.cli import main as run_main
 from crl.runtime.onnx_file import read_spec
 from crl.runtime.policy import PolicyError, load_policy
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+from crl.sim.spec import PolicySpec
 
 # The robot's install (`make test-robot`: Python 3.10, no train extra) has neither.
 NEEDS_JAX = "needs jax, the train extra (not in the robot's install)"
@@ -36,34 +36,14 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
-def make_spec(depth: int = 8, width: int = 32) -> PolicySpec:
-    return PolicySpec(
-        task="toy",
-        observation=(Field("joint_pos", 4), Field("joint_vel", 4)),
-        goal=GoalSpec((Field("xy", 2),), "world", (-1.0, -1.0), (1.0, 1.0)),
-        action=ActionSpec(2, ("j0", "j1"), "effort", (1.0, 1.0), (0.0, 0.0), (-1.0, -1.0),
-                          (1.0, 1.0)),
-        control_hz=50.0,
-        success_radius=0.05,
-        provenance=Provenance("toy", "0" * 64),
-        network=NetworkSpec(depth, width, 8),
-    )
+OBS, GOAL = 9, 2  # the sizes of conftest's toy spec, which the bad inputs below are built for
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySpec, dict, Path]:
-    spec = make_spec()
-    params = random_params(spec)
-    path = tmp_path_factory.mktemp("policy") / "policy.onnx"
-    export_actor(params, spec, path, critic=True)
-    return spec, params, path
-
-
-def test_ort_and_jax_backends_agree(exported: tuple[PolicySpec, dict, Path]) -> None:
+def test_ort_and_jax_backends_agree(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
     pytest.importorskip("jax", reason=NEEDS_JAX)
     from crl.runtime.jax_backend import JaxPolicy
 
-    spec, params, path = exported
+    spec, params, path = toy_policy
     ort_policy, jax_policy = load_policy(path, "ort"), JaxPolicy(params, spec)
     assert ort_policy.spec == spec == jax_policy.spec
     assert ort_policy.outputs == jax_policy.outputs == ("action", "phi", "psi", "distance")
@@ -85,20 +65,22 @@ def test_ort_and_jax_backends_agree(exported: tuple[PolicySpec, dict, Path]) -> 
 @pytest.mark.parametrize(
     ("obs", "goal", "match"),
     [
-        (np.zeros(7), np.zeros(2), "observation: got 7 values.*expects 8"),
-        (np.zeros(8), np.zeros(3), "goal: got 3 values.*expects 2"),
-        (np.zeros((2, 8)), np.zeros((3, 2)), "batch 2 != goal batch 3"),
-        (np.zeros((1, 1, 8)), np.zeros((1, 1, 2)), "pass one"),
-        (np.zeros((2, 8)), np.zeros(2), "pass one"),
-        (np.array(["a"] * 8), np.zeros(2), "dtype <U1"),
-        (np.zeros(8, complex), np.zeros(2), "dtype complex128"),
-        (np.r_[np.zeros(5), np.nan, 0, 0], np.zeros(2), "non-finite.*joint_vel"),
-        (np.zeros(8), np.array([np.inf, 0]), "goal: non-finite.*xy"),
-        (np.full(8, 1e300), np.zeros(2), "observation: non-finite"),
+        (np.zeros(OBS - 1), np.zeros(GOAL), f"observation: got {OBS - 1} values.*expects {OBS}"),
+        (np.zeros(OBS), np.zeros(GOAL + 1), f"goal: got {GOAL + 1} values.*expects {GOAL}"),
+        (np.zeros((2, OBS)), np.zeros((3, GOAL)), "batch 2 != goal batch 3"),
+        (np.zeros((1, 1, OBS)), np.zeros((1, 1, GOAL)), "pass one"),
+        (np.zeros((2, OBS)), np.zeros(GOAL), "pass one"),
+        (np.array(["a"] * OBS), np.zeros(GOAL), "dtype <U1"),
+        (np.zeros(OBS, complex), np.zeros(GOAL), "dtype complex128"),
+        # joint_pos is the first 5 values, joint_vel the next 4
+        (np.r_[np.zeros(6), np.nan, 0, 0], np.zeros(GOAL), "non-finite.*joint_vel"),
+        (np.zeros(OBS), np.array([np.inf, 0]), "goal: non-finite.*xy"),
+        (np.full(OBS, 1e300), np.zeros(GOAL), "observation: non-finite"),
     ],
 )
-def test_bad_inputs(exported: tuple[PolicySpec, dict, Path], obs, goal, match: str) -> None:
-    policy = load_policy(exported[2])
+def test_bad_inputs(toy_policy: tuple[PolicySpec, dict, Path], obs, goal, match: str) -> None:
+    assert (toy_policy[0].obs_dim, toy_policy[0].goal_dim) == (OBS, GOAL)
+    policy = load_policy(toy_policy[2])
     with pytest.raises(PolicyError, match=match) as e:
         policy.act(obs, goal)
     assert "\n" not in str(e.value)
@@ -156,47 +138,93 @@ def _plain_onnx(path: Path) -> Path:
     ],
 )
 def test_bad_policy_files(
-    exported: tuple[PolicySpec, dict, Path], tmp_path: Path, make, match: str
+    toy_policy: tuple[PolicySpec, dict, Path], tmp_path: Path, make, match: str
 ) -> None:
-    path = make(exported[2], tmp_path)
+    path = make(toy_policy[2], tmp_path)
     with pytest.raises(PolicyError, match=match) as e:
         load_policy(path, "ort")
     assert "\n" not in str(e.value)
 
 
-def test_read_spec(exported: tuple[PolicySpec, dict, Path]) -> None:
-    assert read_spec(exported[2]) == exported[0]
+def test_read_spec(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
+    assert read_spec(toy_policy[2]) == toy_policy[0]
 
 
-def test_backend_choice_errors(exported: tuple[PolicySpec, dict, Path]) -> None:
+def test_backend_choice_errors(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
     with pytest.raises(PolicyError, match="backend: 'tflite'"):
-        load_policy(exported[2], "tflite")
+        load_policy(toy_policy[2], "tflite")
     with pytest.raises(PolicyError, match="build an engine from it"):
-        load_policy(exported[2], "trt")
+        load_policy(toy_policy[2], "trt")
     with pytest.raises(PolicyError, match="backend 'trt'"):
-        load_policy(exported[2].with_suffix(".engine"), "ort")
+        load_policy(toy_policy[2].with_suffix(".engine"), "ort")
     with pytest.raises(PolicyError, match="loads a run directory"):
-        load_policy(exported[2], "jax")
+        load_policy(toy_policy[2], "jax")
     with pytest.raises(PolicyError, match="not a training run" if HAS_JAX else "train extra"):
-        load_policy(exported[2].parent, "jax")
+        load_policy(toy_policy[2].parent, "jax")
     with pytest.raises(PolicyError, match="spin: ONNX Runtime thread spinning applies"):
-        load_policy(exported[2].parent, "jax", spin=True)
+        load_policy(toy_policy[2].parent, "jax", spin=True)
 
 
-def test_spinning_threads_give_the_same_actions(exported: tuple[PolicySpec, dict, Path]) -> None:
-    obs = np.random.default_rng(0).standard_normal((5, exported[0].obs_dim), dtype=np.float32)
-    goal = np.zeros((5, exported[0].goal_dim), np.float32)
-    reference = load_policy(exported[2]).act(obs, goal)
-    spinning = load_policy(exported[2], threads=2, spin=True)
+def test_spinning_threads_give_the_same_actions(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
+    obs = np.random.default_rng(0).standard_normal((5, toy_policy[0].obs_dim), dtype=np.float32)
+    goal = np.zeros((5, toy_policy[0].goal_dim), np.float32)
+    reference = load_policy(toy_policy[2]).act(obs, goal)
+    spinning = load_policy(toy_policy[2], threads=2, spin=True)
     np.testing.assert_array_equal(spinning.act(obs, goal), reference)
 
 
-def test_execution_providers_best_first_with_engine_cache(
+def test_ort_session_runs_on_the_best_providers_here(
+    toy_policy: tuple[PolicySpec, dict, Path],
+) -> None:
+    """A real ONNX Runtime session: it runs on the best providers this onnxruntime has
+    (TensorRT, then CUDA, then the CPU; here, without onnxruntime-gpu, the CPU), and asking for
+    one it lacks is refused in one line naming what to install."""
+    import onnxruntime
+
+    from crl.runtime.ort_backend import CPU, CUDA, PREFERENCE, TENSORRT
+
+    available = onnxruntime.get_available_providers()
+    policy = load_policy(toy_policy[2], "ort")
+    assert policy.providers == [p for p in PREFERENCE if p in available]
+    cpu_only = load_policy(toy_policy[2], "ort", providers=[CPU])
+    assert cpu_only.providers == [CPU]
+    obs = np.random.default_rng(0).standard_normal((4, OBS), dtype=np.float32)
+    goal = np.zeros((4, GOAL), np.float32)
+    np.testing.assert_allclose(policy.act(obs, goal), cpu_only.act(obs, goal), atol=2e-2)
+    absent = [p for p in (TENSORRT, CUDA) if p not in available]
+    if absent:
+        with pytest.raises(PolicyError, match=rf"^providers: \['{absent[0]}'\] not in"
+                           r".*install onnxruntime-gpu") as e:
+            load_policy(toy_policy[2], "ort", providers=[absent[0], CPU])
+        assert "\n" not in str(e.value) and "re-export" not in str(e.value)  # the file is fine
+
+
+def test_tensorrt_provider_caches_its_engines(
+    toy_policy: tuple[PolicySpec, dict, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With onnxruntime-gpu on a GPU: the TensorRT provider builds its engine into the cache
+    under XDG_CACHE_HOME on the first start, so a restarted robot does not build again."""
+    import onnxruntime
+
+    from crl.runtime.ort_backend import TENSORRT
+
+    if TENSORRT not in onnxruntime.get_available_providers():
+        pytest.skip("no TensorRT execution provider in this onnxruntime (onnxruntime-gpu only)")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    policy = load_policy(toy_policy[2], "ort")
+    assert policy.providers[0] == TENSORRT
+    policy.act(np.zeros(OBS), np.zeros(GOAL))
+    cache = tmp_path / "crl" / "ort_tensorrt"
+    assert any(p.suffix == ".engine" for p in cache.iterdir()), sorted(cache.iterdir())
+
+
+def test_tensorrt_provider_options_stand_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the ort backend asks onnxruntime-gpu for, checked without a GPU: the TensorRT EP with
-    its engine and timing caches under XDG_CACHE_HOME (so only the first start builds), fp16
-    kernels only for an fp16 file, then CUDA, then the CPU."""
+    """Stand-in: what the ort backend would ask onnxruntime-gpu for, with its provider list
+    faked (this onnxruntime has no TensorRT provider to take the options; the test above runs
+    them where one is): the TensorRT provider with its engine and timing caches under
+    XDG_CACHE_HOME, fp16 kernels only for an fp16 file, then CUDA, then the CPU."""
     import onnxruntime
 
     from crl.runtime.ort_backend import CPU, CUDA, TENSORRT, providers_for
@@ -212,11 +240,6 @@ def test_execution_providers_best_first_with_engine_cache(
         assert options["trt_fp16_enable"] == (precision == "fp16")
     assert cache.is_dir()
     assert providers_for("fp32", [CUDA, CPU]) == [CUDA, CPU]
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
-    assert providers_for("fp32") == [CPU]
-    with pytest.raises(PolicyError, match=r"providers: \['CUDAExecutionProvider'\] not in"
-                       r".*install onnxruntime-gpu"):
-        providers_for("fp32", [CUDA, CPU])
 
 
 def test_runtime_imports_no_jax() -> None:
@@ -232,8 +255,8 @@ def test_runtime_imports_no_jax() -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_bench_statistics(exported: tuple[PolicySpec, dict, Path]) -> None:
-    policy = load_policy(exported[2])
+def test_bench_statistics(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
+    policy = load_policy(toy_policy[2])
     summary, samples = bench_policy(policy, BenchConfig((1, 4), iterations=30, warmup=3), 1e10)
     assert [r["batch"] for r in summary["results"]] == [1, 4]
     for r in summary["results"]:
@@ -264,35 +287,88 @@ def test_steal_from_proc_stat(tmp_path: Path) -> None:
         assert 0 <= steal <= total
 
 
-def test_paced_bench_keeps_the_control_rate(exported: tuple[PolicySpec, dict, Path]) -> None:
-    """At 50 Hz, 25 calls take half a second and leave the CPU mostly idle."""
-    policy = load_policy(exported[2])
+class SimulatedTime:
+    """`crl.runtime.bench`'s clocks, simulated: sleeping advances the wall clock, a policy call
+    advances it and the CPU clock by the call's cost."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = 100.0, 10.0
+        self.sleeps: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def perf_counter_ns(self) -> int:
+        return round(self.wall * 1e9)
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.wall += seconds
+
+    def work(self, seconds: float) -> None:
+        self.wall += seconds
+        self.cpu += seconds
+
+
+class CostlyPolicy:
+    """A policy whose calls take simulated time: `costs[i]` seconds for call i (cycled)."""
+
+    def __init__(self, spec: PolicySpec, clock: SimulatedTime, costs: list[float]) -> None:
+        self.spec, self.clock, self.costs, self.calls = spec, clock, costs, 0
+
+    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        self.clock.work(self.costs[self.calls % len(self.costs)])
+        self.calls += 1
+        return np.zeros(self.spec.act_dim, np.float32)
+
+
+def test_paced_bench_keeps_the_control_rate(
+    toy_policy: tuple[PolicySpec, dict, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 50 Hz, calls of 2 ms each: one call a period on an absolute schedule, the rest of the
+    period asleep (CPU use 10% of a core); a call that overruns its period is counted and the
+    schedule restarts after it, with no burst of catch-up calls."""
+    clock = SimulatedTime()
+    monkeypatch.setattr("crl.runtime.bench.time", clock)
+    policy = CostlyPolicy(toy_policy[0], clock, [0.002])
     config = BenchConfig((1,), iterations=25, warmup=2, rate_hz=50.0)
-    start = time.perf_counter()
+    start = clock.wall
     seconds, cpu_percent = time_calls(policy, 1, config)
-    elapsed = time.perf_counter() - start
-    assert 0.48 < elapsed < 1.0 and seconds.shape == (25,)
-    assert cpu_percent < 50
+    warmup = 2 * 0.002
+    assert clock.wall - start - warmup == pytest.approx(25 * 0.02)
+    np.testing.assert_allclose(seconds, 0.002, rtol=1e-6)
+    np.testing.assert_allclose(clock.sleeps, 0.018, rtol=1e-6)
+    assert cpu_percent == pytest.approx(10.0)
     r = summarize(seconds, 1, cpu_percent, config.rate_hz)
     assert r["rate_hz"] == 50.0 and r["calls_over_period"] == 0
-    # a rate the policy cannot keep: every call overruns its period, none waits
-    fast = summarize(np.full(4, 0.03), 1, 100.0, 50.0)
-    assert fast["calls_over_period"] == 4
+
+    clock.sleeps.clear()
+    overrun = CostlyPolicy(toy_policy[0], clock, [0.002, 0.002, 0.002, 0.05, 0.002, 0.002])
+    config = BenchConfig((1,), iterations=6, warmup=0, rate_hz=50.0)
+    seconds, _ = time_calls(overrun, 1, config)
+    # the 50 ms call leaves no sleep after it, and the next call sleeps a full period's rest
+    np.testing.assert_allclose(clock.sleeps, [0.018, 0.018, 0.018, 0.018, 0.018], rtol=1e-6)
+    assert summarize(seconds, 1, 100.0, 50.0)["calls_over_period"] == 1
 
 
 def test_bench_cli_writes_json_and_plot(
-    exported: tuple[PolicySpec, dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    toy_policy: tuple[PolicySpec, dict, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import onnxruntime
+
     out, plot = tmp_path / "r" / "result.json", tmp_path / "latency.png"
     plotting = ["--plot", str(plot)] if HAS_MATPLOTLIB else []  # the robot's install has none
-    run_main(["bench", "--policy", str(exported[2]), "--backend", "ort", "--batch", "1,2",
+    run_main(["bench", "--policy", str(toy_policy[2]), "--backend", "ort", "--batch", "1,2",
               "--iterations", "20", "--out", str(out), *plotting])
     assert "p99" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["backend"] == "ort" and result["precision"] == "fp32"
     assert result["device"]["cpu"] and result["device"]["cores"] >= 1
     assert {"python", "numpy", "onnxruntime"} <= set(result["versions"])
-    assert "jax" not in result["versions"] or "jax" in sys.modules
+    assert result["versions"]["onnxruntime"] == onnxruntime.__version__
     assert result["memory_bandwidth_gb_s"] > 0 and len(result["results"]) == 2
     if HAS_MATPLOTLIB:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -300,12 +376,24 @@ def test_bench_cli_writes_json_and_plot(
     assert written == (["latency.png", "r"] if plotting else ["r"])
     assert result["rate_hz"] == 0.0 and result["threads"] == 1 and result["spin"] is False
 
-    run_main(["bench", "--policy", str(exported[2]), "--batch", "1", "--iterations", "10",
+    run_main(["bench", "--policy", str(toy_policy[2]), "--batch", "1", "--iterations", "10",
               "--rate", "100", "--threads", "2", "--spin", "--out", str(out)])
     assert "calls over the period" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["rate_hz"] == 100.0 and result["threads"] == 2 and result["spin"] is True
     assert result["results"][0]["rate_hz"] == 100.0 and "calls_over_period" in result["results"][0]
+
+
+def test_versions_name_jax_only_when_the_run_loaded_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime never imports jax: a result names jax's version only where the measured
+    process had loaded it (the JAX backend), never merely because it is installed."""
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    assert "jax" not in versions()
+    if HAS_JAX:
+        from importlib import metadata
+
+        monkeypatch.setitem(sys.modules, "jax", importlib.import_module("jax"))
+        assert versions()["jax"] == metadata.version("jax")
 
 
 def test_bench_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,13 +11,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from crl.export.cli import USAGE_ERROR
 from crl.export.cli import main as export_main
-from crl.export.onnx_export import ExportError, export_actor, random_params
+from crl.export.onnx_export import ExportError, export_actor
 from crl.export.tensorrt_build import (
     ENGINE_FORMAT,
     TENSORRT_MISSING,
@@ -32,7 +34,7 @@ from crl.export.tensorrt_build import (
 )
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.trt_backend import check_built_here, read_sidecar
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+from crl.sim.spec import PolicySpec
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = tensorrt_missing() is None
@@ -44,38 +46,24 @@ needs_engine_runtime = pytest.mark.skipif(
 )
 
 
-def make_spec() -> PolicySpec:
-    return PolicySpec(
-        task="toy",
-        observation=(Field("joint_pos", 6),),
-        goal=GoalSpec((Field("xyz", 3),), "world", (-1.0,) * 3, (1.0,) * 3),
-        action=ActionSpec(2, ("a", "b"), "position", (1.0, 1.0), (0.0, 0.0), (-1.0, -1.0),
-                          (1.0, 1.0)),
-        control_hz=100.0,
-        success_radius=0.02,
-        provenance=Provenance("toy", "0" * 64),
-        network=NetworkSpec(8, 64, 16),
-    )
-
-
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    spec = make_spec()
-    params = random_params(spec)
+def onnx_files(tmp_path_factory: pytest.TempPathFactory,
+               toy_policy: tuple[PolicySpec, dict, Path]) -> dict[str, Path]:
+    spec, params, fp32 = toy_policy
     d = tmp_path_factory.mktemp("trt")
-    return {
-        "fp32": export_actor(params, spec, d / "policy.onnx", critic=True).path,
-        "fp16": export_actor(params, spec, d / "policy_fp16.onnx", fp16=True).path,
-    }
+    fp16 = export_actor(params, spec, d / "policy_fp16.onnx", fp16=True)
+    return {"fp32": fp32, "fp16": fp16.path}
 
 
-def write_engine(path: Path, blob: bytes = b"engine", **changes: object) -> Path:
-    """A fake engine and a sidecar as `crl-export tensorrt` writes them."""
+def write_engine(path: Path, policy: PolicySpec, blob: bytes = b"engine",
+                 **changes: object) -> Path:
+    """A stand-in engine (bytes TensorRT cannot run) with a sidecar as `crl-export tensorrt`
+    writes it: what the runtime checks before it deserializes anything."""
     import hashlib
 
     path.write_bytes(blob)
     sidecar = {
-        "format": ENGINE_FORMAT, "spec": make_spec().to_dict(), "tensorrt_version": "10.0.0",
+        "format": ENGINE_FORMAT, "spec": policy.to_dict(), "tensorrt_version": "10.0.0",
         "gpu": "Some GPU", "compute_capability": "8.7", "precision": "fp16", "max_batch": 8,
         "engine_sha256": hashlib.sha256(blob).hexdigest(), "weight_bytes": 1,
     }
@@ -148,17 +136,15 @@ def test_capturing_logger_keeps_what_tensorrt_says(
     assert capsys.readouterr().err == ""
 
 
-def test_tensorrt_import_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
-    assert tensorrt_missing() == TENSORRT_MISSING
-    assert "pip install tensorrt" in TENSORRT_MISSING and "built on the machine" in TENSORRT_MISSING
-
-
-@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed: the missing path cannot occur")
 def test_missing_tensorrt_clear_errors(
-    onnx_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    onnx_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, toy_spec: Callable[..., PolicySpec],
 ) -> None:
-    # tensorrt-stubs leaves an importable, empty `tensorrt` namespace package: still "missing".
+    """Without TensorRT (absent here, or made unimportable where it is installed) building and
+    loading an engine each say in one line what to install, and nothing is written."""
+    if HAS_TENSORRT:
+        monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises
+    # (where absent, tensorrt-stubs leaves an importable, empty namespace package: "missing")
     assert tensorrt_missing() == TENSORRT_MISSING
     with pytest.raises(ExportError, match="TensorRT is not installed"):
         build_engine(onnx_files["fp32"], tmp_path / "policy.engine")
@@ -166,9 +152,10 @@ def test_missing_tensorrt_clear_errors(
         export_main(["tensorrt", "--onnx", str(onnx_files["fp32"]), "--out",
                      str(tmp_path / "policy.engine")])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 1 and len(err.splitlines()) == 1 and "pip install tensorrt" in err
+    assert e.value.code == USAGE_ERROR and len(err.splitlines()) == 1
+    assert "pip install tensorrt" in err and "built on the machine" in err
     assert list(tmp_path.iterdir()) == []
-    engine = write_engine(tmp_path / "policy.engine")
+    engine = write_engine(tmp_path / "policy.engine", toy_spec())
     with pytest.raises(PolicyError, match="TensorRT is not installed"):
         load_policy(engine, "trt")
 
@@ -176,28 +163,30 @@ def test_missing_tensorrt_clear_errors(
 @pytest.mark.parametrize(
     ("setup", "match"),
     [
-        (lambda p: p, "no such engine file"),
-        (lambda p: (p.write_bytes(b"x"), p)[1], "missing, the engine cannot be checked"),
-        (lambda p: write_engine(p, format="crl-engine/0"), "format 'crl-engine/0' is not"),
-        (lambda p: write_engine(p, spec={**make_spec().to_dict(), "format": "crl-policy/9"}),
+        (lambda p, s: p, "no such engine file"),
+        (lambda p, s: (p.write_bytes(b"x"), p)[1], "missing, the engine cannot be checked"),
+        (lambda p, s: write_engine(p, s, format="crl-engine/0"), "format 'crl-engine/0' is not"),
+        (lambda p, s: write_engine(p, s, spec={**s.to_dict(), "format": "crl-policy/9"}),
          "spec.format: 'crl-policy/9'"),
-        (lambda p: write_engine(p, max_batch="many"), "malformed sidecar"),
+        (lambda p, s: write_engine(p, s, max_batch="many"), "malformed sidecar"),
     ],
 )
-def test_bad_engine_sidecars(tmp_path: Path, setup, match: str) -> None:
-    engine = setup(tmp_path / "policy.engine")
+def test_bad_engine_sidecars(tmp_path: Path, setup, match: str,
+                             toy_spec: Callable[..., PolicySpec]) -> None:
+    engine = setup(tmp_path / "policy.engine", toy_spec())
     with pytest.raises(PolicyError, match=match) as e:
         load_policy(engine, "trt")
     assert "\n" not in str(e.value)
 
 
-def test_sidecar_read_back(tmp_path: Path) -> None:
-    side = read_sidecar(write_engine(tmp_path / "p.engine"))
-    assert side.spec == make_spec() and side.max_batch == 8 and side.precision == "fp16"
+def test_sidecar_read_back(tmp_path: Path, toy_spec: Callable[..., PolicySpec]) -> None:
+    side = read_sidecar(write_engine(tmp_path / "p.engine", toy_spec()))
+    assert side.spec == toy_spec() and side.max_batch == 8 and side.precision == "fp16"
 
 
-def test_engines_built_elsewhere_are_refused(tmp_path: Path) -> None:
-    engine = write_engine(tmp_path / "p.engine")
+def test_engines_built_elsewhere_are_refused(tmp_path: Path,
+                                             toy_spec: Callable[..., PolicySpec]) -> None:
+    engine = write_engine(tmp_path / "p.engine", toy_spec())
     side = read_sidecar(engine)
     here = {"gpu": "Some GPU", "compute_capability": "8.7"}
     check_built_here(engine, side, "10.0.0", here)  # same version and GPU: accepted

@@ -165,10 +165,11 @@ def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_s
     controller_policy: Path,
 ) -> None:
     """A serving runtime, a robot (this test) that sends good and bad observations, then stops:
-    the safe action goes out within 2 control periods after the staleness limit."""
+    the safe action goes out within 2 control ticks after the staleness limit's, and keeps
+    going out. Counted in ticks, not seconds: a busy machine delays ticks, it cannot add any."""
     port = free_base_port()
     ep = Endpoints(port=port)
-    hz = 20.0  # period 50 ms; staleness limit 3 periods
+    hz, limit_periods = 20.0, 3  # period 50 ms; reacher.yaml's staleness limit, in periods
     proc = start_serve(controller_policy, port, "--rate", str(hz), "--goal", "0.1", "0.1")
     robot = RobotLink(ep)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -186,19 +187,18 @@ def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_s
             publish(robot, observation())
             robot._obs.socket.send(bad[k % len(bad)])  # raw bytes on the robot's own stream
             time.sleep(1 / hz)
-        last_obs = time.monotonic()
         seen: list[Action] = []
-        while time.monotonic() < last_obs + 1.0:
+        deadline = time.monotonic() + 60  # a hang guard, not a speed bound
+        while not (len(seen) >= 5 and all(a.safe for a in seen[-5:])):
             seen += actions.drain(20)
+            assert time.monotonic() < deadline and proc.poll() is None, "no safe action"
         safe = [a for a in seen if a.safe]
-        assert safe, "no safe action after the robot went silent"
-        first_safe_wall = safe[0].stamp
-        limit = 3 / hz
-        # Action stamps are wall clock; the last observation's stamp is on the actions too.
-        last_stamp = max(a.obs_stamp for a in seen)
-        assert first_safe_wall - last_stamp <= limit + 2 / hz, (first_safe_wall - last_stamp)
-        # Still ticking at its rate while the robot is gone (safe actions keep coming).
-        assert len(safe) >= 0.5 * hz * (1.0 - limit - 2 / hz)
+        # The actions name the observation they answer: the last one was acted on for at most
+        # the staleness limit's ticks and 2 more, then only the safe action went out.
+        last = max(a.obs_seq for a in seen)
+        on_last = [i for i, a in enumerate(seen) if not a.safe and a.obs_seq == last]
+        assert 1 <= len(on_last) <= limit_periods + 2, len(on_last)
+        assert all(a.safe for a in seen[on_last[-1] + 1:])
         np.testing.assert_allclose(safe[-1].values, safe[0].values)  # holding still
         # The robot returns (a new session, as after a restart): the runtime resumes.
         robot.close()
