@@ -35,7 +35,8 @@ from crl.sim.atomic import write_json
 from crl.sim.env import jit
 
 RESULTS = Path(__file__).parent / "results"
-CONTACT_RICH = ("ant", "ant_u_maze", "humanoid")
+# Every paper task is an ant or a humanoid on the floor.
+CONTACT_RICH = ("ant", "ant_u_maze", "humanoid", *tasks.PAPER_TASKS)
 # Contact-rich tasks step a few thousand envs/s on a small CPU: more envs only make the run long.
 # (256+ ants once deadlocked XLA:CPU; crl.sim.env now sets the flag that avoids it.)
 CPU_CONTACT_RICH_MAX = 256

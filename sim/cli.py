@@ -57,8 +57,8 @@ class Rollout:
     """Episodes to roll out (each of the task's full episode length)."""
     seed: int = 0
     """Seeds starts, goals, DR draws and random actions."""
-    dr: Literal["train", "held_out", "off"] = "train"
-    """Domain randomization: the training ranges, the wider held-out ranges, or none."""
+    dr: Literal["off", "train", "held-out"] = "train"
+    """Domain randomization: none, the training ranges, or the held-out ranges (outside them)."""
     video: Path | None = None
     """Write an mp4 of all episodes here."""
     frames: Path | None = None
@@ -85,8 +85,8 @@ class Robot:
     """
 
     task: Task
-    dr: Literal["off", "train", "held-out", "held_out"]
-    """Domain randomization: none, the training ranges or the wider held-out ones (MJX's draws)."""
+    dr: Literal["off", "train", "held-out"]
+    """Domain randomization: none, the training ranges or the held-out ones (MJX's draws)."""
     seed: int = 0
     """Seeds every episode's start, goal, DR draw and observation noise."""
     speed: float = 1.0

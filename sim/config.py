@@ -9,8 +9,9 @@ bounds they cover: the runtime rejects goals the policy never trained on.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,10 @@ import jax
 import jax.numpy as jnp
 
 Range = tuple[float, float]
+# A parameter's draws come uniformly from the union of these (low, high) intervals. One interval is
+# an ordinary range; intervals on both sides of a training range make a held-out range none of
+# whose draws is a training condition.
+Ranges = tuple[Range, ...]
 AXES = "xyz"
 GOAL_KINDS = ("site", "body")
 GOAL_FRAMES = ("world",)
@@ -64,81 +69,209 @@ OBSERVATION_FIELDS: Mapping[str, ObservationField] = {
     "last_action": ObservationField(
         "the previous action commanded, normalized to [-1, 1]", sensed=False
     ),
+    # The paper's simulator state (its tasks observe these; no robot measures cinert or cvel):
+    # MuJoCo's own arrays, every joint and every body but the world, in model order. They are
+    # exact, not a sensor's reading, so observation noise (sensor noise) leaves them alone.
+    "qpos": ObservationField(
+        "generalized positions of every joint, model order (free joint: world xyz (m) and "
+        "quaternion w, x, y, z; hinges rad, slides m)", "world", sensed=False
+    ),
+    "qvel": ObservationField(
+        "generalized velocities of every dof, model order (free joint: linear m/s in the world "
+        "frame, angular rad/s in its body frame; hinges rad/s, slides m/s)", "world", sensed=False
+    ),
+    "cinert": ObservationField(
+        "centre-of-mass inertia of every body but the world, 10 values a body (inertia xx, yy, "
+        "zz, xy, xz, yz about its tree's centre of mass, mass x offset, mass)", "world",
+        sensed=False,
+    ),
+    "cvel": ObservationField(
+        "centre-of-mass velocity of every body but the world, 6 values a body (angular rad/s, "
+        "linear m/s, at its tree's centre of mass)", "world", sensed=False
+    ),
+    "qfrc_actuator": ObservationField(
+        "actuator force on every dof, model order (N m on hinges, N on slides)", sensed=False
+    ),
 }
 
 
-def _check_range(value: Any, where: str, *, positive: bool = False) -> None:
-    if not (isinstance(value, tuple) and len(value) == 2):
-        raise ConfigError(f"{where}: expected a (low, high) tuple, got {value!r}")
-    low, high = value
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
-        raise ConfigError(f"{where}: non-finite or non-numeric entry in {value!r}")
-    if low > high:
-        raise ConfigError(f"{where}: low {low} > high {high}; give (low, high) with low <= high")
-    if positive and low <= 0:
-        raise ConfigError(f"{where}: scale must be positive, got low {low}")
-    if low < 0:
-        raise ConfigError(f"{where}: must not be negative, got low {low}")
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _ranges(value: Any, where: str, *, positive: bool = False) -> Ranges:
+    """`value` as sorted, disjoint `Ranges`: a (low, high) pair or a tuple of them (JSON lists
+    too), each low <= high, none negative (none <= 0 with `positive`)."""
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) for v in value
+    ):
+        value = (value,)  # one interval, written as a plain pair
+    if not (isinstance(value, (list, tuple)) and value):
+        raise ConfigError(f"{where}: expected a (low, high) pair or a tuple of them, got {value!r}")
+    out: list[Range] = []
+    for r in value:
+        if not (isinstance(r, (list, tuple)) and len(r) == 2):
+            raise ConfigError(f"{where}: expected (low, high) pairs, got {r!r}")
+        if not all(_number(v) for v in r):
+            raise ConfigError(f"{where}: non-finite or non-numeric entry in {tuple(r)!r}")
+        low, high = float(r[0]), float(r[1])
+        if low > high:
+            raise ConfigError(
+                f"{where}: low {low} > high {high}; give (low, high) with low <= high"
+            )
+        if positive and low <= 0:
+            raise ConfigError(f"{where}: scale must be positive, got low {low}")
+        if low < 0:
+            raise ConfigError(f"{where}: must not be negative, got low {low}")
+        out.append((low, high))
+    out.sort()
+    for a, b in itertools.pairwise(out):
+        if b[0] <= a[1]:
+            raise ConfigError(f"{where}: intervals {a} and {b} meet; merge them into one")
+    return tuple(out)
+
+
+def _meet(a: Ranges, b: Ranges) -> bool:
+    """Whether some value lies in both (closed intervals: a shared endpoint counts)."""
+    return any(lo_a <= hi_b and lo_b <= hi_a for lo_a, hi_a in a for lo_b, hi_b in b)
+
+
+DR_PARAMETERS = ("friction", "body_mass", "joint_damping", "actuator_gain")
+NO_NOISE: Ranges = ((0.0, 0.0),)
 
 
 @dataclass(frozen=True)
 class DRConfig:
-    """Per-episode domain randomization. Ranges are uniform (low, high) draws.
+    """Per-episode domain randomization: the robots and sensors an episode may get.
 
-    The physical ranges are scale factors on the nominal model: sliding friction of each geom,
-    mass (and inertia) of each body, damping of each dof, and gain of each actuator (kp of a
-    position servo, force per ctrl unit of a motor). Observation noise is Gaussian with a std
-    drawn per episode, in the observation's own units, on the sensed fields (not `last_action`);
-    the action delay is an integer number of control steps drawn from 0..max_action_delay. The
-    defaults are the nominal model.
+    The physical parameters are scales on the nominal model, each drawn once per episode,
+    uniformly over its `Ranges`: `body_mass` per body (inertia scaled with it), `joint_damping`
+    per dof, `actuator_gain` per actuator (a position servo's kp, in gain and bias together; a
+    motor's force per ctrl unit), and `friction` one factor on the sliding friction of every
+    geom, the floor included. A contact's friction is the larger of its two geoms' (MJX and
+    MuJoCo C alike), so one common factor s gives every contact exactly s × its nominal friction;
+    a draw per geom would give the larger of two draws, skewed high.
+
+    `obs_noise` maps observation fields (`OBSERVATION_FIELDS`) to the std of their Gaussian
+    noise, in the field's own units (rad, rad/s, m, ...), drawn per episode and field; a field
+    absent gets none, and fields the controller knows exactly (`sensed=False`: `last_action`)
+    may not have any. `action_delay` lists the delays, in control steps, an episode draws from
+    with equal probability. The defaults are the nominal model.
     """
 
-    friction: Range = (1.0, 1.0)
-    body_mass: Range = (1.0, 1.0)
-    joint_damping: Range = (1.0, 1.0)
-    actuator_gain: Range = (1.0, 1.0)
-    obs_noise_std: Range = (0.0, 0.0)
-    max_action_delay: int = 0
+    friction: Ranges = ((1.0, 1.0),)
+    body_mass: Ranges = ((1.0, 1.0),)
+    joint_damping: Ranges = ((1.0, 1.0),)
+    actuator_gain: Ranges = ((1.0, 1.0),)
+    obs_noise: Mapping[str, Ranges] = field(default_factory=dict)
+    action_delay: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
-        # Ranges read back from JSON (a spec's provenance, a config file) arrive as lists.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                object.__setattr__(self, f.name, tuple(value))
-        _check_range(self.friction, "DRConfig.friction")
-        _check_range(self.body_mass, "DRConfig.body_mass", positive=True)
-        _check_range(self.joint_damping, "DRConfig.joint_damping")
-        _check_range(self.actuator_gain, "DRConfig.actuator_gain", positive=True)
-        _check_range(self.obs_noise_std, "DRConfig.obs_noise_std")
-        delay = self.max_action_delay
-        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
+        # Values read back from JSON (a spec's provenance, a config file) arrive as lists.
+        for name in DR_PARAMETERS:
+            positive = name in ("body_mass", "actuator_gain")
+            ranges = _ranges(getattr(self, name), f"DRConfig.{name}", positive=positive)
+            object.__setattr__(self, name, ranges)
+        if not isinstance(self.obs_noise, Mapping):
             raise ConfigError(
-                f"DRConfig.max_action_delay: must be an int >= 0 control steps, got {delay!r}"
+                f"DRConfig.obs_noise: expected a mapping of field name to std ranges, got "
+                f"{self.obs_noise!r}"
             )
+        noise: dict[str, Ranges] = {}
+        for name, value in self.obs_noise.items():
+            where = f"DRConfig.obs_noise[{name!r}]"
+            if name not in OBSERVATION_FIELDS:
+                raise ConfigError(
+                    f"{where}: unknown observation field; known: {', '.join(OBSERVATION_FIELDS)}"
+                )
+            if not OBSERVATION_FIELDS[name].sensed:
+                raise ConfigError(
+                    f"{where}: the controller knows {name} exactly; it takes no noise"
+                )
+            noise[name] = _ranges(value, where)
+        # Registry order, so equal configs print and serialize alike.
+        ordered = {n: noise[n] for n in OBSERVATION_FIELDS if n in noise}
+        object.__setattr__(self, "obs_noise", ordered)
+        delays = self.action_delay
+        if not (
+            isinstance(delays, (list, tuple)) and delays
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in delays)
+        ):
+            raise ConfigError(
+                f"DRConfig.action_delay: expected a tuple of ints >= 0 (control steps), got "
+                f"{delays!r}"
+            )
+        if len(set(delays)) != len(delays):
+            raise ConfigError(f"DRConfig.action_delay: duplicate delays in {tuple(delays)}")
+        object.__setattr__(self, "action_delay", tuple(sorted(delays)))
+
+    def __hash__(self) -> int:  # obs_noise is a dict: hash its items
+        ranges = tuple(getattr(self, n) for n in DR_PARAMETERS)
+        return hash((ranges, tuple(self.obs_noise.items()), self.action_delay))
+
+    @property
+    def max_action_delay(self) -> int:
+        """The longest delay: the env keeps this many commands in flight (plus the newest)."""
+        return max(self.action_delay)
+
+    def noise(self, name: str) -> Ranges:
+        """The std ranges of observation field `name` (`NO_NOISE` when it has none)."""
+        return self.obs_noise.get(name, NO_NOISE)
+
+    def shared_conditions(self, other: DRConfig, fields: Iterable[str]) -> list[str]:
+        """The parameters on which a draw of `self` can equal one of `other`: ranges that meet,
+        delays in common, noise compared on the observation `fields`. Empty: disjoint."""
+        shared = [n for n in DR_PARAMETERS if _meet(getattr(self, n), getattr(other, n))]
+        shared += [
+            f"obs_noise[{n!r}]" for n in fields if _meet(self.noise(n), other.noise(n))
+        ]
+        if set(self.action_delay) & set(other.action_delay):
+            shared.append("action_delay")
+        return shared
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# Training ranges follow common sim-to-real practice for small robots; the held-out ranges are
-# wider on every axis, so evaluation under them measures robustness outside what training saw.
+# The training ranges follow common sim-to-real practice for small robots (noise in each field's
+# units: encoder, odometry and IMU noise). The held-out ranges lie outside them on every
+# parameter, below and above (friction 0.4-0.6 and 1.4-1.8 against 0.7-1.3 in training), with
+# 1.25-2x the training noise and a delay training never had, so a held-out evaluation is of
+# unseen dynamics only; a gap between the two keeps held-out draws off the training bounds.
+_TRAIN_NOISE: dict[str, Ranges] = {
+    "joint_pos": ((0.0, 0.01),),  # rad
+    "joint_vel": ((0.0, 0.1),),  # rad/s
+    "base_pos": ((0.0, 0.02),),  # m
+    "base_quat": ((0.0, 0.01),),
+    "base_lin_vel": ((0.0, 0.05),),  # m/s
+    "base_ang_vel": ((0.0, 0.1),),  # rad/s
+    "base_gravity": ((0.0, 0.02),),
+    "site_pos": ((0.0, 0.005),),  # m
+}
+
+
+def held_out_noise(train: Mapping[str, Ranges]) -> dict[str, Ranges]:
+    """Held-out observation noise for training noise `train`: per field, a std of 1.25-2x the
+    largest training std (above it, never touching it)."""
+    return {name: ((1.25 * r[-1][1], 2.0 * r[-1][1]),) for name, r in train.items()}
+
+
 DR_OFF = DRConfig()
 DR_TRAIN = DRConfig(
-    friction=(0.7, 1.3),
-    body_mass=(0.9, 1.1),
-    joint_damping=(0.8, 1.2),
-    actuator_gain=(0.9, 1.1),
-    obs_noise_std=(0.0, 0.01),
-    max_action_delay=1,
+    friction=((0.7, 1.3),),
+    body_mass=((0.9, 1.1),),
+    joint_damping=((0.8, 1.2),),
+    actuator_gain=((0.9, 1.1),),
+    obs_noise=_TRAIN_NOISE,
+    action_delay=(0, 1),
 )
 DR_HELD_OUT = DRConfig(
-    friction=(0.4, 1.8),
-    body_mass=(0.75, 1.3),
-    joint_damping=(0.5, 1.6),
-    actuator_gain=(0.75, 1.3),
-    obs_noise_std=(0.0, 0.02),
-    max_action_delay=2,
+    friction=((0.4, 0.6), (1.4, 1.8)),
+    body_mass=((0.75, 0.85), (1.15, 1.3)),
+    joint_damping=((0.5, 0.7), (1.3, 1.6)),
+    actuator_gain=((0.75, 0.85), (1.15, 1.3)),
+    obs_noise=held_out_noise(_TRAIN_NOISE),
+    action_delay=(2,),
 )
 
 
@@ -298,6 +431,11 @@ class TaskConfig:
     joint actuator; empty = every joint actuator, in model order). `observation` lists fields of
     `OBSERVATION_FIELDS` in the order the policy sees them. `control_hz` must divide the model's
     physics rate (substeps = 1 / (control_hz * timestep)).
+
+    `healthy_z_range` (low, high), for robots that can fall: an episode ends early (terminates)
+    after a step that leaves the world z of `base_body` outside [low, high], as the paper's envs
+    end a fallen or launched robot's episode instead of recording it lying there until
+    `episode_length`. None: the robot cannot fall and every episode runs its full length.
     """
 
     name: str
@@ -314,6 +452,7 @@ class TaskConfig:
     actuated_joints: tuple[str, ...] = ()
     base_body: str = ""
     obs_site: str = ""
+    healthy_z_range: Range | None = None
     start: StartSampler = field(default_factory=StartSampler)
     dr_train: DRConfig = DR_TRAIN
     dr_held_out: DRConfig = DR_HELD_OUT
@@ -362,6 +501,22 @@ class TaskConfig:
                 )
         if self.start.base_xy is not None and not self.base_body:
             raise ConfigError("TaskConfig.base_body: start.base_xy places the base; name it")
+        if self.healthy_z_range is not None:
+            band = self.healthy_z_range
+            if isinstance(band, list):  # read back from JSON
+                band = tuple(band)
+                object.__setattr__(self, "healthy_z_range", band)
+            if not (isinstance(band, tuple) and len(band) == 2):
+                raise ConfigError(
+                    f"TaskConfig.healthy_z_range: expected a (low, high) tuple, got {band!r}"
+                )
+            low, high = _floats(band, "TaskConfig.healthy_z_range")
+            if low >= high:
+                raise ConfigError(f"TaskConfig.healthy_z_range: low {low} >= high {high}")
+            if not self.base_body:
+                raise ConfigError(
+                    "TaskConfig.base_body: healthy_z_range bounds the base's height; name it"
+                )
         if len(set(self.observation)) != len(self.observation):
             raise ConfigError(f"TaskConfig.observation: duplicate fields in {self.observation}")
         if len(set(self.actuated_joints)) != len(self.actuated_joints):
@@ -378,6 +533,15 @@ class TaskConfig:
         for name in ("dr_train", "dr_held_out"):
             if not isinstance(getattr(self, name), DRConfig):
                 raise ConfigError(f"TaskConfig.{name}: expected a DRConfig")
+        # A held-out evaluation claims unseen dynamics: no held-out draw may be a training one.
+        sensed = [n for n in self.observation if OBSERVATION_FIELDS[n].sensed]
+        shared = self.dr_held_out.shared_conditions(self.dr_train, sensed)
+        if shared:
+            raise ConfigError(
+                f"TaskConfig.dr_held_out: {', '.join(shared)} can draw what dr_train draws; "
+                "held-out ranges must lie outside the training ranges (not touching them) and "
+                "held-out delays must differ from the training delays"
+            )
 
     def replace(self, **changes: Any) -> TaskConfig:
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,8 @@ from crl.sim.randomization import Draw, Randomizer, position_servos
 from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 
 ASSETS = Path(__file__).parent / "assets"
-DR_MODES = ("train", "held_out", "off")
+# Domain randomization modes, one spelling everywhere (CLIs, ROS parameters, run configs).
+DR_MODES = ("off", "train", "held-out")
 # XLA:CPU's fusion emitters (the default since jax 0.7) recompute MJX's body-tree kinematics once
 # per level of a serial chain, so a 7-link arm steps ~100x slower; the older emitters do not.
 # Only the CPU backend reads this option.
@@ -79,7 +80,7 @@ class State:
     achieved_goal: jax.Array  # f32[goal_dim], what hindsight relabeling uses
     reward: jax.Array  # f32[], 1 within success_radius (logging only)
     success: jax.Array  # bool[]
-    done: jax.Array  # bool[], this step ended the episode (t == episode_length)
+    done: jax.Array  # bool[], this step ended the episode: t == episode_length, or it terminated
     t: jax.Array  # i32[], steps taken in this episode
     rng: jax.Array
     dr: Draw
@@ -105,11 +106,11 @@ class GoalReachEnv:
 
     def __init__(self, config: TaskConfig, dr: str = "train"):
         if dr not in DR_MODES:
-            raise ConfigError(f"dr: {dr!r} is not one of {DR_MODES}")
+            raise ConfigError(f"dr: {dr!r} is not one of {', '.join(DR_MODES)}")
         self.config = config
         self.dr_mode = dr
         self.dr_config: DRConfig = {
-            "train": config.dr_train, "held_out": config.dr_held_out, "off": DR_OFF
+            "train": config.dr_train, "held-out": config.dr_held_out, "off": DR_OFF
         }[dr]
         self.episode_length = config.episode_length
         path = Path(config.model_file)
@@ -136,6 +137,11 @@ class GoalReachEnv:
     def sample_goal(self, rng: jax.Array) -> jax.Array:
         return self.config.goal_sampler.sample(rng)
 
+    def place_goal(self, qpos: jax.Array, goal: jax.Array) -> jax.Array:
+        """The start qpos with the commanded goal shown in the model (e.g. a goal marker on
+        slide joints, as the paper's humanoid has). The default changes nothing."""
+        return qpos
+
     def sample_start(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(qpos, qvel): the start pose with joint and velocity noise, base placed if configured."""
         s, m = self.config.start, self.mj_model
@@ -157,15 +163,15 @@ class GoalReachEnv:
         rng, k_dr, k_start, k_goal, k_obs = jax.random.split(rng, 5)
         draw = self.randomizer.sample(k_dr)
         qpos, qvel = self.sample_start(k_start)
+        goal = self.sample_goal(k_goal)
+        qpos = self.place_goal(qpos, goal)
         ctrl = self._data0.ctrl.at[self._act_ids].set(self._hold_ctrl(qpos))
         data = self._data0.replace(qpos=qpos, qvel=qvel, ctrl=ctrl)
         # Kinematics is all the observation and achieved goal need at t = 0 (the next step runs
         # the full forward pass); it keeps reset cheap to compile and to run.
-        data = mjx.kinematics(self.randomizer.apply(draw), data)
+        data = self._kinematics(self.randomizer.apply(draw), data)
         queue = jnp.broadcast_to(ctrl[self._act_ids], (self._queue_len, self.spec.act_dim))
-        return self._finish(
-            data, self.sample_goal(k_goal), draw, queue, jnp.zeros((), jnp.int32), rng, k_obs
-        )
+        return self._finish(data, goal, draw, queue, jnp.zeros((), jnp.int32), rng, k_obs)
 
     def step(self, state: State, action: jax.Array) -> State:
         """Advance one control step; the ctrl applied now is the one commanded `delay` steps ago."""
@@ -177,7 +183,7 @@ class GoalReachEnv:
         # mjx.step leaves positions (site_xpos, xpos, xquat) as they were before its last
         # integration; a robot measures its joints now, and the runtime derives sites from those
         # by forward kinematics, so the observation must be of the same instant.
-        data = mjx.kinematics(model, data)
+        data = self._kinematics(model, data)
         rng, k_obs = jax.random.split(state.rng)
         return self._finish(data, state.goal, state.dr, queue, state.t + 1, rng, k_obs)
 
@@ -194,6 +200,17 @@ class GoalReachEnv:
     def achieved_goal(self, data: mjx.Data) -> jax.Array:
         pos = data.site_xpos if self.config.goal_kind == "site" else data.xpos
         return pos[self._goal_id, self._goal_axes]
+
+    def healthy(self, data: mjx.Data) -> jax.Array:
+        """bool[]: the base's world z lies in `config.healthy_z_range` (True without a band).
+
+        Outside it, the step that got there ends the episode (the paper's termination).
+        """
+        band = self.config.healthy_z_range
+        if band is None:
+            return jnp.ones((), bool)
+        z = data.xpos[self._base_id, 2]
+        return (z >= band[0]) & (z <= band[1])
 
     def observe(self, data: mjx.Data, action_queue: jax.Array) -> jax.Array:
         """The noise-free observation, fields concatenated in config order; `action_queue` is
@@ -215,10 +232,14 @@ class GoalReachEnv:
         k_obs: jax.Array,
     ) -> State:
         clean = self.observe(data, queue)
-        noise = draw.obs_noise_std * jax.random.normal(k_obs, clean.shape)
-        obs = clean + (noise if self._obs_all_sensed else noise * self._obs_sensed)
+        # Each element's std is its field's (draw.obs_noise_std, in registry order), in the
+        # field's units; unsensed fields (`last_action`) never get noise.
+        std = draw.obs_noise_std[self._obs_field] * self._obs_sensed
+        obs = clean + std * jax.random.normal(k_obs, clean.shape)
         achieved = self.achieved_goal(data)
         success = jnp.linalg.norm(achieved - goal) <= self.config.success_radius
+        # A reset state is never terminal (the paper's reset, too): only a step can end an episode.
+        terminated = (t > 0) & ~self.healthy(data)
         return State(
             data=data,
             obs=obs,
@@ -226,12 +247,21 @@ class GoalReachEnv:
             achieved_goal=achieved,
             reward=success.astype(jnp.float32),
             success=success,
-            done=t >= self.episode_length,
+            done=(t >= self.episode_length) | terminated,
             t=t,
             rng=rng,
             dr=draw,
             action_queue=queue,
         )
+
+    def _kinematics(self, model: mjx.Model, data: mjx.Data) -> mjx.Data:
+        """Positions of this instant; with `cinert` or `cvel` observed, also the centre-of-mass
+        quantities (mjx.step leaves those of the state before its last integration, and reset
+        computes kinematics only)."""
+        data = mjx.kinematics(model, data)
+        if self._needs_com:
+            data = mjx.com_vel(model, mjx.com_pos(model, data))
+        return data
 
     def _hold_ctrl(self, qpos: jax.Array) -> jax.Array:
         """Start ctrl of the actuated joints: servos hold the start pose, motors push nothing."""
@@ -252,6 +282,7 @@ class GoalReachEnv:
         self._bind_bodies()
         self._bind_start()
         self._extractors = self._make_extractors()
+        self._needs_com = not {"cinert", "cvel"}.isdisjoint(c.observation)
 
     def _bind_actuators(self) -> None:
         """The actuated joints, the one joint actuator that drives each, and the action mapping."""
@@ -386,6 +417,12 @@ class GoalReachEnv:
             # The newest queued command (before the delay), ctrl → physical → [-1, 1]: the
             # clipped physical command the env sent, as spec.action normalizes it.
             "last_action": lambda d, q: (q[0] * unit - offset) / scale,
+            "qpos": lambda d, q: d.qpos,
+            "qvel": lambda d, q: d.qvel,
+            "cinert": lambda d, q: d._impl.cinert[1:].ravel(),  # MJX 3.17: no public field
+            "cvel": lambda d, q: d.cvel[1:].ravel(),
+            # After a step, the force of the step's last substep (a motor's: gear x ctrl).
+            "qfrc_actuator": lambda d, q: d.qfrc_actuator,
         }
         if extractors.keys() != OBSERVATION_FIELDS.keys():
             raise RuntimeError("crl.sim.env extractors and config.OBSERVATION_FIELDS differ")
@@ -397,20 +434,23 @@ class GoalReachEnv:
         sizes = jax.eval_shape(
             lambda d, q: {n: self._extractors[n](d, q) for n in c.observation}, self._data0, queue
         )
-        observation, sensed = [], []
+        observation, sensed, registry = [], [], list(OBSERVATION_FIELDS)
+        obs_field: list[int] = []
         for name in c.observation:
             info = OBSERVATION_FIELDS[name]
             size = int(np.prod(sizes[name].shape))
             sensed += [info.sensed] * size
+            obs_field += [registry.index(name)] * size
             joints = name in ("joint_pos", "joint_vel", "last_action")
             target = repr(getattr(c, info.needs)) if info.needs else ""
             meaning = info.meaning.format(target)
             observation.append(
                 Field(name, size, meaning, info.frame, self.joint_names if joints else ())
             )
-        # 1 where observation noise applies, 0 on fields the controller knows exactly.
+        # 1 where observation noise applies, 0 on fields the controller knows exactly; and each
+        # element's field, as an index into OBSERVATION_FIELDS (and Draw.obs_noise_std).
         self._obs_sensed = jnp.asarray(sensed, jnp.float32)
-        self._obs_all_sensed = all(sensed)
+        self._obs_field = jnp.asarray(obs_field, jnp.int32)
         low, high = c.goal_sampler.bounds()
         goal = GoalSpec(
             fields=(

@@ -240,10 +240,85 @@ HARDEST_MAZE = MazeLayout.from_rows(
     4.0,
 )
 
+# The paper's own code (scaling-crl `envs/ant_maze.py`) evaluates the ant's Big Maze on one goal
+# fewer than BIG_MAZE_EVAL (JaxGCRL's, which its humanoid maze keeps): cell (2, 5) is no goal.
+ANT_BIG_MAZE_EVAL = MazeLayout.from_rows(
+    (
+        "11111111",
+        "1R011GG1",
+        "100100G1",
+        "11000111",
+        "10010001",
+        "101G01G1",
+        "10GG1GG1",
+        "11111111",
+    ),
+    4.0,
+)
+
+# The paper's longer U-mazes: the corridor from the start folds back 4 (U4) or 5 (U5) cells
+# away from where it began, so the nearest goal in space is the farthest along the corridor.
+U4_MAZE = MazeLayout.from_rows(
+    (
+        "11111",
+        "1GGG1",
+        "1R1G1",
+        "111G1",
+        "1G1G1",
+        "1GGG1",
+        "11111",
+    ),
+    4.0,
+)
+
+U4_MAZE_EVAL = MazeLayout.from_rows(
+    (
+        "11111",
+        "10001",
+        "1R101",
+        "11101",
+        "1G101",
+        "1GGG1",
+        "11111",
+    ),
+    4.0,
+)
+
+U5_MAZE = MazeLayout.from_rows(
+    (
+        "11111111",
+        "1GGGGGG1",
+        "1R1111G1",
+        "111111G1",
+        "1G1111G1",
+        "1GGGGGG1",
+        "11111111",
+    ),
+    4.0,
+)
+
+U5_MAZE_EVAL = MazeLayout.from_rows(
+    (
+        "11111111",
+        "10000001",
+        "1R111101",
+        "11111101",
+        "1G1111G1",
+        "1GGGGGG1",
+        "11111111",
+    ),
+    4.0,
+)
+
 LAYOUTS: dict[str, MazeLayout] = {
     "u_maze": U_MAZE,
     "u_maze_eval": U_MAZE_EVAL,
     "big_maze": BIG_MAZE,
     "big_maze_eval": BIG_MAZE_EVAL,
+    "ant_big_maze_eval": ANT_BIG_MAZE_EVAL,
     "hardest_maze": HARDEST_MAZE,
+    "u4_maze": U4_MAZE,
+    "u4_maze_eval": U4_MAZE_EVAL,
+    "u5_maze": U5_MAZE,
+    "u5_maze_eval": U5_MAZE_EVAL,
 }

@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 from flax import struct
 
-from crl.sim.config import DRConfig
+from crl.sim.config import OBSERVATION_FIELDS, ConfigError, DRConfig, Ranges
 from crl.sim.mjx import mjx
 
 
@@ -22,14 +22,14 @@ from crl.sim.mjx import mjx
 class Draw:
     """One episode's robot: randomized model fields, observation noise and action delay."""
 
-    geom_friction: jax.Array  # [ngeom, 3]; the sliding column is scaled
+    geom_friction: jax.Array  # [ngeom, 3]; the sliding column scaled by one factor
     body_mass: jax.Array  # [nbody]
     body_inertia: jax.Array  # [nbody, 3], scaled with the mass
     body_subtreemass: jax.Array  # [nbody], consistent with body_mass
     dof_damping: jax.Array  # [nv]
     actuator_gainprm: jax.Array  # [nu, 10]
     actuator_biasprm: jax.Array  # [nu, 10]
-    obs_noise_std: jax.Array  # f32[]
+    obs_noise_std: jax.Array  # f32[len(OBSERVATION_FIELDS)], per field in registry order
     action_delay: jax.Array  # i32[], control steps
 
 
@@ -52,10 +52,35 @@ def _subtree_matrix(m: mujoco.MjModel) -> np.ndarray:
     return a
 
 
+def draw_from(u: jax.Array, ranges: Ranges) -> jax.Array:
+    """Map uniforms u in [0, 1) onto the union of `ranges`, uniformly over its total length
+    (each interval weighted by its length; equally, if every interval is a single value)."""
+    low = np.array([r[0] for r in ranges], np.float32)
+    high = np.array([r[1] for r in ranges], np.float32)
+    if len(ranges) == 1:
+        return low[0] + (high[0] - low[0]) * u
+    length = high - low
+    if length.sum() == 0:
+        return jnp.asarray(low)[jnp.minimum((u * len(low)).astype(jnp.int32), len(low) - 1)]
+    ends = np.cumsum(length)
+    t = u * ends[-1]
+    i = jnp.minimum(jnp.searchsorted(jnp.asarray(ends), t, side="right"), len(low) - 1)
+    start = jnp.asarray(ends - length)[i]
+    # Rounding may carry t a hair past an interval's end: keep every value inside its interval.
+    return jnp.clip(jnp.asarray(low)[i] + (t - start), jnp.asarray(low)[i], jnp.asarray(high)[i])
+
+
 class Randomizer:
     """Draws `Draw`s for one model under one `DRConfig` and applies them to the mjx model."""
 
     def __init__(self, mj_model: mujoco.MjModel, mjx_model: mjx.Model, config: DRConfig):
+        if mj_model.npair and config.friction != DRConfig().friction:
+            # Explicit <pair> contacts carry their own friction, which the common factor would
+            # miss: their contacts would keep the nominal friction under friction DR.
+            raise ConfigError(
+                "DRConfig.friction: the model has explicit contact pairs, which friction DR does "
+                "not scale; remove the pairs or keep friction nominal"
+            )
         self.config = config
         self._model = mjx_model
         self._servo = jnp.asarray(position_servos(mj_model))
@@ -71,7 +96,7 @@ class Randomizer:
             dof_damping=m.dof_damping,
             actuator_gainprm=m.actuator_gainprm,
             actuator_biasprm=m.actuator_biasprm,
-            obs_noise_std=jnp.zeros(()),
+            obs_noise_std=jnp.zeros(len(OBSERVATION_FIELDS)),
             action_delay=jnp.zeros((), jnp.int32),
         )
 
@@ -81,29 +106,28 @@ class Randomizer:
         if c == DRConfig():
             return self.nominal()
         # One uniform draw sliced per field: each jax.random call adds compile time on CPU.
-        sizes = (m.ngeom, m.nbody, m.nv, m.nu, 1, 1)
+        fields = tuple(OBSERVATION_FIELDS)
+        sizes = (1, m.nbody, m.nv, m.nu, len(fields), 1)
         u_f, u_m, u_d, u_g, u_n, u_a = jnp.split(
             jax.random.uniform(rng, (sum(sizes),)), np.cumsum(sizes)[:-1]
         )
-
-        def scale(u: jax.Array, r: tuple[float, float]) -> jax.Array:
-            return r[0] + (r[1] - r[0]) * u
-
-        mass_scale = scale(u_m, c.body_mass)
+        mass_scale = draw_from(u_m, c.body_mass)
         mass = m.body_mass * mass_scale
-        gain_scale = scale(u_g, c.actuator_gain)
+        gain_scale = draw_from(u_g, c.actuator_gain)
         kp_in_bias = jnp.where(self._servo, gain_scale, 1.0)
-        delays = c.max_action_delay + 1
+        noise = jnp.stack([draw_from(u_n[i], c.noise(name)) for i, name in enumerate(fields)])
+        delays = jnp.asarray(c.action_delay, jnp.int32)
+        pick = jnp.minimum((u_a[0] * len(c.action_delay)).astype(jnp.int32), delays.size - 1)
         return Draw(
-            geom_friction=m.geom_friction.at[:, 0].multiply(scale(u_f, c.friction)),
+            geom_friction=m.geom_friction.at[:, 0].multiply(draw_from(u_f[0], c.friction)),
             body_mass=mass,
             body_inertia=m.body_inertia * mass_scale[:, None],
             body_subtreemass=self._subtree @ mass,
-            dof_damping=m.dof_damping * scale(u_d, c.joint_damping),
+            dof_damping=m.dof_damping * draw_from(u_d, c.joint_damping),
             actuator_gainprm=m.actuator_gainprm.at[:, 0].multiply(gain_scale),
             actuator_biasprm=m.actuator_biasprm.at[:, 1].multiply(kp_in_bias),
-            obs_noise_std=scale(u_n[0], c.obs_noise_std),
-            action_delay=jnp.minimum((u_a[0] * delays).astype(jnp.int32), delays - 1),
+            obs_noise_std=noise,
+            action_delay=delays[pick],
         )
 
     def apply(self, draw: Draw) -> mjx.Model:

@@ -2,11 +2,14 @@
 
 `SimRobot` runs one task's MJCF on MuJoCo's C library (CPU, float64), one instance. Each
 episode's start, goal and domain-randomization `Draw` come from the MJX env's own jitted
-`reset`, so `held_out` here means exactly the dynamics, noise and delays the MJX env evaluates
+`reset`, so `held-out` here means exactly the dynamics, noise and delays the MJX env evaluates
 under; the draw's model fields are copied into a fresh `mujoco.MjModel` and stepped with
 `mj_step`, the same substeps per control step as the env. It measures what a robot's drivers
-would (every hinge/slide joint, base pose and twist) with the draw's Gaussian noise, and it also
-knows what a real robot does not: the true achieved goal, for scoring only.
+would (every hinge/slide joint, base pose and twist), each with the draw's Gaussian noise for
+the observation field of that name; what a runtime derives (`site_pos` by forward kinematics
+from the joints, `base_gravity` from the orientation) carries the noise of what it is derived
+from, not a draw of its own as in the MJX env. It also knows what a real robot does not: the
+true achieved goal, for scoring only.
 
 `serve` drives a `SimRobot` in real time (physics timestep on the monotonic clock, absolute
 deadlines, `speed` times faster for tests) and speaks the runtime's ZMQ transport: observations
@@ -36,7 +39,7 @@ import mujoco
 import numpy as np
 from numpy.typing import NDArray
 
-from crl.sim.config import ConfigError
+from crl.sim.config import OBSERVATION_FIELDS, ConfigError
 from crl.sim.randomization import Draw
 
 if TYPE_CHECKING:
@@ -44,8 +47,6 @@ if TYPE_CHECKING:
     from crl.sim.env import GoalReachEnv
 
 Vector = NDArray[np.float64]
-# The command line spells the held-out mode with a hyphen; the env with an underscore.
-DR_MODES = {"off": "off", "train": "train", "held-out": "held_out", "held_out": "held_out"}
 # Draw fields that are model fields (the rest, noise and delay, the robot applies itself).
 MODEL_FIELDS = tuple(
     f.name for f in dataclasses.fields(Draw) if f.name not in ("obs_noise_std", "action_delay")
@@ -81,7 +82,7 @@ class Episode:
     ctrl: Vector  # all actuators; the actuated ones hold the start pose (servos) or push 0
     goal: Vector
     model_fields: dict[str, np.ndarray] = field(repr=False)
-    obs_noise_std: float
+    obs_noise_std: dict[str, float]  # per observation field, in its units (OBSERVATION_FIELDS)
     action_delay: int  # control steps
 
 
@@ -104,19 +105,22 @@ class SimRobot:
 
     `reset(k)` starts episode k; `apply(values)` commands the actuated joints in physical units
     (spec order); `step_physics()` advances one physics step, `step_control()` to the next
-    control step; `observation()` is the noisy `Reading`; `achieved_goal()` the true one.
+    control step; `observation()` is the noisy `Reading`; `achieved_goal()` the true one;
+    `done` ends the episode where the env's step would (its length, or a fall out of the task's
+    healthy height band), and `serve` then starts the next one.
     """
 
     def __init__(self, task: str, dr: str = "off", seed: int = 0, env: GoalReachEnv | None = None):
+        from crl.sim.env import DR_MODES, jit
+
         if dr not in DR_MODES:
-            raise RobotError(f"dr: {dr!r} is not one of {', '.join(k for k in DR_MODES)}")
+            raise RobotError(f"dr: {dr!r} is not one of {', '.join(DR_MODES)}")
         if env is None:
             from crl.sim import tasks
 
-            env = tasks.make(task, dr=DR_MODES[dr])
-        elif env.dr_mode != DR_MODES[dr]:
-            raise RobotError(f"dr: the env given runs {env.dr_mode!r}, not {DR_MODES[dr]!r}")
-        from crl.sim.env import jit
+            env = tasks.make(task, dr=dr)
+        elif env.dr_mode != dr:
+            raise RobotError(f"dr: the env given runs {env.dr_mode!r}, not {dr!r}")
 
         self.env = env
         self.task = env.config.name
@@ -170,7 +174,10 @@ class SimRobot:
             ctrl=np.asarray(d.ctrl, np.float64),
             goal=np.asarray(jax.device_get(state.goal), np.float64),
             model_fields={name: np.asarray(getattr(dr, name)) for name in MODEL_FIELDS},
-            obs_noise_std=float(dr.obs_noise_std),
+            obs_noise_std={
+                name: float(std)
+                for name, std in zip(OBSERVATION_FIELDS, np.asarray(dr.obs_noise_std), strict=True)
+            },
             action_delay=int(dr.action_delay),
         )
 
@@ -237,8 +244,19 @@ class SimRobot:
             self.step_physics()
 
     @property
+    def terminated(self) -> bool:
+        """The episode ended early, as the env's step ends it: after a control step that left the
+        base's height outside the task's `healthy_z_range` (a fallen robot; never at reset)."""
+        band = self.env.config.healthy_z_range
+        if band is None or self.t == 0:
+            return False
+        z = float(self.data.xpos[self._base, 2])
+        return not band[0] <= z <= band[1]
+
+    @property
     def done(self) -> bool:
-        return self.t >= self.episode_length
+        """The episode is over: its full length, or terminated (read at a control step)."""
+        return self.t >= self.episode_length or self.terminated
 
     # -- sensing ----------------------------------------------------------------------------------
 
@@ -260,17 +278,17 @@ class SimRobot:
         )
 
     def observation(self) -> Reading:
-        """The measurements with the episode's Gaussian noise on every value (the env's std)."""
+        """The measurements, each with the episode's Gaussian noise for the observation field of
+        its name (the env's std, in that field's units)."""
         if self.episode is None:
             raise RuntimeError("SimRobot.observation before reset")
         clean = self.true_reading()
-        std = self.episode.obs_noise_std
-        if std == 0:
-            return clean
+        stds = self.episode.obs_noise_std
         noisy: dict[str, Any] = {}
         for f in dataclasses.fields(Reading):
             v = getattr(clean, f.name)
-            if isinstance(v, np.ndarray):
+            std = stds.get(f.name, 0.0)
+            if isinstance(v, np.ndarray) and std > 0:
                 v = v + std * self._rng.standard_normal(v.shape)
             noisy[f.name] = v
         return Reading(**noisy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from crl.sim.config import (
+    DR_HELD_OUT,
+    DR_TRAIN,
     OBSERVATION_FIELDS,
     AnnulusSampler,
     BoxSampler,
@@ -24,7 +27,7 @@ from crl.sim.env import GoalReachEnv
 from crl.sim.tasks import TASKS, UnknownTaskError, make
 from crl.sim.tasks.reacher import CONFIG as REACHER
 
-RANGES = ("friction", "body_mass", "joint_damping", "actuator_gain", "obs_noise_std")
+RANGES = ("friction", "body_mass", "joint_damping", "actuator_gain")
 
 
 def test_config_error_is_a_value_error() -> None:
@@ -32,42 +35,118 @@ def test_config_error_is_a_value_error() -> None:
     assert issubclass(UnknownTaskError, ValueError)
 
 
-@pytest.mark.parametrize("name", RANGES)
+def _dr(name: str, value: object) -> DRConfig:
+    """A DRConfig with `value` for a physical parameter or for one field's noise."""
+    if name == "obs_noise":
+        return DRConfig(obs_noise={"joint_pos": value})  # type: ignore[dict-item]
+    return DRConfig(**{name: value})  # type: ignore[arg-type]
+
+
+def _where(name: str) -> str:
+    return r"DRConfig\.obs_noise\['joint_pos'\]" if name == "obs_noise" else rf"DRConfig\.{name}"
+
+
+@pytest.mark.parametrize("name", [*RANGES, "obs_noise"])
 def test_dr_range_low_above_high(name: str) -> None:
-    with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: low 0\.9 > high 0\.8"):
-        DRConfig(**{name: (0.9, 0.8)})
+    with pytest.raises(ConfigError, match=rf"{_where(name)}: low 0\.9 > high 0\.8"):
+        _dr(name, (0.9, 0.8))
+    with pytest.raises(ConfigError, match=rf"{_where(name)}: low 0\.9 > high 0\.8"):
+        _dr(name, ((0.1, 0.2), (0.9, 0.8)))
 
 
 @pytest.mark.parametrize("name", ["body_mass", "actuator_gain"])
 @pytest.mark.parametrize("low", [0.0, -0.5])
 def test_dr_scale_must_be_positive(name: str, low: float) -> None:
     with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: scale must be positive"):
-        DRConfig(**{name: (low, 1.0)})
+        DRConfig(**{name: ((low, 1.0),)})
 
 
-@pytest.mark.parametrize("name", ["friction", "joint_damping", "obs_noise_std"])
+@pytest.mark.parametrize("name", ["friction", "joint_damping", "obs_noise"])
 def test_dr_range_must_not_be_negative(name: str) -> None:
-    with pytest.raises(ConfigError, match=rf"DRConfig\.{name}: must not be negative"):
-        DRConfig(**{name: (-0.1, 1.0)})
+    with pytest.raises(ConfigError, match=rf"{_where(name)}: must not be negative"):
+        _dr(name, ((-0.1, 1.0),))
 
 
-@pytest.mark.parametrize("bad", [(1.0,), (1.0, float("nan")), "wide"])
-def test_dr_range_must_be_a_pair_of_numbers(bad: object) -> None:
+@pytest.mark.parametrize("bad", [(1.0,), (1.0, float("nan")), "wide", (), ((1.0, 2.0, 3.0),)])
+def test_dr_range_must_be_pairs_of_numbers(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"DRConfig\.friction"):
         DRConfig(friction=bad)  # type: ignore[arg-type]
 
 
+def test_dr_intervals_of_one_parameter_must_not_meet() -> None:
+    with pytest.raises(ConfigError, match=r"DRConfig\.friction: intervals .* meet"):
+        DRConfig(friction=((0.4, 0.7), (0.7, 1.0)))
+    assert DRConfig(friction=((1.4, 1.8), (0.4, 0.6))).friction == ((0.4, 0.6), (1.4, 1.8))
+
+
+def test_dr_a_single_pair_is_one_interval() -> None:
+    assert DRConfig(friction=(0.5, 1.5)).friction == ((0.5, 1.5),)  # type: ignore[arg-type]
+
+
+def test_dr_noise_is_per_sensed_observation_field() -> None:
+    with pytest.raises(ConfigError, match=r"DRConfig\.obs_noise\['lidar'\]: unknown observation"):
+        DRConfig(obs_noise={"lidar": ((0.0, 0.1),)})
+    with pytest.raises(ConfigError, match=r"obs_noise\['last_action'\]: the controller knows"):
+        DRConfig(obs_noise={"last_action": ((0.0, 0.1),)})
+    with pytest.raises(ConfigError, match=r"DRConfig\.obs_noise: expected a mapping"):
+        DRConfig(obs_noise=((0.0, 0.1),))  # type: ignore[arg-type]
+    dr = DRConfig(obs_noise={"site_pos": ((0.0, 0.002),), "joint_pos": ((0.0, 0.01),)})
+    assert list(dr.obs_noise) == ["joint_pos", "site_pos"]  # registry order
+    assert dr.noise("joint_vel") == ((0.0, 0.0),)
+
+
+def test_the_default_noise_is_in_each_fields_units() -> None:
+    """Every sensed field has training noise, sized for its unit (rad against rad/s, m against
+    m/s), and held-out noise above it."""
+    sensed = [n for n, f in OBSERVATION_FIELDS.items() if f.sensed]
+    assert set(DR_TRAIN.obs_noise) == set(DR_HELD_OUT.obs_noise) == set(sensed)
+    high = {n: DR_TRAIN.noise(n)[-1][1] for n in sensed}
+    assert high["joint_vel"] > high["joint_pos"] and high["base_lin_vel"] > high["base_pos"]
+    for n in sensed:
+        ((low_h, _),) = DR_HELD_OUT.noise(n)
+        assert low_h > high[n], n
+
+
 def test_dr_ranges_read_back_from_json_are_accepted() -> None:
-    written = DRConfig(friction=(0.5, 1.5), max_action_delay=2)
+    written = DRConfig(
+        friction=((0.4, 0.6), (1.4, 1.8)),
+        obs_noise={"joint_pos": ((0.0, 0.01),)},
+        action_delay=(2, 3),
+    )
     fields = json.loads(json.dumps(written.to_dict()))
     assert isinstance(fields["friction"], list)
-    assert DRConfig(**fields) == written
+    again = DRConfig(**fields)
+    assert again == written and hash(again) == hash(written)
 
 
-@pytest.mark.parametrize("delay", [-1, 1.5, True])
-def test_dr_delay_must_be_a_non_negative_int(delay: object) -> None:
-    with pytest.raises(ConfigError, match=r"DRConfig\.max_action_delay"):
-        DRConfig(max_action_delay=delay)  # type: ignore[arg-type]
+@pytest.mark.parametrize("delays", [(-1,), (1.5,), (True,), (), 2, (1, 1)])
+def test_dr_delays_are_distinct_non_negative_ints(delays: object) -> None:
+    with pytest.raises(ConfigError, match=r"DRConfig\.action_delay"):
+        DRConfig(action_delay=delays)  # type: ignore[arg-type]
+
+
+def test_held_out_ranges_must_lie_outside_the_training_ranges() -> None:
+    """A held-out range that meets the training range (touching included), or a delay training
+    also draws, would make held-out evaluation partly a training condition: refused, named."""
+    with pytest.raises(ConfigError, match=r"TaskConfig\.dr_held_out: friction, body_mass, "
+                       r"joint_damping, actuator_gain, obs_noise\['joint_pos'\], "
+                       r"obs_noise\['joint_vel'\], obs_noise\['site_pos'\], action_delay can"):
+        REACHER.replace(dr_held_out=REACHER.dr_train)
+    touching = dataclasses.replace(REACHER.dr_held_out, friction=((0.4, 0.7), (1.4, 1.8)))
+    with pytest.raises(ConfigError, match=r"TaskConfig\.dr_held_out: friction can draw"):
+        REACHER.replace(dr_held_out=touching)
+    delay = dataclasses.replace(REACHER.dr_held_out, action_delay=(1, 2))
+    with pytest.raises(ConfigError, match=r"TaskConfig\.dr_held_out: action_delay can draw"):
+        REACHER.replace(dr_held_out=delay)
+    # Noise of a field the task does not observe does not matter; fields it observes do.
+    unobserved = dataclasses.replace(
+        REACHER.dr_held_out, obs_noise={**REACHER.dr_held_out.obs_noise, "base_pos": ((0, 1),)}
+    )
+    assert REACHER.replace(dr_held_out=unobserved).dr_held_out == unobserved
+    quiet = dataclasses.replace(REACHER.dr_held_out, obs_noise={})
+    with pytest.raises(ConfigError, match=r"obs_noise\['joint_pos'\].*can draw"):
+        REACHER.replace(dr_train=dataclasses.replace(REACHER.dr_train, obs_noise={}),
+                        dr_held_out=quiet)
 
 
 def test_unknown_observation_field_lists_the_known_ones() -> None:
@@ -100,6 +179,10 @@ def test_base_fields_need_a_base_body() -> None:
         ({"actuated_joints": ("elbow", "elbow")}, "actuated_joints"),
         ({"model_file": ""}, "model_file"),
         ({"dr_train": {"friction": (0.5, 1.5)}}, "dr_train"),
+        ({"healthy_z_range": (0.3,)}, "healthy_z_range"),
+        ({"healthy_z_range": (0.3, 0.3)}, "healthy_z_range"),
+        ({"healthy_z_range": (0.1, float("nan"))}, "healthy_z_range"),
+        ({"healthy_z_range": (0.1, 0.3)}, "base_body"),  # the reacher has no base to bound
     ],
 )
 def test_task_config_names_the_bad_field(changes: dict[str, object], field: str) -> None:

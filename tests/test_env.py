@@ -2,10 +2,11 @@
 
 Compiling MJX is the cost here (the 2-core CI box takes tens of seconds per program for the
 contact-rich robots), so each task compiles exactly two programs once per module: a vmapped
-`step` and a vmapped `reset_if_done`. Fresh episodes come from `reset_if_done` on a blank state
-marked done, which is what auto-reset does during training; one test pins that to `reset` on the
-cheap reacher. Programs are compiled at XLA's lowest backend optimization level: it roughly
-halves compile time and only a handful of steps run.
+`step` and a vmapped `reset_if_done` (the robots that can fall add a tiny third, their height
+rule). Fresh episodes come from `reset_if_done` on a blank state marked done, which is what
+auto-reset does during training; one test pins that to `reset` on the cheap reacher. Programs
+are compiled at XLA's lowest backend optimization level: it roughly halves compile time and only
+a handful of steps run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 
 from crl.sim.env import GoalReachEnv, State, compiler_options
 from crl.sim.spec import PolicySpec
-from crl.sim.tasks import TASKS, make
+from crl.sim.tasks import DEPLOYMENT_TASKS, make
 
 N_ENVS = 4  # contact-rich tasks compile and step slowly on the CPU: a few envs keep it quick
 TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level": 0}
@@ -73,7 +74,9 @@ def compiled(name: str) -> Compiled:
     )
 
 
-@pytest.fixture(scope="module", params=TASKS)
+# The paper family compiles a step per task too slowly for this per-task suite:
+# tests/test_paper_tasks.py checks it, one compiled maze per robot.
+@pytest.fixture(scope="module", params=DEPLOYMENT_TASKS)
 def task(request: pytest.FixtureRequest) -> Compiled:
     return compiled(request.param)
 
@@ -205,6 +208,72 @@ def test_episode_ends_at_its_length(task: Compiled) -> None:
     nxt = task.step(state.replace(t=t), action)
     assert nxt.t.tolist() == [length, length - 1, 1, length]
     assert nxt.done.tolist() == [True, False, False, True]
+
+
+# Where each task's robot is put for one step: torso heights outside its healthy band (the
+# humanoid also below it, lying on its side, 90° about x, so no limb starts inside the floor);
+# the fourth env stays at its start pose, inside the band. The ant's torso sphere (radius
+# 0.25 m) cannot stay below 0.2 m: the floor pushes it back up within a step (put at 0.1 m it
+# ends the step at 0.53 m, at -3 m it is launched above 1 m), so only the band's rule is tested
+# on its low side.
+LYING = (np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0)
+OUT_OF_BAND = {
+    "ant": [(1.6, None), (2.5, None), (1.2, None)],
+    "humanoid": [(2.6, None), (3.5, None), (0.3, LYING)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_BAND))
+def test_a_robot_outside_its_healthy_band_terminates(name: str) -> None:
+    """A torso put above or below the task's band ends the episode at that step (t far from
+    the episode's length); the fourth env, left at its start pose, runs on. The auto-reset then
+    starts a fresh episode in the three that ended."""
+    task = compiled(name)
+    env = task.env
+    low, high = env.config.healthy_z_range
+    state = task.fresh(20)
+    qpos = np.array(state.data.qpos)
+    z = env._base_qadr + 2
+    for i, (height, quat) in enumerate(OUT_OF_BAND[name]):
+        qpos[i, z] = height
+        if quat is not None:
+            qpos[i, z + 1 : z + 5] = quat
+    nxt = task.step(state.replace(data=state.data.replace(qpos=qpos)), task.actions(21))
+    torso = np.asarray(nxt.data.xpos)[:, env._base_id, 2]
+    outside = (torso < low) | (torso > high)
+    assert outside.tolist() == [True, True, True, False], torso  # still out after the step
+    assert nxt.done.tolist() == [True, True, True, False]
+    assert nxt.t.tolist() == [1] * N_ENVS and env.episode_length > 1
+    fresh = task.reset_if_done(nxt)
+    assert fresh.t.tolist() == [0, 0, 0, 1] and not fresh.done.any()
+    # The rule on both sides and at its edges, as the step applies it (it reads only xpos).
+    heights = np.array([low - 0.05, low, high, high + 0.05])
+    xpos = np.array(nxt.data.xpos)
+    xpos[:, env._base_id, 2] = heights
+    healthy = test_compile(jax.vmap(env.healthy))(nxt.data.replace(xpos=xpos))
+    assert healthy.tolist() == [False, True, True, False]
+
+
+def test_robots_that_cannot_fall_run_their_full_length() -> None:
+    """The reacher and the arm have no healthy band: whatever their pose, only the episode's
+    length ends it (and the ant maze keeps the open-floor ant's band)."""
+    from crl.sim.tasks import ant, ant_u_maze, arm_reach, reacher
+
+    assert reacher.CONFIG.healthy_z_range is None and arm_reach.CONFIG.healthy_z_range is None
+    assert ant_u_maze.CONFIG.healthy_z_range == ant.CONFIG.healthy_z_range == (0.2, 1.0)
+    for name in ("reacher", "arm_reach"):
+        task = compiled(name)
+        state = task.fresh(22)
+        rng = np.random.default_rng(23)
+        qpos = np.array(state.data.qpos) + rng.uniform(-3, 3, state.data.qpos.shape)
+        qvel = rng.normal(0, 20, state.data.qvel.shape)
+        state = state.replace(data=state.data.replace(qpos=qpos, qvel=qvel))
+        for _ in range(3):
+            state = task.step(state, task.actions(24))
+            assert not state.done.any()
+        last = task.step(state.replace(t=np.full(N_ENVS, task.env.episode_length - 1)),
+                         task.actions(25))
+        assert last.done.all()
 
 
 def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:

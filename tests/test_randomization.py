@@ -1,7 +1,8 @@
 """Domain randomization: per-episode draws, their effect on the physics, noise and action delay.
 
-Everything runs on the reacher (no contacts, cheap to compile) with wide ranges and a maximum
-delay of 2, compiled once per module: a vmapped reset and a vmapped step.
+Most tests run on the reacher (no contacts, cheap to compile) with wide ranges and delays up to
+2, compiled once per module: a vmapped reset and a vmapped step. Friction needs contacts: those
+tests run the ant on the floor, also compiled once.
 """
 
 from __future__ import annotations
@@ -15,20 +16,43 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crl.sim.config import DR_OFF, DRConfig
+from crl.sim.config import (
+    DR_OFF,
+    DR_PARAMETERS,
+    OBSERVATION_FIELDS,
+    DRConfig,
+    Ranges,
+    held_out_noise,
+)
 from crl.sim.env import GoalReachEnv, State, compiler_options
 from crl.sim.randomization import Draw
-from crl.sim.tasks import TASKS, make
+from crl.sim.tasks import DEPLOYMENT_TASKS, make
 from crl.sim.tasks.reacher import CONFIG as REACHER
 
 N_ENVS = 4
+FIELDS = list(OBSERVATION_FIELDS)
+# Each observed field's noise in its own units, ranges far apart so a mix-up would show.
+WIDE_NOISE: dict[str, Ranges] = {
+    "joint_pos": ((0.005, 0.02),),  # rad
+    "joint_vel": ((0.1, 0.4),),  # rad/s
+    "site_pos": ((0.0005, 0.001),),  # m
+}
 WIDE = DRConfig(
-    friction=(0.5, 1.5),
-    body_mass=(0.5, 1.5),
-    joint_damping=(0.5, 2.0),
-    actuator_gain=(0.5, 1.5),
-    obs_noise_std=(0.005, 0.02),
-    max_action_delay=2,
+    friction=((0.5, 1.5),),
+    body_mass=((0.5, 1.5),),
+    joint_damping=((0.5, 2.0),),
+    actuator_gain=((0.5, 1.5),),
+    obs_noise=WIDE_NOISE,
+    action_delay=(0, 1, 2),
+)
+# A task config must hold held-out ranges outside its training ones.
+OUTSIDE_WIDE = DRConfig(
+    friction=((0.2, 0.4), (1.6, 2.0)),
+    body_mass=((0.3, 0.4), (1.6, 2.0)),
+    joint_damping=((0.2, 0.4), (2.1, 3.0)),
+    actuator_gain=((0.3, 0.4), (1.6, 2.0)),
+    obs_noise=held_out_noise(WIDE_NOISE),
+    action_delay=(3,),
 )
 # See tests/test_env.py: lowest XLA backend optimization roughly halves compile time.
 TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level": 0}
@@ -43,7 +67,7 @@ class Compiled:
 
 @functools.cache
 def compiled() -> Compiled:
-    env = GoalReachEnv(REACHER.replace(dr_train=WIDE), dr="train")
+    env = GoalReachEnv(REACHER.replace(dr_train=WIDE, dr_held_out=OUTSIDE_WIDE), dr="train")
 
     def jit(f: Any) -> Any:
         return jax.jit(jax.vmap(f), compiler_options=TEST_COMPILER_OPTIONS)
@@ -94,20 +118,32 @@ def test_draws_differ_between_episodes_and_stay_in_range(wide: Compiled) -> None
         values = getattr(draw, field)
         assert not np.allclose(values[0], values[1]), f"{field} drawn identically twice"
     mass = draw.body_mass[:, 1:] / nominal.body_mass[1:]  # body 0 is the massless world
-    assert ((mass >= WIDE.body_mass[0] - 1e-6) & (mass <= WIDE.body_mass[1] + 1e-6)).all()
+    assert _inside(mass, WIDE.body_mass).all()
     # Inertia scales with the mass of its body.
     np.testing.assert_allclose(
         draw.body_inertia[:, 1:] / nominal.body_inertia[1:], np.repeat(mass[..., None], 3, -1),
         rtol=1e-5,
     )
     np.testing.assert_allclose(draw.body_subtreemass[:, 0], draw.body_mass.sum(1), rtol=1e-5)
+    # Friction: one factor per episode on every geom, so every contact scales alike.
     friction = draw.geom_friction[..., 0] / nominal.geom_friction[..., 0]
-    assert ((friction >= 0.5 - 1e-6) & (friction <= 1.5 + 1e-6)).all()
+    np.testing.assert_allclose(friction, friction[:, :1].repeat(friction.shape[1], 1), rtol=1e-6)
+    assert _inside(friction, WIDE.friction).all()
+    assert len(set(friction[:, 0].tolist())) == N_ENVS
     np.testing.assert_array_equal(draw.geom_friction[..., 1:], np.broadcast_to(
         nominal.geom_friction[..., 1:], draw.geom_friction[..., 1:].shape
     ))
     assert set(draw.action_delay.tolist()) <= {0, 1, 2}
-    assert ((draw.obs_noise_std >= 0.005) & (draw.obs_noise_std <= 0.02)).all()
+    # Noise: a std per field, from that field's own range; none where none is configured.
+    assert draw.obs_noise_std.shape == (N_ENVS, len(FIELDS))
+    for i, name in enumerate(FIELDS):
+        std = draw.obs_noise_std[:, i]
+        if name in WIDE_NOISE:
+            ((low, high),) = WIDE_NOISE[name]
+            assert ((std >= low * (1 - 1e-6)) & (std <= high * (1 + 1e-6))).all(), name
+            assert len(set(std.tolist())) == N_ENVS, name
+        else:
+            np.testing.assert_array_equal(std, 0.0, err_msg=name)
 
 
 def test_position_servo_kp_is_scaled_in_gain_and_bias(wide: Compiled) -> None:
@@ -119,7 +155,7 @@ def test_position_servo_kp_is_scaled_in_gain_and_bias(wide: Compiled) -> None:
     np.testing.assert_array_equal(draw.actuator_biasprm[..., 2], np.broadcast_to(
         nominal.actuator_biasprm[:, 2], draw.actuator_biasprm[..., 2].shape
     ))  # kv untouched
-    assert ((gain >= 0.5 - 1e-6) & (gain <= 1.5 + 1e-6)).all()
+    assert _inside(gain, WIDE.actuator_gain).all()
 
 
 def test_same_state_and_action_differ_across_draws(wide: Compiled) -> None:
@@ -127,7 +163,7 @@ def test_same_state_and_action_differ_across_draws(wide: Compiled) -> None:
     start = _broadcast(state, 0)
     quiet = {  # isolate the physics: no delay, no observation noise
         "action_delay": np.zeros(N_ENVS, np.int32),
-        "obs_noise_std": np.zeros(N_ENVS, np.float32),
+        "obs_noise_std": np.zeros((N_ENVS, len(FIELDS)), np.float32),
     }
     same = start.replace(dr=start.dr.replace(**quiet))  # one draw, N times
     varied = start.replace(dr=_numpy(state.dr).replace(**quiet))  # N draws
@@ -163,26 +199,39 @@ def test_action_delay_applies_the_action_from_k_steps_ago(wide: Compiled) -> Non
             np.testing.assert_allclose(applied[i], expected, rtol=1e-6, err_msg=f"t={t} k={k}")
 
 
-def test_observation_noise_has_the_drawn_std(wide: Compiled) -> None:
+def test_observation_noise_has_each_fields_drawn_std(wide: Compiled) -> None:
+    """Each observed field carries Gaussian noise with its own std, in its own units; the
+    policy's own last command carries none, even with a std drawn for it."""
+    env = wide.env
     state = wide.reset(_keys(5))
-    state = _with_dr(state, obs_noise_std=np.array([0.0, 0.01, 0.01, 0.02], np.float32))
-    action = np.zeros((N_ENVS, wide.env.spec.act_dim), np.float32)
+    stds = {  # per env: the std of each field's noise
+        "joint_pos": [0.0, 0.01, 0.0, 0.02],
+        "joint_vel": [0.0, 0.0, 0.3, 0.1],
+        "site_pos": [0.0, 0.002, 0.001, 0.0],
+        "last_action": [0.0, 0.5, 0.5, 0.5],  # never applied: the controller knows it
+    }
+    table = np.zeros((N_ENVS, len(FIELDS)), np.float32)
+    for name, values in stds.items():
+        table[:, FIELDS.index(name)] = values
+    state = _with_dr(state, obs_noise_std=table)
+    action = np.zeros((N_ENVS, env.spec.act_dim), np.float32)
     errors: list[np.ndarray] = []
-    for _ in range(20):
+    for _ in range(60):
         state = wide.step(state, action)
-        clean = np.asarray(jax.vmap(wide.env.observe)(state.data, state.action_queue))
+        clean = np.asarray(jax.vmap(env.observe)(state.data, state.action_queue))
         errors.append(np.asarray(state.obs) - clean)
         # The achieved goal never carries noise: relabeling must see the true state.
-        tip = np.asarray(state.data.site_xpos)[:, wide.env.mj_model.site("fingertip").id, :2]
+        tip = np.asarray(state.data.site_xpos)[:, env.mj_model.site("fingertip").id, :2]
         np.testing.assert_array_equal(state.achieved_goal, tip)
     errs = np.stack(errors, axis=1)  # [env, step, obs]
-    # The sensed fields carry the noise; the policy's own last command is known exactly.
-    sensed = np.ones(wide.env.spec.obs_dim, bool)
-    sensed[_slice(wide.env, "last_action")] = False
-    np.testing.assert_array_equal(errs[..., ~sensed], 0.0)
-    err = errs[..., sensed].reshape(N_ENVS, -1)
-    np.testing.assert_array_equal(err[0], 0.0)
-    np.testing.assert_allclose(err[1:].std(axis=1), [0.01, 0.01, 0.02], rtol=0.3)
+    assert [f.name for f in env.spec.observation] == list(stds)
+    for name, values in stds.items():
+        err = errs[..., _slice(env, name)].reshape(N_ENVS, -1)
+        for i, std in enumerate(values):
+            if std == 0.0 or name == "last_action":
+                np.testing.assert_array_equal(err[i], 0.0, err_msg=f"{name} env {i}")
+            else:
+                np.testing.assert_allclose(err[i].std(), std, rtol=0.25, err_msg=f"{name} {i}")
 
 
 def _slice(env: GoalReachEnv, name: str) -> slice:
@@ -240,43 +289,153 @@ def test_dr_off_is_the_nominal_model() -> None:
         if field.name in ("obs_noise_std", "action_delay"):
             continue
         np.testing.assert_array_equal(getattr(draw, field.name), getattr(m, field.name))
-    assert float(draw.obs_noise_std) == 0.0 and int(draw.action_delay) == 0
+    assert (np.asarray(draw.obs_noise_std) == 0.0).all() and int(draw.action_delay) == 0
     applied = env.randomizer.apply(draw)
     for name in ("geom_friction", "body_mass", "dof_damping", "actuator_gainprm"):
         np.testing.assert_array_equal(getattr(applied, name), getattr(m, name))
     assert env.spec.provenance.domain_randomization["mode"] == "off"
-    assert env.spec.provenance.domain_randomization["max_action_delay"] == 0
+    assert env.spec.provenance.domain_randomization["action_delay"] == [0]
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_held_out_ranges_differ_from_training(task: str) -> None:
-    env = make(task, dr="held_out")
+def _scales(values: np.ndarray, nominal: np.ndarray) -> np.ndarray:
+    """Drawn / nominal over draws, for the entries whose nominal value is not zero."""
+    keep = nominal != 0
+    return (values[:, keep] / nominal[keep]).ravel()
+
+
+def _inside(values: np.ndarray, ranges: Ranges, tol: float = 1e-6) -> np.ndarray:
+    return np.any([(values >= lo * (1 - tol)) & (values <= hi * (1 + tol)) for lo, hi in ranges], 0)
+
+
+# The paper's mazes share their robot's model and ranges with its open-floor task.
+@pytest.mark.parametrize("task", (*DEPLOYMENT_TASKS, "paper_ant", "paper_humanoid"))
+def test_held_out_draws_are_never_training_conditions(task: str) -> None:
+    """Over 4096 held-out draws: every physical scale lies outside the training range, below or
+    above it (both sides drawn, in proportion to their lengths), every observed field's noise std
+    outside its training range, and every delay one training never used. The sim robot's
+    `--dr held-out` takes these same draws (the env's reset; tests/test_sim_robot.py)."""
+    env = make(task, dr="held-out")
     train, held_out = env.config.dr_train, env.config.dr_held_out
-    assert env.dr_config == held_out != train
-    for name in ("friction", "body_mass", "joint_damping", "actuator_gain", "obs_noise_std"):
-        lo_t, hi_t = getattr(train, name)
-        lo_h, hi_h = getattr(held_out, name)
-        assert lo_h < lo_t or hi_h > hi_t, f"held-out {name} adds nothing outside training"
-    assert held_out.max_action_delay > train.max_action_delay
+    assert env.dr_config == held_out
+    keys = jax.random.split(jax.random.key(0), 4096)
+    draws = _numpy(jax.jit(jax.vmap(env.randomizer.sample))(keys))
+    nominal = _numpy(env.randomizer.nominal())
+    scales = {
+        "friction": _scales(draws.geom_friction[..., 0], nominal.geom_friction[:, 0]),
+        "body_mass": _scales(draws.body_mass, nominal.body_mass),
+        "joint_damping": _scales(draws.dof_damping, nominal.dof_damping),
+        "actuator_gain": _scales(draws.actuator_gainprm[..., 0], nominal.actuator_gainprm[:, 0]),
+    }
+    for name in DR_PARAMETERS:
+        values, trained = scales[name], getattr(train, name)
+        assert values.size >= 4096, name
+        for low, high in trained:
+            assert ((values < low) | (values > high)).all(), f"{name}: a training condition"
+        assert _inside(values, getattr(held_out, name)).all(), name
+        below = min(lo for lo, _ in trained)
+        lengths = [hi - lo for lo, hi in getattr(held_out, name)]
+        share = sum(n for n, (lo, _) in zip(lengths, getattr(held_out, name), strict=True)
+                    if lo < below) / sum(lengths)
+        assert 0 < share < 1, f"{name}: held out on one side only"
+        assert abs(np.mean(values < below) - share) < 0.03, name
+    sensed = [n for n in env.config.observation if OBSERVATION_FIELDS[n].sensed]
+    for name in sensed:  # none for the paper family: it observes exact simulator state
+        std = draws.obs_noise_std[:, FIELDS.index(name)]
+        for low, high in train.noise(name):
+            assert ((std < low) | (std > high)).all(), f"obs_noise[{name}]: a training std"
+        assert _inside(std, held_out.noise(name)).all(), name
+    delays = set(draws.action_delay.tolist())
+    assert delays == set(held_out.action_delay) and not delays & set(train.action_delay)
     recorded = env.spec.provenance.domain_randomization
-    assert recorded["mode"] == "held_out"
-    assert tuple(recorded["body_mass"]) == held_out.body_mass
+    assert recorded["mode"] == "held-out"
+    assert recorded["body_mass"] == [list(r) for r in held_out.body_mass]
+
+
+@functools.cache
+def ant_on_the_floor() -> Compiled:
+    """The ant task under its own training ranges, compiled once: friction needs contacts."""
+    env = make("ant", dr="train")
+
+    def jit(f: Any) -> Any:
+        return jax.jit(jax.vmap(f), compiler_options=TEST_COMPILER_OPTIONS)
+
+    return Compiled(env=env, reset=jit(env.reset), step=jit(env.step))
+
+
+def _contacts(data: Any) -> Any:
+    """MJX's contacts (under `_impl` in MJX 3.3+, where `Data.contact` is deprecated)."""
+    impl = getattr(data, "_impl", None)
+    return impl.contact if hasattr(impl, "contact") else data.contact
+
+
+def test_contact_friction_follows_the_training_range_on_the_ant() -> None:
+    """The friction MJX's contacts actually use, the ant's feet on the floor over 256 episodes:
+    every contact of an episode has the same factor times its nominal friction, and the factors
+    are uniform over the training range (Kolmogorov-Smirnov). A draw per geom would make each
+    contact the larger of the foot's and the floor's draws, skewed high (mean ~1.1 for 0.7-1.3,
+    ~6% of contacts below 0.85 instead of 25%)."""
+    ant = ant_on_the_floor()
+    m = ant.env.mj_model
+    ((low, high),) = ant.env.config.dr_train.friction
+    zero = np.zeros((N_ENVS, ant.env.spec.act_dim), np.float32)
+    factors: list[float] = []
+    for batch in range(64):
+        state = ant.reset(_keys(100 + batch))
+        touched = np.zeros(N_ENVS, bool)
+        for _ in range(6):  # 0.3 s: the ant lands on its feet
+            state = ant.step(state, zero)
+            c = _numpy(_contacts(state.data))
+            g1, g2 = c.geom[..., 0], c.geom[..., 1]
+            touching = c.dist < 0
+            assert (m.geom_bodyid[g1[touching]] == 0).all()  # the floor, a world geom
+            touched |= touching.any(axis=1)
+            nominal = np.maximum(m.geom_friction[g1, 0], m.geom_friction[g2, 0])
+            ratio = c.friction[..., 0] / nominal
+            np.testing.assert_allclose(ratio, ratio[:, :1].repeat(ratio.shape[1], 1), rtol=1e-5)
+        assert touched.all(), "the ant should stand on the floor"
+        factors += ratio[:, 0].tolist()
+    f = np.sort(factors)
+    n = f.size
+    assert ((f >= low - 1e-6) & (f <= high + 1e-6)).all()
+    cdf = (f - low) / (high - low)
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.95 / np.sqrt(n), f"not uniform on ({low}, {high}): KS {ks:.3f}"
+    assert abs(np.mean(f < low + (high - low) / 4) - 0.25) < 0.08
+    assert abs(np.mean(f) - (low + high) / 2) < 0.03
+
+
+def test_the_sim_robot_contacts_use_the_same_friction() -> None:
+    """MuJoCo C (the sim robot, on the same draws) combines two geoms' frictions as MJX does,
+    so its foot-floor contacts also use the episode's factor times the nominal friction."""
+    from crl.sim.robot import SimRobot
+
+    ant = ant_on_the_floor()
+    m = ant.env.mj_model
+    robot = SimRobot("ant", dr="train", seed=0, env=ant.env)
+    seen = set()
+    for k in range(3):
+        ep = robot.reset(k)
+        factor = ep.model_fields["geom_friction"][:, 0] / m.geom_friction[:, 0]
+        np.testing.assert_allclose(factor, factor[0], rtol=1e-6)
+        for _ in range(3):
+            robot.step_control()
+        d = robot.data
+        assert d.ncon > 0
+        g = d.contact.geom[: d.ncon]
+        nominal = np.maximum(m.geom_friction[g[:, 0], 0], m.geom_friction[g[:, 1], 0])
+        np.testing.assert_allclose(d.contact.friction[: d.ncon, 0], factor[0] * nominal, rtol=1e-5)
+        seen.add(round(float(factor[0]), 6))
+    assert len(seen) == 3
 
 
 def test_friction_draws_change_how_the_ant_moves() -> None:
     """The reacher has no contacts, so friction is shown on the ant, whose feet push the floor:
     each episode draws new friction, and the same start and actions end elsewhere under it."""
-    from crl.sim.tasks.ant import CONFIG as ANT
-
-    env = GoalReachEnv(ANT.replace(dr_train=DRConfig(friction=(0.1, 2.0))), dr="train")
+    ant = ant_on_the_floor()
+    env, step = ant.env, ant.step
     sliding = _numpy(jax.vmap(env.randomizer.sample)(_keys(5))).geom_friction[..., 0]
     assert len({row.tobytes() for row in sliding}) == N_ENVS
-
-    def jit(f: Any) -> Any:
-        return jax.jit(jax.vmap(f), compiler_options=TEST_COMPILER_OPTIONS)
-
-    step = jit(env.step)
-    start = _broadcast(jit(env.reset)(_keys(6)), 0)
+    start = _broadcast(ant.reset(_keys(6)), 0)
     nominal = _numpy(env.randomizer.nominal()).geom_friction
     scale = np.array([0.1, 0.1, 2.0, 2.0], np.float32)[:, None]
     friction = np.repeat(nominal[None], N_ENVS, axis=0)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from crl.train import replay
 
@@ -44,8 +46,9 @@ def test_ring_keeps_the_newest_rows() -> None:
 
 
 def test_sampling_is_uniform_over_held_rows() -> None:
-    state = _fill(capacity=10, num_envs=3, episode_length=100, total=17, unroll=17 // 1)
-    batch, _ = replay.sample(state, jax.random.PRNGKey(0), 30_000, 0.99, 100)
+    # One row per insert: every scatter writes distinct ring rows.
+    state = _fill(capacity=10, num_envs=3, episode_length=100, total=17, unroll=1)
+    batch, _ = replay.sample(state, jax.random.PRNGKey(0), 30_000, 0.99)
     times = np.asarray(batch.obs[:, 0]).astype(int)
     envs = np.asarray(batch.obs[:, 1]).astype(int)
     assert times.min() == 7 and times.max() == 16  # only the 10 rows still held
@@ -58,8 +61,7 @@ def test_sampling_is_uniform_over_held_rows() -> None:
 def test_goals_never_cross_episodes_or_the_write_head(episode_length, unroll, total) -> None:
     state = _fill(capacity=64, num_envs=4, episode_length=episode_length, total=total,
                   unroll=unroll)
-    sample = jax.jit(functools.partial(replay.sample, batch_size=20_000, gamma=0.9,
-                                       episode_length=episode_length))
+    sample = jax.jit(functools.partial(replay.sample, batch_size=20_000, gamma=0.9))
     batch, offset = sample(state, jax.random.PRNGKey(1))
     time = np.asarray(batch.obs[:, 0]).astype(int)
     env = np.asarray(batch.obs[:, 1]).astype(int)
@@ -97,7 +99,7 @@ def test_relabel_offsets_in_buffer_follow_gamma_powers() -> None:
     episode_length, gamma = 1000, 0.99
     state = _fill(capacity=1000, num_envs=8, episode_length=episode_length, total=1000,
                   unroll=100, stagger=False)
-    batch, offset = replay.sample(state, jax.random.PRNGKey(2), 200_000, gamma, episode_length)
+    batch, offset = replay.sample(state, jax.random.PRNGKey(2), 200_000, gamma)
     t = np.asarray(batch.obs[:, 0]).astype(int)
     offset = np.asarray(offset)
     early = t < 200  # windows of ≥ 800 steps: truncation is negligible below k = 300
@@ -111,3 +113,111 @@ def test_relabel_offsets_in_buffer_follow_gamma_powers() -> None:
     assert slope == pytest.approx(np.log(gamma), abs=0.002)
     chi2 = float((((hist - expected) ** 2) / expected).sum())
     assert chi2 < 300 + 5 * np.sqrt(600)
+
+
+def test_insert_refuses_an_unroll_longer_than_the_buffer() -> None:
+    """17 rows into a 10-row ring would scatter to duplicate rows (order undefined on a GPU):
+    refused when traced, before anything runs."""
+    state = replay.init(10, 2, obs_dim=2, act_dim=1, goal_dim=2)
+    unroll = replay.Transition(obs=jnp.zeros((17, 2, 2)), action=jnp.zeros((17, 2, 1)),
+                               next_achieved=jnp.zeros((17, 2, 2)),
+                               t=jnp.zeros((17, 2), jnp.int32))
+    with pytest.raises(ValueError, match="unroll of 17 steps does not fit a buffer of 10"):
+        jax.jit(replay.insert).lower(state, unroll)
+    fits = jax.tree.map(lambda x: x[:10], unroll)
+    assert int(jax.jit(replay.insert)(state, fits).written) == 10
+
+
+# -- variable-length episodes through the real insert path ------------------------------------
+
+NUM_ENVS = 3
+# Two ring sizes (episodes of up to 12 steps are longer than the smaller): few shapes to compile.
+CAPACITIES = (4, 9)
+GAMMA, BATCH = 0.7, 4000
+_insert = jax.jit(replay.insert)
+_sample = jax.jit(functools.partial(replay.sample, batch_size=BATCH, gamma=GAMMA))
+# Chi-square with 9 degrees of freedom exceeds this with probability 1e-6 (scipy.stats.chi2.isf):
+# over the examples hypothesis runs, a correct buffer fails by chance with odds below 1e-4.
+CHI2_9_DOF_P1E6 = 44.81
+
+
+@st.composite
+def episode_streams(draw: st.DrawFn) -> tuple[int, int, int, list[list[int]], list[int]]:
+    """(capacity, unroll, inserts, episode lengths per env, steps of its first episode each env
+    had taken before the buffer started). Lengths from 1 step up: an episode may end at any
+    step; each env's list repeats until the writes are covered."""
+    capacity = draw(st.sampled_from(CAPACITIES))
+    unroll = draw(st.integers(1, capacity))
+    inserts = draw(st.integers(1, 3 * capacity // unroll + 2))
+    lengths = [draw(st.lists(st.integers(1, 12), min_size=1, max_size=6))
+               for _ in range(NUM_ENVS)]
+    skipped = [draw(st.integers(0, ls[0] - 1)) for ls in lengths]
+    return capacity, unroll, inserts, lengths, skipped
+
+
+def _columns(lengths: list[list[int]], skipped: list[int], total: int) -> tuple[np.ndarray, ...]:
+    """Per [clock, env]: t, a unique episode id, and the last clock of that episode."""
+    t, uid, last = (np.zeros((total, NUM_ENVS), int) for _ in range(3))
+    for e, (ls, skip) in enumerate(zip(lengths, skipped, strict=True)):
+        steps: list[tuple[int, int, int]] = []  # (t, id, length) per clock
+        n = 0
+        while len(steps) < total + skip:
+            length = ls[n % len(ls)]
+            steps += [(i, n, length) for i in range(length)]
+            n += 1
+        steps = steps[skip : skip + total]
+        for clock, (ti, ni, length) in enumerate(steps):
+            t[clock, e], uid[clock, e] = ti, 1000 * e + ni
+            last[clock, e] = clock + (length - 1 - ti)
+    return t, uid, last
+
+
+@given(case=episode_streams())
+@example(case=(4, 4, 4, [[1], [1], [1]], [0, 0, 0]))  # every row opens an episode, unroll = ring
+@example(case=(4, 3, 6, [[9], [2, 1], [1, 7]], [8, 0, 0]))  # episodes longer than the ring
+@example(case=(9, 9, 4, [[1], [1], [1]], [0, 0, 0]))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_relabeled_goals_stay_in_their_episode_with_gamma_powers(case) -> None:
+    """Rows written by `replay.insert` from episodes of random lengths: every goal is the
+    achieved goal k ≥ 1 steps later in the same episode, never past the write head, and k
+    follows P(k) ∝ γ^k over the offsets left in the episode. The check is a chi-square on the
+    randomized probability integral transform of k, which is exactly uniform when k is."""
+    capacity, unroll, inserts, lengths, skipped = case
+    total, gamma, n = unroll * inserts, GAMMA, BATCH
+    t, uid, last = _columns(lengths, skipped, total)
+    state = replay.init(capacity, NUM_ENVS, obs_dim=2, act_dim=1, goal_dim=2)
+    env_ids = np.broadcast_to(np.arange(NUM_ENVS), (unroll, NUM_ENVS))
+    for start in range(0, total, unroll):
+        rows = slice(start, start + unroll)
+        clock = np.arange(start, start + unroll)[:, None] + np.zeros((1, NUM_ENVS), int)
+        state = _insert(state, replay.Transition(
+            obs=jnp.asarray(np.stack([clock, env_ids], -1), jnp.float32),
+            action=jnp.zeros((unroll, NUM_ENVS, 1)),
+            next_achieved=jnp.asarray(np.stack([uid[rows], t[rows] + 1], -1), jnp.float32),
+            t=jnp.asarray(t[rows], jnp.int32),
+        ))
+    key = jax.random.PRNGKey(capacity * 1000 + total)
+    batch, offset = _sample(state, key)
+    time, env = np.asarray(batch.obs, int).T
+    goal_uid, goal_step = np.asarray(batch.goal, int).T
+    k = np.asarray(offset)
+
+    assert time.min() >= total - min(total, capacity) and time.max() < total  # held rows only
+    np.testing.assert_array_equal(goal_uid, uid[time, env])  # the same episode
+    np.testing.assert_array_equal(goal_step, t[time, env] + k)  # k steps later
+    horizon = np.minimum(last[time, env] + 1, total) - time  # offsets left in the episode
+    assert (k >= 1).all() and (k <= horizon).all()
+
+    # Randomized PIT: u = F(k − 1) + v · P(k), v ~ U[0, 1), is U[0, 1) iff k ~ P.
+    mass = 1 - gamma**horizon
+    below, at = (1 - gamma ** (k - 1)) / mass, gamma ** (k - 1) * (1 - gamma) / mass
+    u = below + np.random.default_rng(total).uniform(size=n) * at
+    counts = np.bincount(np.minimum((u * 10).astype(int), 9), minlength=10)
+    chi2 = float(((counts - n / 10) ** 2 / (n / 10)).sum())
+    assert chi2 < CHI2_9_DOF_P1E6, counts
+
+    # A buffer whose index is rebuilt from the rows' t (an older checkpoint) samples the same.
+    rebuilt = replay.rebuild_index(state.data, int(state.written))
+    again, again_offset = _sample(rebuilt, key)
+    np.testing.assert_array_equal(np.asarray(again_offset), k)
+    np.testing.assert_array_equal(np.asarray(again.goal), np.asarray(batch.goal))

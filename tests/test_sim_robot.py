@@ -29,6 +29,7 @@ from crl.runtime.messages import Action, Observation, Telemetry, encode
 from crl.runtime.transport import Endpoints, Reader
 from crl.sim import mjx as crl_mjx
 from crl.sim import tasks
+from crl.sim.config import OBSERVATION_FIELDS
 from crl.sim.env import GoalReachEnv, jit
 from crl.sim.mjx import mjx
 from crl.sim.robot import (
@@ -51,7 +52,12 @@ def reacher_off() -> GoalReachEnv:
 
 @pytest.fixture(scope="module")
 def reacher_held_out() -> GoalReachEnv:
-    return tasks.make("reacher", dr="held_out")
+    return tasks.make("reacher", dr="held-out")
+
+
+@pytest.fixture(scope="module")
+def reacher_train() -> GoalReachEnv:
+    return tasks.make("reacher", dr="train")
 
 
 def env_observation(robot: SimRobot) -> np.ndarray:
@@ -165,21 +171,28 @@ def test_held_out_draws_set_the_mjx_models_values(reacher_held_out: GoalReachEnv
             np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=name)
         changed = robot.model.body_mass[1:] != robot.nominal.body_mass[1:]
         assert changed.all(), "held-out masses should differ from the nominal model"
-        assert ep.obs_noise_std == float(state.dr.obs_noise_std) > 0
+        stds = dict(zip(OBSERVATION_FIELDS, np.asarray(state.dr.obs_noise_std).tolist(),
+                        strict=True))
+        assert ep.obs_noise_std == stds
+        assert ep.obs_noise_std["joint_pos"] > 0 and ep.obs_noise_std["joint_vel"] > 0
         assert ep.action_delay == int(state.dr.action_delay)
         np.testing.assert_array_equal(ep.goal, np.asarray(state.goal, np.float64))
         delays.add(ep.action_delay)
-    assert delays == {0, 1, 2}, f"seed 3's first draws should cover every delay, got {delays}"
+    assert delays == set(reacher_held_out.dr_config.action_delay)
 
 
-def test_held_out_delays_hold_the_command_back(reacher_held_out: GoalReachEnv) -> None:
-    """A command applied at control step t reaches the actuators at control step t + delay."""
-    robot = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
-    by_delay: dict[int, int] = {}
-    for k in range(6):
-        by_delay.setdefault(robot.reset(k).action_delay, k)
+def test_delays_hold_the_command_back(
+    reacher_train: GoalReachEnv, reacher_held_out: GoalReachEnv
+) -> None:
+    """A command applied at control step t reaches the actuators at control step t + delay:
+    the training delays (0, 1) and the held-out one (2)."""
+    by_delay: dict[int, tuple[SimRobot, int]] = {}
+    for dr, env in (("train", reacher_train), ("held-out", reacher_held_out)):
+        robot = SimRobot("reacher", dr=dr, seed=3, env=env)
+        for k in range(6):
+            by_delay.setdefault(robot.reset(k).action_delay, (robot, k))
     assert sorted(by_delay) == [0, 1, 2]
-    for delay, k in sorted(by_delay.items()):
+    for delay, (robot, k) in sorted(by_delay.items()):
         ep = robot.reset(k)
         hold = robot.data.ctrl[robot.act_ids].copy()
         np.testing.assert_array_equal(hold, ep.ctrl[robot.act_ids])
@@ -195,31 +208,38 @@ def test_held_out_delays_hold_the_command_back(reacher_held_out: GoalReachEnv) -
         np.testing.assert_array_equal(robot.data.ctrl[robot.act_ids], target)
 
 
-def test_held_out_episodes_match_mjx(reacher_held_out: GoalReachEnv) -> None:
-    """Held-out episodes with delays 1 and 2, randomized gains, masses, damping: the robot
-    tracks the MJX env's noise-free observation to 1e-4 under uniform random actions, servos
-    saturating (MJX with MuJoCo C's clamped-servo rule, from `crl.sim.mjx`)."""
-    env = reacher_held_out
-    robot = SimRobot("reacher", dr="held-out", seed=3, env=env)
+def test_randomized_episodes_match_mjx(
+    reacher_train: GoalReachEnv, reacher_held_out: GoalReachEnv
+) -> None:
+    """Held-out episodes (delay 2) and a training one with delay 1, randomized gains, masses,
+    damping: the robot tracks the MJX env's noise-free observation to 1e-4 under uniform random
+    actions, servos saturating (MJX with MuJoCo C's clamped-servo rule, from `crl.sim.mjx`)."""
     rng = np.random.default_rng(2)
     uniform = lambda r: rng.uniform(-1, 1, r.spec.act_dim).astype(np.float32)  # noqa: E731
-    for episode, delay in ((1, 2), (3, 1)):
+    for dr, env, episode, delay in (
+        ("held-out", reacher_held_out, 1, 2),
+        ("held-out", reacher_held_out, 3, 2),
+        ("train", reacher_train, 1, 1),
+    ):
+        robot = SimRobot("reacher", dr=dr, seed=3, env=env)
         worst, clamped = run_parity(env, robot, episode, uniform)
         assert robot.episode is not None and robot.episode.action_delay == delay
         assert clamped > 0
-        assert worst < PARITY_TOL, (episode, worst)
+        assert worst < PARITY_TOL, (dr, episode, worst)
 
 
-def test_observation_noise_is_the_draws_std_on_every_value(reacher_held_out: GoalReachEnv) -> None:
+def test_observation_noise_is_each_fields_drawn_std(reacher_held_out: GoalReachEnv) -> None:
+    """Each measurement carries the draw's noise for the observation field of its name, in that
+    field's units: joint angles (rad) and joint velocities (rad/s) each their own std."""
     robot = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
     ep = robot.reset(0)
     true = robot.true_reading()
-    errors = np.concatenate(
-        [np.r_[r.joint_pos - true.joint_pos, r.joint_vel - true.joint_vel]
-         for r in (robot.observation() for _ in range(2000))]
-    )
-    assert (errors != 0).all()
-    assert abs(errors.std() / ep.obs_noise_std - 1) < 0.05
+    readings = [robot.observation() for _ in range(2000)]
+    for name in ("joint_pos", "joint_vel"):
+        errors = np.concatenate([getattr(r, name) - getattr(true, name) for r in readings])
+        assert (errors != 0).all()
+        assert abs(errors.std() / ep.obs_noise_std[name] - 1) < 0.05, name
+    assert ep.obs_noise_std["joint_vel"] > 5 * ep.obs_noise_std["joint_pos"]  # rad/s vs rad
     robot.reset(0)
     again = robot.observation()  # the same episode replays the same noise
     first = SimRobot("reacher", dr="held-out", seed=3, env=reacher_held_out)
@@ -227,11 +247,16 @@ def test_observation_noise_is_the_draws_std_on_every_value(reacher_held_out: Goa
     np.testing.assert_array_equal(first.observation().joint_pos, again.joint_pos)
 
 
-def test_floating_base_fields_match_the_env() -> None:
+@pytest.fixture(scope="module")
+def ant_off() -> GoalReachEnv:
+    return tasks.make("ant", dr="off")
+
+
+def test_floating_base_fields_match_the_env(ant_off: GoalReachEnv) -> None:
     """The ant's base pose (world) and twist (base frame) read as the env reads them, at a
     tilted, moving base (kinematics only: MJX's and MuJoCo's contact solvers part ways once
     the ant touches the ground, which is not what this checks)."""
-    env = tasks.make("ant", dr="off")
+    env = ant_off
     robot = SimRobot("ant", dr="off", seed=0, env=env)
     state = jit(env.reset)(episode_key(0, 0))
     robot.reset(0)
@@ -251,6 +276,28 @@ def test_floating_base_fields_match_the_env() -> None:
     assert r.base_lin_vel is not None and not np.allclose(r.base_lin_vel, qvel[:3])
     assert set(robot.spec.action.joints) <= set(r.joint_names)
     np.testing.assert_allclose(env_observation(robot), want, atol=PARITY_TOL)
+
+
+def test_the_ant_robot_ends_its_episode_where_the_env_terminates(ant_off: GoalReachEnv) -> None:
+    """A torso outside the ant's healthy band ends the robot's episode at that control step, as
+    the env's step ends it; a reset pose never counts (the env's rule too)."""
+    robot = SimRobot("ant", dr="off", seed=0, env=ant_off)
+    robot.reset(0)
+    robot.step_control()
+    assert robot.t == 1 and not robot.done
+    robot.data.qpos[2] = 2.5  # launched well above the band's 1 m
+    robot.step_control()
+    assert robot.t == 2 < robot.episode_length and robot.terminated and robot.done
+    low, high = ant_off.config.healthy_z_range
+    for z, out in ((low - 0.05, True), (low + 0.05, False), (high - 0.05, False),
+                   (high + 0.05, True)):
+        robot.data.qpos[2] = z
+        mujoco.mj_kinematics(robot.model, robot.data)
+        assert robot.terminated is out and robot.done is out
+    robot.reset(1)
+    robot.data.qpos[2] = 2.5
+    mujoco.mj_kinematics(robot.model, robot.data)
+    assert robot.t == 0 and not robot.done
 
 
 def test_actions_for_other_joints_or_kinds_are_refused(reacher_off: GoalReachEnv) -> None:
@@ -415,7 +462,7 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         tel = episodes[whole]
         lockstep = SimRobot("reacher", dr="held-out", seed=seed)
         lock = lockstep.reset(whole)
-        assert lock.obs_noise_std > 0
+        assert lock.obs_noise_std["joint_pos"] > 0
         for t in range(REACHER_STEPS + 1):
             assert tel[t].episode_length == REACHER_STEPS and tel[t].actions_received == 0
             assert math.isnan(tel[t].action_latency_ms)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,10 +33,19 @@ from crl.train.config import (
     EvalConfig,
     ReplayConfig,
     TrainConfig,
+    preset,
+    read_dr,
     validate,
 )
+from crl.train.evaluate import (
+    evaluation_key,
+    make_evaluator,
+    paper_score,
+    reset_episodes,
+    summarize,
+)
 from crl.train.networks import Actor, NetworkConfig
-from crl.train.trainer import DivergedError, prepare_run_dir, train
+from crl.train.trainer import EVAL_STREAM, DivergedError, prepare_run_dir, train
 
 
 @struct.dataclass
@@ -54,11 +64,14 @@ class PointState:
 
 class PointMass:
     """A pure-jax stand-in with the GoalReachEnv contract: a point in [-1, 1]² that moves by
-    0.2 · action per step towards a goal drawn uniformly in the same square."""
+    0.2 · action per step towards a goal drawn uniformly in the same square. With `fall_at`, a
+    step that ends with a coordinate beyond ±fall_at terminates the episode early (it "falls")."""
 
-    def __init__(self, episode_length: int = 20, nan_after: int | None = None) -> None:
+    def __init__(self, episode_length: int = 20, nan_after: int | None = None,
+                 fall_at: float | None = None) -> None:
         self.episode_length = episode_length
         self.nan_after = nan_after
+        self.fall_at = fall_at
         self.config = None
         self.spec = PolicySpec(
             task="point_mass",
@@ -95,8 +108,10 @@ class PointMass:
         vel = 0.2 * jnp.clip(action, -1.0, 1.0)
         pos = jnp.clip(state.data["pos"] + vel, -1.0, 1.0)
         t = state.t + 1
-        return self._observe(pos, vel, state.goal, t, state.rng, state.clock + 1,
-                             t >= self.episode_length)
+        done = t >= self.episode_length
+        if self.fall_at is not None:
+            done = done | (jnp.abs(pos).max() > self.fall_at)
+        return self._observe(pos, vel, state.goal, t, state.rng, state.clock + 1, done)
 
     def reset_if_done(self, state):
         fresh = self.reset(state.rng).replace(clock=state.clock)
@@ -237,8 +252,8 @@ def test_config_validation_names_the_field(changes, message, tmp_path) -> None:
 
 
 def test_presets_are_valid_and_paper_is_table_2() -> None:
-    for preset in PRESETS.values():
-        validate(dataclasses.replace(preset, task="reacher"), ("reacher",))
+    for config in PRESETS.values():
+        validate(dataclasses.replace(config, task="reacher"), ("reacher",))
     p = PRESETS["paper"]
     assert (p.replay.num_envs, p.algo.batch_size, p.replay.unroll_length) == (512, 512, 62)
     assert p.sgd_steps_per_iteration == 794  # 512 envs × 62 steps / 40: UTD 1:40
@@ -247,6 +262,138 @@ def test_presets_are_valid_and_paper_is_table_2() -> None:
     assert (a.gamma, a.logsumexp_penalty, a.entropy_scale) == (0.99, 0.1, 0.5)
     assert a.actor_lr == a.critic_lr == a.alpha_lr == 3e-4
     assert (p.network.width, p.network.repr_dim, p.network.residual) == (256, 64, True)
+
+
+# The paper's env steps per task (Figure 1's x-axes; Table 7: "100M-400M, varying across
+# tasks"); tasks outside its ten get its code's default, 100M.
+PAPER_BUDGETS = {
+    "paper_humanoid": 100_000_000,
+    "paper_ant_big_maze": 100_000_000,
+    "paper_ant_u4_maze": 100_000_000,
+    "paper_ant_u5_maze": 400_000_000,
+    "paper_ant_hardest_maze": 200_000_000,
+    "paper_arm_push_easy": 100_000_000,
+    "paper_arm_push_hard": 100_000_000,
+    "paper_arm_binpick_hard": 100_000_000,
+    "paper_humanoid_u_maze": 400_000_000,
+    "paper_humanoid_big_maze": 400_000_000,
+    "paper_ant": 100_000_000,
+    "paper_ant_u_maze": 100_000_000,
+    "humanoid": 100_000_000,
+    "reacher": 100_000_000,
+}
+
+
+@pytest.mark.parametrize(("task", "steps"), PAPER_BUDGETS.items())
+def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int) -> None:
+    """Every value `--preset paper` sets: Table 2 (Table 7 of arXiv v4), no domain
+    randomization and no held-out evaluation (the paper has none), the task's step budget, and
+    evaluation as the paper's code runs it: 100 evaluations a run, 128 episodes each."""
+    config = preset("paper", task)
+    got = config.to_dict()
+    derived = got.pop("derived")
+    assert got == {
+        "task": task,
+        "seed": 0,
+        "total_steps": steps,
+        "dr": "off",
+        "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True},
+        "algo": {
+            "batch_size": 512,
+            "gamma": 0.99,
+            "logsumexp_penalty": 0.1,
+            "entropy_scale": 0.5,
+            "actor_lr": 3e-4,
+            "critic_lr": 3e-4,
+            "alpha_lr": 3e-4,
+            "action_rate_penalty": 0.0,
+        },
+        "replay": {
+            "num_envs": 512,
+            "unroll_length": 62,
+            "env_steps_per_update": 40.0,
+            "buffer_steps": 10_000,
+            "min_replay_steps": 1_000,
+        },
+        "eval": {"eval_every": steps // 100, "eval_episodes": 128, "held_out": False},
+        "keep_checkpoints": 3,
+        "log_every": 20,
+    }
+    assert derived["sgd_steps_per_iteration"] == 794
+    validate(config)
+    assert preset("paper", task, seed=4).seed == 4
+
+
+def test_the_paper_preset_covers_every_paper_task() -> None:
+    from crl.sim.tasks import TASKS
+
+    paper_tasks = [t for t in TASKS if t.startswith("paper_")]
+    assert paper_tasks
+    for task in paper_tasks:
+        assert preset("paper", task).total_steps == PAPER_BUDGETS[task], task
+
+
+def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(monkeypatch, tmp_path) -> None:
+    seen = []
+
+    def fake_train(config, out, resume=False):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("crl.train.trainer.train", fake_train)
+    out = ["--out", str(tmp_path / "r")]
+    assert cli.main(["paper_ant_u5_maze", *out]) == 130  # --preset paper is the default
+    assert cli.main(["--total-steps", "1000000", "paper_ant_u5_maze", "--dr", "train", *out]) == 130
+    paper, changed = seen
+    assert (paper.total_steps, paper.eval.eval_every, paper.dr) == (400_000_000, 4_000_000, "off")
+    assert paper == preset("paper", "paper_ant_u5_maze")
+    assert (changed.total_steps, changed.dr) == (1_000_000, "train")
+
+
+def test_a_run_saved_with_the_old_dr_spelling_still_loads() -> None:
+    """Run directories from before the one DR spelling say `"dr": "on"`: read as `train`."""
+    stored = json.loads(json.dumps(tiny_config(dr="train").to_dict()))
+    stored["dr"] = "on"
+    assert TrainConfig.from_dict(stored) == tiny_config(dr="train")
+    assert read_dr("on") == "train" and read_dr("held-out") == "held-out"
+    with pytest.raises(ConfigError, match=r"^dr: 'held-out' is not 'off' or 'train'"):
+        validate(tiny_config(dr="held-out"))
+
+
+def test_paper_score_is_the_mean_time_at_goal_of_the_last_five_evaluations() -> None:
+    evaluations = [{"env_steps": i, "train": {"time_at_goal": float(i)}} for i in range(7)]
+    evaluations[3]["held_out"] = {"time_at_goal": 9.0}
+    assert paper_score(evaluations) == np.mean([2, 3, 4, 5, 6])
+    assert paper_score(evaluations, "held_out") == 9.0
+    assert paper_score([]) is None
+
+
+def test_each_evaluation_draws_fresh_goals(point_run) -> None:
+    """Every evaluation has its own key (recorded in eval.json, derived from the seed and the
+    step), so two evaluations see different goals; re-running the last evaluation with its
+    recorded key reproduces its figures, and eval.json reports the paper's score."""
+    run_dir, _ = point_run
+    data = json.loads((run_dir / "eval.json").read_text())
+    evaluations = data["evaluations"]
+    env, episodes = PointMass(episode_length=23), tiny_config().eval.eval_episodes
+    run_key = jax.random.fold_in(jax.random.PRNGKey(0), EVAL_STREAM)
+    goals = []
+    for e in evaluations:
+        key = jnp.asarray(e["eval_key"], jnp.uint32)
+        np.testing.assert_array_equal(key, evaluation_key(run_key, e["env_steps"]))
+        goals.append(np.asarray(reset_episodes(env, key, episodes).goal))
+    for i in range(len(goals)):
+        for j in range(i):
+            assert not np.allclose(goals[i], goals[j]), (i, j)
+    run = load_run(run_dir)
+    last = evaluations[-1]
+    assert last["env_steps"] == run.step
+    actor = Actor(NetworkConfig(depth=4, width=64, repr_dim=16), 2)
+    again = make_evaluator(env, actor, episodes)(
+        run.params["actor"], jnp.asarray(last["eval_key"], jnp.uint32)
+    )
+    assert summarize(jax.device_get(again), env.episode_length) == last["train"]
+    assert data["paper_score"] == {"train": paper_score(evaluations)}
 
 
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys) -> None:
@@ -342,6 +489,180 @@ def test_resume_after_sigkill_ends_bitwise_equal(point_run, tmp_path) -> None:
     evals_whole = json.loads((whole / "eval.json").read_text())["evaluations"]
     evals_resumed = json.loads((killed / "eval.json").read_text())["evaluations"]
     assert [e["train"] for e in evals_whole] == [e["train"] for e in evals_resumed]
+
+
+# ------------------------------------------------------------------------- early termination
+
+
+def _held_in_order(buffer) -> tuple[np.ndarray, np.ndarray]:
+    """The held rows' t and episode number, oldest first: [held, num_envs] each."""
+    cap, written = buffer.data.t.shape[0], int(buffer.written)
+    held = min(written, cap)
+    order = (written - held + np.arange(held)) % cap
+    return np.asarray(buffer.data.t)[order], np.asarray(buffer.episode)[order]
+
+
+def _check_episode_index(buffer, episode_length: int) -> int:
+    """Each column holds its env's steps in order (t counts up, and is 0 after any end) and the
+    buffer opens an episode exactly where t is 0; returns how many episodes ended early."""
+    t, episode = _held_in_order(buffer)
+    prev, nxt = t[:-1], t[1:]
+    assert ((nxt == prev + 1) | (nxt == 0)).all()
+    np.testing.assert_array_equal(np.diff(episode, axis=0), (nxt == 0).astype(int))
+    return int(((nxt == 0) & (prev + 1 < episode_length)).sum())
+
+
+@pytest.fixture(scope="module")
+def falling_point():
+    """The tiny config's setup and compiled iteration on a PointMass that falls off its edges."""
+    from crl.train.trainer import make_iteration, make_setup
+
+    setup = make_setup(tiny_config(), PointMass(episode_length=23, fall_at=0.8))
+    return setup, make_iteration(setup)
+
+
+def test_collect_gives_the_replay_the_episodes_that_end_early(falling_point) -> None:
+    from crl.train.trainer import init_state
+
+    setup, iteration = falling_point
+    env, state = setup.env, init_state(setup)
+    terminated = []
+    for _ in range(6):
+        state, metrics = iteration(state)
+        terminated.append(float(metrics["collect_terminated"]))
+        assert np.isfinite(float(metrics["critic_loss"]))
+    assert max(terminated) > 0
+    assert _check_episode_index(state.buffer, env.episode_length) > 0
+
+
+@struct.dataclass
+class FallState:
+    obs: jax.Array
+    goal: jax.Array
+    achieved_goal: jax.Array
+    success: jax.Array
+    done: jax.Array
+    t: jax.Array
+    fall: jax.Array  # the step that terminates this episode (0: none)
+
+
+class Faller:
+    """Always at its goal; episode i terminates after step `fall` (drawn 0..5 at reset, 0 =
+    never), its achieved goal 0.01 further from the origin every step."""
+
+    episode_length = 10
+
+    def reset(self, rng: jax.Array) -> FallState:
+        fall = jax.random.randint(rng, (), 0, 6)
+        zero = jnp.zeros(2)
+        return FallState(jnp.zeros(1), zero, zero, jnp.bool_(True), jnp.bool_(False),
+                         jnp.int32(0), fall)
+
+    def step(self, state: FallState, action: jax.Array) -> FallState:
+        t = state.t + 1
+        done = (t >= self.episode_length) | ((state.fall > 0) & (t >= state.fall))
+        return state.replace(achieved_goal=jnp.array([0.01, 0.0]) * t, done=done, t=t)
+
+
+def test_evaluation_scores_a_terminated_episode_up_to_its_end() -> None:
+    """Over the full horizon, a terminated episode's later steps score no time at goal (though
+    its stand-in stays "at the goal"), and its final distance is the one at termination."""
+    from crl.train.evaluate import make_evaluator
+
+    env, episodes = Faller(), 32
+    actor = Actor(NetworkConfig(depth=4, width=8, repr_dim=4), 1)
+    params = actor.init(jax.random.key(0), jnp.zeros((1, 1)), jnp.zeros((1, 2)))["params"]
+    key = jax.random.PRNGKey(3)
+    result = jax.device_get(make_evaluator(env, actor, episodes)(params, key))
+    fall = np.asarray(jax.vmap(env.reset)(jax.random.split(key, episodes)).fall)
+    steps = np.where(fall > 0, fall, env.episode_length)
+    assert set(fall.tolist()) >= {0, 1, 5}
+    np.testing.assert_array_equal(result["time_at_goal"], steps)
+    assert result["success"].all()
+    np.testing.assert_allclose(result["final_distance"], 0.01 * steps, rtol=1e-6)
+
+
+@struct.dataclass
+class LegacyReplay:
+    """The replay's layout before its episode index: rows and the write clock."""
+
+    data: Any
+    written: jax.Array
+
+
+def test_a_checkpoint_from_before_the_episode_index_restores(falling_point, tmp_path) -> None:
+    """A run checkpointed before the replay kept episode boundaries resumes: every leaf it holds
+    comes back as saved, the index is rebuilt from the rows' t and samples as the live one."""
+    from crl.train import replay
+    from crl.train.checkpoint import Checkpointer
+    from crl.train.trainer import init_state, upgrade_state
+
+    setup, iteration = falling_point
+    state = init_state(setup)
+    for _ in range(4):
+        state, _ = iteration(state)
+    legacy = state.replace(buffer=LegacyReplay(state.buffer.data, state.buffer.written))
+    checkpointer = Checkpointer(tmp_path, keep=2)
+    try:
+        checkpointer.save(840, legacy, state.params, {"env_steps": 840}, {"time_at_goal": 0.0})
+        with pytest.raises(CheckpointError, match="cannot restore the training state"):
+            checkpointer.restore_state(840, init_state(setup))
+        restored = checkpointer.restore_state(840, init_state(setup), upgrade=upgrade_state)
+    finally:
+        checkpointer.close()
+
+    def host(x):
+        return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+            x.dtype, jax.dtypes.prng_key) else x)
+
+    index = set(replay.INDEX_FIELDS)
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
+                            jax.tree.leaves(state), strict=True):
+        if not (len(path) == 2 and path[0].name == "buffer" and path[1].name in index):
+            np.testing.assert_array_equal(host(x), host(y))
+    key, sample = jax.random.PRNGKey(5), jax.jit(replay.sample, static_argnums=(2, 3))
+    want, want_k = sample(state.buffer, key, 512, 0.9)
+    got, got_k = sample(restored.buffer, key, 512, 0.9)
+    np.testing.assert_array_equal(got_k, want_k)
+    np.testing.assert_array_equal(got.goal, want.goal)
+    # The state the iteration takes: the same tree, shapes and dtypes.
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        assert (x.shape, x.dtype) == (y.shape, y.dtype)
+
+
+@pytest.mark.slow
+def test_the_ant_trains_through_early_terminations() -> None:
+    """A few small iterations on the real ant, two of its four envs launched above the healthy
+    band between them: those episodes end at once, a new one opens in the buffer, SGD runs."""
+    from crl.sim import tasks
+    from crl.train.trainer import init_state, make_iteration, make_setup
+
+    config = TrainConfig(
+        task="ant",
+        seed=0,
+        total_steps=4 * 8 * 3,
+        network=NetworkConfig(depth=4, width=32, repr_dim=16),
+        algo=AlgoConfig(batch_size=16),
+        replay=ReplayConfig(num_envs=4, unroll_length=8, env_steps_per_update=16,
+                            buffer_steps=64, min_replay_steps=8),
+        eval=EvalConfig(eval_every=4 * 8 * 3, eval_episodes=2, held_out=False),
+    )
+    validate(config, ("ant",))
+    env = tasks.make("ant", dr="train")
+    setup = make_setup(config, env)
+    iteration, state = make_iteration(setup), init_state(setup)
+    state, first = iteration(state)
+    assert float(first["collect_terminated"]) == 0.0
+    data = state.env_state.data
+    state = state.replace(env_state=state.env_state.replace(
+        data=data.replace(qpos=data.qpos.at[:2, env._base_qadr + 2].set(2.5))))
+    for _ in range(2):
+        state, metrics = iteration(state)
+        assert bool(metrics["trained"])
+        assert all(np.isfinite(float(v)) for k, v in metrics.items() if k != "trained")
+    assert _check_episode_index(state.buffer, env.episode_length) >= 2
+    assert int(state.sgd_steps) == 3 * config.sgd_steps_per_iteration
 
 
 # --------------------------------------------------------------------------------- reacher

@@ -17,11 +17,13 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -39,6 +41,10 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 class CheckpointError(ValueError):
     """A run directory or checkpoint that is missing or unreadable (one-line message)."""
+
+
+# Completes a state restored from an older checkpoint: (state, missing leaf paths) -> state.
+Upgrade = Callable[[Any, set[str]], Any]
 
 
 @dataclass(frozen=True)
@@ -152,19 +158,57 @@ class Checkpointer:
         self._manager.wait_until_finished()
         return self.path(step)
 
-    def restore_state(self, step: int, template: Any) -> Any:
-        """The full training state at `step`, shaped like `template` (a freshly built state)."""
+    def restore_state(self, step: int, template: Any, upgrade: Upgrade | None = None) -> Any:
+        """The full training state at `step`, shaped like `template` (a freshly built state).
+
+        A checkpoint written before the state gained leaves (e.g. the replay's episode index)
+        restores through `upgrade(state, missing)`: `state` is `template` with every leaf the
+        checkpoint holds (matched by pytree path), `missing` the paths it lacks, and `upgrade`
+        fills those in (or raises CheckpointError).
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
         except (ValueError, KeyError, FileNotFoundError) as e:
+            older = self._restore_older(step, template, upgrade) if upgrade else None
+            if older is not None:
+                return older
             raise CheckpointError(
                 f"{self.path(step)}: cannot restore the training state ({_first_line(e)}); "
                 "was it written with a different config?"
             ) from None
         return _from_saveable(restored.state, template)
+
+    def _restore_older(self, step: int, template: Any, upgrade: Upgrade) -> Any | None:
+        """The state from a checkpoint whose leaves are a subset of `template`'s, same shapes,
+        completed by `upgrade`; None when it is not that (a different config, say)."""
+        try:
+            saved = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            ).state
+        except (ValueError, KeyError, FileNotFoundError):
+            return None
+        by_path = {name.split(".", 1)[1]: x for name, x in saved.items()}
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+        out, missing = [], set()
+        for i, (path, like) in enumerate(leaves):
+            name = _leaf_name(i, path).split(".", 1)[1]
+            if name not in by_path:
+                if np.size(like) > 0:  # zero-size leaves are never stored
+                    missing.add(name)
+                out.append(like)
+                continue
+            x = by_path.pop(name)
+            stored_like = jax.random.key_data(like) if _is_key(like) else like
+            if np.shape(x) != np.shape(stored_like):
+                return None
+            out.append(jax.random.wrap_key_data(x, impl=jax.random.key_impl(like))
+                       if _is_key(like) else jnp.asarray(x, like.dtype))
+        if by_path:  # leaves this code no longer has: not an older layout of this state
+            return None
+        return upgrade(jax.tree_util.tree_unflatten(treedef, out), missing)
 
     def close(self) -> None:
         self._manager.close()

@@ -1,8 +1,15 @@
 """Evaluation of the deterministic actor (tanh of the mean) on freshly drawn starts and goals.
 
 Per episode: success (the achieved goal came within the success radius at any step), time at goal
-(steps within the radius, the paper's metric) and final distance. Episodes run in parallel, one
-full `episode_length` each; the summary is what the trainer logs and `crl-train eval` prints.
+(steps within the radius, the paper's metric) and final distance. Episodes run in parallel for the
+full horizon, `episode_length` steps each; the summary is what the trainer logs and `crl-train
+eval` prints.
+
+An episode that terminates early (a fallen robot, `TaskConfig.healthy_z_range`) scores as the
+paper's evaluation scores it (Brax's EvalWrapper: the env auto-resets, but an episode's metrics
+stop accumulating once it is done): its steps up to and including the terminating one count, the
+remaining steps of the horizon score no time at goal, and its final distance is the one at
+termination. So time at goal stays out of `episode_length`, and falling costs the rest of it.
 """
 
 from __future__ import annotations
@@ -19,25 +26,56 @@ from crl.sim.env import jit as env_jit
 from crl.train.networks import Actor, NetworkConfig, deterministic_action
 
 Evaluator = Callable[[dict, jax.Array], dict[str, jax.Array]]
+# The paper: "When reporting an algorithm's performance as a single number, we compute the
+# average score over the last five epochs of training" (one evaluation an epoch).
+PAPER_SCORE_EVALUATIONS = 5
+
+
+def reset_episodes(env: Any, key: jax.Array, episodes: int) -> Any:
+    """The batched start states an evaluation with `key` runs: its starts, goals and robots."""
+    return jax.vmap(env.reset)(jax.random.split(key, episodes))
+
+
+def evaluation_key(run_key: jax.Array, env_steps: int) -> jax.Array:
+    """The key of a run's evaluation at `env_steps`: each evaluation draws fresh goals (one key
+    for all would score every checkpoint on the same goals), reproducibly from the run's key."""
+    key = jax.random.fold_in(run_key, env_steps >> 32)
+    return jax.random.fold_in(key, env_steps & 0xFFFFFFFF)
+
+
+def paper_score(evaluations: list[dict], split: str = "train") -> float | None:
+    """A run's one number as the paper reports it: the mean time at goal over the last
+    `PAPER_SCORE_EVALUATIONS` evaluations of `split`; None before any."""
+    values = [e[split]["time_at_goal"] for e in evaluations if split in e]
+    if not values:
+        return None
+    return float(np.mean(values[-PAPER_SCORE_EVALUATIONS:]))
 
 
 def make_evaluator(env: Any, actor: Actor, episodes: int) -> Evaluator:
     """A jitted fn(actor_params, key) → per-episode {success, time_at_goal, final_distance}."""
 
     def run(actor_params: dict, key: jax.Array) -> dict[str, jax.Array]:
-        state = jax.vmap(env.reset)(jax.random.split(key, episodes))
+        state = reset_episodes(env, key, episodes)
+        running = jnp.ones(episodes, bool)
 
-        def step(state: Any, _: None) -> tuple[Any, tuple[jax.Array, jax.Array]]:
+        def step(carry: tuple[Any, jax.Array], _: None) -> tuple[tuple[Any, jax.Array], tuple]:
+            state, running = carry  # running: not yet done before this step
             action = deterministic_action(actor, actor_params, state.obs, state.goal)
             state = jax.vmap(env.step)(state, action)
             distance = jnp.linalg.norm(state.achieved_goal - state.goal, axis=-1)
-            return state, (state.success, distance)
+            # A terminated episode's env steps on unscored (it is not reset: nothing reads it).
+            scored = (state.success & running, distance, running)
+            return (state, running & ~state.done), scored
 
-        _, (success, distance) = jax.lax.scan(step, state, None, length=env.episode_length)
+        _, (success, distance, counted) = jax.lax.scan(
+            step, (state, running), None, length=env.episode_length
+        )
+        last = jnp.sum(counted, axis=0) - 1  # the episode's last scored step
         return {
             "success": jnp.any(success, axis=0),
             "time_at_goal": jnp.sum(success, axis=0),
-            "final_distance": distance[-1],
+            "final_distance": jnp.take_along_axis(distance, last[None], axis=0)[0],
         }
 
     return env_jit(run)
@@ -68,18 +106,18 @@ def evaluate_run(
     frames: Path | None = None,
     render_episodes: int = 2,
 ) -> dict[str, Any]:
-    """Evaluate a run's checkpoint; `dr` is "on", "off" or "held-out" (None: as trained).
+    """Evaluate a run's checkpoint; `dr` is "off", "train" or "held-out" (None: as trained).
 
     With `video` / `frames`, also renders episodes of the same policy through
     `crl.sim.render.render_rollout`.
     """
     from crl.sim import tasks
     from crl.train.checkpoint import load_run
-    from crl.train.config import DR_MODES
+    from crl.train.config import read_dr
 
     run = load_run(run_dir, step)
-    dr = dr or run.config["dr"]
-    env = tasks.make(run.config["task"], dr=DR_MODES[dr])
+    dr = dr or read_dr(run.config["dr"])
+    env = tasks.make(run.config["task"], dr=dr)
     net = run.spec.network
     assert net is not None  # the trainer always writes it
     actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from crl.train.checkpoint import CheckpointError
+from crl.train.config import read_dr
 
 CURVE_FILE = "learning_curve.png"
 
@@ -25,7 +26,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
     data = json.loads(path.read_text())
     evaluations = data.get("evaluations", [])
     steps = [e["env_steps"] for e in evaluations]
-    splits = {"train": f"training env (DR {data.get('dr', 'on')})", "held_out": "held-out DR"}
+    dr = read_dr(data.get("dr", "train"))
+    splits = {"train": f"training env (DR {dr})", "held_out": "held-out DR"}
     spec_path = run_dir / "spec.json"
     radius = json.loads(spec_path.read_text())["success_radius"] if spec_path.is_file() else None
 

@@ -8,15 +8,22 @@ Relabeling: a sampled transition (s_t, a_t) gets as its goal the achieved goal o
 k ≥ 1, drawn with probability ∝ γ^k over the window of offsets that stay inside the same episode
 and inside the data written so far. Every row stores the achieved goal *after* its action, so
 offset 1 always exists (even on an episode's last step) and goal k is `next_achieved[t + k − 1]`.
-Episodes have a fixed length (the env contract: done ⇔ t == episode_length), so the window is
-`episode_length − t` rows long, capped by the newest row; no goal ever crosses an episode boundary
-and the offset is drawn in O(1) by inverting the truncated geometric CDF.
+
+Episodes have any length (an env may terminate one early), so the buffer keeps an episode index
+beside the rows: a row with `t == 0` opens a new episode in its column, each row records its
+episode's number, and a small table records, per episode, the logical time its next episode
+opened (its end), at slot `number % capacity`. At most `capacity` episodes of a column can still
+have rows held, so their slots never collide; an episode still running has no end yet and the
+write head bounds it. The window is then `min(end, written) − time` rows long: no goal ever
+crosses an episode boundary, and the offset is drawn in O(1) by inverting the truncated geometric
+CDF. The index costs two int32 per row.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from crl.train.losses import Batch
@@ -29,12 +36,21 @@ class Transition:
     obs: jax.Array  # f32[obs_dim]: what the actor saw
     action: jax.Array  # f32[act_dim]: what it did, in [-1, 1]
     next_achieved: jax.Array  # f32[goal_dim]: achieved goal after the action
-    t: jax.Array  # i32[]: steps taken in the episode before this one (0 after a reset)
+    t: jax.Array  # i32[]: steps taken in the episode before this one; 0 opens an episode
+
+
+# The end of an episode that is still running (later than any logical time).
+NOT_ENDED = jnp.iinfo(jnp.int32).max
+# The episode index's fields (what `rebuild_index` derives from the rows' `t`).
+INDEX_FIELDS = ("episode", "episode_end", "last_episode")
 
 
 @struct.dataclass
 class ReplayState:
     data: Transition  # leaves [capacity, num_envs, ...]
+    episode: jax.Array  # i32[capacity, num_envs]: each row's episode number in its column
+    episode_end: jax.Array  # i32[capacity, num_envs]: at [n % capacity, env], episode n's end
+    last_episode: jax.Array  # i32[num_envs]: the episode number of each column's newest row
     written: jax.Array  # i32[]: rows written since the start (the ring's logical clock)
 
 
@@ -47,7 +63,20 @@ def init(capacity: int, num_envs: int, obs_dim: int, act_dim: int, goal_dim: int
         next_achieved=jnp.zeros((*shape, goal_dim), jnp.float32),
         t=jnp.zeros(shape, jnp.int32),
     )
-    return ReplayState(data=data, written=jnp.zeros((), jnp.int32))
+    return _with_empty_index(data, jnp.zeros((), jnp.int32))
+
+
+def _with_empty_index(data: Transition, written: jax.Array) -> ReplayState:
+    # Episode numbers start at 0 with the first `t == 0` row; rows before it (a column that
+    # starts mid-episode) belong to episode -1.
+    shape = data.t.shape
+    return ReplayState(
+        data=data,
+        episode=jnp.zeros(shape, jnp.int32),
+        episode_end=jnp.full(shape, NOT_ENDED, jnp.int32),
+        last_episode=jnp.full(shape[1:], -1, jnp.int32),
+        written=written,
+    )
 
 
 def capacity(state: ReplayState) -> int:
@@ -60,11 +89,60 @@ def size(state: ReplayState) -> jax.Array:
 
 
 def insert(state: ReplayState, unroll: Transition) -> ReplayState:
-    """Append an unroll with leaves [unroll_length, num_envs, ...], overwriting the oldest rows."""
-    length = unroll.t.shape[0]
-    rows = (state.written + jnp.arange(length)) % capacity(state)
+    """Append an unroll with leaves [unroll_length, num_envs, ...], overwriting the oldest rows.
+
+    An unroll longer than the buffer is refused (when traced): its rows would land on the same
+    ring rows in one scatter, whose order XLA leaves undefined (it differs on a GPU).
+    """
+    length, cap = unroll.t.shape[0], capacity(state)
+    if length > cap:
+        raise ValueError(
+            f"replay.insert: an unroll of {length} steps does not fit a buffer of {cap} steps; "
+            "make buffer_steps at least unroll_length"
+        )
+    num_envs = unroll.t.shape[1]
+    clock = state.written + jnp.arange(length, dtype=jnp.int32)
+    rows = clock % cap
     data = jax.tree.map(lambda buf, new: buf.at[rows].set(new), state.data, unroll)
-    return ReplayState(data=data, written=state.written + length)
+
+    # Episode numbers: each `t == 0` row opens the next episode of its column.
+    opens = unroll.t == 0
+    episode = state.last_episode + jnp.cumsum(opens, axis=0, dtype=jnp.int32)
+    # An episode opened here ends where the next one opens in this unroll, else it runs on; the
+    # episode that was running before the unroll ends at the unroll's first opening (if any).
+    open_clock = jnp.where(opens, clock[:, None], NOT_ENDED)
+    later = jnp.concatenate([open_clock[1:], jnp.full((1, num_envs), NOT_ENDED)])
+    next_open = jax.lax.cummin(later, axis=0, reverse=True)
+    env = jnp.broadcast_to(jnp.arange(num_envs), opens.shape)
+    end = state.episode_end.at[state.last_episode % cap, env[0]].set(open_clock.min(axis=0))
+    # Second, so that it wins where both hit one slot: with `capacity` openings in one unroll
+    # the episode running before it has no rows left. Slots are distinct (at most `capacity`
+    # consecutive numbers); rows that open nothing point past the table and are dropped.
+    slot = jnp.where(opens, episode % cap, cap)
+    end = end.at[slot, env].set(next_open, mode="drop")
+    return ReplayState(
+        data=data,
+        episode=state.episode.at[rows].set(episode),
+        episode_end=end,
+        last_episode=episode[-1],
+        written=state.written + length,
+    )
+
+
+def rebuild_index(data: Transition, written: int) -> ReplayState:
+    """The buffer of `data` (rows where `insert` put them, `written` rows so far) with its episode
+    index rebuilt from the rows' `t`: a checkpoint from before the index restores through this.
+    Sampling from it gives what the index built row by row would (episode numbers may differ).
+    """
+    data = jax.tree.map(jnp.asarray, data)
+    cap = data.t.shape[0]
+    written = int(written)
+    held = min(written, cap)
+    state = _with_empty_index(data, jnp.asarray(written - held, jnp.int32))
+    if held == 0:
+        return state
+    order = (written - held + np.arange(held)) % cap  # oldest first: back where they were
+    return jax.jit(insert)(state, jax.tree.map(lambda x: x[order], data))
 
 
 def truncated_geometric(key: jax.Array, gamma: float, horizon: jax.Array) -> jax.Array:
@@ -80,7 +158,7 @@ def truncated_geometric(key: jax.Array, gamma: float, horizon: jax.Array) -> jax
 
 
 def sample(
-    state: ReplayState, key: jax.Array, batch_size: int, gamma: float, episode_length: int
+    state: ReplayState, key: jax.Array, batch_size: int, gamma: float
 ) -> tuple[Batch, jax.Array]:
     """A relabeled batch, uniform over held transitions; also returns the offsets k (for tests).
 
@@ -93,9 +171,9 @@ def sample(
     time = oldest + jax.random.randint(k_time, (batch_size,), 0, held)  # logical clock
     env = jax.random.randint(k_env, (batch_size,), 0, num_envs)
     row = time % cap
-    t = state.data.t[row, env]
+    end = state.episode_end[state.episode[row, env] % cap, env]
     # Future rows of the same episode that are already written: offsets 1 … horizon.
-    horizon = jnp.minimum(episode_length - t, state.written - time)
+    horizon = jnp.minimum(end, state.written) - time
     offset = truncated_geometric(k_offset, gamma, horizon)
     goal_row = (time + offset - 1) % cap
     batch = Batch(

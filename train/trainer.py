@@ -37,12 +37,13 @@ from crl.train.checkpoint import (
     CONFIG_FILE,
     SPEC_FILE,
     Checkpointer,
+    CheckpointError,
     checkpoint_steps,
     git_commit,
     write_json_atomic,
 )
-from crl.train.config import DR_MODES, ConfigError, TrainConfig, validate
-from crl.train.evaluate import make_evaluator, summarize
+from crl.train.config import ConfigError, TrainConfig, validate
+from crl.train.evaluate import evaluation_key, make_evaluator, paper_score, summarize
 from crl.train.plots import plot_learning_curve
 
 EVAL_FILE = "eval.json"
@@ -135,6 +136,21 @@ def _pending_resets(env: Any, keys: jax.Array) -> Any:
     return state.replace(done=jnp.ones_like(state.done), rng=keys)
 
 
+def upgrade_state(state: TrainState, missing: set[str]) -> TrainState:
+    """Complete a state restored from a checkpoint written before the replay's episode index
+    (`Checkpointer.restore_state`): the index is rebuilt from the stored rows' `t`."""
+    index = {f"buffer.{name}" for name in replay.INDEX_FIELDS}
+    if not missing <= index:
+        raise CheckpointError(
+            f"the checkpoint lacks {', '.join(sorted(missing - index))}: it is not from an "
+            "earlier version of this run's training state"
+        )
+    if not missing:
+        return state
+    buffer = state.buffer
+    return state.replace(buffer=replay.rebuild_index(buffer.data, int(buffer.written)))
+
+
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -159,26 +175,29 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
             mean, log_std = nets.actor.apply({"params": actor_params}, obs, goal)
             action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
             next_state = jax.vmap(env.step)(env_state, action)
+            # t is 0 on an episode's first step, however the last one ended (its length or an
+            # early termination): the buffer's episode index opens an episode there.
             transition = replay.Transition(
                 obs=env_state.obs,
                 action=action,
                 next_achieved=next_state.achieved_goal,
                 t=env_state.t,
             )
-            return next_state, (transition, next_state.success)
+            terminated = next_state.done & (next_state.t < env.episode_length)
+            return next_state, (transition, next_state.success, terminated)
 
         keys = jax.random.split(key, c.replay.unroll_length)
-        env_state, (unroll, success) = jax.lax.scan(step, env_state, keys)
-        return env_state, unroll, {"collect_at_goal": jnp.mean(success)}
+        env_state, (unroll, success, terminated) = jax.lax.scan(step, env_state, keys)
+        # Episodes ended early per env step (a fallen robot), beside the fraction at goal.
+        metrics = {"collect_at_goal": jnp.mean(success), "collect_terminated": jnp.mean(terminated)}
+        return env_state, unroll, metrics
 
     def sgd_step(
         carry: tuple[dict, jax.Array, Any, Any, Any], key: jax.Array, buffer: replay.ReplayState
     ) -> tuple[tuple[dict, jax.Array, Any, Any, Any], dict]:
         params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
         k_batch, k_actor = jax.random.split(key)
-        batch, _ = replay.sample(
-            buffer, k_batch, c.algo.batch_size, c.algo.gamma, env.episode_length
-        )
+        batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
         critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
 
         # Actor and α first, against the current critic.
@@ -353,8 +372,8 @@ def make_envs(config: TrainConfig) -> tuple[Any, Any | None]:
     """The training env and, when configured, the held-out-DR evaluation env."""
     from crl.sim import tasks
 
-    env = tasks.make(config.task, dr=DR_MODES[config.dr])
-    held_out = tasks.make(config.task, dr="held_out") if config.eval.held_out else None
+    env = tasks.make(config.task, dr=config.dr)
+    held_out = tasks.make(config.task, dr="held-out") if config.eval.held_out else None
     return env, held_out
 
 
@@ -389,10 +408,11 @@ def train(
     evaluations: list[dict] = []
     if resume and checkpointer.latest_step() is not None:
         step = checkpointer.latest_step()
-        state = checkpointer.restore_state(step, state)
+        state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
         evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
-    # Every evaluation replays the same episodes (starts and goals drawn apart from training's),
-    # so the learning curve compares checkpoints on equal terms rather than on luck of the draw.
+    # Each evaluation draws fresh episodes (starts, goals, robots), as the paper's evaluator
+    # does, from its own key: `evaluation_key(eval_key, env_steps)`, apart from training's
+    # stream, so a resumed run evaluates what the uninterrupted one would have.
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
     evaluators = {"train": make_evaluator(env, setup.nets.actor, config.eval.eval_episodes)}
     if held_out_env is not None:
@@ -407,18 +427,25 @@ def train(
         return round(wall_offset + time.monotonic() - started, 2)
 
     def evaluate(env_steps: int) -> dict:
+        key = evaluation_key(eval_key, env_steps)
         record: dict[str, Any] = {
             "env_steps": env_steps,
             "sgd_steps": int(state.sgd_steps),
             "wall_s": wall(),
+            # What `reset_episodes` drew this evaluation's episodes from (reproducible).
+            "eval_key": np.asarray(jax.random.key_data(key)).tolist(),
         }
         for name, evaluator in evaluators.items():
-            per_episode = jax.device_get(evaluator(state.params["actor"], eval_key))
+            per_episode = jax.device_get(evaluator(state.params["actor"], key))
             record[name] = summarize(per_episode, env.episode_length)
         evaluations.append(record)
-        write_json_atomic(
-            run_dir / EVAL_FILE, {"task": config.task, "dr": config.dr, "evaluations": evaluations}
-        )
+        write_json_atomic(run_dir / EVAL_FILE, {
+            "task": config.task,
+            "dr": config.dr,
+            # The paper's one number for a run: mean time at goal over the last 5 evaluations.
+            "paper_score": {split: paper_score(evaluations, split) for split in evaluators},
+            "evaluations": evaluations,
+        })
         logger.evaluation(record)
         return record
 

@@ -1,4 +1,11 @@
-"""Goal-reaching tasks, one robot a file.
+"""Goal-reaching tasks in two families, one robot a file.
+
+The deployment family (`DEPLOYMENT_TASKS`, `sim/tasks/<task>.py`): our robots as a real one
+runs them, with position servos where a real robot has them and an observation of what its
+sensors measure; the runtime and ROS configs ship for these. The paper family (`PAPER_TASKS`,
+`sim/tasks/paper*.py`): the paper's tasks as its code defines them (its dynamics, its simulator
+state as the observation, its layouts), named `paper_` + the paper's env id, for reproducing its
+results; simulation only.
 
 `make(task, dr)` builds the env; importing this package stays cheap (the task modules, and with
 them jax and MuJoCo, load on first `make`).
@@ -12,7 +19,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from crl.sim.env import GoalReachEnv
 
-TASKS: tuple[str, ...] = ("reacher", "arm_reach", "ant", "ant_u_maze", "humanoid")
+DEPLOYMENT_TASKS: tuple[str, ...] = ("reacher", "arm_reach", "ant", "ant_u_maze", "humanoid")
+# task -> the module that defines it (its `make(task, dr)`).
+PAPER_TASKS: dict[str, str] = {
+    "paper_ant": "paper_ant",
+    "paper_ant_u_maze": "paper_ant",
+    "paper_ant_big_maze": "paper_ant",
+    "paper_ant_u4_maze": "paper_ant",
+    "paper_ant_u5_maze": "paper_ant",
+    "paper_ant_hardest_maze": "paper_ant",
+    "paper_humanoid": "paper_humanoid",
+    "paper_humanoid_u_maze": "paper_humanoid",
+    "paper_humanoid_big_maze": "paper_humanoid",
+}
+TASKS: tuple[str, ...] = DEPLOYMENT_TASKS + tuple(PAPER_TASKS)
 
 
 class UnknownTaskError(ValueError):
@@ -20,9 +40,14 @@ class UnknownTaskError(ValueError):
 
 
 def make(task: str, dr: str = "train") -> GoalReachEnv:
-    """The env of `task` with domain randomization `dr` ("train", "held_out" or "off")."""
+    """The env of `task` with domain randomization `dr`: "off", "train" or "held-out"."""
     if task not in TASKS:
         raise UnknownTaskError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task in PAPER_TASKS:
+        env: GoalReachEnv = importlib.import_module(f"crl.sim.tasks.{PAPER_TASKS[task]}").make(
+            task, dr
+        )
+        return env
     module = importlib.import_module(f"crl.sim.tasks.{task}")
-    env: GoalReachEnv = module.ENV(module.CONFIG, dr=dr)
+    env = module.ENV(module.CONFIG, dr=dr)
     return env

@@ -3,7 +3,8 @@
 As in the paper's code (JaxGCRL `envs/ant_maze.py`): the ant starts at the centre of the
 maze's start cell (its joints and velocities jittered as on open floor) and goals are the
 centres of the goal cells, 4 m apart; everything else (the robot, success radius,
-episode length, control rate) is the open-floor ant task. The walls are added to the MJCF
+episode length, control rate, the healthy torso band that ends an episode early) is the
+open-floor ant task. The walls are added to the MJCF
 before it compiles, so the spec's model hash is that of ant.xml (the maze layout is part of
 the task name).
 """

@@ -4,7 +4,9 @@ As in the paper's code (JaxGCRL `envs/humanoid.py`): goal xy at a distance drawn
 1..5 m in any direction, z fixed at 1.25 m (the torso height of a standing humanoid), success
 within 0.5 m, 1000 control steps. Control runs at 50 Hz (the paper steps every 15 ms; our
 model's 5 ms timestep gives 20 ms). The paper starts every episode from the same pose; a little
-joint and velocity noise here makes starts differ.
+joint and velocity noise here makes starts differ. An episode ends early when the torso's height
+leaves the paper's healthy band [1.0, 2.0] m (`healthy_z_range`; it starts at 1.3 m): a fallen
+humanoid starts a new episode rather than lying on the floor until step 1000.
 """
 
 from crl.sim.config import AnnulusSampler, StartSampler, TaskConfig
@@ -22,6 +24,7 @@ CONFIG = TaskConfig(
     goal_sampler=AnnulusSampler(r_min=1.0, r_max=5.0, uniform_area=False, z=1.25),
     observation=OBSERVATION,
     base_body="torso",
+    healthy_z_range=(1.0, 2.0),
     control_hz=50.0,
     episode_length=1000,
     success_radius=0.5,
