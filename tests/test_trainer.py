@@ -408,8 +408,8 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys) -> None:
 def test_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
     seen = {}
 
-    def fake_train(config, out, resume=False):
-        seen.update(config=config, out=out, resume=resume)
+    def fake_train(config, out, resume=False, devices=None):
+        seen.update(config=config, out=out, resume=resume, devices=devices)
         raise KeyboardInterrupt
 
     monkeypatch.setattr("crl.train.trainer.train", fake_train)
@@ -422,7 +422,7 @@ def test_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
     assert c.network == NetworkConfig(depth=8, width=32, repr_dim=64, residual=False)
     assert (c.replay.num_envs, c.algo.batch_size) == (7, 9)
     assert c.replay.unroll_length == cli.PRESETS["quick"].replay.unroll_length
-    assert seen["out"] == tmp_path / "r"
+    assert seen["out"] == tmp_path / "r" and seen["devices"] is None  # all local devices
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path) -> None:

@@ -2,6 +2,8 @@
 
     crl-train TASK [--preset quick|paper] [--depth N --width N --num-envs N --batch-size N
                    --total-steps N --seed N --dr off|train --out DIR --resume ...]
+                  [--devices N] [--dtype fp32|bf16]
+                  [--coordinator-address HOST:PORT --num-processes N --process-id I]
     crl-train eval --run DIR [--dr off|train|held-out] [--episodes N] [--video PATH]
                    [--frames PATH] [--curve PATH]
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +44,16 @@ class TrainArgs:
     """Run directory (default: runs/<task>-d<depth>-s<seed>)."""
     resume: bool = False
     """Continue the run in --out from its latest checkpoint."""
+    devices: int | None = None
+    """Data-parallel devices (default: all local devices); must divide --num-envs and
+    --batch-size. A run's checkpoints resume on any such count."""
+    coordinator_address: str | None = None
+    """Multi-process training: HOST:PORT of process 0's coordinator (default:
+    $JAX_COORDINATOR_ADDRESS; neither: a single process)."""
+    num_processes: int | None = None
+    """Processes of a multi-process run (default: $JAX_NUM_PROCESSES)."""
+    process_id: int | None = None
+    """This process's index, 0 first (default: $JAX_PROCESS_ID)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,40 @@ def _parse(argv: Sequence[str], preset_name: str, default_config: TrainConfig) -
     return args
 
 
+def init_distributed(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> bool:
+    """`jax.distributed.initialize` from the flags, else the JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID environment variables; False (nothing done) when neither
+    names a coordinator. Must run before anything touches a device."""
+    env = os.environ
+    address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    if not address:
+        if num_processes not in (None, 1) or process_id not in (None, 0):
+            raise ConfigError("coordinator_address: a multi-process run needs one (HOST:PORT)")
+        return False
+    try:
+        count = num_processes if num_processes is not None else int(env["JAX_NUM_PROCESSES"])
+        index = process_id if process_id is not None else int(env["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise ConfigError(
+            "num_processes/process_id: give --num-processes and --process-id (or "
+            "JAX_NUM_PROCESSES and JAX_PROCESS_ID) with the coordinator address"
+        ) from None
+    if not 0 <= index < count:
+        raise ConfigError(f"process_id: {index} is not in [0, {count})")
+    import jax
+
+    # A loopback coordinator (one machine's processes, the tests) listens on loopback only;
+    # any other listens where jax's default puts it (all interfaces, that port).
+    host = address.rsplit(":", 1)[0]
+    bind = address if host in ("127.0.0.1", "localhost", "[::1]") else None
+    jax.distributed.initialize(
+        address, num_processes=count, process_id=index, coordinator_bind_address=bind
+    )
+    return True
+
+
 def _train(argv: Sequence[str]) -> int:
     from crl.train.evaluate import PAPER_SCORE_EVALUATIONS, paper_score
     from crl.train.trainer import DivergedError, train
@@ -108,8 +155,9 @@ def _train(argv: Sequence[str]) -> int:
     args = _parse(argv, pre.preset, default_config)
     c = args.config
     out = args.out or Path("runs") / f"{c.task}-d{c.network.depth}-s{c.seed}"
+    init_distributed(args.coordinator_address, args.num_processes, args.process_id)
     try:
-        result = train(c, out, resume=args.resume)
+        result = train(c, out, resume=args.resume, devices=args.devices)
     except DivergedError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1

@@ -324,3 +324,15 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
         fail("log_every", f"must be at least 1, got {c.log_every}")
     if c.dr not in ("off", "train"):
         fail("dr", f"{c.dr!r} is not 'off' or 'train'")
+
+
+def validate_devices(config: TrainConfig, devices: int) -> None:
+    """Raise ConfigError unless `devices` data-parallel devices split the run evenly: each
+    holds num_envs / devices envs (and their buffer columns) and batch_size / devices rows."""
+    for name, value in (("num_envs", config.replay.num_envs),
+                        ("batch_size", config.algo.batch_size)):
+        if value % devices:
+            raise ConfigError(
+                f"{name}: {value} is not divisible by --devices {devices}; use a multiple of "
+                f"{devices} or fewer devices"
+            )

@@ -2,7 +2,10 @@
 
 A trunk is a Dense → LayerNorm → swish stem followed by `depth // 4` residual blocks, each
 4 × (Dense → LayerNorm → swish) with the skip added after the 4th swish. The blocks run under
-`nn.scan` with stacked parameters, so compile time does not grow with depth.
+`nn.scan` with stacked parameters, so compile time does not grow with depth. How the loop runs
+(`BlockScan`: blocks per loop trip, what the backward pass keeps) is chosen per backend in
+`BLOCK_SCAN` by measurement (bench/train_throughput.py); it changes speed and compile time,
+never the function computed or the parameter tree.
 
 Parameter tree of every trunk (the exporter reads it by these names):
     stem_dense/{kernel [in, W], bias [W]}, stem_norm/{scale [W], bias [W]},
@@ -13,7 +16,9 @@ Encoders add `head/{kernel, bias}`; the actor adds `mean/…` and `log_std/…`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -21,6 +26,11 @@ import jax.numpy as jnp
 
 BLOCK_LAYERS = 4
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+# Compute dtypes of `NetworkConfig.dtype`. Parameters stay float32 in every mode (Adam's moments
+# and small updates need its mantissa); bf16 is what the matmuls and activations run in.
+COMPUTE_DTYPES: dict[str, Any] = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+DType = Literal["fp32", "bf16"]
 
 # The paper's initialisation: variance scaling 1/3, fan-in, uniform; zero biases.
 kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -34,6 +44,13 @@ class NetworkConfig:
     width: int = 256
     repr_dim: int = 64
     residual: bool = True
+    dtype: DType = "fp32"
+    """Compute dtype of matmuls and activations (`bf16`: mixed precision; parameters, LayerNorm
+    statistics and the networks' outputs stay float32)."""
+
+    @property
+    def compute_dtype(self) -> Any:
+        return COMPUTE_DTYPES[self.dtype]
 
     @property
     def num_blocks(self) -> int:
@@ -47,37 +64,118 @@ class NetworkConfig:
         return self.depth // BLOCK_LAYERS
 
 
+# What a block's backward pass keeps from its forward pass (jax.checkpoint policies). "none" is
+# plain autodiff: under scan, every intermediate of the 4 layers (Dense output, LayerNorm
+# statistics and output, swish terms) is written to its own [num_blocks, batch, width] stack in
+# the forward loop and read back in the backward one. "dots" keeps only the Dense outputs and
+# recomputes LayerNorm and swish from them in the backward loop: elementwise work that XLA fuses
+# into the gradient kernels, for a fraction of the memory traffic. Both give the same gradients.
+REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "none": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+@dataclass(frozen=True)
+class BlockScan:
+    """How a trunk loops over its residual blocks: a speed and compile-time choice only.
+
+    `unroll` blocks run per loop trip (0: all of them, no loop: the program, and its compile
+    time, then grow with depth); `remat` names a `REMAT_POLICIES` entry, applied only where
+    the blocks do loop.
+    """
+
+    unroll: int = 1
+    remat: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.unroll < 0:
+            raise ValueError(f"BlockScan.unroll: {self.unroll} is negative (0 unrolls all)")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"BlockScan.remat: {self.remat!r} is not in {list(REMAT_POLICIES)}")
+
+    def trip_blocks(self, num_blocks: int) -> int:
+        """Blocks per loop trip for a trunk of `num_blocks` (all of them when unroll is 0)."""
+        return num_blocks if self.unroll == 0 else min(self.unroll, num_blocks)
+
+
+# The network as the paper's code builds it: every block inlined, no loop. The reference the
+# shipped choices are measured and tested against; compile time grows with depth.
+UNROLLED = BlockScan(unroll=0, remat="none")
+
+# The shipped choice per jax backend, picked with bench/learner_speed.py (README, "Learner
+# speed"); backends not listed (TPU) take "gpu"'s. Edit an entry to change a backend's choice.
+# cpu: measured on the 2-core EPYC: "dots" makes one SGD update as fast as the unrolled network
+#   (depth 16: 0.91x, 64: 1.00x, 256: 1.00x); plain scan took 1.2x at 16-64. 2 or 4 blocks a
+#   trip were 4-7% slower at depth 16, within 2% at 64 and 2-7% faster at 256, but compiled
+#   1.3-2.4x longer (12 s at depth 256, over the 10 s budget).
+# gpu: NOT measured yet (no GPU here). A GPU while loop pays a kernel launch and a predicate
+#   read per trip, comparable to a block's few microseconds of matmuls at the paper's sizes,
+#   so 4 blocks a trip; "dots" for the same memory traffic as on the CPU. Re-run the bench
+#   with --candidates 1:dots 2:dots 8:dots on a GPU and set what it shows.
+BLOCK_SCAN: dict[str, BlockScan] = {
+    "cpu": BlockScan(unroll=1, remat="dots"),
+    "gpu": BlockScan(unroll=4, remat="dots"),
+}
+
+
+def default_block_scan(backend: str | None = None) -> BlockScan:
+    """BLOCK_SCAN's choice for `backend` (jax's default backend when None)."""
+    backend = backend or jax.default_backend()
+    return BLOCK_SCAN.get(backend, BLOCK_SCAN["gpu"])
+
+
 class ResidualBlock(nn.Module):
     width: int
     residual: bool
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
         h = x
         for i in range(BLOCK_LAYERS):
-            h = nn.Dense(self.width, kernel_init=kernel_init, name=f"dense_{i}")(h)
-            h = nn.LayerNorm(name=f"norm_{i}")(h)
+            h = nn.Dense(
+                self.width, kernel_init=kernel_init, dtype=self.dtype, name=f"dense_{i}"
+            )(h)
+            # flax computes LayerNorm's mean and variance in float32 whatever `dtype` is.
+            h = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(h)
             h = nn.swish(h)
         return (x + h if self.residual else h), None
 
 
 class Trunk(nn.Module):
-    """Stem plus scanned residual blocks: [..., in] → [..., width]."""
+    """Stem plus scanned residual blocks: [..., in] → [..., width].
+
+    `scan` None takes `default_block_scan()` for the backend being traced for; every choice
+    has the same parameter tree (and the same initial values from the same key).
+    """
 
     config: NetworkConfig
+    scan: BlockScan | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.config
-        x = nn.Dense(c.width, kernel_init=kernel_init, name="stem_dense")(x)
-        x = nn.swish(nn.LayerNorm(name="stem_norm")(x))
+        c, dtype = self.config, self.config.compute_dtype
+        plan = self.scan or default_block_scan()
+        x = nn.Dense(c.width, kernel_init=kernel_init, dtype=dtype, name="stem_dense")(x)
+        x = nn.swish(nn.LayerNorm(dtype=dtype, name="stem_norm")(x))
+        trip = plan.trip_blocks(c.num_blocks)
+        # Remat only where the blocks loop: without a loop (all blocks in one trip, depth 4
+        # included, whose 1-trip loop XLA removes) nothing is stacked, and XLA already keeps
+        # only what the backward pass needs.
+        policy = REMAT_POLICIES[plan.remat] if trip < c.num_blocks else None
+        block: Any = ResidualBlock
+        if policy is not None:
+            # prevent_cse=False: inside scan, CSE cannot undo the recomputation (jax docs).
+            block = nn.remat(ResidualBlock, policy=policy, prevent_cse=False)
         blocks = nn.scan(
-            ResidualBlock,
+            block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             length=c.num_blocks,
+            unroll=trip,
         )
-        x, _ = blocks(c.width, c.residual, name="blocks")(x, None)
+        x, _ = blocks(c.width, c.residual, dtype, name="blocks")(x, None)
         return x
 
 
@@ -85,11 +183,14 @@ class Encoder(nn.Module):
     """φ(s, a) or ψ(g): a trunk and a linear head to the representation."""
 
     config: NetworkConfig
+    scan: BlockScan | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = Trunk(self.config, name="trunk")(x)
-        return nn.Dense(self.config.repr_dim, kernel_init=kernel_init, name="head")(h)
+        h = Trunk(self.config, self.scan, name="trunk")(x)
+        c = self.config
+        out = nn.Dense(c.repr_dim, kernel_init=kernel_init, dtype=c.compute_dtype, name="head")(h)
+        return out.astype(jnp.float32)  # the losses (norms, logsumexp) run in float32
 
 
 class Actor(nn.Module):
@@ -97,12 +198,16 @@ class Actor(nn.Module):
 
     config: NetworkConfig
     action_dim: int
+    scan: BlockScan | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array, goal: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = Trunk(self.config, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
-        mean = nn.Dense(self.action_dim, kernel_init=kernel_init, name="mean")(h)
-        raw = nn.Dense(self.action_dim, kernel_init=kernel_init, name="log_std")(h)
+        h = Trunk(self.config, self.scan, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
+        dtype = self.config.compute_dtype
+        mean = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="mean")(h)
+        raw = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="log_std")(h)
+        # The Gaussian, its log-probability and the losses run in float32.
+        mean, raw = mean.astype(jnp.float32), raw.astype(jnp.float32)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
         return mean, log_std
 

@@ -9,6 +9,14 @@ Around it, plain Python: evaluation every `eval_every` env steps (deterministic 
 goals, optionally held-out domain randomization), a checkpoint at each evaluation, TensorBoard,
 a progress bar, and a finiteness check that stops a diverged run before it is saved.
 
+Data parallel: on a `Mesh` of N devices (`make_mesh`) the iteration is one SPMD program. The
+environments and the replay buffer's env columns are split across the devices, parameters,
+optimiser state and the RNG key are replicated, and each SGD batch is split along its rows; XLA
+inserts the collectives (the batch gather from the sharded buffer, the all-gather of ψ for the
+global InfoNCE negatives, the gradient all-reduce). Every random draw is the single-device one
+(threefry is partitionable), so N devices compute what one device computes, up to float
+rounding. In a multi-process run (`init_distributed`) each process holds its devices' envs.
+
 Resume is exact: the checkpoint holds everything the next iteration reads (parameters, Adam
 moments, α, buffer, env states, RNG), evaluation draws from its own key, and every iteration is
 the same compiled program, so a resumed run reproduces the uninterrupted one bit for bit on CPU.
@@ -29,6 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from crl.sim.env import jit as env_jit
 from crl.sim.spec import NetworkSpec
@@ -42,13 +53,15 @@ from crl.train.checkpoint import (
     git_commit,
     write_json_atomic,
 )
-from crl.train.config import ConfigError, TrainConfig, validate
+from crl.train.config import ConfigError, TrainConfig, validate, validate_devices
 from crl.train.evaluate import evaluation_key, make_evaluator, paper_score, summarize
 from crl.train.plots import plot_learning_curve
 
 EVAL_FILE = "eval.json"
 # Independent random streams derived from the seed: training, evaluation.
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+# The one mesh axis: data parallelism over environments and batch rows.
+DATA_AXIS = "data"
 
 
 class DivergedError(RuntimeError):
@@ -99,8 +112,19 @@ def make_setup(config: TrainConfig, env: Any) -> Setup:
     )
 
 
-def init_state(setup: Setup) -> TrainState:
-    """Fresh networks, optimisers, α = 1, an empty buffer, environments about to reset."""
+def init_state(setup: Setup, mesh: Mesh | None = None) -> TrainState:
+    """Fresh networks, optimisers, α = 1, an empty buffer, environments about to reset.
+
+    With a mesh, built by one jitted program straight into `state_shardings`: each device (each
+    process) materialises only its own envs and buffer columns.
+    """
+    if mesh is not None:
+        shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
+        return jax.jit(lambda: _init_state(setup), out_shardings=shardings)()
+    return _init_state(setup)
+
+
+def _init_state(setup: Setup) -> TrainState:
     c, spec = setup.config, setup.spec
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), TRAIN_STREAM)
     key, k_params, k_env = jax.random.split(key, 3)
@@ -123,6 +147,45 @@ def init_state(setup: Setup) -> TrainState:
         iteration=jnp.zeros((), jnp.int32),
         sgd_steps=jnp.zeros((), jnp.int32),
     )
+
+
+def make_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D `DATA_AXIS` mesh over the first `devices` devices (default: all of them; in a
+    multi-process run, every process's devices, in process order, so each holds its own envs)."""
+    available = jax.devices()
+    n = len(available) if devices is None else devices
+    if not 1 <= n <= len(available):
+        raise ConfigError(f"devices: {n} requested, {len(available)} available")
+    if jax.process_count() > 1 and n != len(available):
+        raise ConfigError(
+            f"devices: a multi-process run trains on all {len(available)} devices of its "
+            f"{jax.process_count()} processes; drop --devices"
+        )
+    return Mesh(np.array(available[:n]), (DATA_AXIS,))
+
+
+def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
+    """Where each leaf of `state` (arrays or their shapes) lives: env states split along their
+    env axis, the buffer along its env columns (`data[time, env]`), everything else replicated."""
+    replicated, envs = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    columns = NamedSharding(mesh, P(None, DATA_AXIS))
+    b = state.buffer
+    buffer = replay.ReplayState(
+        data=jax.tree.map(lambda _: columns, b.data),
+        episode=columns,
+        episode_end=columns,
+        last_episode=envs,
+        written=replicated,
+    )
+    return jax.tree.map(lambda _: replicated, state).replace(
+        env_state=jax.tree.map(lambda _: envs, state.env_state), buffer=buffer
+    )
+
+
+def host_local(tree: Any) -> Any:
+    """A replicated tree as arrays on this process's first device: what evaluation and other
+    single-device programs take (in a multi-process run a global array is not addressable)."""
+    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
 
 
 def _pending_resets(env: Any, keys: jax.Array) -> Any:
@@ -155,9 +218,21 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dict]]:
-    """The jitted training iteration: collect, insert, and (after prefill) SGD."""
+def make_iteration(
+    setup: Setup, mesh: Mesh | None = None
+) -> Callable[[TrainState], tuple[TrainState, dict]]:
+    """The jitted training iteration: collect, insert, and (after prefill) SGD.
+
+    With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
+    is split by rows across the devices.
+    """
     c, env, nets = setup.config, setup.env, setup.nets
+
+    def constrain(tree: Any, spec: P) -> Any:
+        if mesh is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
+
     target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
     last_action = setup.spec.observation_slices().get("last_action")
     if c.algo.action_rate_penalty > 0 and last_action is None:
@@ -198,6 +273,9 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
         params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
         k_batch, k_actor = jax.random.split(key)
         batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
+        # Rows split across devices; the InfoNCE negatives still span the global batch (the
+        # compiler all-gathers ψ), so the loss is the single-device one (README, Training).
+        batch = constrain(batch, P(DATA_AXIS))
         critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
 
         # Actor and α first, against the current critic.
@@ -242,7 +320,7 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
         key, k_collect, k_sgd = jax.random.split(state.key, 3)
         actor_params = state.params["actor"]
         env_state, unroll, collect_metrics = collect(actor_params, state.env_state, k_collect)
-        buffer = replay.insert(state.buffer, unroll)
+        buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS)))
         state = state.replace(env_state=env_state, buffer=buffer, key=key)
 
         trains = replay.size(buffer) >= c.replay.min_replay_steps
@@ -268,7 +346,15 @@ def make_iteration(setup: Setup) -> Callable[[TrainState], tuple[TrainState, dic
         }
         return state, metrics
 
-    return env_jit(iteration, donate_argnums=0)
+    if mesh is None:
+        return env_jit(iteration, donate_argnums=0)
+    shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
+    return env_jit(
+        iteration,
+        donate_argnums=0,
+        in_shardings=(shardings,),
+        out_shardings=(shardings, NamedSharding(mesh, P())),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,10 +405,13 @@ def compile_all(
         return compiled, {name: future.result() for name, future in futures.items()}
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+def prepare_run_dir(
+    run_dir: Path, config: TrainConfig, resume: bool, write: bool = True
+) -> TrainConfig:
     """Create a new run directory, or check that `--resume` matches the run it continues.
 
     Returns the config to run with: on resume, the stored one (only total_steps may change).
+    `write=False` only checks (the processes of a multi-process run other than the first).
     """
     config_path = run_dir / CONFIG_FILE
     if resume:
@@ -344,8 +433,9 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> TrainCo
             f"out: {run_dir} already holds a run; pass --resume to continue it or choose "
             "another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config_path, config.to_dict())
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(config_path, config.to_dict())
     return config
 
 
@@ -385,30 +475,47 @@ def train(
     env: Any = None,
     held_out_env: Any = None,
     progress: bool = True,
+    devices: int | None = None,
 ) -> RunResult:
     """Train (or continue) the run in `run_dir`. `env` replaces `crl.sim.tasks.make(task)`
-    (tests pass stand-ins); config errors raise ConfigError before anything is compiled."""
+    (tests pass stand-ins); config errors raise ConfigError before anything is compiled.
+
+    `devices`: data parallel over that many devices (default: all; `make_mesh`). A checkpoint
+    does not depend on it: a run resumes on any device count that divides its sizes. In a
+    multi-process run every process calls this; the first one writes the run directory's files.
+    """
     started = time.monotonic()
     run_dir = Path(run_dir)
+    primary = jax.process_index() == 0
+    mesh = make_mesh(devices)
     if env is None:
         from crl.sim import tasks
 
         validate(config, tasks.TASKS)
-        config = prepare_run_dir(run_dir, config, resume)
+        validate_devices(config, mesh.size)
+        # Every process checks the directory before the first one writes to it.
+        config = prepare_run_dir(run_dir, config, resume, write=False)
+        _sync("checked run directory")
+        config = prepare_run_dir(run_dir, config, resume, write=primary)
         env, held_out_env = make_envs(config)
     else:
         validate(config)
+        validate_devices(config, mesh.size)
         if config.eval.held_out and held_out_env is None:
             raise ConfigError("held_out: no held-out environment given; pass --no-held-out")
-        config = prepare_run_dir(run_dir, config, resume)
+        config = prepare_run_dir(run_dir, config, resume, write=False)
+        _sync("checked run directory")
+        config = prepare_run_dir(run_dir, config, resume, write=primary)
 
     setup = make_setup(config, env)
-    state = init_state(setup)
+    state = init_state(setup, mesh)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
     evaluations: list[dict] = []
     if resume and checkpointer.latest_step() is not None:
         step = checkpointer.latest_step()
         state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
+        # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
+        state = jax.device_put(state, state_shardings(state, mesh))
         evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
     # Each evaluation draws fresh episodes (starts, goals, robots), as the paper's evaluator
     # does, from its own key: `evaluation_key(eval_key, env_steps)`, apart from training's
@@ -435,10 +542,13 @@ def train(
             # What `reset_episodes` drew this evaluation's episodes from (reproducible).
             "eval_key": np.asarray(jax.random.key_data(key)).tolist(),
         }
+        actor = host_local(state.params["actor"])
         for name, evaluator in evaluators.items():
-            per_episode = jax.device_get(evaluator(state.params["actor"], key))
+            per_episode = jax.device_get(evaluator(actor, key))
             record[name] = summarize(per_episode, env.episode_length)
         evaluations.append(record)
+        if not primary:
+            return record
         write_json_atomic(run_dir / EVAL_FILE, {
             "task": config.task,
             "dr": config.dr,
@@ -452,18 +562,22 @@ def train(
     def save(env_steps: int, record: dict) -> str:
         spec = run_spec(setup, env_steps)
         meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
+        # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
         path = checkpointer.save(
-            env_steps, state, state.params, meta, {"time_at_goal": record["train"]["time_at_goal"]}
+            env_steps, state, jax.device_get(state.params), meta,
+            {"time_at_goal": record["train"]["time_at_goal"]},
         )
-        write_json_atomic(run_dir / SPEC_FILE, spec.to_dict())
+        if primary:
+            write_json_atomic(run_dir / SPEC_FILE, spec.to_dict())
         return str(path)
 
     start = int(state.iteration)
     env_steps = start * config.env_steps_per_iteration
-    logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress)
+    logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
     try:
         iteration_fn, evaluators = compile_all(
-            make_iteration(setup), state, evaluators, state.params["actor"], eval_key
+            make_iteration(setup, mesh), state, evaluators, host_local(state.params["actor"]),
+            eval_key,
         )
         logger.compiled(wall())
         last_checkpoint = str(checkpointer.path(env_steps))
@@ -489,8 +603,15 @@ def train(
     finally:
         logger.close()
         checkpointer.close()
-    plot_learning_curve(run_dir)
+    if primary:
+        plot_learning_curve(run_dir)
     return RunResult(run_dir=run_dir, env_steps=env_steps, evaluations=evaluations, state=state)
+
+
+def _sync(name: str) -> None:
+    """A barrier across the processes of a multi-process run (nothing in a single one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _read_evaluations(run_dir: Path) -> list[dict]:
@@ -500,12 +621,27 @@ def _read_evaluations(run_dir: Path) -> list[dict]:
     return list(json.loads(path.read_text()).get("evaluations", []))
 
 
+class _NullWriter:
+    """TensorBoard's writer for the processes that write nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _Logger:
     """Console progress bar and TensorBoard scalars."""
 
     def __init__(
-        self, run_dir: Path, config: TrainConfig, env_steps: int, sgd_steps: int, show: bool
+        self, run_dir: Path, config: TrainConfig, env_steps: int, sgd_steps: int, show: bool,
+        primary: bool = True,
     ) -> None:
+        """Only the `primary` process of a multi-process run shows progress and writes events."""
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -515,7 +651,10 @@ class _Logger:
         )
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None)
+        self._writer: Any = (
+            SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None) if primary
+            else _NullWriter()
+        )
         self._last = (time.monotonic(), env_steps, sgd_steps)
         self._progress = Progress(
             TextColumn(f"[bold]{config.task}[/] {{task.description}}"),
@@ -524,7 +663,7 @@ class _Logger:
             TextColumn("{task.fields[rates]}"),
             TextColumn("success {task.fields[success]}"),
             TimeRemainingColumn(),
-            disable=not show,
+            disable=not (show and primary),
         )
         self._task = self._progress.add_task(
             "compiling", total=config.iterations * config.env_steps_per_iteration,
