@@ -297,7 +297,8 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
         "seed": 0,
         "total_steps": steps,
         "dr": "off",
-        "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True},
+        "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True,
+                    "dtype": "fp32"},
         "algo": {
             "batch_size": 512,
             "gamma": 0.99,
@@ -336,7 +337,7 @@ def test_the_paper_preset_covers_every_paper_task() -> None:
 def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(monkeypatch, tmp_path) -> None:
     seen = []
 
-    def fake_train(config, out, resume=False):
+    def fake_train(config, out, resume=False, devices=None):
         seen.append(config)
         raise KeyboardInterrupt
 
