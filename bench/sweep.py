@@ -158,8 +158,8 @@ def ensure_run(config: SweepConfig, value: Any, seed: int) -> tuple[Path, str]:
     return run_dir, "resumed" if resume else "trained"
 
 
-def curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    return [(e["env_steps"], float(e[EVAL_SPLIT][metric])) for e in evaluations(run_dir)]
+def curve(evals: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
+    return [(e["env_steps"], float(e[EVAL_SPLIT][metric])) for e in evals]
 
 
 def final_score(points: list[tuple[int, float]], last: int) -> float:
@@ -228,11 +228,12 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     for value in config.axis_values():
         for seed in range(config.seeds):
             run_dir, how = ensure_run(config, value, seed)
-            curves = {m: curve(run_dir, m) for m in METRICS}
+            evals = evaluations(run_dir)
+            curves = {m: curve(evals, m) for m in METRICS}
             runs.append({"value": value, "seed": seed, "run_dir": str(run_dir), "how": how,
                          "curves": curves,
                          "final_score": final_score(curves[config.metric], config.final_evals),
-                         "wall_s": evaluations(run_dir)[-1].get("wall_s")})
+                         "wall_s": evals[-1].get("wall_s")})
     result = {
         "benchmark": "sweep",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
