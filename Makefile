@@ -5,8 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TRT_STUBS := tensorrt-stubs==10.13.0.35.1
-# What mypy reads (MYPYPATH): the repaired TensorRT stubs and a crl link tree, since the
-# editable install maps crl.* to the stage folders through an import hook mypy cannot follow.
+# What mypy reads (MYPYPATH): the repaired TensorRT stubs and a crl link tree, crl/<stage> ->
+# the stage folder, generated from pyproject's package-dir (tests/crl_link_tree.py). The
+# editable install maps crl.* to the folders through an import hook that mypy does not run (it
+# finds no crl), and no other install mode serves both mypy and the dev loop (measured with
+# setuptools 84, mypy 2.4): editable_mode=strict links each file into build/, so a new module
+# is missing, to Python and mypy alike, until the next reinstall; editable_mode=compat puts
+# the repository root on sys.path, which gives top-level sim, train, ... and no crl at all.
+# mypy's own mypy_path and explicit_package_bases cannot rename a folder. The links are to
+# folders, so new modules are seen at once; errors name files by their link path.
 TYPESTUBS := $(VENV)/typestubs
 TYPESTAMP := $(TYPESTUBS)/.ready
 DEMO_DIR ?= demo
@@ -37,11 +44,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "$(TRT_STUBS)"
 	touch $@
 
-$(TYPESTAMP): $(STAMP) tests/tensorrt_stubs.py
+$(TYPESTAMP): $(STAMP) pyproject.toml tests/tensorrt_stubs.py tests/crl_link_tree.py
 	$(BIN)/python tests/tensorrt_stubs.py \
 	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" $(TYPESTUBS)
-	mkdir -p $(TYPESTUBS)/crl
-	for stage in sim train export runtime; do ln -sfn ../../../$$stage $(TYPESTUBS)/crl/$$stage; done
+	$(BIN)/python tests/crl_link_tree.py $(TYPESTUBS)
 	touch $@
 
 # Rebuilt only when pyproject.toml changes; editable, so the tests run the working tree's code.
@@ -58,8 +64,10 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check .
 
+# The whole crl package, with pyproject's [tool.mypy] settings (strict; the exceptions are
+# listed and explained there).
 typecheck: $(TYPESTAMP)
-	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy --strict -m crl.export.tensorrt_build -m crl.runtime.trt_backend
+	MYPYPATH=$(TYPESTUBS) $(BIN)/mypy -p crl
 
 # The quickstart policy the closed-loop tests run (trained and exported with the repo's own
 # commands, as `make demo` does), rebuilt when the code that makes it changes.

@@ -9,7 +9,8 @@ checkpoint. This is what `make demo` trains; the script runs
 the same `train` call in a temporary run directory (keeping every checkpoint, which changes
 nothing in training), evaluates each checkpoint under nominal, training-range and held-out
 dynamics on one set of episodes (the trainer's own evaluations kept beside them), then evaluates
-the final checkpoint once more on another 128 episodes under each, and writes
+the final checkpoint and the best one (what `make demo` exports) once more on another 128
+episodes under each, and writes
 bench/results/quickstart_<jax platform>.json (device, versions, date, the learning curves,
 targets).
 
@@ -33,6 +34,7 @@ import jax
 
 from crl.runtime.bench import device_info
 from crl.sim.atomic import write_json
+from crl.train.checkpoint import best_step
 from crl.train.config import TrainConfig, preset
 from crl.train.evaluate import evaluate_run, make_evaluator, summarize
 from crl.train.trainer import train
@@ -98,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             name: evaluate_run(run_dir, dr=dr, episodes=args.episodes, seed=args.seed)
             for name, dr in SPLITS.items()
         }
+        # The checkpoint `make demo` exports (`crl-export onnx --best`: the best time at goal of
+        # the trainer's own evaluations), on the same episodes as the final one.
+        best_at = best_step(run_dir)
+        best = {
+            name: evaluate_run(run_dir, dr=dr, episodes=args.episodes, seed=args.seed,
+                               step=best_at)
+            for name, dr in SPLITS.items()
+        }
     curve = [
         {
             "env_steps": e["env_steps"],
@@ -127,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "untrained": untrained,
         "final": last,
         "final_evaluation": final,
+        "best_checkpoint": {"env_steps": best_at, **best},
         "learning_curve": curve,
         "targets": {
             "success_rate_ge_0.9_and_median_final_distance_le_1cm_within_300s": bool(met),
@@ -137,19 +148,28 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_dr_success_rate_ge_0.9_and_median_final_distance_le_2cm": meets(
                 held_out, HELD_OUT_SUCCESS_TARGET, HELD_OUT_DISTANCE_TARGET_M
             ),
+            "best_checkpoint_held_out_dr_success_rate_ge_0.9_and_median_final_distance_le_2cm":
+                meets(best["held_out_dr"], HELD_OUT_SUCCESS_TARGET, HELD_OUT_DISTANCE_TARGET_M),
         },
     }
     out = args.out or RESULTS / f"quickstart_{jax.devices()[0].platform}.json"
     write_json(out, report)
     for name, row in (("untrained", untrained), (f"trained in {last['wall_s']:.0f} s", last)):
         print(f"{name}: " + "; ".join(
-            f"{split} success {row[split]['success_rate']:.1%}, median final distance "
+            f"{split} success {row[split]['success_rate']:.1%} (at the end "
+            f"{row[split]['final_success_rate']:.1%}), median final distance "
             f"{row[split]['final_distance_median'] * 100:.2f} cm"
             for split in SPLITS
         ))
     print("final checkpoint, another " + str(args.episodes) + " episodes: " + "; ".join(
-        f"{split} success {s['success_rate']:.1%}, median final distance "
+        f"{split} success {s['success_rate']:.1%} (at the end {s['final_success_rate']:.1%}), "
+        f"median final distance "
         f"{s['final_distance_median'] * 100:.2f} cm" for split, s in final.items()
+    ))
+    print(f"best checkpoint ({best_at:,} steps), the same episodes: " + "; ".join(
+        f"{split} success {s['success_rate']:.1%} (at the end {s['final_success_rate']:.1%}), "
+        f"median final distance {s['final_distance_median'] * 100:.2f} cm"
+        for split, s in best.items()
     ))
     print(f"targets: {report['targets']}; wrote {out}")
     return 0

@@ -17,12 +17,10 @@ This module imports numpy and onnx only (no jax): the runtime uses its metadata 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from crl.sim.atomic import temporary_path
 from crl.sim.spec import NetworkSpec, PolicySpec, SpecError
 
 # The first opset with LayerNormalization: ONNX Runtime ≥ 1.12 reads IR 8 + opset 17 (its
@@ -281,21 +280,6 @@ def save_atomic(model: onnx.ModelProto, path: Path) -> None:
         onnx.save(model, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
         os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def temporary_path(path: Path) -> Iterator[Path]:
-    """A temporary file in `path`'s folder (same filesystem, so the final rename is atomic);
-    removed unless it was renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    tmp.chmod(0o644)  # mkstemp's 0600 would make the renamed file private to its writer
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def random_params(spec: PolicySpec, seed: int = 0, critic: bool = True) -> dict[str, Any]:

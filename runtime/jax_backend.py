@@ -40,7 +40,7 @@ class JaxPolicy:
         self._params = jax.device_put({k: params[k] for k in keys})
         self._spec = spec
         self._outputs = (ACTION, "phi", "psi", "distance") if critic else (ACTION,)
-        self._weight_bytes = sum(
+        self._weight_bytes: int = sum(
             int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
             for x in jax.tree_util.tree_leaves(self._params["actor"])
         )

@@ -125,7 +125,7 @@ class OrtPolicy:
 
     def act(self, observation: ArrayLike, goal: ArrayLike) -> NDArray[np.float32]:
         obs, g, single = check_inputs(self.spec, observation, goal)
-        action = self._session.run([ACTION], {INPUTS[0]: obs, INPUTS[1]: g})[0]
+        action: NDArray[np.float32] = self._session.run([ACTION], {INPUTS[0]: obs, INPUTS[1]: g})[0]
         return action[0] if single else action
 
     def run(self, observation: ArrayLike, goal: ArrayLike) -> dict[str, NDArray[np.float32]]:

@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and keeps its traceback.
         if not type(e).__module__.startswith("crl."):
             raise
-        print(f"crl-sim: {e}", file=sys.stderr)
+        print(f"crl-sim: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0
 

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from jax._src import xla_bridge  # backends_are_initialized: no public equivalent
 
 from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConfig, TaskConfig
 from crl.sim.mjx import mjx
@@ -40,9 +39,22 @@ CPU_COMPILER_OPTIONS: Mapping[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 # per-jit compiler option it did not help, so it goes into XLA_FLAGS, which XLA reads once, when
 # jax first compiles: importing this module sets it unless XLA_FLAGS already names it.
 CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def _backends_started() -> bool:
+    """Whether jax has already made its backends (then XLA_FLAGS is read and set too late).
+
+    jax has no public way to ask; its private one may move, and then only the warning is lost."""
+    try:
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:
+        return False
+    return bool(backends_are_initialized())
+
+
 if CPU_SCHEDULER_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_SCHEDULER_FLAG}".strip()
-    if xla_bridge.backends_are_initialized():
+    if _backends_started():
         warnings.warn(
             f"crl.sim.env was imported after jax started, too late for XLA_FLAGS to take "
             f"{CPU_SCHEDULER_FLAG}: contact-rich tasks with 256+ envs may hang on the CPU; import "
@@ -190,15 +202,17 @@ class GoalReachEnv:
     def reset_if_done(self, state: State) -> State:
         """Where `state.done`, a fresh episode drawn from `state.rng`; elsewhere `state`."""
         fresh = self.reset(state.rng)
-        return jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
+        merged: State = jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
+        return merged
 
     def action_to_ctrl(self, action: jax.Array) -> jax.Array:
         """[-1, 1] policy action → physical units (spec.action) → MuJoCo ctrl of the actuators."""
         physical = self._act_offset + self._act_scale * jnp.clip(action, -1.0, 1.0)
-        return jnp.clip(physical, self._act_low, self._act_high) / self._ctrl_unit
+        ctrl: jax.Array = jnp.clip(physical, self._act_low, self._act_high) / self._ctrl_unit
+        return ctrl
 
     def achieved_goal(self, data: mjx.Data) -> jax.Array:
-        pos = data.site_xpos if self.config.goal_kind == "site" else data.xpos
+        pos: jax.Array = data.site_xpos if self.config.goal_kind == "site" else data.xpos
         return pos[self._goal_id, self._goal_axes]
 
     def healthy(self, data: mjx.Data) -> jax.Array:
@@ -209,7 +223,7 @@ class GoalReachEnv:
         band = self.config.healthy_z_range
         if band is None:
             return jnp.ones((), bool)
-        z = data.xpos[self._base_id, 2]
+        z: jax.Array = data.xpos[self._base_id, 2]
         return (z >= band[0]) & (z <= band[1])
 
     def observe(self, data: mjx.Data, action_queue: jax.Array) -> jax.Array:

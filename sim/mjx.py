@@ -32,7 +32,7 @@ _mjx_deriv_smooth_vel = derivative.deriv_smooth_vel
 
 def deriv_smooth_vel(m: mjx.Model, d: mjx.Data) -> jax.Array | None:
     """d(smooth forces)/d(qvel) for implicitfast, without force-clamped actuators (MuJoCo C)."""
-    qderiv = _mjx_deriv_smooth_vel(m, d)  # MJX's own checks and every other term
+    qderiv: jax.Array | None = _mjx_deriv_smooth_vel(m, d)  # MJX's own checks, every other term
     if m.opt.disableflags & DisableBit.ACTUATION or qderiv is None:
         return qderiv
     bias_vel = m.actuator_biasprm[:, 2] * (m.actuator_biastype == BiasType.AFFINE)
@@ -43,7 +43,8 @@ def deriv_smooth_vel(m: mjx.Model, d: mjx.Data) -> jax.Array | None:
     clamped = m.actuator_forcelimited & ((force <= limit[:, 0]) | (force >= limit[:, 1]))
     moment = d._impl.actuator_moment
     # Take the clamped actuators' terms back out of MJX's sum.
-    return qderiv - moment.T @ (moment * jnp.where(clamped, vel, 0.0)[:, None])
+    corrected: jax.Array = qderiv - moment.T @ (moment * jnp.where(clamped, vel, 0.0)[:, None])
+    return corrected
 
 
 if mujoco.__version__ in PATCHED_VERSIONS:

@@ -36,7 +36,8 @@ class Draw:
 def position_servos(m: mujoco.MjModel) -> np.ndarray:
     """bool[nu]: actuators whose bias is −kp·q (a position servo), so kp lives in two places."""
     affine = m.actuator_biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)
-    return affine & np.isclose(m.actuator_biasprm[:, 1], -m.actuator_gainprm[:, 0])
+    servo: np.ndarray = affine & np.isclose(m.actuator_biasprm[:, 1], -m.actuator_gainprm[:, 0])
+    return servo
 
 
 def _subtree_matrix(m: mujoco.MjModel) -> np.ndarray:
@@ -58,7 +59,8 @@ def draw_from(u: jax.Array, ranges: Ranges) -> jax.Array:
     low = np.array([r[0] for r in ranges], np.float32)
     high = np.array([r[1] for r in ranges], np.float32)
     if len(ranges) == 1:
-        return low[0] + (high[0] - low[0]) * u
+        one: jax.Array = low[0] + (high[0] - low[0]) * u
+        return one
     length = high - low
     if length.sum() == 0:
         return jnp.asarray(low)[jnp.minimum((u * len(low)).astype(jnp.int32), len(low) - 1)]

@@ -285,7 +285,8 @@ class FrameRenderer:
             lift = np.array([0.0, 0.0, self.radius / 4 if flat else 0.0])  # above the ground
             add_goal_arrow(scene, goal_point(traj.achieved_goal[t], self.axes) + lift,
                            goal + lift, ARROW_RADII * self.radius, self.radius / 5)
-        return self.renderer.render().copy()
+        frame: np.ndarray = self.renderer.render().copy()
+        return frame
 
     def close(self) -> None:
         self.renderer.close()

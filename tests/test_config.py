@@ -30,9 +30,15 @@ from crl.sim.tasks.reacher import CONFIG as REACHER
 RANGES = ("friction", "body_mass", "joint_damping", "actuator_gain")
 
 
-def test_config_error_is_a_value_error() -> None:
-    assert issubclass(ConfigError, ValueError)
-    assert issubclass(UnknownTaskError, ValueError)
+def test_config_errors_are_value_errors_that_name_what_is_wrong() -> None:
+    """The CLIs turn ValueErrors into one-line usage errors: both kinds must be caught as one and
+    say what was wrong."""
+    with pytest.raises(ValueError, match="no_such_task") as unknown:
+        make("no_such_task")
+    assert isinstance(unknown.value, UnknownTaskError)
+    with pytest.raises(ValueError, match=r"DRConfig\.action_delay") as bad:
+        DRConfig(action_delay=())
+    assert isinstance(bad.value, ConfigError)
 
 
 def _dr(name: str, value: object) -> DRConfig:

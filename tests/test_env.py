@@ -107,7 +107,8 @@ def test_shapes_match_spec(task: Compiled) -> None:
     assert state.obs.shape == (N_ENVS, spec.obs_dim)
     assert state.goal.shape == (N_ENVS, spec.goal_dim)
     assert state.achieved_goal.shape == (N_ENVS, spec.goal_dim)
-    assert spec.act_dim == len(spec.action.joints) == env.spec.action.size
+    # One action per actuator of the model, each naming the joint it drives.
+    assert spec.act_dim == len(spec.action.joints) == env.mj_model.nu
     assert state.t.tolist() == [0] * N_ENVS
     assert not state.done.any()
     nxt = task.step(state, task.actions(1))

@@ -70,7 +70,7 @@ def test_unknown_task_is_one_line_and_exit_2():
     assert proc.stdout == ""
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1, proc.stderr
-    assert "'reachr'" in err[0]
+    assert err[0].startswith("crl-sim: error: ") and "'reachr'" in err[0]
     assert all(t in err[0] for t in tasks.TASKS)
 
 

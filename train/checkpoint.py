@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,9 +50,9 @@ Upgrade = Callable[[Any, set[str]], Any]
 class LoadedRun:
     """A trained policy as the exporter and runtime need it."""
 
-    config: dict
+    config: dict[str, Any]
     spec: PolicySpec
-    params: dict  # {"actor", "sa_encoder", "g_encoder"}: inner flax `params` dicts
+    params: dict[str, Any]  # {"actor", "sa_encoder", "g_encoder"}: inner flax `params` dicts
     step: int  # env steps at the checkpoint
 
 
@@ -73,18 +72,11 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to `path` and rename it over, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _leaf_name(index: int, path: tuple) -> str:
+def _leaf_name(index: int, path: tuple[Any, ...]) -> str:
     parts = []
     for k in path:
         part = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
@@ -138,13 +130,19 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        step: int | None = self._manager.latest_step()
+        return step
 
     def path(self, step: int) -> Path:
         return self.directory / str(step)
 
     def save(
-        self, step: int, state: Any, params: dict, meta: dict, metrics: dict[str, float]
+        self,
+        step: int,
+        state: Any,
+        params: dict[str, Any],
+        meta: dict[str, Any],
+        metrics: dict[str, float],
     ) -> Path:
         self._manager.save(
             step,

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import tyro
 
@@ -96,7 +96,7 @@ def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def _parse(argv: Sequence[str], preset_name: str, default_config: TrainConfig) -> TrainArgs:
     args: TrainArgs = tyro.cli(
-        tyro.conf.OmitArgPrefixes[TrainArgs],  # type: ignore[misc]
+        tyro.conf.OmitArgPrefixes[TrainArgs],
         args=list(argv),
         prog=PROG,
         default=TrainArgs(config=default_config, preset=cast(PresetName, preset_name)),
@@ -174,15 +174,16 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
-def _summary_line(what: str, s: dict) -> str:
+def _summary_line(what: str, s: dict[str, Any]) -> str:
     return (
-        f"{what}: success {s['success_rate']:.1%}, time at goal {s['time_at_goal']:.1f} steps, "
+        f"{what}: success {s['success_rate']:.1%} (at the goal at the end "
+        f"{s['final_success_rate']:.1%}), time at goal {s['time_at_goal']:.1f} steps, "
         f"median final distance {s['final_distance_median']:.4f}"
     )
 
 
 def _eval(argv: Sequence[str]) -> int:
-    from crl.train.checkpoint import write_json_atomic
+    from crl.sim.atomic import write_json
     from crl.train.evaluate import evaluate_run
 
     args = tyro.cli(EvalArgs, args=list(argv), prog=f"{PROG} eval")
@@ -196,7 +197,7 @@ def _eval(argv: Sequence[str]) -> int:
 
         result["curve"] = str(plot_learning_curve(args.run, args.curve))
     path = args.json or args.run / f"eval_{result['dr']}.json"
-    write_json_atomic(path, result)
+    write_json(path, result, sort_keys=True)
     print(_summary_line(f"{result['task']} @ {result['step']:,} steps, dr {result['dr']}", result))
     print(f"results: {path}")
     return 0

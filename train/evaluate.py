@@ -25,7 +25,7 @@ import numpy as np
 from crl.sim.env import jit as env_jit
 from crl.train.networks import Actor, NetworkConfig, deterministic_action
 
-Evaluator = Callable[[dict, jax.Array], dict[str, jax.Array]]
+Evaluator = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 # The paper: "When reporting an algorithm's performance as a single number, we compute the
 # average score over the last five epochs of training" (one evaluation an epoch).
 PAPER_SCORE_EVALUATIONS = 5
@@ -43,7 +43,7 @@ def evaluation_key(run_key: jax.Array, env_steps: int) -> jax.Array:
     return jax.random.fold_in(key, env_steps & 0xFFFFFFFF)
 
 
-def paper_score(evaluations: list[dict], split: str = "train") -> float | None:
+def paper_score(evaluations: list[dict[str, Any]], split: str = "train") -> float | None:
     """A run's one number as the paper reports it: the mean time at goal over the last
     `PAPER_SCORE_EVALUATIONS` evaluations of `split`; None before any."""
     values = [e[split]["time_at_goal"] for e in evaluations if split in e]
@@ -53,13 +53,16 @@ def paper_score(evaluations: list[dict], split: str = "train") -> float | None:
 
 
 def make_evaluator(env: Any, actor: Actor, episodes: int) -> Evaluator:
-    """A jitted fn(actor_params, key) → per-episode {success, time_at_goal, final_distance}."""
+    """A jitted fn(actor_params, key) → per-episode {success, time_at_goal, final_distance,
+    final_success}."""
 
-    def run(actor_params: dict, key: jax.Array) -> dict[str, jax.Array]:
+    def run(actor_params: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
         state = reset_episodes(env, key, episodes)
         running = jnp.ones(episodes, bool)
 
-        def step(carry: tuple[Any, jax.Array], _: None) -> tuple[tuple[Any, jax.Array], tuple]:
+        def step(
+            carry: tuple[Any, jax.Array], _: None
+        ) -> tuple[tuple[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
             state, running = carry  # running: not yet done before this step
             action = deterministic_action(actor, actor_params, state.obs, state.goal)
             state = jax.vmap(env.step)(state, action)
@@ -76,6 +79,9 @@ def make_evaluator(env: Any, actor: Actor, episodes: int) -> Evaluator:
             "success": jnp.any(success, axis=0),
             "time_at_goal": jnp.sum(success, axis=0),
             "final_distance": jnp.take_along_axis(distance, last[None], axis=0)[0],
+            # At the goal when the episode ends: what a deployment (and the closed loop) scores;
+            # a policy that reaches and then drifts or oscillates has success without it.
+            "final_success": jnp.take_along_axis(success, last[None], axis=0)[0],
         }
 
     return env_jit(run)
@@ -89,6 +95,7 @@ def summarize(per_episode: dict[str, Any], episode_length: int) -> dict[str, flo
     return {
         "episodes": int(success.size),
         "success_rate": float(success.mean()),
+        "final_success_rate": float(np.mean(per_episode["final_success"])),
         "time_at_goal": float(time_at_goal.mean()),
         "time_at_goal_fraction": float(time_at_goal.mean() / episode_length),
         "final_distance_median": float(np.median(final)),

@@ -9,7 +9,7 @@ bonus whose weight α is tuned towards a target entropy.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ def contrastive_logits(sa_repr: jax.Array, g_repr: jax.Array) -> jax.Array:
     return pairwise_energy(sa_repr, g_repr).at[batch, batch].set(energy(sa_repr, g_repr))
 
 
-def infonce_loss(logits: jax.Array, logsumexp_penalty: float) -> tuple[jax.Array, dict]:
+def infonce_loss(logits: jax.Array, logsumexp_penalty: float) -> tuple[jax.Array, dict[str, Any]]:
     """Forward InfoNCE over the rows of the logits, plus penalty · mean(logsumexp²).
 
     The penalty pins the row normaliser near zero, which fixes the energy's free additive
@@ -104,14 +104,16 @@ def infonce_loss(logits: jax.Array, logsumexp_penalty: float) -> tuple[jax.Array
 
 
 def critic_loss(
-    critic_params: dict, nets: Networks, batch: Batch, logsumexp_penalty: float
-) -> tuple[jax.Array, dict]:
+    critic_params: dict[str, Any], nets: Networks, batch: Batch, logsumexp_penalty: float
+) -> tuple[jax.Array, dict[str, Any]]:
     """InfoNCE of φ(s, a) against ψ(g) over the batch; critic_params = {sa_encoder, g_encoder}."""
-    sa = nets.sa_encoder.apply(
+    # flax types `apply` as "the output, or (output, mutated variables)", the latter for a
+    # `mutable` call; these calls mutate nothing, so each gives the module's output alone.
+    sa = cast(jax.Array, nets.sa_encoder.apply(
         {"params": critic_params["sa_encoder"]},
         jnp.concatenate([batch.obs, batch.action], axis=-1),
-    )
-    g = nets.g_encoder.apply({"params": critic_params["g_encoder"]}, batch.goal)
+    ))
+    g = cast(jax.Array, nets.g_encoder.apply({"params": critic_params["g_encoder"]}, batch.goal))
     loss, metrics = infonce_loss(contrastive_logits(sa, g), logsumexp_penalty)
     return loss, {"critic_loss": loss, **metrics}
 
@@ -129,15 +131,15 @@ def tanh_gaussian_sample(
 
 
 def actor_loss(
-    actor_params: dict,
-    critic_params: dict,
+    actor_params: dict[str, Any],
+    critic_params: dict[str, Any],
     log_alpha: jax.Array,
     nets: Networks,
     batch: Batch,
     key: jax.Array,
     action_rate_penalty: float = 0.0,
     last_action: slice | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+) -> tuple[jax.Array, tuple[jax.Array, dict[str, Any]]]:
     """mean(α · log π(ã | s, g) − f(s, ã, g)), ã ~ π; returns (loss, (log π, metrics)).
 
     α enters as a constant; the trainer differentiates this w.r.t. the actor's parameters only.
@@ -145,12 +147,16 @@ def actor_loss(
     a_prev being the observation's `last_action` field (`last_action` its slice): a smoothness
     prior for a robot, whose servos follow a target that jumps from step to step only lagging.
     """
-    mean, log_std = nets.actor.apply({"params": actor_params}, batch.obs, batch.goal)
-    action, log_prob = tanh_gaussian_sample(mean, log_std, key)
-    sa = nets.sa_encoder.apply(
-        {"params": critic_params["sa_encoder"]}, jnp.concatenate([batch.obs, action], axis=-1)
+    # The modules' outputs alone, as in critic_loss (nothing is mutable).
+    mean, log_std = cast(
+        tuple[jax.Array, jax.Array],
+        nets.actor.apply({"params": actor_params}, batch.obs, batch.goal),
     )
-    g = nets.g_encoder.apply({"params": critic_params["g_encoder"]}, batch.goal)
+    action, log_prob = tanh_gaussian_sample(mean, log_std, key)
+    sa = cast(jax.Array, nets.sa_encoder.apply(
+        {"params": critic_params["sa_encoder"]}, jnp.concatenate([batch.obs, action], axis=-1)
+    ))
+    g = cast(jax.Array, nets.g_encoder.apply({"params": critic_params["g_encoder"]}, batch.goal))
     f = energy(sa, g)
     alpha = jax.lax.stop_gradient(jnp.exp(log_alpha))
     loss = jnp.mean(alpha * log_prob - f)
@@ -176,7 +182,7 @@ def target_entropy(action_dim: int, entropy_scale: float) -> float:
     return -entropy_scale * action_dim
 
 
-def init_params(nets: Networks, key: jax.Array, obs_dim: int, goal_dim: int) -> dict:
+def init_params(nets: Networks, key: jax.Array, obs_dim: int, goal_dim: int) -> dict[str, Any]:
     """Initial parameters {actor, sa_encoder, g_encoder}, each the inner flax `params` dict."""
     k_actor, k_sa, k_g = jax.random.split(key, 3)
     act_dim = nets.actor.action_dim

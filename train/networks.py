@@ -212,7 +212,9 @@ class Actor(nn.Module):
         return mean, log_std
 
 
-def deterministic_action(actor: Actor, params: dict, obs: jax.Array, goal: jax.Array) -> jax.Array:
+def deterministic_action(
+    actor: Actor, params: dict[str, Any], obs: jax.Array, goal: jax.Array
+) -> jax.Array:
     """The action a deployed policy takes: tanh of the Gaussian mean."""
     mean, _ = actor.apply({"params": params}, obs, goal)
     return jnp.tanh(mean)

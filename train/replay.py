@@ -40,7 +40,7 @@ class Transition:
 
 
 # The end of an episode that is still running (later than any logical time).
-NOT_ENDED = jnp.iinfo(jnp.int32).max
+NOT_ENDED = np.iinfo(np.int32).max
 # The episode index's fields (what `rebuild_index` derives from the rows' `t`).
 INDEX_FIELDS = ("episode", "episode_end", "last_episode")
 
@@ -142,7 +142,8 @@ def rebuild_index(data: Transition, written: int) -> ReplayState:
     if held == 0:
         return state
     order = (written - held + np.arange(held)) % cap  # oldest first: back where they were
-    return jax.jit(insert)(state, jax.tree.map(lambda x: x[order], data))
+    rebuilt: ReplayState = jax.jit(insert)(state, jax.tree.map(lambda x: x[order], data))
+    return rebuilt
 
 
 def truncated_geometric(key: jax.Array, gamma: float, horizon: jax.Array) -> jax.Array:

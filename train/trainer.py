@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from crl.sim.atomic import write_json
 from crl.sim.env import jit as env_jit
 from crl.sim.spec import NetworkSpec
 from crl.train import losses, replay
@@ -51,7 +52,6 @@ from crl.train.checkpoint import (
     CheckpointError,
     checkpoint_steps,
     git_commit,
-    write_json_atomic,
 )
 from crl.train.config import ConfigError, TrainConfig, validate, validate_devices
 from crl.train.evaluate import evaluation_key, make_evaluator, paper_score, summarize
@@ -62,6 +62,8 @@ EVAL_FILE = "eval.json"
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # The one mesh axis: data parallelism over environments and batch rows.
 DATA_AXIS = "data"
+# What the SGD loop carries: parameters, log α and the actor, critic and α optimiser states.
+Carry = tuple[dict[str, Any], jax.Array, Any, Any, Any]
 
 
 class DivergedError(RuntimeError):
@@ -72,7 +74,7 @@ class DivergedError(RuntimeError):
 class TrainState:
     """Everything one iteration reads and writes (and what a checkpoint holds)."""
 
-    params: dict  # {"actor", "sa_encoder", "g_encoder"}
+    params: dict[str, Any]  # {"actor", "sa_encoder", "g_encoder"}
     log_alpha: jax.Array
     actor_opt: optax.OptState
     critic_opt: optax.OptState
@@ -120,7 +122,8 @@ def init_state(setup: Setup, mesh: Mesh | None = None) -> TrainState:
     """
     if mesh is not None:
         shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
-        return jax.jit(lambda: _init_state(setup), out_shardings=shardings)()
+        state: TrainState = jax.jit(lambda: _init_state(setup), out_shardings=shardings)()
+        return state
     return _init_state(setup)
 
 
@@ -169,16 +172,14 @@ def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
     env axis, the buffer along its env columns (`data[time, env]`), everything else replicated."""
     replicated, envs = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
     columns = NamedSharding(mesh, P(None, DATA_AXIS))
-    b = state.buffer
-    buffer = replay.ReplayState(
-        data=jax.tree.map(lambda _: columns, b.data),
-        episode=columns,
-        episode_end=columns,
-        last_episode=envs,
-        written=replicated,
+    # Trees of shardings shaped like the state: every buffer leaf by env columns but the
+    # per-column episode numbers (by env) and the clock (replicated).
+    buffer = dataclasses.replace(
+        jax.tree.map(lambda _: columns, state.buffer), last_episode=envs, written=replicated
     )
-    return jax.tree.map(lambda _: replicated, state).replace(
-        env_state=jax.tree.map(lambda _: envs, state.env_state), buffer=buffer
+    shardings: TrainState = jax.tree.map(lambda _: replicated, state)
+    return dataclasses.replace(
+        shardings, env_state=jax.tree.map(lambda _: envs, state.env_state), buffer=buffer
     )
 
 
@@ -211,7 +212,9 @@ def upgrade_state(state: TrainState, missing: set[str]) -> TrainState:
     if not missing:
         return state
     buffer = state.buffer
-    return state.replace(buffer=replay.rebuild_index(buffer.data, int(buffer.written)))
+    return dataclasses.replace(
+        state, buffer=replay.rebuild_index(buffer.data, int(buffer.written))
+    )
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -220,7 +223,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def make_iteration(
     setup: Setup, mesh: Mesh | None = None
-) -> Callable[[TrainState], tuple[TrainState, dict]]:
+) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
     """The jitted training iteration: collect, insert, and (after prefill) SGD.
 
     With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
@@ -242,12 +245,17 @@ def make_iteration(
         )
 
     def collect(
-        actor_params: dict, env_state: Any, key: jax.Array
-    ) -> tuple[Any, replay.Transition, dict]:
-        def step(env_state: Any, key: jax.Array) -> tuple[Any, tuple[replay.Transition, Any]]:
+        actor_params: dict[str, Any], env_state: Any, key: jax.Array
+    ) -> tuple[Any, replay.Transition, dict[str, Any]]:
+        def step(
+            env_state: Any, key: jax.Array
+        ) -> tuple[Any, tuple[replay.Transition, jax.Array, jax.Array]]:
             env_state = jax.vmap(env.reset_if_done)(env_state)  # episodes that ended last step
             obs, goal = env_state.obs, env_state.goal
-            mean, log_std = nets.actor.apply({"params": actor_params}, obs, goal)
+            # flax types `apply` as the output or (output, mutated variables); nothing mutates.
+            mean, log_std = cast(
+                tuple[jax.Array, jax.Array], nets.actor.apply({"params": actor_params}, obs, goal)
+            )
             action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
             next_state = jax.vmap(env.step)(env_state, action)
             # t is 0 on an episode's first step, however the last one ended (its length or an
@@ -268,8 +276,8 @@ def make_iteration(
         return env_state, unroll, metrics
 
     def sgd_step(
-        carry: tuple[dict, jax.Array, Any, Any, Any], key: jax.Array, buffer: replay.ReplayState
-    ) -> tuple[tuple[dict, jax.Array, Any, Any, Any], dict]:
+        carry: Carry, key: jax.Array, buffer: replay.ReplayState
+    ) -> tuple[Carry, dict[str, Any]]:
         params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
         k_batch, k_actor = jax.random.split(key)
         batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
@@ -307,27 +315,32 @@ def make_iteration(
         }
         return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
 
-    def sgd(carry: tuple, buffer: replay.ReplayState, key: jax.Array) -> tuple[tuple, dict]:
+    def sgd(
+        carry: Carry, buffer: replay.ReplayState, key: jax.Array
+    ) -> tuple[Carry, dict[str, Any]]:
         keys = jax.random.split(key, c.sgd_steps_per_iteration)
         carry, metrics = jax.lax.scan(lambda cr, k: sgd_step(cr, k, buffer), carry, keys)
         return carry, jax.tree.map(jnp.mean, metrics)
 
-    def skip_sgd(carry: tuple, buffer: replay.ReplayState, key: jax.Array) -> tuple[tuple, dict]:
+    def skip_sgd(
+        carry: Carry, buffer: replay.ReplayState, key: jax.Array
+    ) -> tuple[Carry, dict[str, Any]]:
         _, shapes = jax.eval_shape(sgd, carry, buffer, key)
         return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def iteration(state: TrainState) -> tuple[TrainState, dict]:
+    def iteration(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
         key, k_collect, k_sgd = jax.random.split(state.key, 3)
         actor_params = state.params["actor"]
         env_state, unroll, collect_metrics = collect(actor_params, state.env_state, k_collect)
         buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS)))
-        state = state.replace(env_state=env_state, buffer=buffer, key=key)
+        state = dataclasses.replace(state, env_state=env_state, buffer=buffer, key=key)
 
         trains = replay.size(buffer) >= c.replay.min_replay_steps
         carry = (state.params, state.log_alpha, state.actor_opt, state.critic_opt, state.alpha_opt)
         carry, sgd_metrics = jax.lax.cond(trains, sgd, skip_sgd, carry, buffer, k_sgd)
         params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
-        state = state.replace(
+        state = dataclasses.replace(
+            state,
             params=params,
             log_alpha=log_alpha,
             actor_opt=actor_opt,
@@ -391,16 +404,17 @@ def check_finite(metrics: dict[str, Any], env_steps: int, last_checkpoint: str) 
 
 
 def compile_all(
-    iteration: Any, state: TrainState, evaluators: dict[str, Any], actor_params: dict,
+    iteration: Any, state: TrainState, evaluators: dict[str, Any], actor_params: dict[str, Any],
     eval_key: jax.Array,
 ) -> tuple[Any, dict[str, Any]]:
     """Compile the iteration and the evaluators at once: XLA compiles outside the GIL, so on a
     multi-core CPU the evaluators' compile hides behind the iteration's."""
     with ThreadPoolExecutor(max_workers=len(evaluators)) as pool:
-        futures = {
-            name: pool.submit(lambda f=f: f.lower(actor_params, eval_key).compile())
-            for name, f in evaluators.items()
-        }
+
+        def compile_evaluator(f: Any) -> Any:
+            return f.lower(actor_params, eval_key).compile()
+
+        futures = {name: pool.submit(compile_evaluator, f) for name, f in evaluators.items()}
         compiled = iteration.lower(state).compile()
         return compiled, {name: future.result() for name, future in futures.items()}
 
@@ -435,7 +449,7 @@ def prepare_run_dir(
         )
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(config_path, config.to_dict())
+        write_json(config_path, config.to_dict(), sort_keys=True)
     return config
 
 
@@ -454,7 +468,7 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
 class RunResult:
     run_dir: Path
     env_steps: int
-    evaluations: list[dict]
+    evaluations: list[dict[str, Any]]
     state: TrainState
 
 
@@ -510,9 +524,9 @@ def train(
     setup = make_setup(config, env)
     state = init_state(setup, mesh)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
-    evaluations: list[dict] = []
-    if resume and checkpointer.latest_step() is not None:
-        step = checkpointer.latest_step()
+    evaluations: list[dict[str, Any]] = []
+    step = checkpointer.latest_step() if resume else None
+    if step is not None:
         state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
         # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
         state = jax.device_put(state, state_shardings(state, mesh))
@@ -533,7 +547,7 @@ def train(
     def wall() -> float:
         return round(wall_offset + time.monotonic() - started, 2)
 
-    def evaluate(env_steps: int) -> dict:
+    def evaluate(env_steps: int) -> dict[str, Any]:
         key = evaluation_key(eval_key, env_steps)
         record: dict[str, Any] = {
             "env_steps": env_steps,
@@ -549,17 +563,17 @@ def train(
         evaluations.append(record)
         if not primary:
             return record
-        write_json_atomic(run_dir / EVAL_FILE, {
+        write_json(run_dir / EVAL_FILE, {
             "task": config.task,
             "dr": config.dr,
             # The paper's one number for a run: mean time at goal over the last 5 evaluations.
             "paper_score": {split: paper_score(evaluations, split) for split in evaluators},
             "evaluations": evaluations,
-        })
+        }, sort_keys=True)
         logger.evaluation(record)
         return record
 
-    def save(env_steps: int, record: dict) -> str:
+    def save(env_steps: int, record: dict[str, Any]) -> str:
         spec = run_spec(setup, env_steps)
         meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
         # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
@@ -568,7 +582,7 @@ def train(
             {"time_at_goal": record["train"]["time_at_goal"]},
         )
         if primary:
-            write_json_atomic(run_dir / SPEC_FILE, spec.to_dict())
+            write_json(run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
         return str(path)
 
     start = int(state.iteration)
@@ -583,7 +597,7 @@ def train(
         last_checkpoint = str(checkpointer.path(env_steps))
         if start == 0:
             last_checkpoint = save(0, evaluate(0))  # the untrained policy's figures
-        pending: list[tuple[int, dict]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
         for it in range(start, config.iterations):
             state, metrics = iteration_fn(state)
             env_steps = (it + 1) * config.env_steps_per_iteration
@@ -614,7 +628,7 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _read_evaluations(run_dir: Path) -> list[dict]:
+def _read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / EVAL_FILE
     if not path.is_file():
         return []
@@ -678,7 +692,7 @@ class _Logger:
         self._progress.update(self._task, description="")
         self._progress.console.print(f"set up and compiled in {seconds:.1f} s", soft_wrap=True)
 
-    def training(self, env_steps: int, sgd_steps: int, metrics: dict) -> None:
+    def training(self, env_steps: int, sgd_steps: int, metrics: dict[str, Any]) -> None:
         now = time.monotonic()
         t, steps, sgd = self._last
         dt = max(now - t, 1e-9)
@@ -695,7 +709,7 @@ class _Logger:
                 if not name.startswith("finite/") and name != "trained":
                     w.add_scalar(f"train/{name}", float(value), env_steps)
 
-    def evaluation(self, record: dict) -> None:
+    def evaluation(self, record: dict[str, Any]) -> None:
         for split in ("train", "held_out"):
             for name, value in record.get(split, {}).items():
                 self._writer.add_scalar(f"eval_{split}/{name}", value, record["env_steps"])

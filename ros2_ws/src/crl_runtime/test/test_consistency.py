@@ -70,7 +70,10 @@ def readme() -> tuple[Path, str]:
 
 def test_the_readme_describes_exactly_the_launch_arguments() -> None:
     path, text = readme()
-    rows = dict(re.findall(r"^\s*\| `([a-z_]+)` \| `([^`]*)` \|", text, flags=re.MULTILINE))
+    header = r"^\s*\| argument \| default \| meaning \|\n"
+    table = re.search(header + r"(?:\s*\|.*\n)+", text, re.MULTILINE)
+    assert table, f"{path}: no launch-argument table (| argument | default | meaning |)"
+    rows = dict(re.findall(r"^\s*\| `([a-z_]+)` \| `([^`]*)` \|", table.group(0), re.MULTILINE))
     assert set(rows) == set(ARGUMENTS), f"{path}: launch-argument table has {sorted(rows)}"
     for name, (default, _) in ARGUMENTS.items():
         assert rows[name] == default, f"{path}: {name} defaults to {default!r}"
