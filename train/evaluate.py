@@ -32,8 +32,9 @@ PAPER_SCORE_EVALUATIONS = 5
 
 
 def reset_episodes(env: Any, key: jax.Array, episodes: int) -> Any:
-    """The batched start states an evaluation with `key` runs: its starts, goals and robots."""
-    return jax.vmap(env.reset)(jax.random.split(key, episodes))
+    """The batched start states an evaluation with `key` runs: its starts, robots and goals, the
+    goals from the task's evaluation set (`sample_eval_goal`: the paper's far maze goals)."""
+    return jax.vmap(lambda k: env.reset(k, eval_goals=True))(jax.random.split(key, episodes))
 
 
 def evaluation_key(run_key: jax.Array, env_steps: int) -> jax.Array:
