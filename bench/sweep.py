@@ -8,6 +8,7 @@ directories:
 
     python bench/sweep.py humanoid --axis depth --values 4,16,64 --seeds 3 --steps 50000000
     python bench/sweep.py reacher --axis batch --values 256,1024 --preset quick --steps 300000
+    python bench/sweep.py humanoid --axis critic-depth --values 4,16,64 --train-args="--depth 4"
     python bench/depth_sweep.py humanoid --depths 4,8,16,32,64 --seeds 3 --steps 50000000
 
 Resumable: a run whose evaluations reached `--steps` is not run again; a run that stopped part
@@ -37,9 +38,12 @@ from bench_cli import BenchConfigError, run_cli
 from crl.runtime.bench import device_info, versions
 from crl.sim.atomic import write_atomic, write_json
 
-Axis = Literal["depth", "width", "batch", "residual"]
+Axis = Literal["depth", "width", "batch", "residual", "actor-depth", "critic-depth"]
 # The crl-train flag each axis sets; a value is put after it, except `residual` (a switch).
-AXIS_FLAGS: dict[str, str] = {"depth": "--depth", "width": "--width", "batch": "--batch-size"}
+# `depth` sizes the actor and the critic together; `actor-depth` / `critic-depth` scale one of
+# them while the other keeps the preset's (or --train-args') depth, as the paper's ablation does.
+AXIS_FLAGS: dict[str, str] = {"depth": "--depth", "width": "--width", "batch": "--batch-size",
+                              "actor-depth": "--actor-depth", "critic-depth": "--critic-depth"}
 # What each evaluation record holds (crl.train.evaluate), and how the plots scale it.
 METRICS = {"time_at_goal": ("time at goal", 1.0, "steps"),
            "success_rate": ("success rate", 100.0, "%")}

@@ -294,7 +294,6 @@ def random_params(spec: PolicySpec, seed: int = 0, critic: bool = True) -> dict[
     if spec.network is None:
         raise ExportError("spec.network: missing; random_params needs the network shape")
     n, rng = spec.network, np.random.default_rng(seed)
-    width, blocks = n.width, n.depth // BLOCK_LAYERS
 
     def noise(*shape: int) -> np.ndarray:
         return (0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
@@ -304,24 +303,27 @@ def random_params(spec: PolicySpec, seed: int = 0, critic: bool = True) -> dict[
         u = rng.random((*lead, fan_in, fan_out), dtype=np.float32)
         return {"kernel": (limit * (2 * u - 1)).astype(np.float32), "bias": noise(*lead, fan_out)}
 
-    def norm(*lead: int) -> dict[str, np.ndarray]:
+    def norm(width: int, *lead: int) -> dict[str, np.ndarray]:
         return {"scale": 1 + noise(*lead, width), "bias": noise(*lead, width)}
 
-    def trunk(in_dim: int) -> dict[str, Any]:
+    def trunk(in_dim: int, depth: int, width: int) -> dict[str, Any]:
+        blocks = depth // BLOCK_LAYERS
         block = {f"dense_{i}": dense(width, width, blocks) for i in range(BLOCK_LAYERS)}
-        block |= {f"norm_{i}": norm(blocks) for i in range(BLOCK_LAYERS)}
-        return {"stem_dense": dense(in_dim, width), "stem_norm": norm(), "blocks": block}
+        block |= {f"norm_{i}": norm(width, blocks) for i in range(BLOCK_LAYERS)}
+        return {"stem_dense": dense(in_dim, width), "stem_norm": norm(width), "blocks": block}
 
-    gain = 1 / np.sqrt(1 + blocks)
+    width, gain = n.width, 1 / np.sqrt(1 + n.depth // BLOCK_LAYERS)
     params: dict[str, Any] = {"actor": {
-        "trunk": trunk(spec.obs_dim + spec.goal_dim),
+        "trunk": trunk(spec.obs_dim + spec.goal_dim, n.depth, width),
         "mean": dense(width, spec.act_dim, gain=gain),
         "log_std": dense(width, spec.act_dim, gain=gain),
     }}
     if critic:
-        params["sa_encoder"] = {"trunk": trunk(spec.obs_dim + spec.act_dim),
+        depth, width = n.critic_shape
+        params["sa_encoder"] = {"trunk": trunk(spec.obs_dim + spec.act_dim, depth, width),
                                 "head": dense(width, n.repr_dim)}
-        params["g_encoder"] = {"trunk": trunk(spec.goal_dim), "head": dense(width, n.repr_dim)}
+        params["g_encoder"] = {"trunk": trunk(spec.goal_dim, depth, width),
+                               "head": dense(width, n.repr_dim)}
     return params
 
 
@@ -451,6 +453,7 @@ def _check_params(params: Mapping[str, Any], spec: PolicySpec, critic: bool) -> 
         raise ExportError(f"spec.network: depth {net.depth}, width {net.width} but the params "
                           f"have depth {depth}, width {width}")
     if critic:
+        critic_depth, critic_width = net.critic_shape  # the actor's unless the spec says otherwise
         for root, expected in (
             ("sa_encoder", spec.obs_dim + spec.act_dim),
             ("g_encoder", spec.goal_dim),
@@ -460,11 +463,11 @@ def _check_params(params: Mapping[str, Any], spec: PolicySpec, critic: bool) -> 
             enc_in, enc_width, enc_depth = _trunk_shape(params, root)
             head = _shape(params, root, "head", "kernel")
             if (enc_in, enc_width, enc_depth, head) != (
-                expected, net.width, net.depth, (net.width, net.repr_dim)
+                expected, critic_width, critic_depth, (critic_width, net.repr_dim)
             ):
                 raise ExportError(
                     f"params: {root} is {enc_in} → depth {enc_depth} × width {enc_width} → "
-                    f"{head[-1]}, but spec {spec.task!r} needs {expected} → depth {net.depth} × "
-                    f"width {net.width} → repr_dim {net.repr_dim}"
+                    f"{head[-1]}, but spec {spec.task!r} needs {expected} → depth {critic_depth} "
+                    f"× width {critic_width} → repr_dim {net.repr_dim}"
                 )
     return net

@@ -33,7 +33,10 @@ class JaxPolicy:
         if spec.network is None:
             raise PolicyError("spec.network: missing; the JAX backend needs the network shape")
         n = spec.network
-        config = NetworkConfig(n.depth, n.width, n.repr_dim, n.residual)
+        # The spec's depth and width are the actor's; the encoders take the critic's shape.
+        critic_depth, critic_width = n.critic_shape
+        config = NetworkConfig(n.depth, n.width, n.repr_dim, n.residual,
+                               critic_depth=critic_depth, critic_width=critic_width)
         actor, encoder = Actor(config, spec.act_dim), Encoder(config)
         critic = "sa_encoder" in params and "g_encoder" in params
         keys = ("actor", "sa_encoder", "g_encoder") if critic else ("actor",)

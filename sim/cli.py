@@ -141,6 +141,8 @@ def print_spec(spec: PolicySpec) -> None:
     if spec.network is not None:
         n = spec.network
         console.print(f"network depth {n.depth} width {n.width} repr_dim {n.repr_dim}")
+        if n.critic_shape != (n.depth, n.width):
+            console.print(f"critic depth {n.critic_shape[0]} width {n.critic_shape[1]}")
 
 
 def _fmt(values: Sequence[float]) -> str:

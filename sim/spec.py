@@ -87,12 +87,25 @@ class ActionSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Shape of the trained networks (depth counts Dense layers inside residual blocks)."""
+    """Shape of the trained networks (depth counts Dense layers inside residual blocks).
+
+    `depth` and `width` are the actor's, the network an export runs. The critic encoders share
+    them unless `critic_depth` / `critic_width` say otherwise (None: the actor's; every spec
+    written before they existed); they matter only to a `--critic` export.
+    """
 
     depth: int
     width: int
     repr_dim: int
     residual: bool = True
+    critic_depth: int | None = None
+    critic_width: int | None = None
+
+    @property
+    def critic_shape(self) -> tuple[int, int]:
+        """(depth, width) of the critic encoders."""
+        return (self.depth if self.critic_depth is None else self.critic_depth,
+                self.width if self.critic_width is None else self.critic_width)
 
 
 @dataclass(frozen=True)
@@ -151,7 +164,14 @@ class PolicySpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["network"] is not None:
+            # Unset critic sizes are left out: a spec whose actor and critic share their shape
+            # reads exactly as it did before they could differ.
+            for key in ("critic_depth", "critic_width"):
+                if out["network"][key] is None:
+                    del out["network"][key]
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -198,6 +218,8 @@ class PolicySpec:
                     width=int(network["width"]),
                     repr_dim=int(network["repr_dim"]),
                     residual=bool(network.get("residual", True)),
+                    critic_depth=_optional_int(network.get("critic_depth")),
+                    critic_width=_optional_int(network.get("critic_width")),
                 ),
                 provenance=Provenance(
                     env=str(prov["env"]),
@@ -273,6 +295,11 @@ def validate(spec: PolicySpec) -> None:
             raise SpecError(f"spec.network.width: must be positive, got {n.width}")
         if n.repr_dim <= 0:
             raise SpecError(f"spec.network.repr_dim: must be positive, got {n.repr_dim}")
+        if n.critic_depth is not None and (n.critic_depth <= 0 or n.critic_depth % 4):
+            raise SpecError("spec.network.critic_depth: must be a positive multiple of 4, got "
+                            f"{n.critic_depth}")
+        if n.critic_width is not None and n.critic_width <= 0:
+            raise SpecError(f"spec.network.critic_width: must be positive, got {n.critic_width}")
 
 
 def _check_fields(fields: Sequence[Field], where: str) -> None:
@@ -325,6 +352,10 @@ def _field(data: Mapping[str, Any], where: str) -> Field:
         )
     except KeyError as e:
         raise SpecError(f"spec.{where}: a field lacks {e.args[0]!r}") from None
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _floats(values: Sequence[Any]) -> tuple[float, ...]:

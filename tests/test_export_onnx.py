@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import onnx
@@ -73,7 +74,8 @@ def jax_critic(params: dict, spec: PolicySpec, obs: np.ndarray, goal: np.ndarray
                ) -> dict[str, np.ndarray]:
     """The actor's action and the critic's φ(s, a), ψ(g) and distance ‖φ − ψ‖, in JAX."""
     n = spec.network
-    encoder = Encoder(NetworkConfig(n.depth, n.width, n.repr_dim, n.residual))
+    depth, width = n.critic_shape
+    encoder = Encoder(NetworkConfig(depth, width, n.repr_dim, n.residual))
     action = jax_action(params, spec, obs, goal)
     phi = np.asarray(encoder.apply({"params": params["sa_encoder"]},
                                    jnp.concatenate([obs, action], -1)))
@@ -113,6 +115,54 @@ def test_plain_networks_without_skips_match_jax(
     # and it differs from the residual network on the same parameters: the flag is honoured
     residual = dataclasses.replace(spec, network=dataclasses.replace(spec.network, residual=True))
     assert np.abs(jax_action(params, residual, obs, goal) - ref["action"]).max() > 1e-3
+
+
+def test_an_actor_and_critic_of_different_sizes_export_what_training_builds(
+    tmp_path: Path, toy_spec: Callable[..., PolicySpec]
+) -> None:
+    """--actor-depth 8 --critic-depth 4 --critic-width 32: the parameter tree the training
+    networks init (perturbed, so zero biases and unit scales cannot hide a dropped term) exports
+    the actor from the spec's (actor's) shape and the critic from its own; every output matches
+    flax, and the JAX runtime backend builds the same networks from the spec."""
+    from crl.runtime.jax_backend import JaxPolicy
+    from crl.train import losses
+
+    config = NetworkConfig(width=64, repr_dim=16, actor_depth=8, critic_depth=4, critic_width=32)
+    spec = toy_spec(network=NetworkSpec(8, 64, 16, critic_depth=4, critic_width=32))
+    nets = losses.make_networks(config, spec.act_dim)
+    params = losses.init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
+    leaves, tree = jax.tree.flatten(params)
+    rng = np.random.default_rng(0)
+    params = jax.tree.unflatten(tree, [np.asarray(x) + 0.05 * rng.standard_normal(x.shape)
+                                       .astype(np.float32) for x in leaves])
+    assert params["actor"]["trunk"]["blocks"]["dense_0"]["kernel"].shape == (2, 64, 64)
+    assert params["sa_encoder"]["trunk"]["blocks"]["dense_0"]["kernel"].shape == (1, 32, 32)
+
+    path = export_actor(params, spec, tmp_path / "ac.onnx", critic=True).path
+    policy = OrtPolicy(path)
+    assert policy.spec.network == spec.network
+    obs, goal = inputs(spec, 8)
+    out = policy.run(obs, goal)
+    action = np.asarray(deterministic_action(nets.actor, params["actor"], obs, goal))
+    phi = np.asarray(nets.sa_encoder.apply({"params": params["sa_encoder"]},
+                                           np.concatenate([obs, action], -1)))
+    psi = np.asarray(nets.g_encoder.apply({"params": params["g_encoder"]}, goal))
+    np.testing.assert_allclose(out["action"], action, atol=FP32_TOL)
+    np.testing.assert_allclose(out["phi"], phi, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["psi"], psi, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["action"], jax_critic(params, spec, obs, goal)["action"],
+                               atol=FP32_TOL)
+    for k, v in JaxPolicy(params, spec).run(obs, goal).items():
+        np.testing.assert_allclose(out[k], v, rtol=1e-5, atol=1e-5)
+
+    # The actor alone needs only the actor's shape; the critic readout refuses a spec that
+    # does not say the critic's.
+    shared = dataclasses.replace(spec, network=NetworkSpec(8, 64, 16))
+    export_actor({"actor": params["actor"]}, shared, tmp_path / "actor.onnx")
+    with pytest.raises(ExportError, match=r"sa_encoder is .* depth 4 × width 32 .* needs .* "
+                                          r"depth 8 × width 64"):
+        export_actor(params, shared, tmp_path / "bad.onnx", critic=True)
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_file_format(toy_policy: tuple[PolicySpec, dict, Path]) -> None:

@@ -83,6 +83,21 @@ def test_optional_keys_take_defaults(toy_spec: ToySpec):
     assert spec.observation[0] == Field("joint_pos", 5)
 
 
+def test_the_critics_shape_is_written_only_where_it_differs_from_the_actors(toy_spec: ToySpec):
+    """`depth`/`width` are the actor's; a spec without critic sizes (every spec written before
+    they could differ) means the critic shares them, and such a spec writes no critic keys, so
+    its JSON (in checkpoints and ONNX files) is what it always was."""
+    shared = toy_spec(network=NetworkSpec(depth=8, width=64, repr_dim=16))
+    assert set(shared.to_dict()["network"]) == {"depth", "width", "repr_dim", "residual"}
+    assert shared.network is not None and shared.network.critic_shape == (8, 64)
+    apart = toy_spec(network=NetworkSpec(depth=8, width=64, repr_dim=16, critic_depth=32))
+    d = apart.to_dict()
+    assert d["network"]["critic_depth"] == 32 and "critic_width" not in d["network"]
+    again = PolicySpec.from_json(apart.to_json())
+    assert again == apart and again.network is not None
+    assert again.network.critic_shape == (32, 64)
+
+
 def test_dims_and_slices(toy_spec: ToySpec):
     spec = toy_spec()
     assert (spec.obs_dim, spec.goal_dim, spec.act_dim) == (9, 2, 3)
@@ -137,7 +152,9 @@ def specs(draw: st.DrawFn) -> PolicySpec:
                                                st.tuples(finite, finite)), max_size=3))
     network = draw(st.one_of(st.none(), st.builds(
         NetworkSpec, depth=st.integers(1, 64).map(lambda d: 4 * d), width=st.integers(1, 1024),
-        repr_dim=st.integers(1, 128), residual=st.booleans())))
+        repr_dim=st.integers(1, 128), residual=st.booleans(),
+        critic_depth=st.none() | st.integers(1, 64).map(lambda d: 4 * d),
+        critic_width=st.none() | st.integers(1, 1024))))
     positive = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False)
     return PolicySpec(
         task=draw(names),
@@ -226,6 +243,10 @@ def test_round_trip_property(spec: PolicySpec):
         ({"network": NetworkSpec(depth=-4, width=8, repr_dim=4)}, r"spec\.network\.depth"),
         ({"network": NetworkSpec(depth=4, width=0, repr_dim=4)}, r"spec\.network\.width"),
         ({"network": NetworkSpec(depth=4, width=8, repr_dim=0)}, r"spec\.network\.repr_dim"),
+        ({"network": NetworkSpec(depth=4, width=8, repr_dim=4, critic_depth=6)},
+         r"spec\.network\.critic_depth: must be a positive multiple of 4, got 6"),
+        ({"network": NetworkSpec(depth=4, width=8, repr_dim=4, critic_width=0)},
+         r"spec\.network\.critic_width: must be positive"),
     ],
 )
 def test_invalid_spec_names_the_field(changes: dict[str, Any], pattern: str, toy_spec: ToySpec):

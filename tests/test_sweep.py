@@ -57,6 +57,30 @@ def test_a_sweep_refuses_a_run_made_with_other_settings(tmp_path: Path) -> None:
     assert "other settings" in r.stderr and "--out" in r.stderr
 
 
+@pytest.mark.parametrize("axis, flag", [("actor-depth", "--actor-depth"),
+                                        ("critic-depth", "--critic-depth")])
+def test_actor_and_critic_depth_axes_set_their_own_flag(tmp_path: Path, axis: str,
+                                                         flag: str) -> None:
+    """The actor-versus-critic ablation: each value is passed as the side's flag (a run made
+    with any other arguments would be refused), while --depth in --train-args still sizes the
+    other side."""
+    for depth in (4, 8):
+        run_dir = tmp_path / f"reacher-{axis}-{depth}-s0"
+        fake_finished_run(run_dir, [0.0, float(depth)], steps=1000)
+        (run_dir / "sweep_args.json").write_text(json.dumps([
+            "reacher", "--preset", "quick", "--seed", "0", "--total-steps", "1000", flag,
+            str(depth), "--depth", "16", "--out", str(run_dir)]))
+    r = sweep("reacher", "--axis", axis, "--values", "4,8", "--preset", "quick", "--steps",
+              "1000", "--out", str(tmp_path), "--train-args=--depth 16")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert result["axis"] == axis
+    assert [(s["value"], s["mean"]) for s in result["summary"]] == [(4, 4.0), (8, 8.0)]
+    r = sweep("reacher", "--axis", axis, "--out", str(tmp_path / "clash"),
+              f"--train-args={flag} 8")
+    assert r.returncode == 2 and f"{flag} is set by the sweep" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args, says", [
     (["--values", "4,x"], "takes integers"),
     (["--values", "4,4"], "distinct"),

@@ -97,7 +97,7 @@ class PointMass:
             clock=clock,
         )
 
-    def reset(self, rng):
+    def reset(self, rng, eval_goals=False):  # one goal set: evaluation draws it too
         rng, k_pos, k_goal = jax.random.split(rng, 3)
         pos = jax.random.uniform(k_pos, (2,), minval=-1.0, maxval=1.0)
         goal = jax.random.uniform(k_goal, (2,), minval=-1.0, maxval=1.0)
@@ -234,6 +234,11 @@ def test_held_out_evaluation_and_no_residual_reach_the_run(tmp_path) -> None:
     ("changes", "message"),
     [
         ({"network": NetworkConfig(depth=6)}, r"^depth: 6 is not a positive multiple of 4.*use"),
+        ({"network": NetworkConfig(actor_depth=2)},
+         r"^actor_depth: 2 is not a positive multiple of 4.*use e\.g\. 4 or 8$"),
+        ({"network": NetworkConfig(critic_depth=0)}, r"^critic_depth: 0 is not a positive"),
+        ({"network": NetworkConfig(actor_width=0)}, r"^actor_width: must be a positive integer"),
+        ({"network": NetworkConfig(critic_width=-8)}, r"^critic_width: must be a positive"),
         ({"algo": AlgoConfig(batch_size=10_000)}, r"^batch_size: 10000 is larger than the replay"),
         ({"task": "nope"}, r"^task: 'nope' is not a known task; choose one of reacher"),
         ({"algo": AlgoConfig(gamma=1.0)}, r"^gamma: must be in \(0, 1\)"),
@@ -361,6 +366,59 @@ def test_a_run_saved_with_the_old_dr_spelling_still_loads() -> None:
         validate(tiny_config(dr="held-out"))
 
 
+def test_a_config_from_before_actor_and_critic_sizes_round_trips() -> None:
+    """config.json of runs from before --actor-*/--critic-* has no such keys: it loads as a
+    network whose actor and critic share depth and width, and writes back key for key; a run
+    with shared sizes still writes no such keys, one with overrides records them."""
+    old = json.loads(json.dumps(tiny_config().to_dict()))
+    assert set(old["network"]) == {"depth", "width", "repr_dim", "residual", "dtype"}
+    config = TrainConfig.from_dict(old)
+    assert config == tiny_config() and config.to_dict() == old
+    n = config.network
+    assert n.actor == n.critic == n and not n.overrides()
+    apart = tiny_config(network=NetworkConfig(depth=8, width=64, repr_dim=16, actor_depth=4,
+                                              critic_width=32))
+    stored = json.loads(json.dumps(apart.to_dict()))
+    assert stored["network"] == {"depth": 8, "width": 64, "repr_dim": 16, "residual": True,
+                                 "dtype": "fp32", "actor_depth": 4, "critic_width": 32}
+    assert TrainConfig.from_dict(stored) == apart
+    a, c = apart.network.actor, apart.network.critic
+    assert (a.depth, a.width, c.depth, c.width) == (4, 64, 8, 32)
+
+
+def test_actor_and_critic_sizes_train_record_and_export(tmp_path) -> None:
+    """--actor-depth 8 --critic-depth 4 --critic-width 32: the networks take their own sizes,
+    config.json records the overrides, spec.json (and so the export) the actor's shape with the
+    critic's beside it; the run exports and its ONNX actor matches the trained one."""
+    from crl.export.onnx_export import export_actor
+    from crl.runtime.ort_backend import OrtPolicy
+
+    network = NetworkConfig(depth=4, width=64, repr_dim=16, actor_depth=8, critic_width=32)
+    config = tiny_config(total_steps=30 * 7 * 4, network=network,
+                         eval=EvalConfig(eval_every=30 * 7 * 2, eval_episodes=16,
+                                         held_out=False))
+    run_dir = tmp_path / "apart"
+    train(config, run_dir, env=PointMass(episode_length=23), progress=False)
+    stored = json.loads((run_dir / "config.json").read_text())
+    assert (stored["network"]["actor_depth"], stored["network"]["critic_width"]) == (8, 32)
+    assert TrainConfig.from_dict(stored) == config
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["network"] == {"depth": 8, "width": 64, "repr_dim": 16, "residual": True,
+                               "critic_depth": 4, "critic_width": 32}
+    run = load_run(run_dir)
+    shapes = {k: run.params[k]["trunk"]["blocks"]["dense_0"]["kernel"].shape for k in run.params}
+    assert shapes == {"actor": (2, 64, 64), "sa_encoder": (1, 32, 32), "g_encoder": (1, 32, 32)}
+    assert run.spec.network is not None and run.spec.network.critic_shape == (4, 32)
+    path = export_actor(run.params, run.spec, tmp_path / "apart.onnx", critic=True).path
+    obs, goal = np.zeros((3, 4), np.float32), np.full((3, 2), 0.5, np.float32)
+    actor = Actor(network, run.spec.act_dim)
+    mean, _ = actor.apply({"params": run.params["actor"]}, obs, goal)
+    np.testing.assert_allclose(OrtPolicy(path).act(obs, goal), np.tanh(mean), atol=1e-5)
+    with pytest.raises(ConfigError, match=r"^actor_depth: .* started with 8, not None"):
+        shared = dataclasses.replace(network, actor_depth=None)
+        prepare_run_dir(run_dir, dataclasses.replace(config, network=shared), resume=True)
+
+
 def test_paper_score_is_the_mean_time_at_goal_of_the_last_five_evaluations() -> None:
     evaluations = [{"env_steps": i, "train": {"time_at_goal": float(i)}} for i in range(7)]
     evaluations[3]["held_out"] = {"time_at_goal": 9.0}
@@ -424,6 +482,29 @@ def test_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
     assert (c.replay.num_envs, c.algo.batch_size) == (7, 9)
     assert c.replay.unroll_length == cli.PRESETS["quick"].replay.unroll_length
     assert seen["out"] == tmp_path / "r" and seen["devices"] is None  # all local devices
+
+
+def test_cli_actor_and_critic_flags_override_depth_and_width(monkeypatch, tmp_path) -> None:
+    """--depth/--width set both sides; --actor-*/--critic-* override one, and the default run
+    directory names both depths when they differ."""
+    seen = []
+
+    def fake_train(config, out, resume=False, devices=None):
+        seen.append((config.network, out))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("crl.train.trainer.train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["reacher", "--preset", "quick", "--depth", "8", "--width", "32"]) == 130
+    assert cli.main(["reacher", "--preset", "quick", "--depth", "8", "--actor-depth", "4",
+                     "--critic-width", "64", "--seed", "2"]) == 130
+    (both, out_both), (apart, out_apart) = seen
+    assert both == NetworkConfig(depth=8, width=32, repr_dim=64) and not both.overrides()
+    assert out_both == Path("runs") / "reacher-d8-s0"
+    assert apart.overrides() == {"actor_depth": 4, "critic_width": 64}
+    assert (apart.actor.depth, apart.actor.width) == (4, 128)  # quick's width
+    assert (apart.critic.depth, apart.critic.width) == (8, 64)
+    assert out_apart == Path("runs") / "reacher-a4-c8-s2"
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path) -> None:
@@ -553,7 +634,7 @@ class Faller:
 
     episode_length = 10
 
-    def reset(self, rng: jax.Array) -> FallState:
+    def reset(self, rng: jax.Array, eval_goals: bool = False) -> FallState:
         fall = jax.random.randint(rng, (), 0, 6)
         zero = jnp.zeros(2)
         return FallState(jnp.zeros(1), zero, zero, jnp.bool_(True), jnp.bool_(False),

@@ -124,6 +124,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        out["network"] = self.network.to_dict()  # leaves unset actor/critic overrides out
         out["derived"] = {
             "env_steps_per_iteration": self.env_steps_per_iteration,
             "sgd_steps_per_iteration": self.sgd_steps_per_iteration,
@@ -134,7 +135,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict` (config.json of a run); derived sizes are recomputed."""
+        """Inverse of `to_dict` (config.json of a run); derived sizes are recomputed. A network
+        without actor_*/critic_* keys (every run before they existed) shares depth and width."""
         try:
             return cls(
                 task=data["task"],
@@ -261,16 +263,24 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
 
     if tasks is not None and c.task not in tasks:
         fail("task", f"{c.task!r} is not a known task; choose one of {', '.join(tasks)}")
-    if n.depth <= 0 or n.depth % BLOCK_LAYERS:
-        lower = max(BLOCK_LAYERS, n.depth - n.depth % BLOCK_LAYERS)
-        fail(
-            "depth",
-            f"{n.depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers inside "
-            f"residual blocks of {BLOCK_LAYERS}); use e.g. {lower} or {lower + BLOCK_LAYERS}",
-        )
-    for name, value in (("width", n.width), ("repr_dim", n.repr_dim)):
-        if value <= 0:
-            fail(name, f"must be positive, got {value}")
+    # The shared sizes, then each side's override where one is set (None: the shared size).
+    for name in ("depth", "actor_depth", "critic_depth"):
+        depth = getattr(n, name)
+        if depth is None:
+            continue
+        if not _is_int(depth) or depth <= 0 or depth % BLOCK_LAYERS:
+            lower = BLOCK_LAYERS
+            if _is_int(depth):
+                lower = max(BLOCK_LAYERS, depth - depth % BLOCK_LAYERS)
+            fail(
+                name,
+                f"{depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers inside "
+                f"residual blocks of {BLOCK_LAYERS}); use e.g. {lower} or {lower + BLOCK_LAYERS}",
+            )
+    for name in ("width", "actor_width", "critic_width", "repr_dim"):
+        value = getattr(n, name)
+        if value is not None and (not _is_int(value) or value <= 0):
+            fail(name, f"must be a positive integer, got {value}")
     if a.batch_size < 2:
         fail("batch_size", f"InfoNCE needs at least 2 transitions per batch, got {a.batch_size}")
     if not 0.0 < a.gamma < 1.0:
@@ -329,6 +339,10 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
         fail("log_every", f"must be at least 1, got {c.log_every}")
     if c.dr not in ("off", "train"):
         fail("dr", f"{c.dr!r} is not 'off' or 'train'")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_devices(config: TrainConfig, devices: int) -> None:

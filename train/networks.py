@@ -11,11 +11,13 @@ Parameter tree of every trunk (the exporter reads it by these names):
     stem_dense/{kernel [in, W], bias [W]}, stem_norm/{scale [W], bias [W]},
     blocks/dense_{0..3}/{kernel [N, W, W], bias [N, W]},
     blocks/norm_{0..3}/{scale [N, W], bias [N, W]}     (N = depth // 4 blocks)
-Encoders add `head/{kernel, bias}`; the actor adds `mean/…` and `log_std/…`.
+Encoders add `head/{kernel, bias}`; the actor adds `mean/…` and `log_std/…`. The actor's N and W
+may differ from the encoders' (`NetworkConfig.actor_depth`, `.critic_width`, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,21 +34,72 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 COMPUTE_DTYPES: dict[str, Any] = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 DType = Literal["fp32", "bf16"]
 
+# NetworkConfig's per-side overrides of the shared depth and width.
+SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
+
 # The paper's initialisation: variance scaling 1/3, fan-in, uniform; zero biases.
 kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Shape shared by the actor and both critic encoders."""
+    """Shape of the actor and of both critic encoders, φ(s, a) and ψ(g).
+
+    --depth and --width size both; --actor-* and --critic-* override one side, for the paper's
+    scaling of the actor against the critic.
+    """
 
     depth: int = 4
+    """Dense layers inside residual blocks, of the actor and the critic (a multiple of 4)."""
     width: int = 256
+    """Hidden width of the actor and the critic."""
     repr_dim: int = 64
     residual: bool = True
     dtype: DType = "fp32"
     """Compute dtype of matmuls and activations (`bf16`: mixed precision; parameters, LayerNorm
     statistics and the networks' outputs stay float32)."""
+    actor_depth: int | None = None
+    """The actor's depth (default: --depth)."""
+    actor_width: int | None = None
+    """The actor's width (default: --width)."""
+    critic_depth: int | None = None
+    """Depth of both critic encoders (default: --depth)."""
+    critic_width: int | None = None
+    """Width of both critic encoders (default: --width)."""
+
+    # `Actor` builds from `.actor` and `Encoder` from `.critic`, so every builder can pass the
+    # whole config.
+    @property
+    def actor(self) -> NetworkConfig:
+        """The actor's shape, overrides resolved (this config itself when it has none)."""
+        return self._side(self.actor_depth, self.actor_width)
+
+    @property
+    def critic(self) -> NetworkConfig:
+        """The critic encoders' shape, overrides resolved."""
+        return self._side(self.critic_depth, self.critic_width)
+
+    def _side(self, depth: int | None, width: int | None) -> NetworkConfig:
+        if not self.overrides():
+            return self
+        return dataclasses.replace(
+            self, depth=self.depth if depth is None else depth,
+            width=self.width if width is None else width,
+            actor_depth=None, actor_width=None, critic_depth=None, critic_width=None,
+        )
+
+    def overrides(self) -> dict[str, int]:
+        """The per-side sizes that are set (empty: actor and critic share depth and width)."""
+        return {k: v for k in SIDE_FIELDS if (v := getattr(self, k)) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form: unset overrides are left out, so a run with shared sizes writes
+        exactly what runs wrote before the overrides existed."""
+        out = dataclasses.asdict(self)
+        for k in SIDE_FIELDS:
+            if out[k] is None:
+                del out[k]
+        return out
 
     @property
     def compute_dtype(self) -> Any:
@@ -180,21 +233,22 @@ class Trunk(nn.Module):
 
 
 class Encoder(nn.Module):
-    """φ(s, a) or ψ(g): a trunk and a linear head to the representation."""
+    """φ(s, a) or ψ(g): a trunk of the critic's shape and a linear head to the representation."""
 
     config: NetworkConfig
     scan: BlockScan | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = Trunk(self.config, self.scan, name="trunk")(x)
-        c = self.config
+        c = self.config.critic
+        h = Trunk(c, self.scan, name="trunk")(x)
         out = nn.Dense(c.repr_dim, kernel_init=kernel_init, dtype=c.compute_dtype, name="head")(h)
         return out.astype(jnp.float32)  # the losses (norms, logsumexp) run in float32
 
 
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy π(a | s, g); returns (mean, log_std) before the tanh."""
+    """Tanh-squashed Gaussian policy π(a | s, g) with a trunk of the actor's shape; returns
+    (mean, log_std) before the tanh."""
 
     config: NetworkConfig
     action_dim: int
@@ -202,8 +256,9 @@ class Actor(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, goal: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = Trunk(self.config, self.scan, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
-        dtype = self.config.compute_dtype
+        c = self.config.actor
+        h = Trunk(c, self.scan, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
+        dtype = c.compute_dtype
         mean = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="mean")(h)
         raw = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="log_std")(h)
         # The Gaussian, its log-probability and the losses run in float32.
@@ -221,7 +276,9 @@ def deterministic_action(
 
 
 def trunk_param_count(in_dim: int, config: NetworkConfig) -> int:
-    """Parameters of one trunk: stem (Dense + LayerNorm) and depth × (Dense + LayerNorm)."""
+    """Parameters of one trunk: stem (Dense + LayerNorm) and depth × (Dense + LayerNorm).
+
+    `config` is one side's shape (`NetworkConfig.actor` or `.critic`)."""
     w = config.width
     stem = in_dim * w + w + 2 * w
     per_layer = w * w + w + 2 * w

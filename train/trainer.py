@@ -375,13 +375,22 @@ def make_iteration(
 
 
 def run_spec(setup: Setup, env_steps: int) -> Any:
-    """The env's policy spec with the network shape and this run's provenance filled in."""
-    n = setup.config.network
+    """The env's policy spec with the network shape and this run's provenance filled in.
+
+    The network is the actor's (what is exported); the critic's depth and width are added only
+    where they differ from it, so a run with shared sizes writes the spec it always did.
+    """
+    actor, critic = setup.config.network.actor, setup.config.network.critic
     provenance = dataclasses.replace(
         setup.spec.provenance, train_step=int(env_steps), git_commit=git_commit()
     )
     return setup.spec.replace(
-        network=NetworkSpec(depth=n.depth, width=n.width, repr_dim=n.repr_dim, residual=n.residual),
+        network=NetworkSpec(
+            depth=actor.depth, width=actor.width, repr_dim=actor.repr_dim,
+            residual=actor.residual,
+            critic_depth=None if critic.depth == actor.depth else critic.depth,
+            critic_width=None if critic.width == actor.width else critic.width,
+        ),
         provenance=provenance,
     )
 
@@ -481,6 +490,104 @@ def make_envs(config: TrainConfig) -> tuple[Any, Any | None]:
     return env, held_out
 
 
+def checked_config(
+    config: TrainConfig, run_dir: Path, resume: bool, env: Any, held_out_env: Any, mesh: Mesh
+) -> TrainConfig:
+    """The config to run with, after every check that needs no compile: the config itself, the
+    device count, and the run directory (written by the first process only, once every process
+    has checked it)."""
+    if env is None:
+        from crl.sim import tasks
+
+        validate(config, tasks.TASKS)
+    else:
+        validate(config)
+        if config.eval.held_out and held_out_env is None:
+            raise ConfigError("held_out: no held-out environment given; pass --no-held-out")
+    validate_devices(config, mesh.size)
+    prepare_run_dir(run_dir, config, resume, write=False)
+    _sync("checked run directory")
+    return prepare_run_dir(run_dir, config, resume, write=jax.process_index() == 0)
+
+
+class RunRecorder:
+    """What a run writes as it goes: evaluations (eval.json, the log), checkpoints and the spec.
+
+    It holds the run's static pieces (evaluators, keys, checkpointer, clock); the training state
+    is passed to each call, never captured, so what is evaluated and saved is the state named.
+    """
+
+    def __init__(
+        self, run_dir: Path, setup: Setup, checkpointer: Checkpointer,
+        evaluators: dict[str, Any], eval_key: jax.Array, evaluations: list[dict[str, Any]],
+        started: float,
+    ):
+        self.run_dir, self.setup, self.checkpointer = run_dir, setup, checkpointer
+        self.evaluators, self.eval_key, self.evaluations = evaluators, eval_key, evaluations
+        self.primary = jax.process_index() == 0
+        # Wall-clock in eval.json counts from the start of `train`, compile included; a resumed
+        # run continues the clock of the evaluations it keeps.
+        self.started = started
+        self.wall_offset = evaluations[-1]["wall_s"] if evaluations else 0.0
+        self.logger: _Logger | None = None
+
+    def wall(self) -> float:
+        return round(self.wall_offset + time.monotonic() - self.started, 2)
+
+    def evaluate(self, state: TrainState, env_steps: int) -> dict[str, Any]:
+        """Every evaluator on fresh episodes from this evaluation's own key; eval.json rewritten
+        (by the first process) with the paper's score."""
+        config = self.setup.config
+        key = evaluation_key(self.eval_key, env_steps)
+        record: dict[str, Any] = {
+            "env_steps": env_steps,
+            "sgd_steps": int(state.sgd_steps),
+            "wall_s": self.wall(),
+            # What `reset_episodes` drew this evaluation's episodes from (reproducible).
+            "eval_key": np.asarray(jax.random.key_data(key)).tolist(),
+        }
+        actor = host_local(state.params["actor"])
+        for name, evaluator in self.evaluators.items():
+            per_episode = jax.device_get(evaluator(actor, key))
+            record[name] = summarize(per_episode, self.setup.env.episode_length)
+        self.evaluations.append(record)
+        if not self.primary:
+            return record
+        write_json(self.run_dir / EVAL_FILE, {
+            "task": config.task,
+            "dr": config.dr,
+            # The paper's one number for a run: mean time at goal over the last 5 evaluations.
+            "paper_score": {split: paper_score(self.evaluations, split)
+                            for split in self.evaluators},
+            "evaluations": self.evaluations,
+        }, sort_keys=True)
+        if self.logger is not None:
+            self.logger.evaluation(record)
+        return record
+
+    def save(self, state: TrainState, env_steps: int, record: dict[str, Any]) -> str:
+        """A checkpoint of `state` with its evaluation (the best by time at goal is kept), and
+        spec.json for its step."""
+        spec = run_spec(self.setup, env_steps)
+        meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
+        # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
+        path = self.checkpointer.save(
+            env_steps, state, jax.device_get(state.params), meta,
+            {"time_at_goal": record["train"]["time_at_goal"]},
+        )
+        if self.primary:
+            write_json(self.run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
+        return str(path)
+
+
+def evaluation_due(config: TrainConfig, it: int) -> bool:
+    """Whether iteration `it` (0-based) crosses an `eval_every` boundary or is the last."""
+    env_steps = (it + 1) * config.env_steps_per_iteration
+    every = config.eval.eval_every
+    crossed = env_steps // every > (env_steps - config.env_steps_per_iteration) // every
+    return crossed or it + 1 == config.iterations
+
+
 def train(
     config: TrainConfig,
     run_dir: Path,
@@ -500,27 +607,12 @@ def train(
     """
     started = time.monotonic()
     run_dir = Path(run_dir)
-    primary = jax.process_index() == 0
     mesh = make_mesh(devices)
+    config = checked_config(config, run_dir, resume, env, held_out_env, mesh)
     if env is None:
-        from crl.sim import tasks
-
-        validate(config, tasks.TASKS)
-        validate_devices(config, mesh.size)
-        # Every process checks the directory before the first one writes to it.
-        config = prepare_run_dir(run_dir, config, resume, write=False)
-        _sync("checked run directory")
-        config = prepare_run_dir(run_dir, config, resume, write=primary)
         env, held_out_env = make_envs(config)
-    else:
-        validate(config)
-        validate_devices(config, mesh.size)
-        if config.eval.held_out and held_out_env is None:
-            raise ConfigError("held_out: no held-out environment given; pass --no-held-out")
-        config = prepare_run_dir(run_dir, config, resume, write=False)
-        _sync("checked run directory")
-        config = prepare_run_dir(run_dir, config, resume, write=primary)
 
+    # The state: fresh, or the latest checkpoint's (with the evaluations made up to it).
     setup = make_setup(config, env)
     state = init_state(setup, mesh)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
@@ -531,6 +623,7 @@ def train(
         # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
         state = jax.device_put(state, state_shardings(state, mesh))
         evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+
     # Each evaluation draws fresh episodes (starts, goals, robots), as the paper's evaluator
     # does, from its own key: `evaluation_key(eval_key, env_steps)`, apart from training's
     # stream, so a resumed run evaluates what the uninterrupted one would have.
@@ -540,80 +633,37 @@ def train(
         evaluators["held_out"] = make_evaluator(
             held_out_env, setup.nets.actor, config.eval.eval_episodes
         )
-    # Wall-clock in eval.json counts from the start of this call, compile included; a resumed
-    # run continues the clock of the evaluations it keeps.
-    wall_offset = evaluations[-1]["wall_s"] if evaluations else 0.0
-
-    def wall() -> float:
-        return round(wall_offset + time.monotonic() - started, 2)
-
-    def evaluate(env_steps: int) -> dict[str, Any]:
-        key = evaluation_key(eval_key, env_steps)
-        record: dict[str, Any] = {
-            "env_steps": env_steps,
-            "sgd_steps": int(state.sgd_steps),
-            "wall_s": wall(),
-            # What `reset_episodes` drew this evaluation's episodes from (reproducible).
-            "eval_key": np.asarray(jax.random.key_data(key)).tolist(),
-        }
-        actor = host_local(state.params["actor"])
-        for name, evaluator in evaluators.items():
-            per_episode = jax.device_get(evaluator(actor, key))
-            record[name] = summarize(per_episode, env.episode_length)
-        evaluations.append(record)
-        if not primary:
-            return record
-        write_json(run_dir / EVAL_FILE, {
-            "task": config.task,
-            "dr": config.dr,
-            # The paper's one number for a run: mean time at goal over the last 5 evaluations.
-            "paper_score": {split: paper_score(evaluations, split) for split in evaluators},
-            "evaluations": evaluations,
-        }, sort_keys=True)
-        logger.evaluation(record)
-        return record
-
-    def save(env_steps: int, record: dict[str, Any]) -> str:
-        spec = run_spec(setup, env_steps)
-        meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
-        # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
-        path = checkpointer.save(
-            env_steps, state, jax.device_get(state.params), meta,
-            {"time_at_goal": record["train"]["time_at_goal"]},
-        )
-        if primary:
-            write_json(run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
-        return str(path)
 
     start = int(state.iteration)
     env_steps = start * config.env_steps_per_iteration
+    primary = jax.process_index() == 0
     logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
     try:
         iteration_fn, evaluators = compile_all(
             make_iteration(setup, mesh), state, evaluators, host_local(state.params["actor"]),
             eval_key,
         )
-        logger.compiled(wall())
+        recorder = RunRecorder(run_dir, setup, checkpointer, evaluators, eval_key, evaluations,
+                               started)
+        recorder.logger = logger
+        logger.compiled(recorder.wall())
         last_checkpoint = str(checkpointer.path(env_steps))
-        if start == 0:
-            last_checkpoint = save(0, evaluate(0))  # the untrained policy's figures
+        if start == 0:  # the untrained policy's figures
+            last_checkpoint = recorder.save(state, 0, recorder.evaluate(state, 0))
         pending: list[tuple[int, dict[str, Any]]] = []
         for it in range(start, config.iterations):
             state, metrics = iteration_fn(state)
             env_steps = (it + 1) * config.env_steps_per_iteration
             pending.append((env_steps, metrics))
-            evaluate_now = (
-                env_steps // config.eval.eval_every
-                > (env_steps - config.env_steps_per_iteration) // config.eval.eval_every
-                or it + 1 == config.iterations
-            )
+            evaluate_now = evaluation_due(config, it)
             if evaluate_now or len(pending) >= config.log_every:
                 for steps, m in pending:  # oldest first, so the first bad step is named
                     check_finite(jax.device_get(m), steps, last_checkpoint)
                 logger.training(env_steps, int(state.sgd_steps), jax.device_get(metrics))
                 pending.clear()
             if evaluate_now:
-                last_checkpoint = save(env_steps, evaluate(env_steps))
+                last_checkpoint = recorder.save(state, env_steps,
+                                                recorder.evaluate(state, env_steps))
     finally:
         logger.close()
         checkpointer.close()
