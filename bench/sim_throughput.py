@@ -10,6 +10,10 @@ that stops keeps what it measured.
     python bench/sim_throughput.py                     # all tasks, device-sized env counts
     python bench/sim_throughput.py --tasks reacher ant --num-envs 64 256 --steps 200
     python bench/sim_throughput.py --quick             # smoke test: reacher, 2 envs, 8 steps
+    python bench/sim_throughput.py --physics jax warp  # MJX's two backends, same GPU, one run
+
+`--physics warp` needs an NVIDIA GPU and `pip install "mujoco-mjx[warp]"`; where either is
+missing it stops in one line before measuring anything (`crl.sim.physics.check_physics`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from bench_cli import BenchConfigError, require_at_least_one, run_cli
 from crl.sim import tasks
 from crl.sim.atomic import write_json
 from crl.sim.env import jit
+from crl.sim.physics import check_physics
 
 RESULTS = Path(__file__).parent / "results"
 # Every paper task is an ant or a humanoid on the floor.
@@ -60,6 +65,9 @@ class Config:
     dr: Literal["off", "train", "held-out"] = "train"
     """Domain randomization of the envs (randomized models cost what training pays)."""
     seed: int = 0
+    physics: tuple[Literal["jax", "warp"], ...] = ("jax",)
+    """MJX implementations to measure, each on every task and env count (`jax warp` compares
+    them on the same device in one run)."""
     out: Path | None = None
     """Output JSON; default bench/results/sim_throughput_<device>.json."""
     quick: bool = False
@@ -162,6 +170,10 @@ def main(config: Config) -> dict[str, Any]:
     require_at_least_one(config, "steps", "repeats")
     if any(n < 1 for n in config.num_envs):
         raise BenchConfigError(f"num_envs: every count must be at least 1, got {config.num_envs}")
+    if not config.physics:
+        raise BenchConfigError("physics: name at least one of jax, warp")
+    for physics in config.physics:
+        check_physics(physics)  # warp's packages and GPU, before an hour of jax results
     device = device_info()
     out = config.out or RESULTS / f"sim_throughput_{device_slug(device)}.json"
     payload: dict[str, Any] = {
@@ -174,13 +186,16 @@ def main(config: Config) -> dict[str, Any]:
     }
     on_cpu = device["platform"] == "cpu"
     for task in config.tasks:
-        env = tasks.make(task, dr=config.dr)
-        for n in env_counts(task, config, on_cpu):
-            r = {"task": task, **measure(env, n, config.steps, config.repeats, config.seed)}
-            payload["results"].append(r)
-            write_json(out, payload)
-            print(f"{task:>12} {n:>6} envs  {r['steps_per_s']:>12,.0f} steps/s  "
-                  f"(compile {r['compile_s']:.1f} s)", flush=True)
+        counts = env_counts(task, config, on_cpu)
+        for physics in config.physics:
+            env = tasks.make(task, dr=config.dr, physics=physics, worlds=max(counts))
+            for n in counts:
+                measured = measure(env, n, config.steps, config.repeats, config.seed)
+                r = {"task": task, "physics": physics, **measured}
+                payload["results"].append(r)
+                write_json(out, payload)
+                print(f"{task:>12} {physics:>4} {n:>6} envs  {r['steps_per_s']:>12,.0f} steps/s"
+                      f"  (compile {r['compile_s']:.1f} s)", flush=True)
     write_json(out, payload)
     print(f"wrote {out}")
     return payload

@@ -1,7 +1,7 @@
 """`crl-sim`: look at a task's policy spec and watch rollouts of it.
 
     crl-sim info reacher [--json]
-    crl-sim rollout reacher --episodes 2 --video out.mp4 --frames out.png
+    crl-sim rollout reacher --episodes 2 --video out.mp4 --frames out.png [--physics jax|warp]
     crl-sim robot reacher --dr held-out --seed 0 [--speed 1] [--host 127.0.0.1 --port 5560]
 
 Errors a user can cause (an unknown task, a bad path or size) print one line and exit 2.
@@ -59,6 +59,9 @@ class Rollout:
     """Seeds starts, goals, DR draws and random actions."""
     dr: Literal["off", "train", "held-out"] = "train"
     """Domain randomization: none, the training ranges, or the held-out ranges (outside them)."""
+    physics: Literal["jax", "warp"] = "jax"
+    """MJX implementation stepping the env: `jax`, or `warp` (MuJoCo Warp: an NVIDIA GPU and
+    `pip install "mujoco-mjx[warp]"`)."""
     video: Path | None = None
     """Write an mp4 of all episodes here."""
     frames: Path | None = None
@@ -167,13 +170,13 @@ def print_metrics(result: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def make_env(task: str, dr: str = "train") -> Any:
+def make_env(task: str, dr: str = "train", physics: str = "jax") -> Any:
     """`crl.sim.tasks.make`, with stdout kept for results: MJX prints import notices there
     ("Failed to import warp"), which would corrupt `--json` output."""
     from crl.sim import tasks
 
     with contextlib.redirect_stdout(sys.stderr):
-        return tasks.make(task, dr=dr)
+        return tasks.make(task, dr=dr, physics=physics)
 
 
 def info(cmd: Info) -> None:
@@ -191,7 +194,7 @@ def rollout(cmd: Rollout) -> None:
         )
     from crl.sim import render  # before mujoco is imported: it picks the GL backend
 
-    env = make_env(cmd.task, dr=cmd.dr)
+    env = make_env(cmd.task, dr=cmd.dr, physics=cmd.physics)
     result = render.render_rollout(env, None, cmd.episodes, cmd.seed, video=cmd.video,
                                    frames=cmd.frames, width=cmd.width, height=cmd.height,
                                    camera=cmd.camera)

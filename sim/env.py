@@ -24,6 +24,7 @@ from flax import struct
 
 from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConfig, TaskConfig
 from crl.sim.mjx import mjx
+from crl.sim.physics import check_physics
 from crl.sim.randomization import Draw, Randomizer, position_servos
 from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 
@@ -112,13 +113,23 @@ class GoalReachEnv:
 
     Attributes: `spec` (the PolicySpec; network None), `config`, `episode_length`, `mj_model`
     (the nominal MuJoCo model, for rendering), `mjx_model`, `dr_mode` and `dr_config` (the
-    ranges in use), `randomizer`. A task changes the model or the samplers by overriding
-    `edit_spec`, `sample_goal` or `sample_start`.
+    ranges in use), `randomizer`, `physics` (the MJX implementation, `crl.sim.physics`). A task
+    changes the model or the samplers by overriding `edit_spec`, `sample_goal` or `sample_start`.
+
+    `worlds`: the most envs one vmapped call steps. Only `physics="warp"` reads it: its contacts
+    live in one buffer shared by the whole batch, sized here (the JAX impl gives every env its
+    own).
     """
 
-    def __init__(self, config: TaskConfig, dr: str = "train"):
+    def __init__(
+        self, config: TaskConfig, dr: str = "train", physics: str = "jax", worlds: int = 1
+    ):
         if dr not in DR_MODES:
             raise ConfigError(f"dr: {dr!r} is not one of {', '.join(DR_MODES)}")
+        if worlds < 1:
+            raise ConfigError(f"worlds: must be at least 1, got {worlds}")
+        check_physics(physics, observation=config.observation)  # before anything compiles
+        self.physics, self.worlds = physics, worlds
         self.config = config
         self.dr_mode = dr
         self.dr_config: DRConfig = {
@@ -136,7 +147,7 @@ class GoalReachEnv:
             self.mj_model: mujoco.MjModel = mj_spec.compile()
         except ValueError as e:
             raise ConfigError(f"TaskConfig.model_file: {path.name} does not compile: {e}") from None
-        self.mjx_model = mjx.put_model(self.mj_model, impl="jax")
+        self.mjx_model = self._put_model()
         self._bind()
         self.randomizer = Randomizer(self.mj_model, self.mjx_model, self.dr_config)
         self.spec = self._build_spec()
@@ -207,9 +218,22 @@ class GoalReachEnv:
         return self._finish(data, state.goal, state.dr, queue, state.t + 1, rng, k_obs)
 
     def reset_if_done(self, state: State) -> State:
-        """Where `state.done`, a fresh episode drawn from `state.rng`; elsewhere `state`."""
+        """Where `state.done`, a fresh episode drawn from `state.rng`; elsewhere `state`.
+
+        The data merge is MJX's `Data.where`: under warp a leaf-wise `where` would batch the
+        contact buffer the whole batch shares. Its unbatched fields come from the fresh data
+        (the env's constants; a step rewrites the contacts), so a placeholder state (the
+        trainer's zeros, all done) loses nothing. Under jax it is the leaf-wise `where`."""
         fresh = self.reset(state.rng)
-        merged: State = jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
+
+        def merge(f: Any, s: Any) -> Any:
+            if isinstance(f, mjx.Data):
+                return f.where(~state.done, s)
+            return jnp.where(state.done, f, s)
+
+        merged: State = jax.tree.map(
+            merge, fresh, state, is_leaf=lambda x: isinstance(x, mjx.Data)
+        )
         return merged
 
     def action_to_ctrl(self, action: jax.Array) -> jax.Array:
@@ -418,7 +442,42 @@ class GoalReachEnv:
             if m.jnt_limited[j]:
                 low[m.jnt_qposadr[j]], high[m.jnt_qposadr[j]] = m.jnt_range[j]
         self._qpos_low, self._qpos_high = jnp.asarray(low), jnp.asarray(high)
-        self._data0 = mjx.put_data(m, mj_data, impl="jax")
+        self._data0 = self._put_data(mj_data)
+
+    def _put_model(self) -> mjx.Model:
+        """The nominal model on the device, in `self.physics`'s implementation. What MJX's warp
+        backend cannot simulate (it raises NotImplementedError in put_model) is one line."""
+        if self.physics == "jax":
+            return mjx.put_model(self.mj_model, impl="jax")
+        try:
+            return mjx.put_model(self.mj_model, impl="warp")
+        except (NotImplementedError, ValueError) as e:
+            raise ConfigError(
+                f"physics: MJX's warp backend cannot simulate {self.model_path.name}: {e}"
+            ) from None
+
+    def _put_data(self, mj_data: mujoco.MjData) -> mjx.Data:
+        """The start data. Under warp, its contact buffer (`naconmax`, shared by all `worlds`)
+        and constraint rows per world (`njmax`) are the JAX impl's own static counts (a slot for
+        every contact a geom pair can make), so warp drops none that jax would simulate; warp's
+        defaults (about 48 contacts for the whole batch) would drop contacts of a large batch."""
+        m = self.mj_model
+        jax_data = mjx.put_data(m, mj_data, impl="jax")
+        if self.physics == "jax":
+            return jax_data
+        sizes = cast(Any, jax_data._impl)  # DataJAX: ncon, nefc (static ints)
+        try:
+            return mjx.put_data(
+                m,
+                mj_data,
+                impl="warp",
+                naconmax=max(1, int(sizes.ncon)) * self.worlds,
+                njmax=max(1, int(sizes.nefc)),
+            )
+        except (NotImplementedError, ValueError) as e:
+            raise ConfigError(
+                f"physics: MJX's warp backend cannot simulate {self.model_path.name}: {e}"
+            ) from None
 
     def _make_extractors(self) -> dict[str, Extractor]:
         qadr, dadr, base = self._act_qadr, self._act_dofadr, self._base_id

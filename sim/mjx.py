@@ -1,8 +1,8 @@
 """MuJoCo MJX, imported quietly, with MuJoCo C's rule for force-clamped actuators.
 
-Without NVIDIA Warp installed, `import mujoco.mjx` prints "Failed to import warp" to stdout; crl
-uses MJX's jax implementation only, and stdout belongs to the commands (`crl-sim info` prints a
-spec there). Every crl module takes `mjx` from here.
+Without NVIDIA Warp installed, `import mujoco.mjx` prints "Failed to import warp" to stdout;
+crl uses MJX's jax implementation unless asked for warp (`crl.sim.physics`), and stdout belongs
+to the commands (`crl-sim info` prints a spec there). Every crl module takes `mjx` from here.
 
 The implicitfast integrator solves the velocity update implicitly in the actuators' velocity
 derivatives (a position servo's kv). MuJoCo C leaves out an actuator whose force its forcerange
@@ -11,7 +11,9 @@ so a saturated servo is damped by kv in training but not on MuJoCo C (the sim ro
 real torque-limited servo: a saturated reacher arm moved up to 0.3 rad less per control step in
 MJX, and a policy trained there reached 20% of its goals on MuJoCo C. `deriv_smooth_vel` below is
 MJX 3.17's with C's rule added (and nothing else changed); it replaces MJX's for that version
-only (`tests/test_sim_robot.py` checks MJX against MuJoCo C with saturating actions).
+only (`tests/test_sim_robot.py` checks MJX against MuJoCo C with saturating actions). The warp
+backend needs no patch: its own derivative already skips force-clamped actuators
+(mjx/third_party/mujoco_warp/_src/derivative.py, "skip if force is clamped by forcerange").
 """
 
 import contextlib

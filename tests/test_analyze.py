@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -138,10 +140,17 @@ def tiny_reacher_config() -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def reacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reacher run to analyze: a copy of the quickstart run `make test` trains (the folder
+    beside CRL_DEMO_POLICY's export), else a tiny one trained here."""
     from crl.train.trainer import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "reacher"
-    train(tiny_reacher_config(), run_dir, progress=False)
+    given = os.environ.get("CRL_DEMO_POLICY")
+    quickstart = Path(given).parent / "reacher" if given else None
+    if quickstart is not None and (quickstart / "config.json").is_file():
+        shutil.copytree(quickstart, run_dir)
+    else:
+        train(tiny_reacher_config(), run_dir, progress=False)
     return run_dir
 
 

@@ -324,7 +324,8 @@ def test_bench_quick_writes_json(tmp_path: Path):
     assert set(data["device"]) >= {"platform", "kind", "cpu_model", "cpu_cores"}
     assert set(data["versions"]) >= {"jax", "mujoco", "python"}
     (r,) = data["results"]
-    assert r["task"] == "reacher" and r["num_envs"] == 2 and r["steps"] == 8
+    assert r["task"] == "reacher" and r["physics"] == "jax"
+    assert r["num_envs"] == 2 and r["steps"] == 8
     assert r["steps_per_s"] > 0 and r["compile_s"] > 0
     assert len(r["seconds"]) == 1
 

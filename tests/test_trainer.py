@@ -302,6 +302,7 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
         "seed": 0,
         "total_steps": steps,
         "dr": "off",
+        "physics": "jax",
         "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True,
                     "dtype": "fp32"},
         "algo": {

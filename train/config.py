@@ -23,6 +23,8 @@ DrSetting = Literal["off", "train"]
 # Run directories written before the DR modes had one spelling say "on" for "train"; every reader
 # of a stored config or evaluation goes through `read_dr`, the one place that maps it.
 LEGACY_DR_MODES: dict[str, str] = {"on": "train"}
+# MJX implementation that steps the envs (`crl.sim.physics`); a config.json without it is "jax".
+PhysicsSetting = Literal["jax", "warp"]
 
 
 def read_dr(mode: str) -> str:
@@ -94,6 +96,9 @@ class TrainConfig:
     """Env steps to train for, prefill included."""
     dr: DrSetting = "train"
     """Domain randomization while training: none (`off`) or the task's training ranges."""
+    physics: PhysicsSetting = "jax"
+    """MJX implementation stepping the envs: `jax` (any device) or `warp` (MuJoCo Warp; an NVIDIA
+    GPU, `pip install "mujoco-mjx[warp]"`, one device)."""
     network: NetworkConfig = field(default_factory=NetworkConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
@@ -143,6 +148,7 @@ class TrainConfig:
                 seed=data["seed"],
                 total_steps=data["total_steps"],
                 dr=cast(DrSetting, read_dr(data["dr"])),  # validate() checks the value
+                physics=data.get("physics", "jax"),  # runs before it were all jax
                 network=NetworkConfig(**data["network"]),
                 algo=AlgoConfig(**data["algo"]),
                 replay=ReplayConfig(**data["replay"]),
@@ -339,6 +345,8 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
         fail("log_every", f"must be at least 1, got {c.log_every}")
     if c.dr not in ("off", "train"):
         fail("dr", f"{c.dr!r} is not 'off' or 'train'")
+    if c.physics not in ("jax", "warp"):
+        fail("physics", f"{c.physics!r} is not 'jax' or 'warp'")
 
 
 def _is_int(value: Any) -> bool:

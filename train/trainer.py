@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from crl.sim.atomic import write_json
 from crl.sim.env import jit as env_jit
+from crl.sim.physics import check_physics
 from crl.sim.spec import NetworkSpec
 from crl.train import losses, replay
 from crl.train.checkpoint import (
@@ -482,11 +483,19 @@ class RunResult:
 
 
 def make_envs(config: TrainConfig) -> tuple[Any, Any | None]:
-    """The training env and, when configured, the held-out-DR evaluation env."""
+    """The training env and, when configured, the held-out-DR evaluation env, on
+    `config.physics`; each sized for the most envs it steps at once (`worlds`: warp's contact
+    buffer), the training env also running the evaluation's episodes."""
     from crl.sim import tasks
 
-    env = tasks.make(config.task, dr=config.dr)
-    held_out = tasks.make(config.task, dr="held-out") if config.eval.held_out else None
+    episodes, physics = config.eval.eval_episodes, config.physics
+    worlds = max(config.replay.num_envs, episodes)
+    env = tasks.make(config.task, dr=config.dr, physics=physics, worlds=worlds)
+    held_out = (
+        tasks.make(config.task, dr="held-out", physics=physics, worlds=episodes)
+        if config.eval.held_out
+        else None
+    )
     return env, held_out
 
 
@@ -505,6 +514,7 @@ def checked_config(
         if config.eval.held_out and held_out_env is None:
             raise ConfigError("held_out: no held-out environment given; pass --no-held-out")
     validate_devices(config, mesh.size)
+    check_physics(config.physics, devices=mesh.size)
     prepare_run_dir(run_dir, config, resume, write=False)
     _sync("checked run directory")
     return prepare_run_dir(run_dir, config, resume, write=jax.process_index() == 0)

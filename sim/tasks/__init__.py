@@ -39,15 +39,18 @@ class UnknownTaskError(ValueError):
     """A task name that is not in `TASKS`."""
 
 
-def make(task: str, dr: str = "train") -> GoalReachEnv:
-    """The env of `task` with domain randomization `dr`: "off", "train" or "held-out"."""
+def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1) -> GoalReachEnv:
+    """The env of `task` with domain randomization `dr`: "off", "train" or "held-out".
+
+    `physics`: MJX's "jax" or "warp" implementation (`crl.sim.physics`); `worlds`: the most envs
+    one vmapped call will step (warp sizes its shared contact buffer for them)."""
     if task not in TASKS:
         raise UnknownTaskError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task in PAPER_TASKS:
         env: GoalReachEnv = importlib.import_module(f"crl.sim.tasks.{PAPER_TASKS[task]}").make(
-            task, dr
+            task, dr, physics=physics, worlds=worlds
         )
         return env
     module = importlib.import_module(f"crl.sim.tasks.{task}")
-    env = module.ENV(module.CONFIG, dr=dr)
+    env = module.ENV(module.CONFIG, dr=dr, physics=physics, worlds=worlds)
     return env

@@ -64,10 +64,12 @@ class MazeEnv(GoalReachEnv):
         *,
         layout: MazeLayout | None = None,
         eval_layout: MazeLayout | None = None,
+        physics: str = "jax",
+        worlds: int = 1,
     ):
         self.layout = layout
         self.eval_layout = eval_layout if eval_layout is not None else layout
-        super().__init__(config, dr)
+        super().__init__(config, dr, physics=physics, worlds=worlds)
 
     def edit_spec(self, spec: mujoco.MjSpec) -> None:
         if self.layout is not None:

@@ -73,6 +73,8 @@ CONFIGS: dict[str, TaskConfig] = {
 }
 
 
-def make(task: str, dr: str = "train") -> MazeEnv:
+def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1) -> MazeEnv:
     layout, eval_layout = MAZES.get(task, (None, None))
-    return MazeEnv(CONFIGS[task], dr, layout=layout, eval_layout=eval_layout)
+    return MazeEnv(
+        CONFIGS[task], dr, layout=layout, eval_layout=eval_layout, physics=physics, worlds=worlds
+    )

@@ -79,6 +79,8 @@ class PaperHumanoidEnv(MazeEnv):
         return qpos.at[adr[0]].set(goal[0]).at[adr[1]].set(goal[1])
 
 
-def make(task: str, dr: str = "train") -> PaperHumanoidEnv:
+def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1) -> PaperHumanoidEnv:
     layout, eval_layout = MAZES.get(task, (None, None))
-    return PaperHumanoidEnv(CONFIGS[task], dr, layout=layout, eval_layout=eval_layout)
+    return PaperHumanoidEnv(
+        CONFIGS[task], dr, layout=layout, eval_layout=eval_layout, physics=physics, worlds=worlds
+    )
