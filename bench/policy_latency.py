@@ -209,22 +209,10 @@ def action_error(a: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"max_abs": float(d.max()), "mean_abs": float(d.mean())}
 
 
-def main(config: Config) -> dict[str, Any]:
-    if config.quick:
-        config = quick_config(config, {
-            "depth": 8, "width": 64, "iterations": 100, "paced_iterations": 50, "export_depth": 16,
-            "out": Path(tempfile.gettempdir()) / "policy_latency_quick.json"})
-    require_at_least_one(config, "iterations", "rounds", "paced_iterations", "error_batch")
-    device = device_info()
-    out = config.out or RESULTS / f"policy_latency_{device_slug(device)}.json"
-    spec = make_spec(config, config.depth)
-    params = random_params(spec, critic=False)
-    payload: dict[str, Any] = {
-        "benchmark": "policy_latency",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device,
-        "config": {**dataclasses.asdict(config), "out": str(out)},
-    }
+def measure_policies(config: Config, spec: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Every variant of one random actor (ONNX Runtime fp32/fp16/int8, two threads, JAX, the
+    bare weight read), back to back and paced at the control rate, in interleaved rounds; each
+    against the machine's memory-bandwidth bounds; and the variants' action errors."""
     with tempfile.TemporaryDirectory() as tmp:
         files = {"fp32": export_actor(params, spec, Path(tmp) / "fp32.onnx").path}
         files["fp16"] = export_actor(params, spec, Path(tmp) / "fp16.onnx", fp16=True).path
@@ -274,18 +262,7 @@ def main(config: Config) -> dict[str, Any]:
         ref = policies["fp32"].act(obs, goal)
         errors = {k: action_error(policies[k].act(obs, goal), ref) for k in ("fp16", "int8")}
         jax_error = action_error(ref, jax_policy.act(obs, goal))
-        saturation = float(np.mean(np.abs(ref) > 0.99))
-
-    export_spec = make_spec(config, config.export_depth)
-    export_params = random_params(export_spec, critic=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        exported = export_actor(export_params, export_spec, Path(tmp) / "deep.onnx")
-        export_s = time.perf_counter() - start
-        export_bytes = exported.path.stat().st_size
-
-    payload |= {
-        "versions": versions(),
+    return {
         "memory_bandwidth_gb_s": {"before": bandwidth_before / 1e9, "used": bandwidth / 1e9,
                                   "two_cores": bandwidth_2 / 1e9},
         "ort_batch1": ort,
@@ -299,42 +276,90 @@ def main(config: Config) -> dict[str, Any]:
         "ort_fp32_over_jax_p50": ort["fp32"]["p50_ms"] / jax_r["p50_ms"],
         "action_error_vs_fp32": errors,
         "fp32_vs_jax_max_abs": jax_error["max_abs"],
-        "fraction_saturated_actions": saturation,
-        "export": {"depth": config.export_depth, "width": config.width, "seconds": export_s,
-                   "bytes": export_bytes},
-        "targets": {
-            "p99_le_1ms": ort["fp32"]["p99_ms"] <= P99_TARGET_MS,
-            # whether the target is within this machine's reach at all: the weights read once
-            "fp32_bandwidth_bound_le_1ms": ort["fp32"]["bandwidth_bound_ms"] <= P99_TARGET_MS,
-            # and with its tail: the bare read of those bytes, in the same rounds
-            "fp32_weight_read_p99_le_1ms": weight_read["p99_ms"] <= P99_TARGET_MS,
-            # as the robot calls it: one call a control period, with the cache gone cold between
-            "fp32_p99_at_control_rate_le_1ms": paced["fp32"]["p99_ms"] <= P99_TARGET_MS,
-            "p50_within_2x_bandwidth_bound": ort["fp32"]["p50_over_bound"] <= BANDWIDTH_TARGET,
-            "export_le_60s": export_s <= EXPORT_TARGET_S,
-        },
+        "fraction_saturated_actions": float(np.mean(np.abs(ref) > 0.99)),
     }
-    write_json(out, payload)
-    for k, r in ort.items():
+
+
+def time_export(config: Config) -> dict[str, Any]:
+    """Seconds and bytes to export a random actor of `export_depth` to ONNX."""
+    spec = make_spec(config, config.export_depth)
+    params = random_params(spec, critic=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        exported = export_actor(params, spec, Path(tmp) / "deep.onnx")
+        seconds = time.perf_counter() - start
+        size = exported.path.stat().st_size
+    return {"depth": config.export_depth, "width": config.width, "seconds": seconds,
+            "bytes": size}
+
+
+def targets(m: dict[str, Any], export: dict[str, Any]) -> dict[str, bool]:
+    ort, paced = m["ort_batch1"], m["ort_batch1_at_control_rate"]
+    return {
+        "p99_le_1ms": ort["fp32"]["p99_ms"] <= P99_TARGET_MS,
+        # whether the target is within this machine's reach at all: the weights read once
+        "fp32_bandwidth_bound_le_1ms": ort["fp32"]["bandwidth_bound_ms"] <= P99_TARGET_MS,
+        # and with its tail: the bare read of those bytes, in the same rounds
+        "fp32_weight_read_p99_le_1ms": m["fp32_weight_read_batch1"]["p99_ms"] <= P99_TARGET_MS,
+        # as the robot calls it: one call a control period, with the cache gone cold between
+        "fp32_p99_at_control_rate_le_1ms": paced["fp32"]["p99_ms"] <= P99_TARGET_MS,
+        "p50_within_2x_bandwidth_bound": ort["fp32"]["p50_over_bound"] <= BANDWIDTH_TARGET,
+        "export_le_60s": export["seconds"] <= EXPORT_TARGET_S,
+    }
+
+
+def print_summary(payload: dict[str, Any], control_hz: float, out: Path) -> None:
+    bandwidth = payload["memory_bandwidth_gb_s"]["used"]
+    bandwidth_2 = payload["memory_bandwidth_gb_s"]["two_cores"]
+    errors, paced = payload["action_error_vs_fp32"], payload["ort_batch1_at_control_rate"]
+    for k, r in payload["ort_batch1"].items():
         print(f"ort {k}: p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
               f"{r['p50_over_bound']:.2f}× the bound ({r['weight_bytes'] / 1e6:.1f} MB at "
-              f"{bandwidth / 1e9:.1f} GB/s)" + (f"  max error {errors[k]['max_abs']:.2e}"
-                                                 if k in errors else ""))
+              f"{bandwidth:.1f} GB/s)" + (f"  max error {errors[k]['max_abs']:.2e}"
+                                          if k in errors else ""))
+    paced_read = payload["fp32_weight_read_batch1_at_control_rate"]
     for k, r in (*paced.items(), ("fp32 weight read", paced_read)):
-        print(f"{'ort ' * (k in paced)}{k} at {config.control_hz:g} Hz: p50 {r['p50_ms']:.3f} ms  "
+        print(f"{'ort ' * (k in paced)}{k} at {control_hz:g} Hz: p50 {r['p50_ms']:.3f} ms  "
               f"p99 {r['p99_ms']:.3f} ms  CPU {r['cpu_percent']:.0f}% of a core")
-    for name, r in (("2 threads", ort_2), ("2 spinning threads", ort_2_spin)):
+    for name, key in (("2 threads", "ort_fp32_2_threads_batch1"),
+                      ("2 spinning threads", "ort_fp32_2_threads_spinning_batch1")):
+        r = payload[key]
         print(f"ort fp32, {name}: p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  "
               f"({r['p50_over_two_core_bound']:.2f}× the two-core bound at "
-              f"{bandwidth_2 / 1e9:.1f} GB/s)")
+              f"{bandwidth_2:.1f} GB/s)")
+    jax_r, weight_read = payload["jax_batch1"], payload["fp32_weight_read_batch1"]
     print(f"jax: p50 {jax_r['p50_ms']:.3f} ms  p99 {jax_r['p99_ms']:.3f} ms  "
           f"(ort fp32 / jax = {payload['ort_fp32_over_jax_p50']:.2f})")
+    steal = payload["cpu_steal_percent"]
     print(f"reading the fp32 weights' bytes alone: p50 {weight_read['p50_ms']:.3f} ms  "
           f"p99 {weight_read['p99_ms']:.3f} ms; steal "
           + ", ".join(f"{k.replace('_', ' ')} {v:.1f}%" for k, v in steal.items() if v is not None))
-    print(f"export depth {config.export_depth}: {export_s:.1f} s; wrote {out}")
-    return payload
+    export = payload["export"]
+    print(f"export depth {export['depth']}: {export['seconds']:.1f} s; wrote {out}")
 
+
+def main(config: Config) -> dict[str, Any]:
+    if config.quick:
+        config = quick_config(config, {
+            "depth": 8, "width": 64, "iterations": 100, "paced_iterations": 50, "export_depth": 16,
+            "out": Path(tempfile.gettempdir()) / "policy_latency_quick.json"})
+    require_at_least_one(config, "iterations", "rounds", "paced_iterations", "error_batch")
+    device = device_info()
+    out = config.out or RESULTS / f"policy_latency_{device_slug(device)}.json"
+    spec = make_spec(config, config.depth)
+    payload: dict[str, Any] = {
+        "benchmark": "policy_latency",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "config": {**dataclasses.asdict(config), "out": str(out)},
+    }
+    measured = measure_policies(config, spec, random_params(spec, critic=False))
+    export = time_export(config)
+    payload |= {"versions": versions(), **measured, "export": export,
+                "targets": targets(measured, export)}
+    write_json(out, payload)
+    print_summary(payload, config.control_hz, out)
+    return payload
 
 if __name__ == "__main__":
     run_cli(main, Config, "policy_latency")

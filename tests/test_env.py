@@ -356,6 +356,24 @@ def test_reset_if_done_on_blank_equals_reset() -> None:
             np.testing.assert_array_equal(x, y)
 
 
+def test_evaluation_resets_draw_the_evaluation_goals() -> None:
+    """`reset(key, eval_goals=True)` (what crl-train's evaluations run, through
+    `reset_episodes`) takes its goal from `sample_eval_goal` and everything else as
+    `reset(key)` does; the paper's mazes give that hook their far goals (test_paper_tasks)."""
+    from crl.train.evaluate import reset_episodes
+
+    env = make("reacher", dr="train")
+    far = jnp.asarray([-0.15, 0.05], jnp.float32)
+    env.sample_eval_goal = lambda rng: far  # type: ignore[method-assign]  # a one-goal eval set
+    key = jax.random.key(4)
+    evaluated = _numpy(test_compile(lambda k: reset_episodes(env, k, N_ENVS))(key))
+    trained = _numpy(test_compile(jax.vmap(env.reset))(jax.random.split(key, N_ENVS)))
+    np.testing.assert_array_equal(evaluated.goal, np.broadcast_to(np.asarray(far), (N_ENVS, 2)))
+    assert not np.isclose(trained.goal, np.asarray(far)).all(axis=-1).any()
+    np.testing.assert_array_equal(evaluated.data.qpos, trained.data.qpos)
+    np.testing.assert_array_equal(evaluated.dr.body_mass, trained.dr.body_mass)
+
+
 def test_reacher_full_episode_sets_done_once() -> None:
     task = compiled("reacher")
     state, action = task.fresh(11), np.zeros((N_ENVS, task.env.spec.act_dim), np.float32)

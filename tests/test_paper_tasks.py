@@ -162,23 +162,6 @@ def test_maze_layouts_goal_sets_and_walls_are_the_papers(task: str) -> None:
     assert (goals >= np.asarray(low) - 1e-6).all() and (goals <= np.asarray(high) + 1e-6).all()
 
 
-def test_evaluations_draw_the_eval_layouts_goals_and_training_the_training_ones() -> None:
-    """crl-train's evaluations reset with the task's evaluation goals (the paper's far goals of
-    Big Maze's eval layout); the same keys give the same starts, and training keeps its goals."""
-    from crl.train.evaluate import reset_episodes
-
-    env = env_of("paper_ant_big_maze")
-    _, eval_name, size = PAPER_MAZES["paper_ant_big_maze"]
-    train_goals = _cells(PAPER_ROWS["big_maze"], "G", size)
-    eval_goals = _cells(PAPER_ROWS[eval_name], "G", size)
-    assert eval_goals < train_goals  # a strict subset: the test can tell them apart
-    evaluated = reset_episodes(env, jax.random.key(0), 256)
-    trained = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 256))  # the same keys
-    assert _points(np.asarray(evaluated.goal)) == eval_goals
-    assert _points(np.asarray(trained.goal)) == train_goals
-    np.testing.assert_array_equal(evaluated.data.qpos, trained.data.qpos)
-
-
 @pytest.mark.parametrize("task", list(tasks.PAPER_TASKS))
 def test_starts_are_the_papers(task: str) -> None:
     env = env_of(task)

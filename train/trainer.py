@@ -222,105 +222,116 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def constrain(tree: Any, spec: P, mesh: Mesh | None) -> Any:
+    """`tree` laid out over `mesh` as `spec` says (unchanged without a mesh)."""
+    if mesh is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
+
+
+def collect(
+    setup: Setup, actor_params: dict[str, Any], env_state: Any, key: jax.Array
+) -> tuple[Any, replay.Transition, dict[str, Any]]:
+    """One unroll of every env with the stochastic actor: the env states after it, the
+    transitions (time-major), and the fraction of steps at the goal and ended early."""
+    env, nets = setup.env, setup.nets
+
+    def step(
+        env_state: Any, key: jax.Array
+    ) -> tuple[Any, tuple[replay.Transition, jax.Array, jax.Array]]:
+        env_state = jax.vmap(env.reset_if_done)(env_state)  # episodes that ended last step
+        obs, goal = env_state.obs, env_state.goal
+        # flax types `apply` as the output or (output, mutated variables); nothing mutates.
+        mean, log_std = cast(
+            tuple[jax.Array, jax.Array], nets.actor.apply({"params": actor_params}, obs, goal)
+        )
+        action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
+        next_state = jax.vmap(env.step)(env_state, action)
+        # t is 0 on an episode's first step, however the last one ended (its length or an
+        # early termination): the buffer's episode index opens an episode there.
+        transition = replay.Transition(
+            obs=env_state.obs,
+            action=action,
+            next_achieved=next_state.achieved_goal,
+            t=env_state.t,
+        )
+        terminated = next_state.done & (next_state.t < env.episode_length)
+        return next_state, (transition, next_state.success, terminated)
+
+    keys = jax.random.split(key, setup.config.replay.unroll_length)
+    env_state, (unroll, success, terminated) = jax.lax.scan(step, env_state, keys)
+    # Episodes ended early per env step (a fallen robot), beside the fraction at goal.
+    metrics = {"collect_at_goal": jnp.mean(success), "collect_terminated": jnp.mean(terminated)}
+    return env_state, unroll, metrics
+
+
+def sgd_step(
+    setup: Setup, mesh: Mesh | None, carry: Carry, key: jax.Array, buffer: replay.ReplayState
+) -> tuple[Carry, dict[str, Any]]:
+    """One SGD step on a relabeled batch: the actor and α against the current critic, then the
+    critic, on the same batch."""
+    c, nets = setup.config, setup.nets
+    target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
+    last_action = setup.spec.observation_slices().get("last_action")
+    params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
+    k_batch, k_actor = jax.random.split(key)
+    batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
+    # Rows split across devices; the InfoNCE negatives still span the global batch (the
+    # compiler all-gathers ψ), so the loss is the single-device one (README, Training).
+    batch = constrain(batch, P(DATA_AXIS), mesh)
+    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
+
+    # Actor and α first, against the current critic.
+    (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
+        losses.actor_loss, has_aux=True
+    )(params["actor"], critic, log_alpha, nets, batch, k_actor, c.algo.action_rate_penalty,
+      last_action)
+    alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
+        log_alpha, log_prob, target_entropy
+    )
+    updates, actor_opt = setup.actor_tx.update(actor_grad, actor_opt)
+    actor_params = optax.apply_updates(params["actor"], updates)
+    updates, alpha_opt = setup.alpha_tx.update(alpha_grad, alpha_opt)
+    log_alpha = optax.apply_updates(log_alpha, updates)
+
+    # Then the critic, on the same batch.
+    (_, critic_metrics), critic_grad = jax.value_and_grad(losses.critic_loss, has_aux=True)(
+        critic, nets, batch, c.algo.logsumexp_penalty
+    )
+    updates, critic_opt = setup.critic_tx.update(critic_grad, critic_opt)
+    critic = optax.apply_updates(critic, updates)
+
+    params = {"actor": actor_params, **critic}
+    metrics = {
+        **actor_metrics,
+        **critic_metrics,
+        "alpha_loss": alpha_value,
+        "alpha": jnp.exp(log_alpha),
+    }
+    return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
+
+
 def make_iteration(
     setup: Setup, mesh: Mesh | None = None
 ) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
-    """The jitted training iteration: collect, insert, and (after prefill) SGD.
+    """The jitted training iteration: `collect`, insert, and (after prefill) `sgd_step`s.
 
     With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
     is split by rows across the devices.
     """
-    c, env, nets = setup.config, setup.env, setup.nets
-
-    def constrain(tree: Any, spec: P) -> Any:
-        if mesh is None:
-            return tree
-        return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
-
-    target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
-    last_action = setup.spec.observation_slices().get("last_action")
-    if c.algo.action_rate_penalty > 0 and last_action is None:
+    c = setup.config
+    if c.algo.action_rate_penalty > 0 and "last_action" not in setup.spec.observation_slices():
         raise ConfigError(
             f"action_rate_penalty: {c.task!r} does not observe its last action (no "
             "`last_action` observation field); set it to 0"
         )
 
-    def collect(
-        actor_params: dict[str, Any], env_state: Any, key: jax.Array
-    ) -> tuple[Any, replay.Transition, dict[str, Any]]:
-        def step(
-            env_state: Any, key: jax.Array
-        ) -> tuple[Any, tuple[replay.Transition, jax.Array, jax.Array]]:
-            env_state = jax.vmap(env.reset_if_done)(env_state)  # episodes that ended last step
-            obs, goal = env_state.obs, env_state.goal
-            # flax types `apply` as the output or (output, mutated variables); nothing mutates.
-            mean, log_std = cast(
-                tuple[jax.Array, jax.Array], nets.actor.apply({"params": actor_params}, obs, goal)
-            )
-            action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
-            next_state = jax.vmap(env.step)(env_state, action)
-            # t is 0 on an episode's first step, however the last one ended (its length or an
-            # early termination): the buffer's episode index opens an episode there.
-            transition = replay.Transition(
-                obs=env_state.obs,
-                action=action,
-                next_achieved=next_state.achieved_goal,
-                t=env_state.t,
-            )
-            terminated = next_state.done & (next_state.t < env.episode_length)
-            return next_state, (transition, next_state.success, terminated)
-
-        keys = jax.random.split(key, c.replay.unroll_length)
-        env_state, (unroll, success, terminated) = jax.lax.scan(step, env_state, keys)
-        # Episodes ended early per env step (a fallen robot), beside the fraction at goal.
-        metrics = {"collect_at_goal": jnp.mean(success), "collect_terminated": jnp.mean(terminated)}
-        return env_state, unroll, metrics
-
-    def sgd_step(
-        carry: Carry, key: jax.Array, buffer: replay.ReplayState
-    ) -> tuple[Carry, dict[str, Any]]:
-        params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
-        k_batch, k_actor = jax.random.split(key)
-        batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
-        # Rows split across devices; the InfoNCE negatives still span the global batch (the
-        # compiler all-gathers ψ), so the loss is the single-device one (README, Training).
-        batch = constrain(batch, P(DATA_AXIS))
-        critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
-
-        # Actor and α first, against the current critic.
-        (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
-            losses.actor_loss, has_aux=True
-        )(params["actor"], critic, log_alpha, nets, batch, k_actor, c.algo.action_rate_penalty,
-          last_action)
-        alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
-            log_alpha, log_prob, target_entropy
-        )
-        updates, actor_opt = setup.actor_tx.update(actor_grad, actor_opt)
-        actor_params = optax.apply_updates(params["actor"], updates)
-        updates, alpha_opt = setup.alpha_tx.update(alpha_grad, alpha_opt)
-        log_alpha = optax.apply_updates(log_alpha, updates)
-
-        # Then the critic, on the same batch.
-        (_, critic_metrics), critic_grad = jax.value_and_grad(losses.critic_loss, has_aux=True)(
-            critic, nets, batch, c.algo.logsumexp_penalty
-        )
-        updates, critic_opt = setup.critic_tx.update(critic_grad, critic_opt)
-        critic = optax.apply_updates(critic, updates)
-
-        params = {"actor": actor_params, **critic}
-        metrics = {
-            **actor_metrics,
-            **critic_metrics,
-            "alpha_loss": alpha_value,
-            "alpha": jnp.exp(log_alpha),
-        }
-        return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
-
     def sgd(
         carry: Carry, buffer: replay.ReplayState, key: jax.Array
     ) -> tuple[Carry, dict[str, Any]]:
         keys = jax.random.split(key, c.sgd_steps_per_iteration)
-        carry, metrics = jax.lax.scan(lambda cr, k: sgd_step(cr, k, buffer), carry, keys)
+        carry, metrics = jax.lax.scan(lambda cr, k: sgd_step(setup, mesh, cr, k, buffer),
+                                      carry, keys)
         return carry, jax.tree.map(jnp.mean, metrics)
 
     def skip_sgd(
@@ -332,8 +343,9 @@ def make_iteration(
     def iteration(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
         key, k_collect, k_sgd = jax.random.split(state.key, 3)
         actor_params = state.params["actor"]
-        env_state, unroll, collect_metrics = collect(actor_params, state.env_state, k_collect)
-        buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS)))
+        env_state, unroll, collect_metrics = collect(setup, actor_params, state.env_state,
+                                                     k_collect)
+        buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS), mesh))
         state = dataclasses.replace(state, env_state=env_state, buffer=buffer, key=key)
 
         trains = replay.size(buffer) >= c.replay.min_replay_steps
