@@ -52,7 +52,7 @@ from crl.sim.atomic import write_atomic, write_json
 from crl.sim.config import ConfigError
 from crl.sim.env import jit as env_jit
 from crl.train.losses import energy
-from crl.train.networks import BLOCK_LAYERS, Actor, Encoder, NetworkConfig, deterministic_action
+from crl.train.networks import Actor, Encoder, NetworkConfig, deterministic_action
 
 HEATMAP_FILE = "value_heatmap.png"
 EMBEDDINGS_FILE = "embeddings.png"
@@ -339,15 +339,6 @@ def states_at(env: Any, qpos: np.ndarray, goal: np.ndarray, key: jax.Array) -> A
 # ------------------------------------------------------------------------------- the networks
 
 
-def _network_config(params: dict[str, Any], residual: bool, repr_dim: int = 1) -> NetworkConfig:
-    """A network's shape read from its parameters (depth from the stacked blocks, width from
-    the stem), so the actor and critic are rebuilt whatever sizes each was trained with."""
-    trunk = params["trunk"]
-    width = int(np.shape(trunk["stem_dense"]["kernel"])[1])
-    depth = BLOCK_LAYERS * int(np.shape(trunk["blocks"]["dense_0"]["kernel"])[0])
-    return NetworkConfig(depth=depth, width=width, repr_dim=repr_dim, residual=residual)
-
-
 @dataclass(frozen=True)
 class Critic:
     """The run's actor and encoders as numpy-in, numpy-out functions."""
@@ -360,14 +351,11 @@ class Critic:
         return self.phi(obs, self.policy(obs, goal))
 
 
-def make_critic(params: dict[str, Any], residual: bool, action_dim: int) -> Critic:
+def make_critic(params: dict[str, Any], network: NetworkConfig, action_dim: int) -> Critic:
+    """The run's networks at their shapes (`network`: the actor's and the critic's)."""
     actor_p, sa_p, g_p = params["actor"], params["sa_encoder"], params["g_encoder"]
-    actor = Actor(_network_config(actor_p, residual), action_dim)
-
-    def encoder(p: dict[str, Any]) -> Encoder:
-        return Encoder(_network_config(p, residual, int(np.shape(p["head"]["kernel"])[1])))
-
-    sa_enc, g_enc = encoder(sa_p), encoder(g_p)
+    actor = Actor(network, action_dim)
+    sa_enc = g_enc = Encoder(network)
     policy = jax.jit(lambda o, g: deterministic_action(actor, actor_p, o, g))
     phi = jax.jit(lambda o, a: sa_enc.apply({"params": sa_p}, jnp.concatenate([o, a], axis=-1)))
     psi = jax.jit(lambda g: g_enc.apply({"params": g_p}, g))
@@ -379,11 +367,12 @@ def make_critic(params: dict[str, Any], residual: bool, action_dim: int) -> Crit
 
 
 def episode(
-    env: Any, critic_params: dict[str, Any], residual: bool, key: jax.Array, goal: Any = None
+    env: Any, critic_params: dict[str, Any], network: NetworkConfig, key: jax.Array,
+    goal: Any = None,
 ) -> dict[str, np.ndarray]:
     """One deterministic episode from reset(`key`) (its goal replaced by `goal` if given):
     obs, action, achieved goal per step, up to and including a terminating step."""
-    actor = Actor(_network_config(critic_params["actor"], residual), env.spec.act_dim)
+    actor = Actor(network, env.spec.act_dim)
     actor_p = critic_params["actor"]
     if goal is not None:
         fixed = jnp.asarray(goal, jnp.float32)
@@ -532,15 +521,18 @@ def analyze_run(
             f"({env.config.goal_axes}), got {len(goal)}"
         )
     net = run.spec.network
-    residual = True if net is None else bool(net.residual)
-    critic = make_critic(run.params, residual, env.spec.act_dim)
+    assert net is not None  # the trainer always writes it
+    # The spec's depth and width are the actor's; the encoders take the critic's shape.
+    critic_depth, critic_width = net.critic_shape
+    network = NetworkConfig(net.depth, net.width, net.repr_dim, net.residual,
+                            critic_depth=critic_depth, critic_width=critic_width)
+    critic = make_critic(run.params, network, env.spec.act_dim)
     out = Path(out) if out is not None else Path(run_dir) / ANALYSIS_DIR
     key = jax.random.PRNGKey(seed)
 
-    ep = episode(env, run.params, residual, key, goal)
+    ep = episode(env, run.params, network, key, goal)
     g = np.asarray(ep["goal"], np.float64)
-    depth = "" if net is None else f", depth {net.depth}"
-    title = f"{run.config['task']} @ {run.step:,} steps{depth}"
+    title = f"{run.config['task']} @ {run.step:,} steps, depth {net.depth}"
     result: dict[str, Any] = {
         "run": str(run_dir),
         "task": run.config["task"],
