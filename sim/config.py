@@ -92,6 +92,23 @@ OBSERVATION_FIELDS: Mapping[str, ObservationField] = {
     "qfrc_actuator": ObservationField(
         "actuator force on every dof, model order (N m on hinges, N on slides)", sensed=False
     ),
+    # The paper's arm tasks observe named parts of the state (its `_get_obs`): the object's
+    # position, the arm's joint angles, the end effector's position and velocity, the gap
+    # between the fingers. Exact simulator state, as the fields above.
+    "goal_pos": ObservationField(
+        "position (x, y, z) of the goal's {} (m): the object to move", "world", "goal_name",
+        sensed=False,
+    ),
+    "obs_joint_pos": ObservationField(
+        "angles of joints {} (rad; slides m)", "", "obs_joints", sensed=False
+    ),
+    "body_pos": ObservationField("position of body {} (m)", "world", "obs_body", sensed=False),
+    "body_lin_vel": ObservationField(
+        "linear velocity of body {}'s origin (m/s)", "world", "obs_body", sensed=False
+    ),
+    "body_gap": ObservationField(
+        "distance between the origins of bodies {} (m)", "", "obs_body_pair", sensed=False
+    ),
 }
 
 
@@ -220,8 +237,14 @@ class DRConfig:
 
     def shared_conditions(self, other: DRConfig, fields: Iterable[str]) -> list[str]:
         """The parameters on which a draw of `self` can equal one of `other`: ranges that meet,
-        delays in common, noise compared on the observation `fields`. Empty: disjoint."""
-        shared = [n for n in DR_PARAMETERS if _meet(getattr(self, n), getattr(other, n))]
+        delays in common, noise compared on the observation `fields`. Empty: disjoint. A
+        physical parameter neither randomizes (nominal in both) is no condition of either."""
+        nominal = DRConfig().friction  # ((1.0, 1.0),): every physical parameter's default
+        shared = [
+            n for n in DR_PARAMETERS
+            if _meet(getattr(self, n), getattr(other, n))
+            and not getattr(self, n) == getattr(other, n) == nominal
+        ]
         shared += [
             f"obs_noise[{n!r}]" for n in fields if _meet(self.noise(n), other.noise(n))
         ]
@@ -429,8 +452,9 @@ class TaskConfig:
     The achieved goal is the `goal_axes` coordinates of a site or body (`goal_kind`, `goal_name`)
     in `goal_frame`. `actuated_joints` picks which joints the policy drives (each must have one
     joint actuator; empty = every joint actuator, in model order). `observation` lists fields of
-    `OBSERVATION_FIELDS` in the order the policy sees them. `control_hz` must divide the model's
-    physics rate (substeps = 1 / (control_hz * timestep)).
+    `OBSERVATION_FIELDS` in the order the policy sees them; `obs_site`, `obs_body`,
+    `obs_joints` and `obs_body_pair` name what the fields that need them read. `control_hz` must
+    divide the model's physics rate (substeps = 1 / (control_hz * timestep)).
 
     `healthy_z_range` (low, high), for robots that can fall: an episode ends early (terminates)
     after a step that leaves the world z of `base_body` outside [low, high], as the paper's envs
@@ -452,6 +476,9 @@ class TaskConfig:
     actuated_joints: tuple[str, ...] = ()
     base_body: str = ""
     obs_site: str = ""
+    obs_body: str = ""
+    obs_joints: tuple[str, ...] = ()
+    obs_body_pair: tuple[str, ...] = ()
     healthy_z_range: Range | None = None
     start: StartSampler = field(default_factory=StartSampler)
     dr_train: DRConfig = DR_TRAIN
@@ -519,6 +546,12 @@ class TaskConfig:
                 )
         if len(set(self.observation)) != len(self.observation):
             raise ConfigError(f"TaskConfig.observation: duplicate fields in {self.observation}")
+        if self.obs_body_pair and len(self.obs_body_pair) != 2:
+            raise ConfigError(
+                f"TaskConfig.obs_body_pair: name two bodies, got {self.obs_body_pair!r}"
+            )
+        if len(set(self.obs_joints)) != len(self.obs_joints):
+            raise ConfigError(f"TaskConfig.obs_joints: duplicates in {self.obs_joints}")
         if len(set(self.actuated_joints)) != len(self.actuated_joints):
             raise ConfigError(f"TaskConfig.actuated_joints: duplicates in {self.actuated_joints}")
         if not (math.isfinite(self.control_hz) and self.control_hz > 0):

@@ -24,7 +24,7 @@ from flax import struct
 
 from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConfig, TaskConfig
 from crl.sim.mjx import mjx
-from crl.sim.physics import check_physics
+from crl.sim.physics import COM_OBSERVATIONS, check_physics
 from crl.sim.randomization import Draw, Randomizer, position_servos
 from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 
@@ -170,6 +170,12 @@ class GoalReachEnv:
         slide joints, as the paper's humanoid has). The default changes nothing."""
         return qpos
 
+    def couple_ctrl(self, ctrl: jax.Array) -> jax.Array:
+        """The model's whole ctrl once the policy's actuators have theirs: a task whose other
+        actuators follow them sets theirs here (the paper's arm drives its second finger with
+        the first's command). The default changes nothing."""
+        return ctrl
+
     def sample_start(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(qpos, qvel): the start pose with joint and velocity noise, base placed if configured."""
         s, m = self.config.start, self.mj_model
@@ -195,7 +201,7 @@ class GoalReachEnv:
         qpos, qvel = self.sample_start(k_start)
         goal = (self.sample_eval_goal if eval_goals else self.sample_goal)(k_goal)
         qpos = self.place_goal(qpos, goal)
-        ctrl = self._data0.ctrl.at[self._act_ids].set(self._hold_ctrl(qpos))
+        ctrl = self.couple_ctrl(self._data0.ctrl.at[self._act_ids].set(self._hold_ctrl(qpos)))
         data = self._data0.replace(qpos=qpos, qvel=qvel, ctrl=ctrl)
         # Kinematics is all the observation and achieved goal need at t = 0 (the next step runs
         # the full forward pass); it keeps reset cheap to compile and to run.
@@ -208,6 +214,7 @@ class GoalReachEnv:
         model = self.randomizer.apply(state.dr)
         queue = jnp.concatenate([self.action_to_ctrl(action)[None], state.action_queue[:-1]])
         ctrl = state.data.ctrl.at[self._act_ids].set(queue[state.dr.action_delay])
+        ctrl = self.couple_ctrl(ctrl)
         data = state.data.replace(ctrl=ctrl)
         data = jax.lax.fori_loop(0, self._substeps, lambda _, d: mjx.step(model, d), data)
         # mjx.step leaves positions (site_xpos, xpos, xquat) as they were before its last
@@ -300,9 +307,9 @@ class GoalReachEnv:
         )
 
     def _kinematics(self, model: mjx.Model, data: mjx.Data) -> mjx.Data:
-        """Positions of this instant; with `cinert` or `cvel` observed, also the centre-of-mass
-        quantities (mjx.step leaves those of the state before its last integration, and reset
-        computes kinematics only)."""
+        """Positions of this instant; with `cinert`, `cvel` or `body_lin_vel` observed, also the
+        centre-of-mass quantities (mjx.step leaves those of the state before its last
+        integration, and reset computes kinematics only)."""
         data = mjx.kinematics(model, data)
         if self._needs_com:
             data = mjx.com_vel(model, mjx.com_pos(model, data))
@@ -327,7 +334,7 @@ class GoalReachEnv:
         self._bind_bodies()
         self._bind_start()
         self._extractors = self._make_extractors()
-        self._needs_com = not {"cinert", "cvel"}.isdisjoint(c.observation)
+        self._needs_com = not set(COM_OBSERVATIONS).isdisjoint(c.observation)
 
     def _bind_actuators(self) -> None:
         """The actuated joints, the one joint actuator that drives each, and the action mapping."""
@@ -417,6 +424,23 @@ class GoalReachEnv:
             self._base_id = b
             self._base_qadr = int(m.jnt_qposadr[free[0]])
             self._base_dofadr = int(m.jnt_dofadr[free[0]])
+        self._obs_body_ids = [-1, -1, -1]  # obs_body, then obs_body_pair
+        for i, name in enumerate((c.obs_body, *c.obs_body_pair)):
+            if name:
+                self._obs_body_ids[i] = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, name)
+                if self._obs_body_ids[i] < 0:
+                    where = "obs_body" if i == 0 else "obs_body_pair"
+                    raise ConfigError(f"TaskConfig.{where}: no body {name!r} in {file}")
+        self._obs_body_root = int(m.body_rootid[max(self._obs_body_ids[0], 0)])
+        obs_qadr = []
+        for name in c.obs_joints:
+            j = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name)
+            if j < 0 or m.jnt_type[j] not in _SCALAR_JOINTS:
+                raise ConfigError(
+                    f"TaskConfig.obs_joints: no hinge or slide joint {name!r} in {file}"
+                )
+            obs_qadr.append(int(m.jnt_qposadr[j]))
+        self._obs_joint_qadr = jnp.asarray(obs_qadr, jnp.int32)
         self._site_id = -1
         if c.obs_site:
             self._site_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, c.obs_site)
@@ -481,9 +505,12 @@ class GoalReachEnv:
 
     def _make_extractors(self) -> dict[str, Extractor]:
         qadr, dadr, base = self._act_qadr, self._act_dofadr, self._base_id
+        body, body_a, body_b = self._obs_body_ids
+        root = self._obs_body_root
         lin = slice(self._base_dofadr, self._base_dofadr + 3)
         ang = slice(self._base_dofadr + 3, self._base_dofadr + 6)
         unit, offset, scale = self._ctrl_unit, self._act_offset, self._act_scale
+        goal_site = self.config.goal_kind == "site"
         # A free joint's linear velocity is in the world frame, its angular one in the body frame.
         extractors: dict[str, Extractor] = {
             "joint_pos": lambda d, q: d.qpos[qadr],
@@ -503,6 +530,14 @@ class GoalReachEnv:
             "cvel": lambda d, q: d.cvel[1:].ravel(),
             # After a step, the force of the step's last substep (a motor's: gear x ctrl).
             "qfrc_actuator": lambda d, q: d.qfrc_actuator,
+            "goal_pos": lambda d, q: (d.site_xpos if goal_site else d.xpos)[self._goal_id],
+            "obs_joint_pos": lambda d, q: d.qpos[self._obs_joint_qadr],
+            "body_pos": lambda d, q: d.xpos[body],
+            # cvel is the body's spatial velocity (angular, linear) at its tree's centre of
+            # mass; moved to the body's origin: v + w x (origin - com).
+            "body_lin_vel": lambda d, q: d.cvel[body, 3:]
+            + jnp.cross(d.cvel[body, :3], d.xpos[body] - d.subtree_com[root]),
+            "body_gap": lambda d, q: jnp.linalg.norm(d.xpos[body_a] - d.xpos[body_b])[None],
         }
         if extractors.keys() != OBSERVATION_FIELDS.keys():
             raise RuntimeError("crl.sim.env extractors and config.OBSERVATION_FIELDS differ")
@@ -521,11 +556,14 @@ class GoalReachEnv:
             size = int(np.prod(sizes[name].shape))
             sensed += [info.sensed] * size
             obs_field += [registry.index(name)] * size
-            joints = name in ("joint_pos", "joint_vel", "last_action")
+            joints = (
+                self.joint_names if name in ("joint_pos", "joint_vel", "last_action")
+                else c.obs_joints if name == "obs_joint_pos" else ()
+            )
             target = repr(getattr(c, info.needs)) if info.needs else ""
             meaning = info.meaning.format(target)
             observation.append(
-                Field(name, size, meaning, info.frame, self.joint_names if joints else ())
+                Field(name, size, meaning, info.frame, joints)
             )
         # 1 where observation noise applies, 0 on fields the controller knows exactly; and each
         # element's field, as an index into OBSERVATION_FIELDS (and Draw.obs_noise_std).

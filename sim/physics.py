@@ -32,10 +32,12 @@ import mujoco
 from crl.sim.config import ConfigError
 
 PHYSICS: tuple[str, ...] = ("jax", "warp")
-# Observation fields the warp backend cannot compute: MJX 3.17's `com_vel` has no warp path and
-# raises "com_vel requires JAX backend implementation" (mujoco/mjx/_src/smooth.py, com_vel),
-# and the env needs it for these after every step (`GoalReachEnv._kinematics`).
-WARP_UNSUPPORTED_OBSERVATIONS: tuple[str, ...] = ("cinert", "cvel")
+# Observation fields computed from the centre-of-mass quantities (`mjx.com_pos`, `mjx.com_vel`),
+# which the env recomputes after every step for them (`GoalReachEnv._kinematics`).
+COM_OBSERVATIONS: tuple[str, ...] = ("cinert", "cvel", "body_lin_vel")
+# The fields the warp backend cannot compute: MJX 3.17's `com_vel` has no warp path and raises
+# "com_vel requires JAX backend implementation" (mujoco/mjx/_src/smooth.py, com_vel).
+WARP_UNSUPPORTED_OBSERVATIONS: tuple[str, ...] = COM_OBSERVATIONS
 
 
 def warp_install_hint() -> str:

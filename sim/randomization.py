@@ -8,6 +8,8 @@ the model a closed-over constant and the batch a plain `jax.vmap` over states.
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import mujoco
@@ -34,9 +36,14 @@ class Draw:
 
 
 def position_servos(m: mujoco.MjModel) -> np.ndarray:
-    """bool[nu]: actuators whose bias is −kp·q (a position servo), so kp lives in two places."""
+    """bool[nu]: actuators whose bias is −kp·q (a position servo), so kp lives in two places.
+
+    The gain is kp in a servo whose target is its ctrl; the paper's arm (`paper_arm.xml`) has
+    servos with a lower gain than kp (they settle short of the target), servos all the same:
+    an affine bias with no constant term pulling toward q = 0, and a positive gain."""
     affine = m.actuator_biastype == int(mujoco.mjtBias.mjBIAS_AFFINE)
-    servo: np.ndarray = affine & np.isclose(m.actuator_biasprm[:, 1], -m.actuator_gainprm[:, 0])
+    bias, gain = m.actuator_biasprm, m.actuator_gainprm[:, 0]
+    servo: np.ndarray = affine & (bias[:, 0] == 0) & (bias[:, 1] < 0) & (gain > 0)
     return servo
 
 
@@ -70,6 +77,18 @@ def draw_from(u: jax.Array, ranges: Ranges) -> jax.Array:
     start = jnp.asarray(ends - length)[i]
     # Rounding may carry t a hair past an interval's end: keep every value inside its interval.
     return jnp.clip(jnp.asarray(low)[i] + (t - start), jnp.asarray(low)[i], jnp.asarray(high)[i])
+
+
+def field_uniforms(rng: jax.Array, names: tuple[str, ...]) -> jax.Array:
+    """f32[len(names)]: one uniform in [0, 1) per name, from a stream keyed by the name alone
+    (its CRC-32), so a field's draw does not move when other fields are added or reordered."""
+    streams = np.array([zlib.crc32(name.encode()) for name in names], np.uint32)
+    if len(set(streams.tolist())) != len(streams):
+        raise ValueError(f"field_uniforms: two of {names} share a stream (duplicate or CRC clash)")
+    draw: jax.Array = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(rng, i)))(
+        jnp.asarray(streams)
+    )
+    return draw
 
 
 class Randomizer:
@@ -107,12 +126,16 @@ class Randomizer:
         c, m = self.config, self._model
         if c == DRConfig():
             return self.nominal()
-        # One uniform draw sliced per field: each jax.random call adds compile time on CPU.
-        fields = tuple(OBSERVATION_FIELDS)
-        sizes = (1, m.nbody, m.nv, m.nu, len(fields), 1)
-        u_f, u_m, u_d, u_g, u_n, u_a = jnp.split(
-            jax.random.uniform(rng, (sum(sizes),)), np.cumsum(sizes)[:-1]
+        # One uniform draw sliced per model parameter (each jax.random call adds compile time on
+        # CPU), and the noise stds from their own key, one stream per field name: a field's draw
+        # does not move when fields are added to the registry.
+        k_model, k_noise = jax.random.split(rng)
+        sizes = (1, m.nbody, m.nv, m.nu, 1)
+        u_f, u_m, u_d, u_g, u_a = jnp.split(
+            jax.random.uniform(k_model, (sum(sizes),)), np.cumsum(sizes)[:-1]
         )
+        fields = tuple(OBSERVATION_FIELDS)
+        u_n = field_uniforms(k_noise, fields)
         mass_scale = draw_from(u_m, c.body_mass)
         mass = m.body_mass * mass_scale
         gain_scale = draw_from(u_g, c.actuator_gain)

@@ -24,8 +24,8 @@ import pytest
 
 from crl.sim import maze, tasks
 from crl.sim.config import OBSERVATION_FIELDS
-from crl.sim.env import compiler_options
-from crl.sim.tasks import paper_ant, paper_humanoid
+from crl.sim.env import GoalReachEnv, compiler_options
+from crl.sim.tasks import paper_ant, paper_arm, paper_humanoid
 from crl.sim.tasks.paper import MazeEnv
 
 TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level": 0}
@@ -35,6 +35,7 @@ TEST_COMPILER_OPTIONS = {**compiler_options(), "xla_backend_optimization_level":
 PAPER_ENV_IDS = (
     "ant", "ant_u_maze", "ant_big_maze", "ant_u4_maze", "ant_u5_maze", "ant_hardest_maze",
     "humanoid", "humanoid_u_maze", "humanoid_big_maze",
+    "arm_push_easy", "arm_push_hard", "arm_binpick_hard",
 )  # fmt: skip
 
 # The paper's layouts (scaling-crl envs/ant_maze.py, envs/humanoid_maze.py), transcribed anew:
@@ -70,11 +71,19 @@ PAPER_MAZES = {
 }
 ANT_FIELDS = {"qpos": 15, "qvel": 14}
 HUMANOID_FIELDS = {"qpos": 26, "qvel": 25, "cinert": 120, "cvel": 72, "qfrc_actuator": 25}
+# The arm's 17 (scaling-crl envs/manipulation/arm_push_easy.py `_get_obs`): cube xyz, 7 joint
+# angles, end effector (link7) position and velocity, finger gap. tests/test_paper_arm.py has
+# the arm's own checks.
+ARM_FIELDS = {"goal_pos": 3, "obs_joint_pos": 7, "body_pos": 3, "body_lin_vel": 3, "body_gap": 1}
 
 
 @functools.cache
-def env_of(task: str) -> MazeEnv:
-    env = tasks.make(task, dr="off")
+def env_of(task: str) -> GoalReachEnv:
+    return tasks.make(task, dr="off")
+
+
+def maze_env_of(task: str) -> MazeEnv:
+    env = env_of(task)
     assert isinstance(env, MazeEnv)
     return env
 
@@ -104,13 +113,24 @@ def test_families_name_the_papers_tasks_apart_from_the_deployment_ones() -> None
     for task in tasks.PAPER_TASKS:
         env = env_of(task)
         assert env.config.name == env.spec.task == task
-        assert env.spec.action.kind == "effort"  # the paper's robots have torque motors
+        # The paper's ant and humanoid have torque motors, its arm position servos.
+        assert env.spec.action.kind == ("position" if "arm" in task else "effort")
 
 
 @pytest.mark.parametrize("task", list(tasks.PAPER_TASKS))
 def test_sizes_rates_and_bands_are_the_papers(task: str) -> None:
     env, humanoid = env_of(task), "humanoid" in task
     c, spec, m = env.config, env.spec, env.mj_model
+    if "arm" in task:  # scaling-crl envs/manipulation/arm_envs.py, arm_push_easy.py
+        assert {f.name: f.size for f in spec.observation} == ARM_FIELDS
+        assert list(c.observation) == list(ARM_FIELDS) and spec.obs_dim == 17
+        assert not any(OBSERVATION_FIELDS[f].sensed for f in ARM_FIELDS)
+        assert spec.goal_dim == 3 and c.goal_name == "cube" and spec.act_dim == 5
+        assert c.episode_length == 1000 and c.success_radius == 0.1
+        assert c.healthy_z_range is None  # the arm cannot fall
+        np.testing.assert_allclose(env._substeps * m.opt.timestep, 0.05)  # 2 ms x 25
+        assert (m.opt.iterations, m.opt.ls_iterations) == (6, 12)
+        return
     fields = HUMANOID_FIELDS if humanoid else ANT_FIELDS
     assert {f.name: f.size for f in spec.observation} == fields
     assert list(c.observation) == list(fields)
@@ -139,7 +159,7 @@ def test_sizes_rates_and_bands_are_the_papers(task: str) -> None:
 
 @pytest.mark.parametrize("task", list(PAPER_MAZES))
 def test_maze_layouts_goal_sets_and_walls_are_the_papers(task: str) -> None:
-    env = env_of(task)
+    env = maze_env_of(task)
     train_name, eval_name, size = PAPER_MAZES[task]
     rows, eval_rows = PAPER_ROWS[train_name], PAPER_ROWS[eval_name]
     assert env.layout is not None and env.eval_layout is not None
@@ -166,6 +186,14 @@ def test_maze_layouts_goal_sets_and_walls_are_the_papers(task: str) -> None:
 def test_starts_are_the_papers(task: str) -> None:
     env = env_of(task)
     qpos, qvel = _draws(env.sample_start, n=256)
+    if "arm" in task:  # the cube in its start region, the arm in the paper's pose, at rest
+        (cx, cy), half, _, _ = paper_arm.LAYOUTS[task]
+        xy = qpos[:, :2] - np.asarray((cx, cy))
+        assert (np.abs(xy) <= half + 1e-6).all() and np.abs(xy).max() > 0.9 * half
+        home = (1.571, 0.742, 0.0, -1.571, 0.0, 3.054, 1.449, 0.04, 0.04)
+        np.testing.assert_allclose(qpos[:, 14:], np.broadcast_to(home, (256, 9)), atol=1e-6)
+        assert (qvel == 0).all()
+        return
     train_name = PAPER_MAZES.get(task, ("", "", 0.0))[0]
     start = (0.0, 0.0)
     if train_name:
@@ -264,7 +292,7 @@ def test_ant_maze_steps_resets_and_observes_qpos_and_qvel() -> None:
 
 @pytest.mark.slow
 def test_humanoid_maze_shows_its_goal_observes_268_values_and_falls() -> None:
-    env = env_of("paper_humanoid_u_maze")
+    env = maze_env_of("paper_humanoid_u_maze")
     # No auto-reset in the graph (the ant's rollout covers it): ~29 s of compile on the CPU.
     first, stepped, actions = _rollout(env, 60, seed=5, auto_reset=False)
     m = env.mj_model

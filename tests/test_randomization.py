@@ -25,7 +25,7 @@ from crl.sim.config import (
     held_out_noise,
 )
 from crl.sim.env import GoalReachEnv, State, compiler_options
-from crl.sim.randomization import Draw
+from crl.sim.randomization import Draw, field_uniforms
 from crl.sim.tasks import DEPLOYMENT_TASKS, make
 from crl.sim.tasks.reacher import CONFIG as REACHER
 
@@ -109,6 +109,18 @@ def test_same_seed_same_draws(wide: Compiled) -> None:
     assert _trees_equal(a, b)
     action = np.full((N_ENVS, wide.env.spec.act_dim), 0.3, np.float32)
     assert _trees_equal(wide.step(a, action), wide.step(b, action))
+
+
+def test_a_fields_noise_draw_does_not_move_when_fields_are_added() -> None:
+    """Adding a task's observation fields to the registry must not change any other task's DR
+    draws (and so its training data and its published figures)."""
+    key = jax.random.key(3)
+    few = np.asarray(field_uniforms(key, ("joint_pos", "joint_vel")))
+    more = np.asarray(field_uniforms(key, ("body_pos", "joint_vel", "extra", "joint_pos")))
+    assert few.tolist() == [more[3], more[1]]
+    assert len(set(more.tolist())) == 4 and ((more >= 0) & (more < 1)).all()
+    with pytest.raises(ValueError, match="share a stream"):
+        field_uniforms(key, ("joint_pos", "joint_pos"))
 
 
 def test_draws_differ_between_episodes_and_stay_in_range(wide: Compiled) -> None:

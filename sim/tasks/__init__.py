@@ -31,6 +31,9 @@ PAPER_TASKS: dict[str, str] = {
     "paper_humanoid": "paper_humanoid",
     "paper_humanoid_u_maze": "paper_humanoid",
     "paper_humanoid_big_maze": "paper_humanoid",
+    "paper_arm_push_easy": "paper_arm",
+    "paper_arm_push_hard": "paper_arm",
+    "paper_arm_binpick_hard": "paper_arm",
 }
 TASKS: tuple[str, ...] = DEPLOYMENT_TASKS + tuple(PAPER_TASKS)
 
