@@ -47,13 +47,12 @@ from crl.sim import tasks
 from crl.sim.atomic import write_atomic, write_json
 from crl.sim.env import jit as env_jit
 from crl.train import losses
-from crl.train.config import PAPER, TrainConfig, validate
+from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
 from crl.train.networks import (
     UNROLLED,
     Actor,
     BlockScan,
     Encoder,
-    NetworkConfig,
     default_block_scan,
     deterministic_action,
 )

@@ -54,7 +54,8 @@ def evaluate_checkpoints(
     """Every checkpoint in `steps` on the same `episodes` episodes, one compiled evaluator."""
     from crl.sim import tasks
     from crl.train.checkpoint import load_run
-    from crl.train.networks import Actor, NetworkConfig
+    from crl.train.config import NetworkConfig
+    from crl.train.networks import Actor
 
     runs = [load_run(run_dir, s) for s in steps]
     net = runs[0].spec.network

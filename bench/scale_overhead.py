@@ -36,8 +36,13 @@ import jax  # noqa: E402
 
 import crl.sim.env  # noqa: E402,F401  (its XLA_FLAGS, also before jax starts)
 from crl.sim import tasks  # noqa: E402
-from crl.train.config import PRESETS, TrainConfig, validate, validate_devices  # noqa: E402
-from crl.train.networks import NetworkConfig  # noqa: E402
+from crl.train.config import (  # noqa: E402
+    PRESETS,
+    NetworkConfig,
+    TrainConfig,
+    validate,
+    validate_devices,
+)
 from crl.train.trainer import init_state, make_iteration, make_mesh, make_setup  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

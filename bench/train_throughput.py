@@ -27,8 +27,7 @@ from pathlib import Path
 import jax
 
 from crl.sim import tasks
-from crl.train.config import PAPER, TrainConfig, validate
-from crl.train.networks import NetworkConfig
+from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
 from crl.train.trainer import init_state, make_iteration, make_setup
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from crl.sim.atomic import temporary_path
-from crl.sim.spec import NetworkSpec, PolicySpec, SpecError
+from crl.sim.spec import BLOCK_LAYERS, NetworkSpec, PolicySpec, SpecError
 
 # The first opset with LayerNormalization: ONNX Runtime ≥ 1.12 reads IR 8 + opset 17 (its
 # compatibility table) and TensorRT's ONNX parser ≥ 8.6 the op (onnx-tensorrt's changelog).
@@ -45,7 +45,6 @@ INPUTS = ("observation", "goal")
 ACTION = "action"
 CRITIC_OUTPUTS = ("phi", "psi", "distance")
 LAYER_NORM_EPS = 1e-6  # flax.linen.LayerNorm's default, which the trained networks use
-BLOCK_LAYERS = 4  # Dense → LayerNorm → swish layers per residual block (crl.train.networks)
 BATCH = "batch"
 
 

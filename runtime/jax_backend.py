@@ -28,7 +28,8 @@ class JaxPolicy:
         import jax
         import jax.numpy as jnp
 
-        from crl.train.networks import Actor, Encoder, NetworkConfig, deterministic_action
+        from crl.train.config import NetworkConfig
+        from crl.train.networks import Actor, Encoder, deterministic_action
 
         if spec.network is None:
             raise PolicyError("spec.network: missing; the JAX backend needs the network shape")

@@ -3,7 +3,8 @@
 Everything here is a frozen dataclass validated in `__post_init__`, so a bad value fails in plain
 Python with one line naming the field (`ConfigError`) before any model is compiled or traced.
 The goal and start samplers are part of the config because the policy spec publishes the goal
-bounds they cover: the runtime rejects goals the policy never trained on.
+bounds they cover: the runtime rejects goals the policy never trained on. Drawing from them is
+jax code, in `crl.sim.sampling`: this module imports no jax, so it stays a plain description.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import jax
-import jax.numpy as jnp
 
 Range = tuple[float, float]
 # A parameter's draws come uniformly from the union of these (low, high) intervals. One interval is
@@ -330,11 +328,6 @@ class BoxSampler:
     def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return tuple(self.low), tuple(self.high)
 
-    def sample(self, rng: jax.Array) -> jax.Array:
-        return jax.random.uniform(
-            rng, (self.size,), minval=jnp.asarray(self.low), maxval=jnp.asarray(self.high)
-        )
-
 
 @dataclass(frozen=True)
 class AnnulusSampler:
@@ -370,17 +363,6 @@ class AnnulusSampler:
         z = () if self.z is None else (self.z,)
         return (cx - self.r_max, cy - self.r_max, *z), (cx + self.r_max, cy + self.r_max, *z)
 
-    def sample(self, rng: jax.Array) -> jax.Array:
-        k_r, k_a = jax.random.split(rng)
-        u = jax.random.uniform(k_r)
-        if self.uniform_area:
-            r = jnp.sqrt(self.r_min**2 + u * (self.r_max**2 - self.r_min**2))
-        else:
-            r = self.r_min + u * (self.r_max - self.r_min)
-        angle = jax.random.uniform(k_a, minval=0.0, maxval=2 * jnp.pi)
-        xy = jnp.asarray(self.center) + r * jnp.stack([jnp.cos(angle), jnp.sin(angle)])
-        return xy if self.z is None else jnp.append(xy, self.z)
-
 
 @dataclass(frozen=True)
 class ChoiceSampler:
@@ -408,13 +390,6 @@ class ChoiceSampler:
             tuple(min(c) - self.noise for c in cols),
             tuple(max(c) + self.noise for c in cols),
         )
-
-    def sample(self, rng: jax.Array) -> jax.Array:
-        k_i, k_n = jax.random.split(rng)
-        point = jnp.asarray(self.points)[jax.random.randint(k_i, (), 0, len(self.points))]
-        if self.noise == 0:
-            return point
-        return point + jax.random.uniform(k_n, (self.size,), minval=-self.noise, maxval=self.noise)
 
 
 Sampler = BoxSampler | AnnulusSampler | ChoiceSampler
@@ -485,10 +460,23 @@ class TaskConfig:
     dr_held_out: DRConfig = DR_HELD_OUT
 
     def __post_init__(self) -> None:
+        # In this order: the first field that cannot work is the one named.
+        self._check_model()
+        self._check_goal()
+        self._check_observation()
+        self._check_base_body()
+        self._check_name_lists()
+        self._check_episode()
+        self._check_dr()
+
+    def _check_model(self) -> None:
         if not self.name:
             raise ConfigError("TaskConfig.name: empty")
         if not self.model_file:
             raise ConfigError("TaskConfig.model_file: empty; name an MJCF file in sim/assets/")
+
+    def _check_goal(self) -> None:
+        """What is tracked, on which axes and frame, and a sampler drawing that many coordinates."""
         if self.goal_kind not in GOAL_KINDS:
             raise ConfigError(
                 f"TaskConfig.goal_kind: {self.goal_kind!r} is not one of {GOAL_KINDS}"
@@ -513,6 +501,9 @@ class TaskConfig:
                 f"TaskConfig.goal_sampler: samples {self.goal_sampler.size} coordinates but "
                 f"goal_axes {axes!r} has {len(axes)}"
             )
+
+    def _check_observation(self) -> None:
+        """Known fields, each with the field it reads (`ObservationField.needs`) set."""
         if not self.observation:
             raise ConfigError("TaskConfig.observation: no fields")
         for name in self.observation:
@@ -526,24 +517,31 @@ class TaskConfig:
                 raise ConfigError(
                     f"TaskConfig.{needs}: observation field {name!r} needs it; set {needs}"
                 )
+
+    def _check_base_body(self) -> None:
+        """A base placed at the start or bounded in height is named; the band is a tuple."""
         if self.start.base_xy is not None and not self.base_body:
             raise ConfigError("TaskConfig.base_body: start.base_xy places the base; name it")
-        if self.healthy_z_range is not None:
-            band = self.healthy_z_range
-            if isinstance(band, list):  # read back from JSON
-                band = tuple(band)
-                object.__setattr__(self, "healthy_z_range", band)
-            if not (isinstance(band, tuple) and len(band) == 2):
-                raise ConfigError(
-                    f"TaskConfig.healthy_z_range: expected a (low, high) tuple, got {band!r}"
-                )
-            low, high = _floats(band, "TaskConfig.healthy_z_range")
-            if low >= high:
-                raise ConfigError(f"TaskConfig.healthy_z_range: low {low} >= high {high}")
-            if not self.base_body:
-                raise ConfigError(
-                    "TaskConfig.base_body: healthy_z_range bounds the base's height; name it"
-                )
+        if self.healthy_z_range is None:
+            return
+        band = self.healthy_z_range
+        if isinstance(band, list):  # read back from JSON
+            band = tuple(band)
+            object.__setattr__(self, "healthy_z_range", band)
+        if not (isinstance(band, tuple) and len(band) == 2):
+            raise ConfigError(
+                f"TaskConfig.healthy_z_range: expected a (low, high) tuple, got {band!r}"
+            )
+        low, high = _floats(band, "TaskConfig.healthy_z_range")
+        if low >= high:
+            raise ConfigError(f"TaskConfig.healthy_z_range: low {low} >= high {high}")
+        if not self.base_body:
+            raise ConfigError(
+                "TaskConfig.base_body: healthy_z_range bounds the base's height; name it"
+            )
+
+    def _check_name_lists(self) -> None:
+        """No name listed twice; a body pair is two bodies."""
         if len(set(self.observation)) != len(self.observation):
             raise ConfigError(f"TaskConfig.observation: duplicate fields in {self.observation}")
         if self.obs_body_pair and len(self.obs_body_pair) != 2:
@@ -554,6 +552,9 @@ class TaskConfig:
             raise ConfigError(f"TaskConfig.obs_joints: duplicates in {self.obs_joints}")
         if len(set(self.actuated_joints)) != len(self.actuated_joints):
             raise ConfigError(f"TaskConfig.actuated_joints: duplicates in {self.actuated_joints}")
+
+    def _check_episode(self) -> None:
+        """The control rate, the episode's length and the success radius."""
         if not (math.isfinite(self.control_hz) and self.control_hz > 0):
             raise ConfigError(f"TaskConfig.control_hz: must be positive, got {self.control_hz}")
         n = self.episode_length
@@ -563,10 +564,12 @@ class TaskConfig:
             raise ConfigError(
                 f"TaskConfig.success_radius: must be positive, got {self.success_radius}"
             )
+
+    def _check_dr(self) -> None:
+        """A held-out evaluation claims unseen dynamics: no held-out draw may be a training one."""
         for name in ("dr_train", "dr_held_out"):
             if not isinstance(getattr(self, name), DRConfig):
                 raise ConfigError(f"TaskConfig.{name}: expected a DRConfig")
-        # A held-out evaluation claims unseen dynamics: no held-out draw may be a training one.
         sensed = [n for n in self.observation if OBSERVATION_FIELDS[n].sensed]
         shared = self.dr_held_out.shared_conditions(self.dr_train, sensed)
         if shared:

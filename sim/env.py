@@ -26,6 +26,7 @@ from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConf
 from crl.sim.mjx import mjx
 from crl.sim.physics import COM_OBSERVATIONS, check_physics
 from crl.sim.randomization import Draw, Randomizer, position_servos
+from crl.sim.sampling import sample
 from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 
 ASSETS = Path(__file__).parent / "assets"
@@ -158,7 +159,7 @@ class GoalReachEnv:
         """Change the MJCF before it compiles (e.g. add maze walls). The default changes nothing."""
 
     def sample_goal(self, rng: jax.Array) -> jax.Array:
-        return self.config.goal_sampler.sample(rng)
+        return sample(self.config.goal_sampler, rng)
 
     def sample_eval_goal(self, rng: jax.Array) -> jax.Array:
         """A goal of the task's evaluation set: its training goals, unless the task has its own
@@ -188,7 +189,7 @@ class GoalReachEnv:
         if s.vel_noise > 0:
             qvel = s.vel_noise * jax.random.normal(k_v, (m.nv,))
         if s.base_xy is not None:
-            qpos = qpos.at[self._base_qadr : self._base_qadr + 2].set(s.base_xy.sample(k_b))
+            qpos = qpos.at[self._base_qadr : self._base_qadr + 2].set(sample(s.base_xy, k_b))
         return qpos, qvel
 
     # -- the env API -----------------------------------------------------------------------------

@@ -325,6 +325,96 @@ class ServeStats:
         )
 
 
+class _StepClock:
+    """Absolute deadlines of the physics steps on the monotonic clock, from when it is made.
+
+    A loop that falls a whole control period behind re-anchors the deadlines to now instead of
+    bursting through the missed steps to catch up.
+    """
+
+    def __init__(self, step_period: float, lag_limit: float):
+        self.step_period, self.lag_limit = step_period, lag_limit
+        self.start, self.steps = time.monotonic(), 0
+
+    def wait(self) -> bool:
+        """Sleep until the next step's deadline; True when it was too late and re-anchored."""
+        self.steps += 1
+        deadline = self.start + self.steps * self.step_period
+        now = time.monotonic()
+        if now < deadline:
+            time.sleep(deadline - now)
+        elif now - deadline > self.lag_limit:
+            self.start = now - self.steps * self.step_period
+            return True
+        return False
+
+
+@dataclass
+class _ServeRun:
+    """One `serve` run: the robot, its transport, what it has counted, and the latency of the
+    newest action applied (NaN until one carries its observation's stamp)."""
+
+    robot: SimRobot
+    link: RobotLink
+    stats: ServeStats
+    latency_ms: float = math.nan
+
+    def publish(self, final: bool = False) -> None:
+        """Telemetry of this control step; before it, unless final, the observation."""
+        from crl.runtime.messages import Observation, Telemetry
+
+        robot, link = self.robot, self.link
+        ep = robot.episode
+        assert ep is not None
+        session, seq, stamp = link.stamper.next()
+        if not final:
+            r = robot.observation()
+            link.publish_observation(Observation(
+                session, seq, stamp, r.joint_names, r.joint_pos, r.joint_vel,
+                r.base_pos, r.base_quat, r.base_lin_vel, r.base_ang_vel,
+            ))
+            session, seq, _ = link.stamper.next()  # the same stamp pairs the two
+        link.publish_telemetry(Telemetry(
+            session, seq, stamp, ep.index, robot.t, robot.episode_length, ep.goal,
+            robot.achieved_goal(), self.latency_ms, self.stats.actions_received,
+        ))
+
+    def take_action(self) -> None:
+        """Apply the newest action received, if any, from the next physics step; one the robot
+        cannot execute is counted by its reason and dropped."""
+        action = self.link.poll_action()
+        if action is None:
+            return
+        try:
+            self.robot.apply(self.robot.order(action.joints, action.values, action.command))
+        except ActionError as e:
+            self.stats.dropped[e.reason] += 1
+            return
+        self.stats.actions_received += 1
+        if action.obs_seq >= 0 and action.obs_stamp > 0:
+            self.latency_ms = (time.time() - action.obs_stamp) * 1000.0
+
+    def end_control_step(self, episodes: int) -> bool:
+        """Publish the control step just reached; at an episode's end, its final telemetry and
+        the next episode's start. True when `episodes` episodes (0: no limit) are done."""
+        robot, stats = self.robot, self.stats
+        stats.control_steps += 1
+        if not robot.done:
+            self.publish()
+            return False
+        self.publish(final=True)
+        stats.episodes_done += 1
+        if episodes and stats.episodes_done >= episodes:
+            return True
+        assert robot.episode is not None
+        robot.reset(robot.episode.index + 1)
+        # The clock keeps its phase across a reset (a few ms of the env's jitted reset, absorbed
+        # by the next sleep): a runtime whose ticks are aligned to this robot's samples stays
+        # aligned, as it would with a real robot's driver.
+        self.publish()
+        return False
+
+
 def serve(
     robot: SimRobot,
     endpoints: Endpoints,
@@ -344,7 +434,6 @@ def serve(
     `stats`, if given, is filled as it runs (a caller can watch it); `link` replaces the
     transport (it is then the caller's to close).
     """
-    from crl.runtime.messages import Observation, Telemetry
     from crl.runtime.transport import RobotLink
 
     if not (math.isfinite(speed) and speed > 0):
@@ -352,28 +441,9 @@ def serve(
     stats = ServeStats() if stats is None else stats
     own = link is None
     link = RobotLink(endpoints) if link is None else link
-    latency_ms = math.nan
     if robot.episode is None:
         robot.reset(0)
-
-    def publish(final: bool = False) -> None:
-        """Telemetry of this control step; before it, unless final, the observation."""
-        ep = robot.episode
-        assert ep is not None
-        session, seq, stamp = link.stamper.next()
-        if not final:
-            r = robot.observation()
-            link.publish_observation(Observation(
-                session, seq, stamp, r.joint_names, r.joint_pos, r.joint_vel,
-                r.base_pos, r.base_quat, r.base_lin_vel, r.base_ang_vel,
-            ))
-            session, seq, _ = link.stamper.next()  # the same stamp pairs the two
-        link.publish_telemetry(Telemetry(
-            session, seq, stamp, ep.index, robot.t, robot.episode_length, ep.goal,
-            robot.achieved_goal(), latency_ms, stats.actions_received,
-        ))
-
-    period = robot.timestep / speed
+    run = _ServeRun(robot, link, stats)
     lag_limit = robot.control_period / speed
     try:
         announce(
@@ -381,43 +451,16 @@ def serve(
             f"telemetry {endpoints.telemetry}, actions from {endpoints.actions}), "
             f"{1 / lag_limit:g} Hz, dr {robot.env.dr_mode}, seed {robot.seed}, speed {speed:g}"
         )
-        publish()
-        start, n = time.monotonic(), 0
+        run.publish()
+        clock = _StepClock(robot.timestep / speed, lag_limit)
         while not stop():
-            n += 1
-            deadline = start + n * period
-            now = time.monotonic()
-            if now < deadline:
-                time.sleep(deadline - now)
-            elif now - deadline > lag_limit:
-                start, stats.late = now - n * period, stats.late + 1
-            action = link.poll_action()
-            if action is not None:
-                try:
-                    robot.apply(robot.order(action.joints, action.values, action.command))
-                except ActionError as e:
-                    stats.dropped[e.reason] += 1
-                else:
-                    stats.actions_received += 1
-                    if action.obs_seq >= 0 and action.obs_stamp > 0:
-                        latency_ms = (time.time() - action.obs_stamp) * 1000.0
+            if clock.wait():
+                stats.late += 1
+            run.take_action()
             robot.step_physics()
-            if robot.physics_steps % robot.substeps:
-                continue
-            stats.control_steps += 1
-            if robot.done:
-                publish(final=True)
-                stats.episodes_done += 1
-                if episodes and stats.episodes_done >= episodes:
-                    break
-                assert robot.episode is not None
-                robot.reset(robot.episode.index + 1)
-                publish()
-                # The clock keeps its phase across a reset (a few ms of the env's jitted reset,
-                # absorbed by the next sleep): a runtime whose ticks are aligned to this robot's
-                # samples stays aligned, as it would with a real robot's driver.
-                continue
-            publish()
+            at_control_step = robot.physics_steps % robot.substeps == 0
+            if at_control_step and run.end_control_step(episodes):
+                break
     finally:
         stats.link = dict(link.counters)
         if own:

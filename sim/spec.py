@@ -85,6 +85,11 @@ class ActionSpec:
         return out
 
 
+# Dense → LayerNorm → swish layers per residual block: a network's depth is a multiple of it.
+# Written here, in the spec every stage reads, for the trainer's networks and the exporter alike.
+BLOCK_LAYERS = 4
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Shape of the trained networks (depth counts Dense layers inside residual blocks).

@@ -20,8 +20,7 @@ import jax
 import numpy as np
 
 import crl.sim.env  # noqa: F401  (its XLA_FLAGS before jax starts)
-from crl.train.config import AlgoConfig, EvalConfig, ReplayConfig, TrainConfig
-from crl.train.networks import NetworkConfig
+from crl.train.config import AlgoConfig, EvalConfig, NetworkConfig, ReplayConfig, TrainConfig
 
 NUM_ENVS, UNROLL = 8, 5
 

@@ -19,8 +19,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="crl-train analyze needs the train extra")
 
 from crl.train import analyze, cli  # noqa: E402
-from crl.train.config import PRESETS, EvalConfig, TrainConfig  # noqa: E402
-from crl.train.networks import NetworkConfig  # noqa: E402
+from crl.train.config import PRESETS, EvalConfig, NetworkConfig, TrainConfig  # noqa: E402
 
 
 def _position_critic(columns: slice) -> tuple[analyze.PhiPi, analyze.Psi]:

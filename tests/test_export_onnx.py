@@ -32,7 +32,8 @@ from crl.export.onnx_export import (
 from crl.runtime.ort_backend import OrtPolicy
 from crl.runtime.policy import load_policy
 from crl.sim.spec import Field, NetworkSpec, PolicySpec
-from crl.train.networks import Actor, Encoder, NetworkConfig, deterministic_action
+from crl.train.config import NetworkConfig
+from crl.train.networks import Actor, Encoder, deterministic_action
 
 # Every depth at every width, as the export must hold for any of them.
 PARITY_GRID = [(d, w) for d in (4, 8, 64, 256) for w in (64, 128, 256, 512)]

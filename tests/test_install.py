@@ -132,6 +132,39 @@ def test_the_import_check_can_fail(tmp_path: Path) -> None:
     assert json.loads(r.stdout.strip().splitlines()[-1])["training"] == ["jax"]
 
 
+# Imports MODULE in a fresh process and lists which of the third-party training packages it holds.
+STACK_AFTER_IMPORT = """
+import importlib, json, sys
+importlib.import_module(MODULE)
+print(json.dumps(sorted(m for m in sys.modules
+                        if any(m == t or m.startswith(t + ".") for t in STACK))))
+"""
+# The training stack's third-party packages (TRAINING's, less crl's own modules).
+THIRD_PARTY_TRAINING = tuple(t for t in TRAINING if not t.startswith("crl."))
+
+
+def _stack_after_import(module: str) -> list[str]:
+    r = _python(STACK_AFTER_IMPORT, MODULE=module, STACK=THIRD_PARTY_TRAINING)
+    assert r.returncode == 0, r.stderr
+    loaded: list[str] = json.loads(r.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+@pytest.mark.parametrize("module", ["crl.sim.config", "crl.train.config"])
+def test_configs_load_no_training_stack(module: str) -> None:
+    """A config is a plain description: reading, validating and writing one needs neither jax
+    nor flax (the goal samplers draw in crl.sim.sampling, the networks build in
+    crl.train.networks)."""
+    assert _stack_after_import(module) == []
+
+
+def test_the_config_import_check_can_fail() -> None:
+    """The check above sees jax and flax in a process that imports the networks."""
+    if importlib.util.find_spec("flax") is None:
+        pytest.skip("no training stack installed here to be loaded")
+    assert {"jax", "flax"} <= set(_stack_after_import("crl.train.networks"))
+
+
 def _pyproject() -> dict[str, Any]:
     try:
         import tomllib

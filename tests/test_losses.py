@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from crl.train import losses
-from crl.train.networks import NetworkConfig
+from crl.train.config import NetworkConfig
 
 
 def test_pairwise_energy_is_negative_l2() -> None:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from crl.train.config import NetworkConfig
 from crl.train.networks import (
     BLOCK_SCAN,
     LOG_STD_MAX,
@@ -20,7 +21,6 @@ from crl.train.networks import (
     Actor,
     BlockScan,
     Encoder,
-    NetworkConfig,
     Trunk,
     default_block_scan,
     kernel_init,

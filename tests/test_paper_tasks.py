@@ -331,8 +331,7 @@ def test_humanoid_maze_shows_its_goal_observes_268_values_and_falls() -> None:
 
 @pytest.mark.slow
 def test_the_paper_ant_trains_a_few_iterations(tmp_path: Path) -> None:
-    from crl.train.config import AlgoConfig, EvalConfig, ReplayConfig, TrainConfig
-    from crl.train.networks import NetworkConfig
+    from crl.train.config import AlgoConfig, EvalConfig, NetworkConfig, ReplayConfig, TrainConfig
     from crl.train.trainer import train
 
     config = TrainConfig(

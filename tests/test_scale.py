@@ -123,7 +123,8 @@ def test_sharded_checkpoint_resumes_on_one_device_or_sharded_and_exports(
 
 
 def _jax_action(run, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    from crl.train.networks import Actor, NetworkConfig, deterministic_action
+    from crl.train.config import NetworkConfig
+    from crl.train.networks import Actor, deterministic_action
 
     n = run.spec.network
     actor = Actor(NetworkConfig(n.depth, n.width, n.repr_dim, n.residual), run.spec.act_dim)
@@ -197,7 +198,8 @@ def test_bf16_networks_compute_in_bf16_with_float32_parameters_and_outputs() -> 
     import jax
     import jax.numpy as jnp
 
-    from crl.train.networks import Actor, Encoder, NetworkConfig
+    from crl.train.config import NetworkConfig
+    from crl.train.networks import Actor, Encoder
 
     config = NetworkConfig(depth=4, width=16, repr_dim=8, dtype="bf16")
     encoder, x = Encoder(config), jnp.ones((2, 5))

@@ -31,6 +31,7 @@ from crl.train.config import (
     AlgoConfig,
     ConfigError,
     EvalConfig,
+    NetworkConfig,
     ReplayConfig,
     TrainConfig,
     preset,
@@ -44,7 +45,7 @@ from crl.train.evaluate import (
     reset_episodes,
     summarize,
 )
-from crl.train.networks import Actor, NetworkConfig
+from crl.train.networks import Actor
 from crl.train.trainer import EVAL_STREAM, DivergedError, prepare_run_dir, train
 
 

@@ -51,8 +51,9 @@ import numpy as np
 from crl.sim.atomic import write_atomic, write_json
 from crl.sim.config import ConfigError
 from crl.sim.env import jit as env_jit
+from crl.train.config import NetworkConfig
 from crl.train.losses import energy
-from crl.train.networks import Actor, Encoder, NetworkConfig, deterministic_action
+from crl.train.networks import Actor, Encoder, deterministic_action
 
 HEATMAP_FILE = "value_heatmap.png"
 EMBEDDINGS_FILE = "embeddings.png"
@@ -543,55 +544,79 @@ def analyze_run(
         "dr": "off",
     }
 
-    # Value heatmap.
-    states = grid_states(env, grid, g)
-    if states is None:
-        result["heatmap"] = None
+    result["heatmap"] = value_heatmap(
+        env, critic, grid, g, key, ep["achieved_goal"][0], f"{title}: critic value, fixed goal",
+        out / HEATMAP_FILE,
+    )
+    if result["heatmap"] is None:
         result["heatmap_skipped"] = (
             f"{run.config['task']}: no grid of states for this robot (a free-floating base or "
             "a planar two-joint arm is needed)"
         )
-    else:
-        flat_q = states.qpos.reshape(-1, states.qpos.shape[-1])
-        valid = states.valid.reshape(-1)
-        obs = np.zeros((flat_q.shape[0], env.spec.obs_dim), np.float32)
-        achieved = np.full((flat_q.shape[0], 2), np.nan)
-        if valid.any():
-            posed = jax.device_get(states_at(env, flat_q[valid], g, key))
-            obs[valid] = np.asarray(posed.obs)
-            achieved[valid] = np.asarray(posed.achieved_goal)[:, :2]
-        placed = np.abs(achieved[valid] - states.grid.points.reshape(-1, 2)[valid])
-        values = value_grid(critic.phi_pi, critic.psi, obs.reshape(*states.valid.shape, -1),
-                            states.valid, g)
-        best = argmax_point(states.grid, values) if np.isfinite(values).any() else None
-        nearest = _nearest_valid(states, g)
-        x0, x1, y0, y1 = states.grid.extent
-        result["heatmap"] = {
-            "file": str(plot_value_heatmap(states, values, g, f"{title}: critic value, fixed goal",
-                                           out / HEATMAP_FILE, start=ep["achieved_goal"][0])),
-            "states": states.method,
-            "grid": {"size": grid, "x": [x0, x1], "y": [y0, y1],
-                     "valid_points": int(states.valid.sum())},
-            "value_min": _finite(np.nanmin(values)) if best else None,
-            "value_max": _finite(np.nanmax(values)) if best else None,
-            "argmax": list(best) if best else None,
-            "argmax_distance_to_goal": (float(np.linalg.norm(np.array(best) - g[:2]))
-                                        if best else None),
-            "value_at_goal": (None if nearest is None
-                              else _finite(values[nearest[0], nearest[1]])),
-            "placement_error_max": float(placed.max()) if placed.size else None,
-        }
+    result["embeddings"] = episode_embeddings(
+        critic, ep, g, env.spec.success_radius, f"{title}: one deterministic episode",
+        out / EMBEDDINGS_FILE,
+    )
+    result["json"] = str(out / JSON_FILE)
+    write_json(out / JSON_FILE, result, sort_keys=True)
+    return result
 
-    # Embeddings of the episode.
+
+def value_heatmap(
+    env: Any, critic: Critic, grid: int, goal: np.ndarray, key: jax.Array, start: np.ndarray,
+    title: str, path: Path,
+) -> dict[str, Any] | None:
+    """The critic's value for `goal` over a `grid` × `grid` of states, plotted to `path` (the
+    episode's `start` marked); what analysis.json says of it. None: no grid of states for this
+    robot (`grid_states`)."""
+    states = grid_states(env, grid, goal)
+    if states is None:
+        return None
+    flat_q = states.qpos.reshape(-1, states.qpos.shape[-1])
+    valid = states.valid.reshape(-1)
+    obs = np.zeros((flat_q.shape[0], env.spec.obs_dim), np.float32)
+    achieved = np.full((flat_q.shape[0], 2), np.nan)
+    if valid.any():
+        posed = jax.device_get(states_at(env, flat_q[valid], goal, key))
+        obs[valid] = np.asarray(posed.obs)
+        achieved[valid] = np.asarray(posed.achieved_goal)[:, :2]
+    placed = np.abs(achieved[valid] - states.grid.points.reshape(-1, 2)[valid])
+    values = value_grid(critic.phi_pi, critic.psi, obs.reshape(*states.valid.shape, -1),
+                        states.valid, goal)
+    best = argmax_point(states.grid, values) if np.isfinite(values).any() else None
+    nearest = _nearest_valid(states, goal)
+    x0, x1, y0, y1 = states.grid.extent
+    return {
+        "file": str(plot_value_heatmap(states, values, goal, title, path, start=start)),
+        "states": states.method,
+        "grid": {"size": grid, "x": [x0, x1], "y": [y0, y1],
+                 "valid_points": int(states.valid.sum())},
+        "value_min": _finite(np.nanmin(values)) if best else None,
+        "value_max": _finite(np.nanmax(values)) if best else None,
+        "argmax": list(best) if best else None,
+        "argmax_distance_to_goal": (float(np.linalg.norm(np.array(best) - goal[:2]))
+                                    if best else None),
+        "value_at_goal": (None if nearest is None
+                          else _finite(values[nearest[0], nearest[1]])),
+        "placement_error_max": float(placed.max()) if placed.size else None,
+    }
+
+
+def episode_embeddings(
+    critic: Critic, ep: dict[str, np.ndarray], goal: np.ndarray, success_radius: float,
+    title: str, path: Path,
+) -> dict[str, Any]:
+    """The episode's φ(s, a) and the goal's ψ(g) projected to 2-D, plotted to `path` with their
+    energies and distances to the goal; what analysis.json says of them."""
     sa = critic.phi(ep["obs"], ep["action"])
-    psi_g = critic.psi(g[None].astype(np.float32))[0]
+    psi_g = critic.psi(goal[None].astype(np.float32))[0]
     projection = pca_2d(sa, psi_g)
     energies = np.asarray(energy(jnp.asarray(sa), jnp.asarray(psi_g)[None]), np.float64)
-    distances = np.linalg.norm(ep["achieved_goal"] - g, axis=-1)
-    result["embeddings"] = {
+    distances = np.linalg.norm(ep["achieved_goal"] - goal, axis=-1)
+    return {
         "file": str(plot_embeddings(
             projection(sa), projection(psi_g), projection, energies, distances,
-            env.spec.success_radius, f"{title}: one deterministic episode", out / EMBEDDINGS_FILE,
+            success_radius, title, path,
         )),
         "steps": len(sa),
         "explained_variance": projection.explained_variance.tolist(),
@@ -600,9 +625,6 @@ def analyze_run(
         "distance_first": float(distances[0]),
         "distance_last": float(distances[-1]),
     }
-    result["json"] = str(out / JSON_FILE)
-    write_json(out / JSON_FILE, result, sort_keys=True)
-    return result
 
 
 def _nearest_valid(states: GridStates, goal: np.ndarray) -> tuple[int, int] | None:

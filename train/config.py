@@ -2,7 +2,8 @@
 
 Everything a run needs to be reproduced lives here and is written to `runs/<name>/config.json`.
 `validate` runs before anything is compiled, so a config that cannot work fails in a second with a
-message naming the field and what to change.
+message naming the field and what to change. It imports neither jax nor flax: a config is a
+plain description (`crl.train.networks` builds the networks `NetworkConfig` describes).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, NoReturn, cast
 
 import tyro
 
-from crl.train.networks import BLOCK_LAYERS, NetworkConfig
+from crl.sim.spec import BLOCK_LAYERS
 
 PresetName = Literal["paper", "quick"]
 # What a run trains under, in the modes of `crl.sim.tasks.make(task, dr=...)`: the nominal robot
@@ -25,6 +26,10 @@ DrSetting = Literal["off", "train"]
 LEGACY_DR_MODES: dict[str, str] = {"on": "train"}
 # MJX implementation that steps the envs (`crl.sim.physics`); a config.json without it is "jax".
 PhysicsSetting = Literal["jax", "warp"]
+# Compute dtype of the networks' matmuls and activations (`crl.train.networks.COMPUTE_DTYPES`).
+DType = Literal["fp32", "bf16"]
+# NetworkConfig's per-side overrides of the shared depth and width.
+SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
 
 
 def read_dr(mode: str) -> str:
@@ -34,6 +39,78 @@ def read_dr(mode: str) -> str:
 
 class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and what to change."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shape of the actor and of both critic encoders, φ(s, a) and ψ(g).
+
+    --depth and --width size both; --actor-* and --critic-* override one side, for the paper's
+    scaling of the actor against the critic.
+    """
+
+    depth: int = 4
+    """Dense layers inside residual blocks, of the actor and the critic (a multiple of 4)."""
+    width: int = 256
+    """Hidden width of the actor and the critic."""
+    repr_dim: int = 64
+    residual: bool = True
+    dtype: DType = "fp32"
+    """Compute dtype of matmuls and activations (`bf16`: mixed precision; parameters, LayerNorm
+    statistics and the networks' outputs stay float32)."""
+    actor_depth: int | None = None
+    """The actor's depth (default: --depth)."""
+    actor_width: int | None = None
+    """The actor's width (default: --width)."""
+    critic_depth: int | None = None
+    """Depth of both critic encoders (default: --depth)."""
+    critic_width: int | None = None
+    """Width of both critic encoders (default: --width)."""
+
+    # `Actor` builds from `.actor` and `Encoder` from `.critic`, so every builder can pass the
+    # whole config.
+    @property
+    def actor(self) -> NetworkConfig:
+        """The actor's shape, overrides resolved (this config itself when it has none)."""
+        return self._side(self.actor_depth, self.actor_width)
+
+    @property
+    def critic(self) -> NetworkConfig:
+        """The critic encoders' shape, overrides resolved."""
+        return self._side(self.critic_depth, self.critic_width)
+
+    def _side(self, depth: int | None, width: int | None) -> NetworkConfig:
+        if not self.overrides():
+            return self
+        return dataclasses.replace(
+            self, depth=self.depth if depth is None else depth,
+            width=self.width if width is None else width,
+            actor_depth=None, actor_width=None, critic_depth=None, critic_width=None,
+        )
+
+    def overrides(self) -> dict[str, int]:
+        """The per-side sizes that are set (empty: actor and critic share depth and width)."""
+        return {k: v for k in SIDE_FIELDS if (v := getattr(self, k)) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's form: unset overrides are left out, so a run with shared sizes writes
+        exactly what runs wrote before the overrides existed."""
+        out = dataclasses.asdict(self)
+        for k in SIDE_FIELDS:
+            if out[k] is None:
+                del out[k]
+        return out
+
+    @property
+    def num_blocks(self) -> int:
+        if self.depth <= 0 or self.depth % BLOCK_LAYERS:
+            # `validate` says this first for a training run; this guards every
+            # other builder of a network (evaluation, export, tests) against silent truncation.
+            raise ValueError(
+                f"depth: {self.depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers "
+                f"inside residual blocks of {BLOCK_LAYERS})"
+            )
+        return self.depth // BLOCK_LAYERS
 
 
 @dataclass(frozen=True)
@@ -262,14 +339,25 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
     `tasks` is the list of known tasks (crl.sim.tasks.TASKS); None skips the task check, for
     stand-in environments in tests.
     """
-    c, n, a, r, e = config, config.network, config.algo, config.replay, config.eval
+    if tasks is not None and config.task not in tasks:
+        _fail("task", f"{config.task!r} is not a known task; choose one of {', '.join(tasks)}")
+    _check_network(config.network)
+    _check_algo(config.algo)
+    _check_replay(config.replay)
+    _check_data_fits(config)
+    _check_run(config)
 
-    def fail(name: str, message: str) -> None:
-        raise ConfigError(f"{name}: {message}")
 
-    if tasks is not None and c.task not in tasks:
-        fail("task", f"{c.task!r} is not a known task; choose one of {', '.join(tasks)}")
-    # The shared sizes, then each side's override where one is set (None: the shared size).
+def _fail(name: str, message: str) -> NoReturn:
+    raise ConfigError(f"{name}: {message}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_network(n: NetworkConfig) -> None:
+    """The shared sizes, then each side's override where one is set (None: the shared size)."""
     for name in ("depth", "actor_depth", "critic_depth"):
         depth = getattr(n, name)
         if depth is None:
@@ -278,7 +366,7 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
             lower = BLOCK_LAYERS
             if _is_int(depth):
                 lower = max(BLOCK_LAYERS, depth - depth % BLOCK_LAYERS)
-            fail(
+            _fail(
                 name,
                 f"{depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers inside "
                 f"residual blocks of {BLOCK_LAYERS}); use e.g. {lower} or {lower + BLOCK_LAYERS}",
@@ -286,71 +374,85 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
     for name in ("width", "actor_width", "critic_width", "repr_dim"):
         value = getattr(n, name)
         if value is not None and (not _is_int(value) or value <= 0):
-            fail(name, f"must be a positive integer, got {value}")
+            _fail(name, f"must be a positive integer, got {value}")
+
+
+def _check_algo(a: AlgoConfig) -> None:
+    """The losses' and optimisers' own values, each on its own."""
     if a.batch_size < 2:
-        fail("batch_size", f"InfoNCE needs at least 2 transitions per batch, got {a.batch_size}")
+        _fail("batch_size", f"InfoNCE needs at least 2 transitions per batch, got {a.batch_size}")
     if not 0.0 < a.gamma < 1.0:
-        fail("gamma", f"must be in (0, 1), got {a.gamma}")
+        _fail("gamma", f"must be in (0, 1), got {a.gamma}")
     for name, rate in (("actor_lr", a.actor_lr), ("critic_lr", a.critic_lr),
                        ("alpha_lr", a.alpha_lr)):
         if not (math.isfinite(rate) and rate > 0):
-            fail(name, f"must be positive and finite, got {rate}")
+            _fail(name, f"must be positive and finite, got {rate}")
     if not (math.isfinite(a.action_rate_penalty) and a.action_rate_penalty >= 0):
-        fail("action_rate_penalty", f"must be >= 0 and finite, got {a.action_rate_penalty}")
+        _fail("action_rate_penalty", f"must be >= 0 and finite, got {a.action_rate_penalty}")
     if a.logsumexp_penalty < 0 or a.entropy_scale < 0:
-        fail("logsumexp_penalty/entropy_scale", "must not be negative")
+        _fail("logsumexp_penalty/entropy_scale", "must not be negative")
+
+
+def _check_replay(r: ReplayConfig) -> None:
+    """Collection sizes, and that an unroll and the prefill fit the buffer."""
     if r.num_envs < 1:
-        fail("num_envs", f"must be at least 1, got {r.num_envs}")
+        _fail("num_envs", f"must be at least 1, got {r.num_envs}")
     if r.unroll_length < 1:
-        fail("unroll_length", f"must be at least 1, got {r.unroll_length}")
+        _fail("unroll_length", f"must be at least 1, got {r.unroll_length}")
     if not (math.isfinite(r.env_steps_per_update) and r.env_steps_per_update > 0):
-        fail("env_steps_per_update", f"must be positive, got {r.env_steps_per_update}")
+        _fail("env_steps_per_update", f"must be positive, got {r.env_steps_per_update}")
     if r.unroll_length > r.buffer_steps:
-        fail(
+        _fail(
             "unroll_length",
             f"{r.unroll_length} steps do not fit a buffer of buffer_steps={r.buffer_steps}; "
             "raise --buffer-steps or lower --unroll-length",
         )
     if not 1 <= r.min_replay_steps <= r.buffer_steps:
-        fail(
+        _fail(
             "min_replay_steps",
             f"must be between 1 and buffer_steps={r.buffer_steps}, got {r.min_replay_steps}",
         )
+
+
+def _check_data_fits(c: TrainConfig) -> None:
+    """A batch fits the buffer and the data collected before SGD starts; the run is at least
+    one iteration long."""
+    a, r = c.algo, c.replay
     capacity = r.buffer_steps * r.num_envs
     if a.batch_size > capacity:
-        fail(
+        _fail(
             "batch_size",
             f"{a.batch_size} is larger than the replay buffer ({r.buffer_steps} steps × "
             f"{r.num_envs} envs = {capacity} transitions); lower --batch-size or raise "
             "--buffer-steps / --num-envs",
         )
     if a.batch_size > r.min_replay_steps * r.num_envs:
-        fail(
+        _fail(
             "batch_size",
             f"{a.batch_size} is larger than the data collected before training starts "
             f"(min_replay_steps {r.min_replay_steps} × {r.num_envs} envs); lower --batch-size "
             "or raise --min-replay-steps",
         )
     if c.total_steps < c.env_steps_per_iteration:
-        fail(
+        _fail(
             "total_steps",
             f"{c.total_steps} is less than one iteration ({r.num_envs} envs × "
             f"{r.unroll_length} steps = {c.env_steps_per_iteration}); raise --total-steps",
         )
-    if e.eval_every <= 0 or e.eval_episodes <= 0:
-        fail("eval_every/eval_episodes", "must be positive")
+
+
+def _check_run(c: TrainConfig) -> None:
+    """Evaluation, checkpointing, logging and the environment's settings."""
+    if c.eval.eval_every <= 0 or c.eval.eval_episodes <= 0:
+        _fail("eval_every/eval_episodes", "must be positive")
     if c.keep_checkpoints < 1:
-        fail("keep_checkpoints", f"must be at least 1, got {c.keep_checkpoints}")
+        _fail("keep_checkpoints", f"must be at least 1, got {c.keep_checkpoints}")
     if c.log_every < 1:
-        fail("log_every", f"must be at least 1, got {c.log_every}")
+        _fail("log_every", f"must be at least 1, got {c.log_every}")
     if c.dr not in ("off", "train"):
-        fail("dr", f"{c.dr!r} is not 'off' or 'train'")
+        _fail("dr", f"{c.dr!r} is not 'off' or 'train'")
     if c.physics not in ("jax", "warp"):
-        fail("physics", f"{c.physics!r} is not 'jax' or 'warp'")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        _fail("physics", f"{c.physics!r} is not 'jax' or 'warp'")
 
 
 def validate_devices(config: TrainConfig, devices: int) -> None:

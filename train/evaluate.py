@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from crl.sim.env import jit as env_jit
-from crl.train.networks import Actor, NetworkConfig, deterministic_action
+from crl.train.config import NetworkConfig, read_dr
+from crl.train.networks import Actor, deterministic_action
 
 Evaluator = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 # The paper: "When reporting an algorithm's performance as a single number, we compute the
@@ -121,7 +122,6 @@ def evaluate_run(
     """
     from crl.sim import tasks
     from crl.train.checkpoint import load_run
-    from crl.train.config import read_dr
 
     run = load_run(run_dir, step)
     dr = dr or read_dr(run.config["dr"])

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple, cast
 import jax
 import jax.numpy as jnp
 
-from crl.train.networks import Actor, Encoder, NetworkConfig
+from crl.train.config import NetworkConfig
+from crl.train.networks import Actor, Encoder
 
 # Added inside the log of the tanh Jacobian, as the paper's code does, so saturated actions keep
 # a finite log-probability.

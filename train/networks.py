@@ -17,104 +17,25 @@ may differ from the encoders' (`NetworkConfig.actor_depth`, `.critic_width`, ...
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-BLOCK_LAYERS = 4
+from crl.sim.spec import BLOCK_LAYERS
+from crl.train.config import DType, NetworkConfig
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 # Compute dtypes of `NetworkConfig.dtype`. Parameters stay float32 in every mode (Adam's moments
 # and small updates need its mantissa); bf16 is what the matmuls and activations run in.
-COMPUTE_DTYPES: dict[str, Any] = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
-DType = Literal["fp32", "bf16"]
-
-# NetworkConfig's per-side overrides of the shared depth and width.
-SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
+COMPUTE_DTYPES: dict[DType, Any] = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 # The paper's initialisation: variance scaling 1/3, fan-in, uniform; zero biases.
 kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """Shape of the actor and of both critic encoders, φ(s, a) and ψ(g).
-
-    --depth and --width size both; --actor-* and --critic-* override one side, for the paper's
-    scaling of the actor against the critic.
-    """
-
-    depth: int = 4
-    """Dense layers inside residual blocks, of the actor and the critic (a multiple of 4)."""
-    width: int = 256
-    """Hidden width of the actor and the critic."""
-    repr_dim: int = 64
-    residual: bool = True
-    dtype: DType = "fp32"
-    """Compute dtype of matmuls and activations (`bf16`: mixed precision; parameters, LayerNorm
-    statistics and the networks' outputs stay float32)."""
-    actor_depth: int | None = None
-    """The actor's depth (default: --depth)."""
-    actor_width: int | None = None
-    """The actor's width (default: --width)."""
-    critic_depth: int | None = None
-    """Depth of both critic encoders (default: --depth)."""
-    critic_width: int | None = None
-    """Width of both critic encoders (default: --width)."""
-
-    # `Actor` builds from `.actor` and `Encoder` from `.critic`, so every builder can pass the
-    # whole config.
-    @property
-    def actor(self) -> NetworkConfig:
-        """The actor's shape, overrides resolved (this config itself when it has none)."""
-        return self._side(self.actor_depth, self.actor_width)
-
-    @property
-    def critic(self) -> NetworkConfig:
-        """The critic encoders' shape, overrides resolved."""
-        return self._side(self.critic_depth, self.critic_width)
-
-    def _side(self, depth: int | None, width: int | None) -> NetworkConfig:
-        if not self.overrides():
-            return self
-        return dataclasses.replace(
-            self, depth=self.depth if depth is None else depth,
-            width=self.width if width is None else width,
-            actor_depth=None, actor_width=None, critic_depth=None, critic_width=None,
-        )
-
-    def overrides(self) -> dict[str, int]:
-        """The per-side sizes that are set (empty: actor and critic share depth and width)."""
-        return {k: v for k in SIDE_FIELDS if (v := getattr(self, k)) is not None}
-
-    def to_dict(self) -> dict[str, Any]:
-        """config.json's form: unset overrides are left out, so a run with shared sizes writes
-        exactly what runs wrote before the overrides existed."""
-        out = dataclasses.asdict(self)
-        for k in SIDE_FIELDS:
-            if out[k] is None:
-                del out[k]
-        return out
-
-    @property
-    def compute_dtype(self) -> Any:
-        return COMPUTE_DTYPES[self.dtype]
-
-    @property
-    def num_blocks(self) -> int:
-        if self.depth <= 0 or self.depth % BLOCK_LAYERS:
-            # crl.train.config.validate says this first for a training run; this guards every
-            # other builder of a network (evaluation, export, tests) against silent truncation.
-            raise ValueError(
-                f"depth: {self.depth} is not a positive multiple of {BLOCK_LAYERS} (Dense layers "
-                f"inside residual blocks of {BLOCK_LAYERS})"
-            )
-        return self.depth // BLOCK_LAYERS
 
 
 # What a block's backward pass keeps from its forward pass (jax.checkpoint policies). "none" is
@@ -208,7 +129,7 @@ class Trunk(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        c, dtype = self.config, self.config.compute_dtype
+        c, dtype = self.config, COMPUTE_DTYPES[self.config.dtype]
         plan = self.scan or default_block_scan()
         x = nn.Dense(c.width, kernel_init=kernel_init, dtype=dtype, name="stem_dense")(x)
         x = nn.swish(nn.LayerNorm(dtype=dtype, name="stem_norm")(x))
@@ -242,7 +163,8 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config.critic
         h = Trunk(c, self.scan, name="trunk")(x)
-        out = nn.Dense(c.repr_dim, kernel_init=kernel_init, dtype=c.compute_dtype, name="head")(h)
+        dtype = COMPUTE_DTYPES[c.dtype]
+        out = nn.Dense(c.repr_dim, kernel_init=kernel_init, dtype=dtype, name="head")(h)
         return out.astype(jnp.float32)  # the losses (norms, logsumexp) run in float32
 
 
@@ -258,7 +180,7 @@ class Actor(nn.Module):
     def __call__(self, obs: jax.Array, goal: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.config.actor
         h = Trunk(c, self.scan, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
-        dtype = c.compute_dtype
+        dtype = COMPUTE_DTYPES[c.dtype]
         mean = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="mean")(h)
         raw = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="log_std")(h)
         # The Gaussian, its log-probability and the losses run in float32.

@@ -610,6 +610,21 @@ def evaluation_due(config: TrainConfig, it: int) -> bool:
     return crossed or it + 1 == config.iterations
 
 
+def starting_state(
+    setup: Setup, mesh: Mesh, checkpointer: Checkpointer, run_dir: Path, resume: bool
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """The state a run trains from: fresh, or with `resume` the latest checkpoint's (when there
+    is one), with the evaluations made up to it."""
+    state = init_state(setup, mesh)
+    step = checkpointer.latest_step() if resume else None
+    if step is None:
+        return state, []
+    state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
+    # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
+    state = jax.device_put(state, state_shardings(state, mesh))
+    return state, [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+
+
 def train(
     config: TrainConfig,
     run_dir: Path,
@@ -634,17 +649,9 @@ def train(
     if env is None:
         env, held_out_env = make_envs(config)
 
-    # The state: fresh, or the latest checkpoint's (with the evaluations made up to it).
     setup = make_setup(config, env)
-    state = init_state(setup, mesh)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
-    evaluations: list[dict[str, Any]] = []
-    step = checkpointer.latest_step() if resume else None
-    if step is not None:
-        state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
-        # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
-        state = jax.device_put(state, state_shardings(state, mesh))
-        evaluations = [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+    state, evaluations = starting_state(setup, mesh, checkpointer, run_dir, resume)
 
     # Each evaluation draws fresh episodes (starts, goals, robots), as the paper's evaluator
     # does, from its own key: `evaluation_key(eval_key, env_steps)`, apart from training's

@@ -22,6 +22,7 @@ import mujoco
 from crl.sim.config import ChoiceSampler, TaskConfig
 from crl.sim.env import GoalReachEnv
 from crl.sim.maze import Cell, MazeLayout, add_maze_walls
+from crl.sim.sampling import sample
 
 
 def cell_centers(
@@ -82,4 +83,4 @@ class MazeEnv(GoalReachEnv):
             return self.sample_goal(rng)
         z = None if len(self.config.goal_axes) == 2 else self.config.goal_sampler.bounds()[0][2]
         points = cell_centers(self.eval_layout, self.eval_layout.goal_cells(), z)
-        return ChoiceSampler(points=points).sample(rng)
+        return sample(ChoiceSampler(points=points), rng)

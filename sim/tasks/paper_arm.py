@@ -43,6 +43,7 @@ import mujoco
 
 from crl.sim.config import DR_HELD_OUT, DR_TRAIN, BoxSampler, StartSampler, TaskConfig
 from crl.sim.env import GoalReachEnv
+from crl.sim.sampling import sample
 
 CUBE_START_Z = 0.07  # the paper's cube body height; it settles at its half-size, 0.03
 GOAL_Z = 0.03  # the paper's goal height: the cube's centre resting on the table
@@ -153,7 +154,7 @@ class PaperArmEnv(GoalReachEnv):
 
     def sample_start(self, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
         qpos, qvel = super().sample_start(rng)
-        xy = self.cube_region.sample(jax.random.fold_in(rng, 1))
+        xy = sample(self.cube_region, jax.random.fold_in(rng, 1))
         a = self._cube_qadr
         qpos = qpos.at[a : a + 3].set(jnp.append(xy, CUBE_START_Z))
         return qpos.at[a + 3 : a + 7].set(jnp.array([1.0, 0.0, 0.0, 0.0])), qvel
