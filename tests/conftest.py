@@ -8,6 +8,8 @@ and the tests that need jax skip, saying so.
 
 `toy_spec` and `toy_policy` need no jax: a small policy spec built by hand and an ONNX policy
 exported from random weights, for the tests of the spec, the export and the runtime.
+`tiny_train_config` is the smallest run of a task that collects and trains, for the tests that
+show a task trains.
 """
 
 from __future__ import annotations
@@ -62,3 +64,28 @@ def toy_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[PolicySpec, di
     path = tmp_path_factory.mktemp("toy_policy") / "policy.onnx"
     export_actor(params, spec, path, critic=True)
     return spec, params, path
+
+
+def make_tiny_train_config(task: str) -> Any:
+    """A TrainConfig for `task` that collects and trains in three iterations (4 envs x 4 steps,
+    depth 4, width 32, 16-sample batches), DR off, evaluating only at the start and the end."""
+    from crl.train.config import AlgoConfig, EvalConfig, NetworkConfig, ReplayConfig, TrainConfig
+
+    return TrainConfig(
+        task=task,
+        total_steps=4 * 4 * 3,
+        dr="off",
+        network=NetworkConfig(depth=4, width=32, repr_dim=16),
+        algo=AlgoConfig(batch_size=16),
+        replay=ReplayConfig(num_envs=4, unroll_length=4, env_steps_per_update=4.0,
+                            buffer_steps=16, min_replay_steps=8),
+        eval=EvalConfig(eval_every=10**9, eval_episodes=2, held_out=False),
+        keep_checkpoints=1,
+        log_every=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_train_config() -> Callable[[str], Any]:
+    """`make_tiny_train_config`: call it with a task name."""
+    return make_tiny_train_config

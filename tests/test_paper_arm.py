@@ -13,6 +13,7 @@ success threshold, observation) and `envs/assets/panda_push_easy.xml`, `panda_pu
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -271,3 +272,21 @@ def test_the_named_state_fields_check_their_names() -> None:
         PaperArmEnv(base.replace(obs_body="hand"), "off")  # fused into link7, as Brax does
     with pytest.raises(ConfigError, match="obs_joints: no hinge or slide joint 'cube'"):
         PaperArmEnv(base.replace(obs_joints=("joint1", "cube")), "off")
+
+
+@pytest.mark.slow
+def test_push_easy_trains_a_few_iterations(tiny_train_config: Callable[[str], Any]) -> None:
+    """Collection and SGD on the arm (its 25 contact substeps a step, the coupled gripper):
+    three small iterations, SGD runs, every metric and every stored transition finite."""
+    from crl.train.config import validate
+    from crl.train.trainer import init_state, make_iteration, make_setup
+
+    config = tiny_train_config("paper_arm_push_easy")
+    validate(config, tasks.TASKS)
+    setup = make_setup(config, tasks.make(config.task, dr="off"))
+    iteration, state = make_iteration(setup), init_state(setup)
+    for _ in range(3):
+        state, metrics = iteration(state)
+        assert all(np.isfinite(float(v)) for k, v in metrics.items() if k != "trained")
+    assert bool(metrics["trained"]) and int(state.sgd_steps) > 0
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.buffer.data))

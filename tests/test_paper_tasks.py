@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -330,22 +331,12 @@ def test_humanoid_maze_shows_its_goal_observes_268_values_and_falls() -> None:
 
 
 @pytest.mark.slow
-def test_the_paper_ant_trains_a_few_iterations(tmp_path: Path) -> None:
-    from crl.train.config import AlgoConfig, EvalConfig, NetworkConfig, ReplayConfig, TrainConfig
+def test_the_paper_ant_trains_a_few_iterations(
+    tmp_path: Path, tiny_train_config: Callable[[str], Any]
+) -> None:
     from crl.train.trainer import train
 
-    config = TrainConfig(
-        task="paper_ant",
-        total_steps=4 * 4 * 3,
-        dr="off",
-        network=NetworkConfig(depth=4, width=32, repr_dim=16),
-        algo=AlgoConfig(batch_size=16),
-        replay=ReplayConfig(num_envs=4, unroll_length=4, env_steps_per_update=4.0,
-                            buffer_steps=16, min_replay_steps=8),
-        eval=EvalConfig(eval_every=10**9, eval_episodes=2, held_out=False),
-        keep_checkpoints=1,
-        log_every=1,
-    )
+    config = tiny_train_config("paper_ant")
     result = train(config, tmp_path / "run", progress=False)
     assert result.env_steps == 48
     spec = json.loads((tmp_path / "run" / "spec.json").read_text())
