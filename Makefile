@@ -80,8 +80,15 @@ $(TEST_POLICY): $(STAMP) $(POLICY_SOURCES)
 	$(BIN)/crl-train reacher --preset quick --out $(TEST_POLICY_DIR)/reacher > /dev/null
 	$(BIN)/crl-export onnx --run $(TEST_POLICY_DIR)/reacher --best --out $@
 
+# The suite in two passes: every test but the real-time ones on all cores (pytest-xdist, one
+# worker a core, whole files a worker so module fixtures compile once), then the real-time ones
+# (control loops and robots at rate, in their own processes) with nothing beside them.
+TEST_WORKERS ?= auto
+
 test: venv lint typecheck $(TEST_POLICY)
-	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest
+	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
+	  -m "not realtime"
+	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -m realtime
 	CRL_ROS_POLICY=$(CURDIR)/$(TEST_POLICY) CRL_README=$(CURDIR)/README.md ros2_ws/test.sh $(BIN)
 	$(MAKE) --no-print-directory test-robot
 

@@ -24,6 +24,10 @@ from crl.runtime.closed_loop import free_base_port
 from crl.runtime.messages import Action
 from crl.runtime.transport import Endpoints, action_reader, status_reader
 
+# Control loops at real rate in real processes: `make test` runs these after the parallel pass,
+# with no other test beside them (pyproject's `realtime` marker).
+pytestmark = pytest.mark.realtime
+
 DEMO_POLICY_ENV = "CRL_DEMO_POLICY"  # `make test` points it at the quickstart policy it trains
 
 

@@ -20,6 +20,10 @@ from crl.runtime.observation import ObservationError
 from crl.runtime.policy import load_policy
 from crl.runtime.robot_config import RobotConfigError
 
+# Control loops at real rate in real processes: `make test` runs these after the parallel pass,
+# with no other test beside them (pyproject's `realtime` marker).
+pytestmark = pytest.mark.realtime
+
 REACHER = robot_config.load("reacher")
 
 
@@ -262,6 +266,7 @@ def test_window_keeps_the_newest_samples_in_order() -> None:
 _THREAD_PRIORITIES = """
 import os, zmq
 from crl.runtime.loop import open_realtime
+
 ctx = zmq.Context()
 sock, said = open_realtime(lambda: ctx.socket(zmq.PUB))
 if not said.startswith("running"):

@@ -428,6 +428,7 @@ def _messages(runtime: FakeRuntime) -> Iterator[tuple[list[Observation], list[Te
     raise AssertionError("the sim robot stopped publishing")
 
 
+@pytest.mark.realtime
 def test_cli_robot_end_to_end_on_loopback() -> None:
     """`crl-sim robot` as a process: an action-free episode is, value for value, the lockstep
     robot's (true achieved goal in telemetry, the same noisy observations); actions sent move

@@ -34,6 +34,10 @@ from crl.runtime.messages import (
 from crl.runtime.policy import load_policy
 from crl.runtime.transport import Endpoints, RobotLink, Stamper, action_reader, send_goal
 
+# Control loops at real rate in real processes: `make test` runs these after the parallel pass,
+# with no other test beside them (pyproject's `realtime` marker).
+pytestmark = pytest.mark.realtime
+
 KINDS = (Observation, Action, Goal)
 VALID = encode(observation())
 
