@@ -14,9 +14,10 @@ directories:
 Resumable: a run whose evaluations reached `--steps` is not run again; a run that stopped part
 way continues from its latest checkpoint (`crl-train --resume`), so a sweep killed at any point
 restarts where it was. `--train-args` passes further flags to every run (e.g. a smaller
-`--num-envs` for a CPU). Writes `<out>/sweep.json` (every run's learning curve and final score,
-with the machine) and `<out>/sweep.png` (score against env steps per value; final score
-against the axis, every seed drawn).
+`--num-envs` for a CPU). Writes `<out>/sweep.json` (every run's learning curve, final score
+and parameter count, with the machine) and `<out>/sweep.png` (score against env steps per value;
+final score against the axis, every seed drawn; for the network-size axes, final score against
+parameters too). `bench/width_vs_depth.py` puts a depth and a width sweep on one parameter axis.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ Axis = Literal["depth", "width", "batch", "residual", "actor-depth", "critic-dep
 # them while the other keeps the preset's (or --train-args') depth, as the paper's ablation does.
 AXIS_FLAGS: dict[str, str] = {"depth": "--depth", "width": "--width", "batch": "--batch-size",
                               "actor-depth": "--actor-depth", "critic-depth": "--critic-depth"}
+# The axes that change the networks' size: their plot adds final score against parameters.
+SIZE_AXES = ("depth", "width", "actor-depth", "critic-depth")
 # What each evaluation record holds (crl.train.evaluate), and how the plots scale it.
 METRICS = {"time_at_goal": ("time at goal", 1.0, "steps"),
            "success_rate": ("success rate", 100.0, "%")}
@@ -162,6 +165,21 @@ def ensure_run(config: SweepConfig, value: Any, seed: int) -> tuple[Path, str]:
     return run_dir, "resumed" if resume else "trained"
 
 
+def param_counts(run_dir: Path) -> dict[str, int]:
+    """The run's actor and critic encoders' parameters, and their total: counted from the
+    networks its config.json builds for its spec.json (what crl-train trained), not from a
+    formula of depth and width."""
+    # Imported here: a setting the sweep refuses is reported before jax loads.
+    from crl.sim.spec import PolicySpec
+    from crl.train import losses
+    from crl.train.config import TrainConfig
+
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    spec = PolicySpec.from_dict(json.loads((run_dir / "spec.json").read_text()))
+    nets = losses.make_networks(config.network, spec.act_dim)
+    return losses.param_counts(nets, spec.obs_dim, spec.goal_dim)
+
+
 def curve(evals: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:
     return [(e["env_steps"], float(e[EVAL_SPLIT][metric])) for e in evals]
 
@@ -172,20 +190,41 @@ def final_score(points: list[tuple[int, float]], last: int) -> float:
 
 
 def summarize(config: SweepConfig, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per value: the final score's mean, std and min/max over seeds."""
+    """Per value: the final score's mean, std and min/max over seeds, and the parameters of
+    its networks (the same for every seed)."""
     out = []
     for value in config.axis_values():
         scores = [r["final_score"] for r in runs if r["value"] == value]
         mean = sum(scores) / len(scores)
         std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+        params = next(r["params"]["total"] for r in runs if r["value"] == value)
         out.append({"value": value, "seeds": len(scores), "mean": mean, "std": std,
-                    "min": min(scores), "max": max(scores)})
+                    "min": min(scores), "max": max(scores), "params": params})
     return out
+
+
+def plot_against_params(ax: Any, result: dict[str, Any], color: Any, label: str,
+                        name_offset: tuple[int, int] = (4, 4)) -> None:
+    """One sweep's final score against its runs' parameter count (log scale): mean ± std per
+    value, every seed a dot, each point named by its value (`name_offset` points away)."""
+    _, scale, _ = METRICS[result["metric"]]
+    summary = result["summary"]
+    for row in summary:
+        scores = [r["final_score"] * scale for r in result["runs"] if r["value"] == row["value"]]
+        ax.scatter([row["params"]] * len(scores), scores, color=color, alpha=0.35, s=12)
+        ax.annotate(f"{result['axis']} {row['value']}", (row["params"], row["mean"] * scale),
+                    textcoords="offset points", xytext=name_offset, fontsize=7, color=color)
+    ax.errorbar([row["params"] for row in summary], [row["mean"] * scale for row in summary],
+                yerr=[row["std"] * scale for row in summary], fmt="-o", color=color, capsize=4,
+                label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (actor + critic encoders)")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Time at goal and success against env steps per value (mean over seeds, min–max shaded),
-    and the final score against the axis (mean ± std, every seed a dot)."""
+    the final score against the axis (mean ± std, every seed a dot) and, for a network-size
+    axis, against parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +232,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     axis, summary = result["axis"], result["summary"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    sized = axis in SIZE_AXES
+    fig, axes = plt.subplots(1, 4 if sized else 3, figsize=(20 if sized else 15, 4),
+                             constrained_layout=True)
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(summary)))
     for ax, (metric, (title, scale, unit)) in zip(axes[:2], METRICS.items(), strict=True):
         for color, row in zip(colors, summary, strict=True):
@@ -220,6 +261,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"final {title} ({unit})")
     ax.set_title(f"final {title} at {result['steps']:,} steps (mean ± std, seeds as dots)",
                  fontsize=9)
+    if sized:
+        plot_against_params(axes[3], result, "C0", axis)
+        axes[3].set_ylabel(f"final {title} ({unit})")
+        axes[3].set_title(f"final {title} against parameters", fontsize=9)
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
@@ -235,7 +280,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
             evals = evaluations(run_dir)
             curves = {m: curve(evals, m) for m in METRICS}
             runs.append({"value": value, "seed": seed, "run_dir": str(run_dir), "how": how,
-                         "curves": curves,
+                         "params": param_counts(run_dir), "curves": curves,
                          "final_score": final_score(curves[config.metric], config.final_evals),
                          "wall_s": evals[-1].get("wall_s")})
     result = {
@@ -250,7 +295,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     plot(result, folder / "sweep.png")
     for row in result["summary"]:
         print(f"{config.axis} {row['value']}: final {config.metric} {row['mean']:.3g} "
-              f"± {row['std']:.2g} over {row['seeds']} seed(s)")
+              f"± {row['std']:.2g} over {row['seeds']} seed(s), {row['params']:,} parameters")
     print(f"wrote {folder / 'sweep.json'} and {folder / 'sweep.png'}")
     return result
 

@@ -1,8 +1,10 @@
-"""bench/sweep.py and bench/depth_sweep.py: runs made with the repo's own crl-train, resumable,
-one JSON and one PNG."""
+"""bench/sweep.py, bench/depth_sweep.py and bench/width_vs_depth.py: runs made with the repo's own
+crl-train, resumable, one JSON and one PNG, parameters counted from the networks trained."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -11,6 +13,13 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("jax", reason="the sweep trains with crl-train (the train extra)")
+
+import jax
+from robot_fixtures import reacher_spec
+
+from crl.train import losses
+from crl.train.checkpoint import load_run
+from crl.train.config import PRESETS, NetworkConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY = "--width 32 --num-envs 16 --eval-every 2048 --eval-episodes 8 --min-replay-steps 16"
@@ -21,10 +30,16 @@ def sweep(*args: str, script: str = "sweep.py") -> subprocess.CompletedProcess[s
                           text=True, timeout=900)
 
 
-def fake_finished_run(run_dir: Path, time_at_goal: list[float], steps: int) -> None:
-    """A run directory as crl-train leaves a finished run (its eval.json), made by hand so the
-    summary and plot are tested on known numbers without training."""
+def fake_finished_run(run_dir: Path, time_at_goal: list[float], steps: int, depth: int = 4,
+                      width: int = 32) -> None:
+    """A run directory as crl-train leaves a finished run (its eval.json, config.json and
+    spec.json), made by hand so the summary and plot are tested on known numbers without
+    training."""
     run_dir.mkdir(parents=True)
+    config = dataclasses.replace(PRESETS["quick"], task="reacher", total_steps=steps,
+                                 network=NetworkConfig(depth=depth, width=width, repr_dim=16))
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    (run_dir / "spec.json").write_text(reacher_spec(depth, width).to_json())
     evals = [{"env_steps": round(i * steps / (len(time_at_goal) - 1)),
               "train": {"time_at_goal": t, "success_rate": min(1.0, t / 10)}}
              for i, t in enumerate(time_at_goal)]
@@ -32,11 +47,21 @@ def fake_finished_run(run_dir: Path, time_at_goal: list[float], steps: int) -> N
                                                    "evaluations": evals}))
 
 
+@functools.cache
+def initialised_params(depth: int, width: int) -> int:
+    """Parameters of reacher's actor and critic encoders at that size, as initialised."""
+    spec = reacher_spec(depth, width)
+    nets = losses.make_networks(NetworkConfig(depth=depth, width=width, repr_dim=16),
+                                spec.act_dim)
+    params = losses.init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
+    return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
 def test_a_sweep_of_finished_runs_summarizes_them_without_training(tmp_path: Path) -> None:
     finals = {(4, 0): 2.0, (4, 1): 4.0, (8, 0): 10.0, (8, 1): 12.0}
     for (depth, seed), final in finals.items():
         fake_finished_run(tmp_path / f"reacher-depth-{depth}-s{seed}", [0.0, final / 2, final],
-                          steps=1000)
+                          steps=1000, depth=depth)
     r = sweep("reacher", "--axis", "depth", "--values", "4,8", "--seeds", "2", "--steps",
               "1000", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -46,6 +71,40 @@ def test_a_sweep_of_finished_runs_summarizes_them_without_training(tmp_path: Pat
         (4, 3.0, 1.0, 2), (8, 11.0, 1.0, 2)]
     assert result["runs"][0]["curves"]["time_at_goal"] == [[0, 0.0], [500, 1.0], [1000, 2.0]]
     assert (tmp_path / "sweep.png").stat().st_size > 0
+    # Each run's parameters, per network and in all, as its networks are built.
+    first = result["runs"][0]["params"]
+    assert set(first) == {"actor", "sa_encoder", "g_encoder", "total"}
+    assert first["total"] == first["actor"] + first["sa_encoder"] + first["g_encoder"]
+    assert [s["params"] for s in result["summary"]] == [initialised_params(4, 32),
+                                                        initialised_params(8, 32)]
+
+
+def test_width_against_depth_puts_both_sweeps_on_one_parameter_axis(tmp_path: Path) -> None:
+    """The depth sweep at --width, the width sweep at --depth, each in its own folder; the JSON
+    holds every run's parameter count and the PNG is drawn."""
+    for depth, final in ((4, 2.0), (8, 6.0)):
+        fake_finished_run(tmp_path / "depth" / f"reacher-depth-{depth}-s0", [0.0, final],
+                          steps=1000, depth=depth, width=16)
+    for width, final in ((16, 2.0), (32, 3.0)):
+        fake_finished_run(tmp_path / "width" / f"reacher-width-{width}-s0", [0.0, final],
+                          steps=1000, depth=4, width=width)
+    r = sweep("reacher", "--depths", "4,8", "--widths", "16,32", "--depth", "4", "--width", "16",
+              "--steps", "1000", "--out", str(tmp_path), script="width_vs_depth.py")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "width_vs_depth.json").read_text())
+    depth, width = result["sweeps"]["depth"], result["sweeps"]["width"]
+    assert [(row["value"], row["mean"], row["params"]) for row in depth["summary"]] == [
+        (4, 2.0, initialised_params(4, 16)), (8, 6.0, initialised_params(8, 16))]
+    assert [(row["value"], row["mean"], row["params"]) for row in width["summary"]] == [
+        (16, 2.0, initialised_params(4, 16)), (32, 3.0, initialised_params(4, 32))]
+    assert [run["params"]["total"] for run in width["runs"]] == [
+        initialised_params(4, 16), initialised_params(4, 32)]
+    for axis in ("depth", "width"):
+        assert (tmp_path / axis / "sweep.json").is_file()
+    assert (tmp_path / "width_vs_depth.png").stat().st_size > 10_000
+    r = sweep("reacher", "--out", str(tmp_path / "clash"), "--train-args=--width 8",
+              script="width_vs_depth.py")
+    assert r.returncode == 2 and "--width is set by --depth/--width" in r.stderr, r.stderr
 
 
 def test_a_sweep_refuses_a_run_made_with_other_settings(tmp_path: Path) -> None:
@@ -106,6 +165,12 @@ def test_depth_sweep_trains_with_crl_train_then_resumes_without_retraining(
     assert run["how"] == "trained" and run["curves"]["time_at_goal"][-1][0] >= 2048
     config = json.loads((Path(run["run_dir"]) / "config.json").read_text())
     assert (config["network"]["depth"], config["network"]["width"]) == (4, 32)
+    # The parameter count is the trained networks' (the checkpoint's arrays).
+    trained = load_run(Path(run["run_dir"])).params
+    assert run["params"] == {**{k: sum(x.size for x in jax.tree.leaves(v))
+                                for k, v in trained.items()},
+                             "total": sum(x.size for x in jax.tree.leaves(trained))}
+    assert (tmp_path / "sweep.png").stat().st_size > 0
     eval_json = Path(run["run_dir"]) / "eval.json"
     written = eval_json.stat().st_mtime_ns
     r = sweep(*args, script="depth_sweep.py")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NoReturn, cast
 
 import tyro
+from tyro.constructors import PrimitiveConstructorSpec
 
 from crl.sim.spec import BLOCK_LAYERS
 
@@ -30,6 +31,28 @@ PhysicsSetting = Literal["jax", "warp"]
 DType = Literal["fp32", "bf16"]
 # NetworkConfig's per-side overrides of the shared depth and width.
 SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
+
+
+def _depth_list(args: list[str]) -> tuple[int, ...]:
+    """`4,64` (as the sweep tool takes its values) → (4, 64); validate() checks the depths."""
+    try:
+        return tuple(int(p) for p in args[0].split(",") if p.strip())
+    except ValueError:
+        message = f"learners: {args[0]!r} is not a comma-separated list of depths"
+        raise ConfigError(message) from None
+
+
+# `--learners 4,64` on the command line, a tuple of ints in the config (a JSON list on disk).
+Depths = Annotated[
+    tuple[int, ...],
+    PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="D,D,...",
+        instance_from_str=_depth_list,
+        is_instance=lambda x: isinstance(x, tuple) and all(_is_int(d) for d in x),
+        str_from_instance=lambda x: [",".join(str(d) for d in x)],
+    ),
+]
 
 
 def read_dr(mode: str) -> str:
@@ -184,6 +207,10 @@ class TrainConfig:
     """Most recent checkpoints kept (the best one by evaluation is kept as well)."""
     log_every: int = 20
     """Training iterations between console / TensorBoard updates."""
+    learners: Depths = ()
+    """Depths of learner agents that never act: each trains on the very batches of the run's own
+    agent (the collector, sized by --depth) and is evaluated beside it (learners.json), the
+    paper's exploration-versus-expressivity experiment."""
 
     # Sizes derived from the fields above; the loop and config.json use these.
     @property
@@ -207,6 +234,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["network"] = self.network.to_dict()  # leaves unset actor/critic overrides out
+        if not self.learners:  # a run without learners writes what runs wrote before them
+            del out["learners"]
+        else:
+            out["learners"] = list(self.learners)
         out["derived"] = {
             "env_steps_per_iteration": self.env_steps_per_iteration,
             "sgd_steps_per_iteration": self.sgd_steps_per_iteration,
@@ -232,6 +263,7 @@ class TrainConfig:
                 eval=EvalConfig(**data["eval"]),
                 keep_checkpoints=data["keep_checkpoints"],
                 log_every=data["log_every"],
+                learners=tuple(data.get("learners", ())),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"config.json: unreadable training config ({e})") from None
@@ -292,7 +324,8 @@ PAPER = TrainConfig(
 # gone; what fails now is mostly an arm that stops short with its shoulder command near the
 # servo's limit) and 20/20 goals in the closed loop; at 5.0 it learned slower and held 95.5%.
 # Later checkpoints can still drift (seed 1's last one: 82%), which the best-checkpoint export
-# (by time at goal under training DR) does not take.
+# (by time at goal under training DR) does not take. (These were measured before observation
+# noise got one random stream per field; seed 0 since then: README, "Two commands".)
 QUICK = TrainConfig(
     task=tyro.MISSING,
     total_steps=600_000,
@@ -342,6 +375,7 @@ def validate(config: TrainConfig, tasks: tuple[str, ...] | None = None) -> None:
     if tasks is not None and config.task not in tasks:
         _fail("task", f"{config.task!r} is not a known task; choose one of {', '.join(tasks)}")
     _check_network(config.network)
+    _check_learners(config.learners)
     _check_algo(config.algo)
     _check_replay(config.replay)
     _check_data_fits(config)
@@ -375,6 +409,15 @@ def _check_network(n: NetworkConfig) -> None:
         value = getattr(n, name)
         if value is not None and (not _is_int(value) or value <= 0):
             _fail(name, f"must be a positive integer, got {value}")
+
+
+def _check_learners(learners: tuple[int, ...]) -> None:
+    """Each learner's depth as a network depth, each depth once."""
+    for depth in learners:
+        if not _is_int(depth) or depth <= 0 or depth % BLOCK_LAYERS:
+            _fail("learners", f"{depth} is not a positive multiple of {BLOCK_LAYERS}")
+    if len(set(learners)) != len(learners):
+        _fail("learners", f"{','.join(map(str, learners))} repeats a depth; give each once")
 
 
 def _check_algo(a: AlgoConfig) -> None:

@@ -9,6 +9,7 @@ bonus whose weight α is tuned towards a target entropy.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -194,3 +195,11 @@ def init_params(nets: Networks, key: jax.Array, obs_dim: int, goal_dim: int) -> 
         "g_encoder": nets.g_encoder.init(k_g, goal)["params"],
     }
 
+
+def param_counts(nets: Networks, obs_dim: int, goal_dim: int) -> dict[str, int]:
+    """Parameters of each network as `init_params` builds it, and their total: counted from
+    the modules' parameter trees (shapes only, nothing is computed), not from a formula."""
+    shapes = jax.eval_shape(lambda: init_params(nets, jax.random.PRNGKey(0), obs_dim, goal_dim))
+    counts = {name: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+              for name, tree in shapes.items()}
+    return {**counts, "total": sum(counts.values())}

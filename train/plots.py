@@ -1,4 +1,4 @@
-"""Learning-curve PNG of a run, drawn from its `eval.json`."""
+"""Learning-curve PNGs of a run, drawn from its `eval.json` (and `learners.json`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from crl.train.checkpoint import CheckpointError
 from crl.train.config import read_dr
 
 CURVE_FILE = "learning_curve.png"
+LEARNERS_FILE = "learners.json"  # a run with learners: every agent's evaluations side by side
+LEARNERS_CURVE_FILE = "learners.png"
 
 
 def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
@@ -54,6 +56,44 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
         axes[2].legend(loc="upper right")
     fig.suptitle(f"{data.get('task', '')}: deterministic actor on fresh goals")
     out = Path(out) if out is not None else run_dir / CURVE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_learners(run_dir: Path, out: Path | None = None) -> Path:
+    """Time at goal against env steps, one line per agent of a run with learners: the
+    collector that acts and the learners of other depths trained on its batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    run_dir = Path(run_dir)
+    path = run_dir / LEARNERS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no {LEARNERS_FILE} to plot")
+    data = json.loads(path.read_text())
+    evaluations = data["evaluations"]
+    steps = [e["env_steps"] for e in evaluations]
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for name, agent in data["agents"].items():
+        shape = f"actor depth {agent['actor']['depth']}, critic depth {agent['critic']['depth']}"
+        label = f"{name}: {shape}" + (" (acts)" if agent["acts"] else " (never acts)")
+        # The collector thick and black under the learners: one of its own shape (a control)
+        # draws exactly over it.
+        style = {"color": "k", "lw": 3.0} if agent["acts"] else {"lw": 1.4}
+        ax.plot(steps, [e[name]["train"]["time_at_goal"] for e in evaluations], marker="o",
+                ms=3, label=label, **style)
+    ax.set_title(f"{data.get('task', '')}: agents trained on one collector's data", fontsize=10)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("time at goal (steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out = Path(out) if out is not None else run_dir / LEARNERS_CURVE_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -17,6 +17,14 @@ global InfoNCE negatives, the gradient all-reduce). Every random draw is the sin
 (threefry is partitionable), so N devices compute what one device computes, up to float
 rounding. In a multi-process run (`init_distributed`) each process holds its devices' envs.
 
+Learners (`TrainConfig.learners`, the paper's exploration versus expressivity): agents of given
+depths that never act. The run's own agent, the collector, acts and fills the buffer as it would
+alone; each SGD step samples one batch and applies the same `update` to the collector and then to
+every learner, with the same actor noise. The learners are extra leaves of the state that
+nothing of the collector reads, so the collector's parameters, buffer and env states are bitwise
+those of the run without learners. Each learner's own actor is evaluated on the collector's
+evaluation episodes; `learners.json` and `learners.png` put them side by side.
+
 Resume is exact: the checkpoint holds everything the next iteration reads (parameters, Adam
 moments, α, buffer, env states, RNG), evaluation draws from its own key, and every iteration is
 the same compiled program, so a resumed run reproduces the uninterrupted one bit for bit on CPU.
@@ -54,11 +62,12 @@ from crl.train.checkpoint import (
     checkpoint_steps,
     git_commit,
 )
-from crl.train.config import ConfigError, TrainConfig, validate, validate_devices
+from crl.train.config import ConfigError, NetworkConfig, TrainConfig, validate, validate_devices
 from crl.train.evaluate import evaluation_key, make_evaluator, paper_score, summarize
-from crl.train.plots import plot_learning_curve
+from crl.train.plots import LEARNERS_FILE, plot_learners, plot_learning_curve
 
 EVAL_FILE = "eval.json"
+COLLECTOR = "collector"  # the agent that acts, beside the learners (learners.json)
 # Independent random streams derived from the seed: training, evaluation.
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # The one mesh axis: data parallelism over environments and batch rows.
@@ -69,6 +78,20 @@ Carry = tuple[dict[str, Any], jax.Array, Any, Any, Any]
 
 class DivergedError(RuntimeError):
     """A loss or parameter became non-finite; the message names it, the step, the checkpoint."""
+
+
+@struct.dataclass
+class AgentState:
+    """A learner: what `update` carries (a `Carry`), under names a checkpoint can show."""
+
+    params: dict[str, Any]
+    log_alpha: jax.Array
+    actor_opt: optax.OptState
+    critic_opt: optax.OptState
+    alpha_opt: optax.OptState
+
+    def carry(self) -> Carry:
+        return self.params, self.log_alpha, self.actor_opt, self.critic_opt, self.alpha_opt
 
 
 @struct.dataclass
@@ -85,6 +108,9 @@ class TrainState:
     key: jax.Array
     iteration: jax.Array  # i32: iterations completed
     sgd_steps: jax.Array  # i32: SGD steps taken
+    # One per `TrainConfig.learners` depth, in its order; last, so a run without learners has
+    # the leaves (and checkpoint names) it always had.
+    learners: tuple[AgentState, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +123,8 @@ class Setup:
     actor_tx: optax.GradientTransformation
     critic_tx: optax.GradientTransformation
     alpha_tx: optax.GradientTransformation
+    name: str = COLLECTOR  # the agent's name in metrics and learners.json
+    learners: tuple[Setup, ...] = ()  # the collector's learners, each with its own config
 
     @property
     def spec(self) -> Any:
@@ -104,6 +132,15 @@ class Setup:
 
 
 def make_setup(config: TrainConfig, env: Any) -> Setup:
+    """The collector's setup, with one for each of its learners."""
+    learners = tuple(
+        _agent_setup(learner_config(config, depth), env, learner_name(depth))
+        for depth in config.learners
+    )
+    return dataclasses.replace(_agent_setup(config, env, COLLECTOR), learners=learners)
+
+
+def _agent_setup(config: TrainConfig, env: Any, name: str) -> Setup:
     a = config.algo
     return Setup(
         config=config,
@@ -112,7 +149,19 @@ def make_setup(config: TrainConfig, env: Any) -> Setup:
         actor_tx=optax.adam(a.actor_lr),
         critic_tx=optax.adam(a.critic_lr),
         alpha_tx=optax.adam(a.alpha_lr),
+        name=name,
     )
+
+
+def learner_config(config: TrainConfig, depth: int) -> TrainConfig:
+    """A learner's config: the collector's, with actor and critic both `depth` deep."""
+    network = dataclasses.replace(config.network, depth=depth, actor_depth=None,
+                                  critic_depth=None)
+    return dataclasses.replace(config, network=network, learners=())
+
+
+def learner_name(depth: int) -> str:
+    return f"learner_d{depth}"
 
 
 def init_state(setup: Setup, mesh: Mesh | None = None) -> TrainState:
@@ -132,17 +181,13 @@ def _init_state(setup: Setup) -> TrainState:
     c, spec = setup.config, setup.spec
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), TRAIN_STREAM)
     key, k_params, k_env = jax.random.split(key, 3)
-    params = jax.jit(losses.init_params, static_argnums=(0, 2, 3))(
-        setup.nets, k_params, spec.obs_dim, spec.goal_dim
-    )
-    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
-    log_alpha = jnp.zeros((), jnp.float32)
+    agent = _init_agent(setup, k_params)
     return TrainState(
-        params=params,
-        log_alpha=log_alpha,
-        actor_opt=setup.actor_tx.init(params["actor"]),
-        critic_opt=setup.critic_tx.init(critic),
-        alpha_opt=setup.alpha_tx.init(log_alpha),
+        params=agent.params,
+        log_alpha=agent.log_alpha,
+        actor_opt=agent.actor_opt,
+        critic_opt=agent.critic_opt,
+        alpha_opt=agent.alpha_opt,
         env_state=_pending_resets(setup.env, jax.random.split(k_env, c.replay.num_envs)),
         buffer=replay.init(
             c.replay.buffer_steps, c.replay.num_envs, spec.obs_dim, spec.act_dim, spec.goal_dim
@@ -150,6 +195,25 @@ def _init_state(setup: Setup) -> TrainState:
         key=key,
         iteration=jnp.zeros((), jnp.int32),
         sgd_steps=jnp.zeros((), jnp.int32),
+        # The collector's key: a learner of the collector's own shape starts where it does.
+        learners=tuple(_init_agent(learner, k_params) for learner in setup.learners),
+    )
+
+
+def _init_agent(setup: Setup, key: jax.Array) -> AgentState:
+    """Fresh networks from `key`, their optimisers, α = 1."""
+    spec = setup.spec
+    params = jax.jit(losses.init_params, static_argnums=(0, 2, 3))(
+        setup.nets, key, spec.obs_dim, spec.goal_dim
+    )
+    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
+    log_alpha = jnp.zeros((), jnp.float32)
+    return AgentState(
+        params=params,
+        log_alpha=log_alpha,
+        actor_opt=setup.actor_tx.init(params["actor"]),
+        critic_opt=setup.critic_tx.init(critic),
+        alpha_opt=setup.alpha_tx.init(log_alpha),
     )
 
 
@@ -220,6 +284,15 @@ def upgrade_state(state: TrainState, missing: set[str]) -> TrainState:
 
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _finite(params: dict[str, Any], log_alpha: jax.Array, prefix: str = "") -> dict[str, Any]:
+    """The `finite/` flags `check_finite` reads for one agent (a learner's name as `prefix`)."""
+    return {
+        f"finite/{prefix}actor": _all_finite(params["actor"]),
+        f"finite/{prefix}critic": _all_finite({k: params[k] for k in ("sa_encoder", "g_encoder")}),
+        f"finite/{prefix}log_alpha": jnp.isfinite(log_alpha),
+    }
 
 
 def constrain(tree: Any, spec: P, mesh: Mesh | None) -> Any:
@@ -311,20 +384,20 @@ def sgd_step(
     return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
 
 
-def make_iteration(
-    setup: Setup, mesh: Mesh | None = None
-) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
-    """The jitted training iteration: `collect`, insert, and (after prefill) `sgd_step`s.
+def iteration_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """An iteration's keys from the state's: the next state's, the collect's and the SGD's
+    (which the learners take too, to sample the collector's batches)."""
+    next_key, k_collect, k_sgd = jax.random.split(key, 3)
+    return next_key, k_collect, k_sgd
 
-    With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
-    is split by rows across the devices.
-    """
+
+def sgd_steps(
+    setup: Setup, mesh: Mesh | None, carry: Carry, buffer: replay.ReplayState, key: jax.Array,
+    trains: jax.Array,
+) -> tuple[Carry, dict[str, Any]]:
+    """An iteration's `sgd_steps_per_iteration` `sgd_step`s, their batches drawn from `key`;
+    none (zero metrics) while `trains` is false, in the prefill."""
     c = setup.config
-    if c.algo.action_rate_penalty > 0 and "last_action" not in setup.spec.observation_slices():
-        raise ConfigError(
-            f"action_rate_penalty: {c.task!r} does not observe its last action (no "
-            "`last_action` observation field); set it to 0"
-        )
 
     def sgd(
         carry: Carry, buffer: replay.ReplayState, key: jax.Array
@@ -340,8 +413,29 @@ def make_iteration(
         _, shapes = jax.eval_shape(sgd, carry, buffer, key)
         return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+    result: tuple[Carry, dict[str, Any]] = jax.lax.cond(trains, sgd, skip_sgd, carry, buffer,
+                                                        key)
+    return result
+
+
+def make_iteration(
+    setup: Setup, mesh: Mesh | None = None
+) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
+    """The jitted training iteration: `collect`, insert, and (after prefill) `sgd_step`s.
+
+    It takes and returns a state without learners: they train in `make_learning`'s program.
+    With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
+    is split by rows across the devices.
+    """
+    c = setup.config
+    if c.algo.action_rate_penalty > 0 and "last_action" not in setup.spec.observation_slices():
+        raise ConfigError(
+            f"action_rate_penalty: {c.task!r} does not observe its last action (no "
+            "`last_action` observation field); set it to 0"
+        )
+
     def iteration(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        key, k_collect, k_sgd = jax.random.split(state.key, 3)
+        key, k_collect, k_sgd = iteration_keys(state.key)
         actor_params = state.params["actor"]
         env_state, unroll, collect_metrics = collect(setup, actor_params, state.env_state,
                                                      k_collect)
@@ -350,7 +444,7 @@ def make_iteration(
 
         trains = replay.size(buffer) >= c.replay.min_replay_steps
         carry = (state.params, state.log_alpha, state.actor_opt, state.critic_opt, state.alpha_opt)
-        carry, sgd_metrics = jax.lax.cond(trains, sgd, skip_sgd, carry, buffer, k_sgd)
+        carry, sgd_metrics = sgd_steps(setup, mesh, carry, buffer, k_sgd, trains)
         params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
         state = dataclasses.replace(
             state,
@@ -366,21 +460,78 @@ def make_iteration(
             **collect_metrics,
             **sgd_metrics,
             "trained": trains,
-            "finite/actor": _all_finite(params["actor"]),
-            "finite/critic": _all_finite({k: params[k] for k in ("sa_encoder", "g_encoder")}),
-            "finite/log_alpha": jnp.isfinite(log_alpha),
+            **_finite(params, log_alpha),
         }
         return state, metrics
 
     if mesh is None:
         return env_jit(iteration, donate_argnums=0)
-    shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
+    collector = dataclasses.replace(setup, learners=())
+    shardings = state_shardings(jax.eval_shape(lambda: _init_state(collector)), mesh)
     return env_jit(
         iteration,
         donate_argnums=0,
         in_shardings=(shardings,),
         out_shardings=(shardings, NamedSharding(mesh, P())),
     )
+
+
+Learning = Callable[
+    [tuple[AgentState, ...], replay.ReplayState, jax.Array],
+    tuple[tuple[AgentState, ...], dict[str, Any]],
+]
+
+
+def make_learning(setup: Setup, mesh: Mesh | None = None) -> Learning:
+    """The learners' jitted program, run after each collector iteration on the key that
+    iteration started from and the buffer it left (its SGD does not change the buffer): each
+    learner takes the iteration's `sgd_step`s, keys and so batches and actor noise included.
+
+    A program of its own, so the collector's is the one a run without learners compiles and
+    nothing of the learners can reach it. Metrics are named `<learner>/<metric>`; a learner's
+    non-finite loss or parameters stop the run as the collector's do.
+    """
+    c = setup.config
+
+    def learn(
+        learners: tuple[AgentState, ...], buffer: replay.ReplayState, key: jax.Array
+    ) -> tuple[tuple[AgentState, ...], dict[str, Any]]:
+        _, _, k_sgd = iteration_keys(key)
+        trains = replay.size(buffer) >= c.replay.min_replay_steps
+        updated: list[AgentState] = []
+        metrics: dict[str, Any] = {}
+        for learner, agent in zip(setup.learners, learners, strict=True):
+            carry, sgd_metrics = sgd_steps(learner, mesh, agent.carry(), buffer, k_sgd, trains)
+            agent = AgentState(*carry)
+            updated.append(agent)
+            metrics |= {f"{learner.name}/{k}": v for k, v in sgd_metrics.items()}
+            metrics |= _finite(agent.params, agent.log_alpha, f"{learner.name}/")
+        return tuple(updated), metrics
+
+    if mesh is None:
+        return env_jit(learn, donate_argnums=0)
+    replicated = NamedSharding(mesh, P())
+    shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
+    return env_jit(
+        learn,
+        donate_argnums=0,
+        in_shardings=(shardings.learners, shardings.buffer, replicated),
+        out_shardings=(shardings.learners, replicated),
+    )
+
+
+def run_iteration(
+    iteration: Any, learning: Any | None, state: TrainState
+) -> tuple[TrainState, dict[str, Any]]:
+    """One iteration: the collector's program on the state without its learners, then (with
+    learners) theirs, on the batches it sampled; one metrics dict."""
+    if learning is None:
+        result: tuple[TrainState, dict[str, Any]] = iteration(state)
+        return result
+    key = jnp.copy(state.key)  # the iteration donates the state, key included
+    collector, metrics = iteration(dataclasses.replace(state, learners=()))
+    learners, learner_metrics = learning(state.learners, collector.buffer, key)
+    return dataclasses.replace(collector, learners=learners), {**metrics, **learner_metrics}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,19 +577,32 @@ def check_finite(metrics: dict[str, Any], env_steps: int, last_checkpoint: str) 
 
 
 def compile_all(
-    iteration: Any, state: TrainState, evaluators: dict[str, Any], actor_params: dict[str, Any],
-    eval_key: jax.Array,
-) -> tuple[Any, dict[str, Any]]:
-    """Compile the iteration and the evaluators at once: XLA compiles outside the GIL, so on a
-    multi-core CPU the evaluators' compile hides behind the iteration's."""
-    with ThreadPoolExecutor(max_workers=len(evaluators)) as pool:
+    iteration: Any, learning: Any | None, state: TrainState,
+    evaluators: dict[str, dict[str, Any]], actors: dict[str, dict[str, Any]], eval_key: jax.Array,
+) -> tuple[Any, Any | None, dict[str, dict[str, Any]]]:
+    """Compile the iteration, the learners' program and the evaluators at once: XLA compiles
+    outside the GIL, so on a multi-core CPU the others' compile hides behind the iteration's.
 
-        def compile_evaluator(f: Any) -> Any:
+    `evaluators[agent]` (by split) is lowered with `actors[agent]`, that agent's actor
+    parameters; an evaluator that agents of one actor shape share compiles once.
+    """
+    jobs = {id(f): (f, actors[agent]) for agent, splits in evaluators.items()
+            for f in splits.values()}
+    with ThreadPoolExecutor(max_workers=len(jobs) + 1) as pool:
+
+        def compile_evaluator(f: Any, actor_params: dict[str, Any]) -> Any:
             return f.lower(actor_params, eval_key).compile()
 
-        futures = {name: pool.submit(compile_evaluator, f) for name, f in evaluators.items()}
-        compiled = iteration.lower(state).compile()
-        return compiled, {name: future.result() for name, future in futures.items()}
+        def compile_learning(f: Any) -> Any:
+            return f.lower(state.learners, state.buffer, state.key).compile()
+
+        futures = {i: pool.submit(compile_evaluator, *job) for i, job in jobs.items()}
+        learned = None if learning is None else pool.submit(compile_learning, learning)
+        compiled = iteration.lower(dataclasses.replace(state, learners=())).compile()
+        done = {i: future.result() for i, future in futures.items()}
+        learning = None if learned is None else learned.result()
+    return compiled, learning, {agent: {split: done[id(f)] for split, f in splits.items()}
+                                for agent, splits in evaluators.items()}
 
 
 def prepare_run_dir(
@@ -542,10 +706,15 @@ class RunRecorder:
     def __init__(
         self, run_dir: Path, setup: Setup, checkpointer: Checkpointer,
         evaluators: dict[str, Any], eval_key: jax.Array, evaluations: list[dict[str, Any]],
-        started: float,
+        started: float, learner_evaluators: dict[str, dict[str, Any]] | None = None,
+        learner_evaluations: list[dict[str, Any]] | None = None,
     ):
+        """`learner_evaluators`: each learner's evaluators by split, in `setup.learners`' order;
+        `learner_evaluations`: learners.json's rows a resumed run keeps."""
         self.run_dir, self.setup, self.checkpointer = run_dir, setup, checkpointer
         self.evaluators, self.eval_key, self.evaluations = evaluators, eval_key, evaluations
+        self.learner_evaluators = learner_evaluators or {}
+        self.learner_evaluations = learner_evaluations or []
         self.primary = jax.process_index() == 0
         # Wall-clock in eval.json counts from the start of `train`, compile included; a resumed
         # run continues the clock of the evaluations it keeps.
@@ -558,7 +727,8 @@ class RunRecorder:
 
     def evaluate(self, state: TrainState, env_steps: int) -> dict[str, Any]:
         """Every evaluator on fresh episodes from this evaluation's own key; eval.json rewritten
-        (by the first process) with the paper's score."""
+        (by the first process) with the paper's score. Then the learners, if any, on the same
+        episodes."""
         config = self.setup.config
         key = evaluation_key(self.eval_key, env_steps)
         record: dict[str, Any] = {
@@ -585,7 +755,38 @@ class RunRecorder:
         }, sort_keys=True)
         if self.logger is not None:
             self.logger.evaluation(record)
+        if self.learner_evaluators:
+            self.evaluate_learners(state, record, key)
         return record
+
+    def evaluate_learners(self, state: TrainState, record: dict[str, Any], key: jax.Array) -> None:
+        """Each learner's own actor on the very episodes the collector was just evaluated on
+        (`record`, drawn from `key`); learners.json rewritten with every agent side by side."""
+        row: dict[str, Any] = {k: record[k] for k in ("env_steps", "sgd_steps", "eval_key")}
+        row[COLLECTOR] = {split: record[split] for split in self.evaluators}
+        for (name, evaluators), agent in zip(self.learner_evaluators.items(), state.learners,
+                                             strict=True):
+            actor = host_local(agent.params["actor"])
+            row[name] = {split: summarize(jax.device_get(evaluator(actor, key)),
+                                          self.setup.env.episode_length)
+                         for split, evaluator in evaluators.items()}
+        self.learner_evaluations.append(row)
+        if not self.primary:
+            return
+        agents = (self.setup, *self.setup.learners)
+        write_json(self.run_dir / LEARNERS_FILE, {
+            "task": self.setup.config.task,
+            "dr": self.setup.config.dr,
+            "agents": {a.name: agent_info(a) for a in agents},
+            "paper_score": {
+                a.name: {split: paper_score([e[a.name] for e in self.learner_evaluations], split)
+                         for split in self.evaluators}
+                for a in agents
+            },
+            "evaluations": self.learner_evaluations,
+        }, sort_keys=True)
+        if self.logger is not None:
+            self.logger.learners(row)
 
     def save(self, state: TrainState, env_steps: int, record: dict[str, Any]) -> str:
         """A checkpoint of `state` with its evaluation (the best by time at goal is kept), and
@@ -602,6 +803,18 @@ class RunRecorder:
         return str(path)
 
 
+def agent_info(setup: Setup) -> dict[str, Any]:
+    """learners.json's description of an agent: whether it acts, its networks' shapes and their
+    parameter counts."""
+    network = setup.config.network
+    return {
+        "acts": setup.name == COLLECTOR,
+        "actor": {"depth": network.actor.depth, "width": network.actor.width},
+        "critic": {"depth": network.critic.depth, "width": network.critic.width},
+        "params": losses.param_counts(setup.nets, setup.spec.obs_dim, setup.spec.goal_dim),
+    }
+
+
 def evaluation_due(config: TrainConfig, it: int) -> bool:
     """Whether iteration `it` (0-based) crosses an `eval_every` boundary or is the last."""
     env_steps = (it + 1) * config.env_steps_per_iteration
@@ -612,17 +825,21 @@ def evaluation_due(config: TrainConfig, it: int) -> bool:
 
 def starting_state(
     setup: Setup, mesh: Mesh, checkpointer: Checkpointer, run_dir: Path, resume: bool
-) -> tuple[TrainState, list[dict[str, Any]]]:
+) -> tuple[TrainState, list[dict[str, Any]], list[dict[str, Any]]]:
     """The state a run trains from: fresh, or with `resume` the latest checkpoint's (when there
-    is one), with the evaluations made up to it."""
+    is one), with the evaluations made up to it, the collector's and the learners'."""
     state = init_state(setup, mesh)
     step = checkpointer.latest_step() if resume else None
     if step is None:
-        return state, []
+        return state, [], []
     state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
     # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
     state = jax.device_put(state, state_shardings(state, mesh))
-    return state, [e for e in _read_evaluations(run_dir) if e["env_steps"] <= step]
+    evaluations, learners = (
+        [e for e in _read_evaluations(run_dir, name) if e["env_steps"] <= step]
+        for name in (EVAL_FILE, LEARNERS_FILE)
+    )
+    return state, evaluations, learners
 
 
 def train(
@@ -651,29 +868,43 @@ def train(
 
     setup = make_setup(config, env)
     checkpointer = Checkpointer(run_dir, keep=config.keep_checkpoints)
-    state, evaluations = starting_state(setup, mesh, checkpointer, run_dir, resume)
+    state, evaluations, learner_evaluations = starting_state(
+        setup, mesh, checkpointer, run_dir, resume
+    )
 
     # Each evaluation draws fresh episodes (starts, goals, robots), as the paper's evaluator
     # does, from its own key: `evaluation_key(eval_key, env_steps)`, apart from training's
-    # stream, so a resumed run evaluates what the uninterrupted one would have.
+    # stream, so a resumed run evaluates what the uninterrupted one would have. Learners are
+    # evaluated on the collector's episodes, each with its own actor (one evaluator per shape).
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    evaluators = {"train": make_evaluator(env, setup.nets.actor, config.eval.eval_episodes)}
-    if held_out_env is not None:
-        evaluators["held_out"] = make_evaluator(
-            held_out_env, setup.nets.actor, config.eval.eval_episodes
-        )
+    by_shape: dict[NetworkConfig, dict[str, Any]] = {}
+    for agent in (setup, *setup.learners):
+        shape = agent.config.network.actor
+        if shape not in by_shape:
+            by_shape[shape] = {"train": make_evaluator(env, agent.nets.actor,
+                                                       config.eval.eval_episodes)}
+            if held_out_env is not None:
+                by_shape[shape]["held_out"] = make_evaluator(
+                    held_out_env, agent.nets.actor, config.eval.eval_episodes
+                )
+    evaluators = {a.name: by_shape[a.config.network.actor] for a in (setup, *setup.learners)}
+    actors = {COLLECTOR: host_local(state.params["actor"])} | {
+        learner.name: host_local(agent.params["actor"])
+        for learner, agent in zip(setup.learners, state.learners, strict=True)
+    }
 
     start = int(state.iteration)
     env_steps = start * config.env_steps_per_iteration
     primary = jax.process_index() == 0
     logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
     try:
-        iteration_fn, evaluators = compile_all(
-            make_iteration(setup, mesh), state, evaluators, host_local(state.params["actor"]),
-            eval_key,
+        iteration_fn, learning_fn, evaluators = compile_all(
+            make_iteration(setup, mesh), make_learning(setup, mesh) if setup.learners else None,
+            state, evaluators, actors, eval_key,
         )
-        recorder = RunRecorder(run_dir, setup, checkpointer, evaluators, eval_key, evaluations,
-                               started)
+        collector = evaluators.pop(COLLECTOR)
+        recorder = RunRecorder(run_dir, setup, checkpointer, collector, eval_key, evaluations,
+                               started, evaluators, learner_evaluations)
         recorder.logger = logger
         logger.compiled(recorder.wall())
         last_checkpoint = str(checkpointer.path(env_steps))
@@ -681,7 +912,7 @@ def train(
             last_checkpoint = recorder.save(state, 0, recorder.evaluate(state, 0))
         pending: list[tuple[int, dict[str, Any]]] = []
         for it in range(start, config.iterations):
-            state, metrics = iteration_fn(state)
+            state, metrics = run_iteration(iteration_fn, learning_fn, state)
             env_steps = (it + 1) * config.env_steps_per_iteration
             pending.append((env_steps, metrics))
             evaluate_now = evaluation_due(config, it)
@@ -698,6 +929,8 @@ def train(
         checkpointer.close()
     if primary:
         plot_learning_curve(run_dir)
+        if setup.learners:
+            plot_learners(run_dir)
     return RunResult(run_dir=run_dir, env_steps=env_steps, evaluations=evaluations, state=state)
 
 
@@ -707,8 +940,8 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _read_evaluations(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / EVAL_FILE
+def _read_evaluations(run_dir: Path, name: str = EVAL_FILE) -> list[dict[str, Any]]:
+    path = run_dir / name
     if not path.is_file():
         return []
     return list(json.loads(path.read_text()).get("evaluations", []))
@@ -802,6 +1035,20 @@ class _Logger:
             + (f"  (held-out DR: success {record['held_out']['success_rate']:.1%})"
                if "held_out" in record else ""),
             soft_wrap=True,  # one line per evaluation, also in logs piped to a file
+        )
+
+    def learners(self, row: dict[str, Any]) -> None:
+        """Each learner's figures beside the collector's (one console line per evaluation)."""
+        names = [name for name in row if name.startswith("learner_")]
+        for name in names:
+            for split, figures in row[name].items():
+                for key, value in figures.items():
+                    self._writer.add_scalar(f"eval_{split}_{name}/{key}", value, row["env_steps"])
+        self._writer.flush()
+        self._progress.console.print(
+            f"learners @ {row['env_steps']:>9,} steps: time at goal "
+            + "  ".join(f"{name} {row[name]['train']['time_at_goal']:.1f}" for name in names),
+            soft_wrap=True,
         )
 
     def close(self) -> None:
