@@ -8,6 +8,11 @@ with random weights: timing does not depend on weight values. Each run is a sepa
 `crl-run bench-loop` process, as a user would run it; the period-error histograms of both go in
 one PNG.
 
+The platform baseline: the same fixed-rate loop (same wait, spin and scheduling) with nothing to
+do, at the fastest rate, for as long. Its misses are the machine's, not the controller's: a tick
+that does no work can only be late because the process was not run (on a VM, host steal, which
+is recorded from /proc/stat around every run).
+
     python bench/loop_latency.py                 # bench/results/loop_latency_<device>.json/.png
     python bench/loop_latency.py --seconds 5 --out /tmp/loop.json    # a quick look
 """
@@ -17,15 +22,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 from crl.export.onnx_export import export_actor, random_params
 from crl.runtime.bench import device_info
 from crl.runtime.bench_loop import plot_period_error
+from crl.runtime.controller import Stats
+from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, set_realtime
 from crl.sim.spec import NetworkSpec
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,6 +47,42 @@ def reacher_spec() -> Any:
 
     with contextlib.redirect_stdout(sys.stderr):  # MJX's import notices
         return tasks.make("reacher", dr="off").spec
+
+
+def steal_seconds() -> float | None:
+    """The CPUs' cumulative steal time (s): time a hypervisor ran something else while this
+    machine's CPUs had work; None where /proc/stat does not say."""
+    try:
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if cpu[0] != "cpu" or len(cpu) < 9:
+        return None
+    return int(cpu[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def stolen_during(before: float | None) -> float | None:
+    after = steal_seconds()
+    return None if before is None or after is None else round(after - before, 3)
+
+
+def platform_baseline(hz: float, seconds: float, spin_s: float, realtime: bool) -> dict[str, Any]:
+    """The fixed-rate loop with an empty tick: how late this machine wakes a loop that does
+    nothing, and how many deadlines it misses that way."""
+    said = set_realtime() if realtime else "normal priority"
+    stats, errors = Stats(), []
+    loop = FixedRateLoop(1.0 / hz, stats, spin_s=spin_s)
+    before = steal_seconds()
+    loop.run(lambda deadline, now: errors.append(now - deadline), threading.Event(),
+             max_ticks=round(hz * seconds))
+    ms = sorted(e * 1e3 for e in errors)
+    return {
+        "hz": hz, "seconds": seconds, "ticks": len(ms), "misses": stats.counts["misses"],
+        "period_error_ms": {"p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))],
+                            "max": ms[-1]},
+        "late_over_one_period": sum(e > 1e3 / hz for e in ms),
+        "host_steal_s": stolen_during(before), "scheduling": said, "spin_s": spin_s,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--spin", str(args.spin)]
             if args.realtime:
                 cmd += ["--realtime"]
+            before = steal_seconds()
             subprocess.run(cmd, check=True)
-            results.append(json.loads(out.read_text()))
+            results.append(json.loads(out.read_text()) | {"host_steal_s": stolen_during(before)})
     device = device_info()
     name = "cpu" if not device.get("gpu") else "gpu"
     out = args.out or RESULTS / f"loop_latency_{name}.json"
@@ -74,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": results[0]["versions"],
         "targets_met": all(all(r["targets"].values()) for r in results),
         "runs": [{k: v for k, v in r.items() if k != "period_error_samples_ms"} for r in results],
+        "platform_baseline": platform_baseline(
+            max(hz for hz, _ in RUNS), args.seconds,
+            DEFAULT_SPIN_S if args.spin is None else args.spin, args.realtime,
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
@@ -82,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         pe, e2e = r["period_error_ms"], r["end_to_end_ms"]
         print(f"{r['hz']:g} Hz depth {r['policy']['depth']}: period error p99 {pe['p99']:.3f} ms "
               f"(max {pe['max']:.3f}), {r['misses']} misses in {r['ticks']} ticks; end-to-end "
-              f"p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms")
+              f"p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms; host steal {r['host_steal_s']} s")
+    b = summary["platform_baseline"]
+    print(f"platform baseline (empty ticks) at {b['hz']:g} Hz: {b['misses']} misses in "
+          f"{b['ticks']} ticks, period error max {b['period_error_ms']['max']:.3f} ms; host "
+          f"steal {b['host_steal_s']} s")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
