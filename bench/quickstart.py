@@ -16,11 +16,13 @@ targets).
 
     python bench/quickstart.py
     python bench/quickstart.py --seed 1 --out /tmp/quickstart.json
+    python bench/quickstart.py --dtype bf16    # quickstart_<platform>_bf16.json: mixed precision
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import platform
 import sys
@@ -78,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=128, help="episodes of the final evaluations")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the networks' compute dtype (crl-train --dtype); the bench's own "
+                   "evaluations run the fp32 actor, as an export does")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     make_demo = preset("quick", TASK, seed=args.seed)
     evals = make_demo.iterations * make_demo.env_steps_per_iteration // make_demo.eval.eval_every
-    config: TrainConfig = preset("quick", TASK, seed=args.seed, keep_checkpoints=evals + 2)
+    config: TrainConfig = preset(
+        "quick", TASK, seed=args.seed, keep_checkpoints=evals + 2,
+        network=dataclasses.replace(make_demo.network, dtype=args.dtype),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / TASK
         started = time.monotonic()
@@ -153,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 meets(best["held_out_dr"], HELD_OUT_SUCCESS_TARGET, HELD_OUT_DISTANCE_TARGET_M),
         },
     }
-    out = args.out or RESULTS / f"quickstart_{jax.devices()[0].platform}.json"
+    suffix = "" if args.dtype == "fp32" else f"_{args.dtype}"
+    out = args.out or RESULTS / f"quickstart_{jax.devices()[0].platform}{suffix}.json"
     write_json(out, report)
     for name, row in (("untrained", untrained), (f"trained in {last['wall_s']:.0f} s", last)):
         print(f"{name}: " + "; ".join(

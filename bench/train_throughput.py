@@ -7,6 +7,7 @@ collect). Writes JSON to bench/results/train_throughput_<device>.json with the d
 and date.
 
     python bench/train_throughput.py                  # paper sizes, depths 4..1024 (a GPU job)
+    python bench/train_throughput.py --depths 64 256 --dtypes fp32 bf16   # mixed precision's gain
     python bench/train_throughput.py --quick          # small sizes, depths 4 and 16 (CPU smoke)
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import jax
 
 from crl.sim import tasks
-from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
+from crl.train.config import PAPER, DType, NetworkConfig, TrainConfig, validate
 from crl.train.trainer import init_state, make_iteration, make_setup
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="ant", choices=tasks.TASKS)
     p.add_argument("--depths", type=int, nargs="+", default=[4, 16, 64, 256, 1024])
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--dtypes", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                   help="compute dtypes (crl-train --dtype); each depth runs in each")
     p.add_argument("--num-envs", type=int, default=PAPER.replay.num_envs)
     p.add_argument("--batch-size", type=int, default=PAPER.algo.batch_size)
     p.add_argument("--unroll-length", type=int, default=PAPER.replay.unroll_length)
@@ -55,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bench_config(args: argparse.Namespace, depth: int) -> TrainConfig:
+def bench_config(args: argparse.Namespace, depth: int, dtype: DType = "fp32") -> TrainConfig:
     """The paper preset at this depth, with a prefill of exactly one collect-only iteration."""
     env_steps = args.num_envs * args.unroll_length
     per_update = env_steps / args.sgd_steps if args.sgd_steps else PAPER.replay.env_steps_per_update
@@ -71,7 +74,7 @@ def bench_config(args: argparse.Namespace, depth: int) -> TrainConfig:
         PAPER,
         task=args.task,
         total_steps=(args.iterations + 1) * env_steps,
-        network=NetworkConfig(depth=depth, width=args.width),
+        network=NetworkConfig(depth=depth, width=args.width, dtype=dtype),
         algo=dataclasses.replace(PAPER.algo, batch_size=args.batch_size),
         replay=replay,
         eval=dataclasses.replace(PAPER.eval, held_out=False),
@@ -105,6 +108,7 @@ def measure(config: TrainConfig, env: object) -> dict:
     return {
         "depth": config.network.depth,
         "width": config.network.width,
+        "dtype": config.network.dtype,
         "compile_s": round(compile_s, 2),
         "collect_env_steps_per_s": round(env_steps / collect_s, 1),
         "env_steps_per_s": round(iterations * env_steps / train_s, 1),
@@ -125,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     env = tasks.make(args.task, dr="train")
     results = []
     for depth in args.depths:
-        row = measure(bench_config(args, depth), env)
-        print(json.dumps(row), flush=True)
-        results.append(row)
+        for dtype in args.dtypes:
+            row = measure(bench_config(args, depth, dtype), env)
+            print(json.dumps(row), flush=True)
+            results.append(row)
     device = jax.devices()[0]
     report = {
         "benchmark": "train_throughput",
