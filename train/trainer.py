@@ -19,11 +19,12 @@ rounding. In a multi-process run (`init_distributed`) each process holds its dev
 
 Learners (`TrainConfig.learners`, the paper's exploration versus expressivity): agents of given
 depths that never act. The run's own agent, the collector, acts and fills the buffer as it would
-alone; each SGD step samples one batch and applies the same `update` to the collector and then to
-every learner, with the same actor noise. The learners are extra leaves of the state that
-nothing of the collector reads, so the collector's parameters, buffer and env states are bitwise
-those of the run without learners. Each learner's own actor is evaluated on the collector's
-evaluation episodes; `learners.json` and `learners.png` put them side by side.
+alone. After each of its iterations the learners' own compiled program (`make_learning`) repeats
+that iteration's SGD steps from the same key on the buffer it left: the same batches, the same
+actor noise. Nothing of the collector's program reads the learners, so the collector's
+parameters, buffer and env states are bitwise those of the run without learners. Each learner's
+own actor is evaluated on the collector's evaluation episodes; `learners.json` and
+`learners.png` put them side by side.
 
 Resume is exact: the checkpoint holds everything the next iteration reads (parameters, Adam
 moments, α, buffer, env states, RNG), evaluation draws from its own key, and every iteration is
