@@ -29,15 +29,18 @@ import math
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import tyro
 from bench_cli import BenchConfigError, run_cli
 
 from crl.runtime.bench import device_info, versions
 from crl.sim.atomic import write_atomic, write_json
+
+ConfigT = TypeVar("ConfigT")
 
 Axis = Literal["depth", "width", "batch", "residual", "actor-depth", "critic-depth"]
 # The crl-train flag each axis sets; a value is put after it, except `residual` (a switch).
@@ -269,6 +272,29 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def result_header(benchmark: str, config: Any, folder: Path) -> dict[str, Any]:
+    """What a sweep tool's JSON opens with: the benchmark, date, machine, versions, the config
+    it ran (paths as strings) and its folder."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device_info(), "versions": versions(),
+        **{k: (str(v) if isinstance(v, Path) else v)
+           for k, v in dataclasses.asdict(config).items()},
+        "out": str(folder),
+    }
+
+
+def exit_on_sweep_error(run: Callable[[ConfigT], Any], config: ConfigT, name: str) -> None:
+    """`run(config)`; a run that failed (a SweepError: its message names the run and its log)
+    as one line on stderr and exit status 1."""
+    try:
+        run(config)
+    except SweepError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
     config.check()
     folder = config.folder()
@@ -283,14 +309,8 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
                          "params": param_counts(run_dir), "curves": curves,
                          "final_score": final_score(curves[config.metric], config.final_evals),
                          "wall_s": evals[-1].get("wall_s")})
-    result = {
-        "benchmark": "sweep",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_info(), "versions": versions(),
-        **{k: (str(v) if isinstance(v, Path) else v)
-           for k, v in dataclasses.asdict(config).items()},
-        "out": str(folder), "runs": runs, "summary": summarize(config, runs),
-    }
+    result = {**result_header("sweep", config, folder), "runs": runs,
+              "summary": summarize(config, runs)}
     write_json(folder / "sweep.json", result)
     plot(result, folder / "sweep.png")
     for row in result["summary"]:
@@ -301,11 +321,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
 
 
 def main(config: SweepConfig) -> None:
-    try:
-        run_sweep(config)
-    except SweepError as e:
-        print(f"sweep: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_sweep_error(run_sweep, config, "sweep")
 
 
 if __name__ == "__main__":

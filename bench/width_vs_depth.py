@@ -17,19 +17,22 @@ the actor and both critic encoders, counted from the networks each run trained. 
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import tyro
 from bench_cli import BenchConfigError, run_cli
-from sweep import METRICS, SweepConfig, SweepError, plot_against_params, run_sweep
+from sweep import (
+    METRICS,
+    SweepConfig,
+    exit_on_sweep_error,
+    plot_against_params,
+    result_header,
+    run_sweep,
+)
 
-from crl.runtime.bench import device_info, versions
 from crl.sim.atomic import write_atomic, write_json
 
 
@@ -110,12 +113,7 @@ def run(config: WidthVsDepthConfig) -> dict[str, Any]:
     results = {axis: run_sweep(sweep) for axis, sweep in sweeps.items()}
     folder = config.folder()
     result = {
-        "benchmark": "width_vs_depth",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_info(), "versions": versions(),
-        **{k: (str(v) if isinstance(v, Path) else v)
-           for k, v in dataclasses.asdict(config).items()},
-        "out": str(folder),
+        **result_header("width_vs_depth", config, folder),
         # Each sweep as plot_against_params reads it; its runs are in its own sweep.json.
         "sweeps": {axis: {"axis": axis, "metric": r["metric"], "json": f"{r['out']}/sweep.json",
                           "summary": r["summary"],
@@ -130,11 +128,7 @@ def run(config: WidthVsDepthConfig) -> dict[str, Any]:
 
 
 def main(config: WidthVsDepthConfig) -> None:
-    try:
-        run(config)
-    except SweepError as e:
-        print(f"width_vs_depth: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_sweep_error(run, config, "width_vs_depth")
 
 
 if __name__ == "__main__":
