@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if isinstance(args, OnnxArgs):
             e = export_onnx(args)
             print(f"wrote {e.path} ({e.precision}, task {e.spec.task!r}, {e.spec.network}"
-                  f"{', critic' if e.critic else ''}, weights sha256 {e.weights_sha256[:12]}…)")
+                  f"{', critic' if e.critic else ''}, seal sha256 {e.sha256[:12]}…)")
         else:
             from crl.export.tensorrt_build import build_engine
 

@@ -8,9 +8,15 @@ extra flags to emit `LayerNormalization`, and pulled in a dozen packages.
 
 The file carries everything a runtime needs, in `metadata_props`:
     crl.policy_spec     the `PolicySpec` as JSON (with its `network`),
+    crl.precision       "fp32" | "fp16" | "int8",
     crl.weights_sha256  the sha256 of the initializers as stored in this file (fp32, fp16 or int8),
-    crl.precision       "fp32" | "fp16" | "int8".
-The runtime recomputes the hash on load, so a file whose weights changed after export is refused.
+    crl.spec_sha256     the sha256 of the embedded spec's JSON text,
+    crl.graph_sha256    the sha256 of the nodes, the graph's inputs/outputs and the opsets,
+    crl.seal_sha256     the seal: the sha256 of the whole model (graph, weights, spec, every other
+                        field and the hashes above) with this value blanked.
+The runtime recomputes the seal on load, so a file with any edit (one bit of the goal box, a Tanh
+made a Sigmoid, a weight) is refused; the part hashes only say which part changed. The seal
+detects edits, not forgery: whoever can rewrite the file can recompute it too.
 
 This module imports numpy and onnx only (no jax): the runtime uses its metadata helpers.
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from crl.sim.atomic import temporary_path
+from crl.sim.atomic import replace_durably, temporary_path
 from crl.sim.spec import BLOCK_LAYERS, NetworkSpec, PolicySpec, SpecError
 
 # The first opset with LayerNormalization: ONNX Runtime ≥ 1.12 reads IR 8 + opset 17 (its
@@ -39,6 +45,9 @@ OPSET = 17
 IR_VERSION = 8
 SPEC_KEY = "crl.policy_spec"
 HASH_KEY = "crl.weights_sha256"
+SPEC_HASH_KEY = "crl.spec_sha256"
+GRAPH_HASH_KEY = "crl.graph_sha256"
+SEAL_KEY = "crl.seal_sha256"
 PRECISION_KEY = "crl.precision"
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUTS = ("observation", "goal")
@@ -59,6 +68,7 @@ class Exported:
     path: Path
     spec: PolicySpec
     precision: str
+    sha256: str  # the whole-model seal
     weights_sha256: str
     critic: bool
 
@@ -78,15 +88,16 @@ def export_actor(
     `distance` = ‖φ(s, π(s, g)) − ψ(g)‖₂ (the negated energy), a reachability readout.
     """
     model = build_model(params, spec, fp16=fp16, critic=critic)
-    digest = seal(model, spec, "fp16" if fp16 else "fp32")
+    precision = "fp16" if fp16 else "fp32"
+    digest = seal(model, spec, precision)
     save_atomic(model, Path(path))
-    return Exported(Path(path), spec, "fp16" if fp16 else "fp32", digest, critic)
+    return Exported(Path(path), spec, precision, digest, metadata(model)[HASH_KEY], critic)
 
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Exported:
     """Dynamic int8 quantization of an fp32 export, for ONNX Runtime on CPU: weights in int8,
     activations quantized per call (DynamicQuantizeLinear → MatMulInteger, which TensorRT does
-    not build). The hash is re-sealed over the int8 weights."""
+    not build). The int8 model is sealed anew."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
@@ -109,7 +120,8 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> E
     model.ir_version = IR_VERSION  # quantize_dynamic writes the onnx default (see IR_VERSION)
     digest = seal(model, spec, "int8")
     save_atomic(model, dst)
-    return Exported(dst, spec, "int8", digest, CRITIC_OUTPUTS[-1] in sealed.outputs)
+    return Exported(dst, spec, "int8", digest, metadata(model)[HASH_KEY],
+                    CRITIC_OUTPUTS[-1] in sealed.outputs)
 
 
 def build_model(
@@ -157,13 +169,66 @@ def build_model(
 
 
 def seal(model: onnx.ModelProto, spec: PolicySpec, precision: str) -> str:
-    """Embed the spec, the weights hash and the precision; returns the hash."""
+    """Embed the spec, the precision and the part hashes, then seal the whole model; returns
+    the seal."""
     if precision not in PRECISIONS:
         raise ExportError(f"precision: {precision!r} is not one of {PRECISIONS}")
-    digest = weights_sha256(model)
-    props = {SPEC_KEY: spec.to_json(indent=None), HASH_KEY: digest, PRECISION_KEY: precision}
+    spec_text = spec.to_json(indent=None)
+    props = {
+        SPEC_KEY: spec_text,
+        PRECISION_KEY: precision,
+        HASH_KEY: weights_sha256(model),
+        SPEC_HASH_KEY: _sha256(spec_text),
+        GRAPH_HASH_KEY: graph_sha256(model),
+    }
     helper.set_model_props(model, {**metadata(model), **props})
+    return stamp_seal(model)
+
+
+def stamp_seal(model: onnx.ModelProto) -> str:
+    """Record the seal of the model as it is now: the last step of `seal`, after every other
+    field is final. Returns the seal."""
+    helper.set_model_props(model, {**metadata(model), SEAL_KEY: ""})  # one entry, blank
+    digest = seal_sha256(model)
+    for prop in model.metadata_props:
+        if prop.key == SEAL_KEY:
+            prop.value = digest
     return digest
+
+
+def seal_sha256(model: onnx.ModelProto) -> str:
+    """sha256 of the whole model with the seal's value blanked.
+
+    Hashed in protobuf's deterministic serialization, a canonical form of the parsed message: a
+    file and its parse-and-rewrite hash alike, and ONNX Runtime, which parses the same bytes by
+    the same protobuf rules, runs exactly what was hashed.
+    """
+    entries = [prop for prop in model.metadata_props if prop.key == SEAL_KEY]
+    values = [prop.value for prop in entries]
+    try:
+        for prop in entries:
+            prop.value = ""
+        return _sha256(model.SerializeToString(deterministic=True))
+    finally:
+        for prop, value in zip(entries, values, strict=True):
+            prop.value = value
+
+
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """sha256 of what turns inputs into outputs besides the weights: the nodes (operators,
+    attributes, wiring), the graph's inputs, outputs and value infos, and the opsets."""
+    h = hashlib.sha256()
+    graph = model.graph
+    for section in (model.opset_import, graph.node, graph.input, graph.output, graph.value_info):
+        h.update(f"{len(section)}\0".encode())
+        for part in section:
+            data = part.SerializeToString(deterministic=True)
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _sha256(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
@@ -172,10 +237,11 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Sealed:
-    """What a policy file says about itself, verified against its graph and weights."""
+    """What a policy file says about itself, verified against its seal, graph and weights."""
 
     spec: PolicySpec
     precision: str
+    sha256: str  # the seal
     weights_sha256: str
     weight_bytes: int
     outputs: tuple[str, ...]
@@ -205,9 +271,10 @@ def load_model(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
 
 
 def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
-    """Check the embedded spec, the weights hash and the graph's inputs/outputs against the spec.
+    """Verify the seal, then check the embedded spec and the graph's inputs/outputs against it.
 
-    Errors name the file, the problem and what to do.
+    Nothing in the file is trusted before the seal holds. Errors are one line naming the file,
+    what no longer matches and what to do.
     """
     meta = metadata(model)
     if SPEC_KEY not in meta:
@@ -215,6 +282,14 @@ def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
             f"{source}: ONNX model without a crl policy spec (metadata {SPEC_KEY!r}); "
             "export it with `crl-export onnx`"
         )
+    if SEAL_KEY not in meta:
+        raise ExportError(
+            f"{source}: exported before crl sealed the whole policy file (no {SEAL_KEY!r}), so "
+            "edits to its graph or spec would pass unseen; re-export it with `crl-export onnx`"
+        )
+    digest = seal_sha256(model)
+    if meta[SEAL_KEY] != digest:
+        raise ExportError(_what_changed(model, meta, source, digest))
     try:
         spec = PolicySpec.from_json(meta[SPEC_KEY])
     except SpecError as e:
@@ -223,20 +298,34 @@ def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
     if precision not in PRECISIONS:
         raise ExportError(f"{source}: metadata {PRECISION_KEY!r} is {precision!r}, not one of "
                           f"{PRECISIONS}; re-export the policy with `crl-export onnx`")
-    recorded = meta.get(HASH_KEY, "")
-    digest = weights_sha256(model)
-    if recorded != digest:
-        raise ExportError(
-            f"{source}: weights sha256 mismatch (recorded {recorded[:12] or 'none'}…, weights "
-            f"hash to {digest[:12]}…): the weights changed after export; re-export the policy"
-        )
     _check_io(model, spec, source)
     weight_bytes = sum(
         int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in model.graph.initializer
     )
     outputs = tuple(o.name for o in model.graph.output)
-    return Sealed(spec, precision, digest, weight_bytes, outputs)
+    # Under the seal, the recorded weights hash is the exporter's: no need to hash them again.
+    return Sealed(spec, precision, digest, meta.get(HASH_KEY, ""), weight_bytes, outputs)
+
+
+def _what_changed(model: onnx.ModelProto, meta: dict[str, str], source: str, digest: str
+                  ) -> str:
+    """The refusal of a file whose seal does not match, naming the first part whose own hash
+    no longer matches either (the weights, the spec, the graph), else the rest."""
+    parts: tuple[tuple[str, str, str, Callable[[], str]], ...] = (
+        ("weights", HASH_KEY, "the weights hash", lambda: weights_sha256(model)),
+        ("spec", SPEC_HASH_KEY, "the embedded policy spec hashes", lambda: _sha256(meta[SPEC_KEY])),
+        ("graph", GRAPH_HASH_KEY, "the graph hashes", lambda: graph_sha256(model)),
+    )
+    for part, key, hashes, compute in parts:
+        recorded, found = meta.get(key, ""), compute()
+        if recorded != found:
+            return (f"{source}: {part} sha256 mismatch (recorded {recorded[:12] or 'none'}…, "
+                    f"{hashes} to {found[:12]}…): the {part} changed after export; "
+                    "re-export the policy")
+    return (f"{source}: seal sha256 mismatch (recorded {meta[SEAL_KEY][:12] or 'none'}…, the "
+            f"file hashes to {digest[:12]}…) while its weights, spec and graph match their "
+            "hashes: its metadata or another field changed after export; re-export the policy")
 
 
 def _check_io(model: onnx.ModelProto, spec: PolicySpec, source: str) -> None:
@@ -278,7 +367,7 @@ def save_atomic(model: onnx.ModelProto, path: Path) -> None:
     with temporary_path(path) as tmp:
         onnx.save(model, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
 
 
 def random_params(spec: PolicySpec, seed: int = 0, critic: bool = True) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 An engine is tied to the GPU model and the TensorRT version it was built with, so it is built on
 the target (a Jetson, a workstation GPU) and never shipped. Next to `policy.engine` goes
 `policy.engine.json`: the policy spec, the TensorRT version, the GPU, the precision, the batch
-range and the engine's sha256, which the runtime checks before it deserializes anything.
+range, the engine's sha256 and the seal of the ONNX it was built from, itself sealed
+(`sidecar_sha256` over the rest), all of which the runtime checks before it deserializes anything:
+the spec an engine runs under cannot be edited any more than the ONNX's.
 
 TensorRT 10 takes fp16 as a builder flag over an fp32 graph (or builds an fp16 export as a
 strongly typed network). TensorRT 11 only builds strongly typed networks: each tensor keeps the
@@ -28,12 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crl.export.onnx_export import INPUTS, ExportError, load_model, read_seal
-from crl.sim.atomic import temporary_path
+from crl.sim.atomic import replace_durably, temporary_path
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-ENGINE_FORMAT = "crl-engine/1"
+ENGINE_FORMAT = "crl-engine/2"  # /2: the sidecar is sealed and names the ONNX's seal
+SIDECAR_SEAL_KEY = "sidecar_sha256"
 ENGINE_PRECISIONS = ("fp32", "fp16")
 TENSORRT_MISSING = (
     "TensorRT is not installed: `pip install tensorrt cuda-python` on an x86_64 machine with an "
@@ -99,6 +102,15 @@ def logged_reason(lines: list[str]) -> str:
 
 def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
+
+
+def sidecar_sha256(sidecar: dict[str, Any]) -> str:
+    """The seal of a sidecar: sha256 of its canonical JSON (sorted keys, no spaces) without the
+    seal itself. JSON's floats read back to the same shortest repr, so a parsed sidecar hashes
+    as the one written."""
+    rest = {k: v for k, v in sidecar.items() if k != SIDECAR_SEAL_KEY}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cuda_runtime() -> Any:
@@ -250,10 +262,12 @@ def build_engine(
         "max_batch": max_batch,
         "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
         "weight_bytes": int(seal.weight_bytes),
+        "onnx_sha256": str(seal.sha256),
         "onnx_weights_sha256": str(seal.weights_sha256),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    sidecar[SIDECAR_SEAL_KEY] = sidecar_sha256(sidecar)
     write_files_atomically({
         out: engine,
         sidecar_path(out): json.dumps(sidecar, indent=2, sort_keys=True).encode(),
@@ -271,4 +285,4 @@ def write_files_atomically(files: dict[Path, bytes]) -> None:
         for path, data in files.items():
             tmps[path].write_bytes(data)
         for path, tmp in tmps.items():
-            os.replace(tmp, path)
+            replace_durably(tmp, path)

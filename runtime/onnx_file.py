@@ -1,8 +1,9 @@
 """Read a policy ONNX file and verify what it says about itself before anything runs it.
 
-The checks (embedded spec, weights hash, graph inputs/outputs against the spec) live with the
-exporter that writes the format, `crl.export.onnx_export`; this module turns their failures into
-`PolicyError`s for the runtime. onnx only, no onnxruntime, no jax.
+The checks (the seal over the whole file: graph, weights and spec; then the spec and the graph's
+inputs/outputs against each other) live with the exporter that writes the format,
+`crl.export.onnx_export`; this module turns their failures into `PolicyError`s for the runtime.
+onnx only, no onnxruntime, no jax.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class PolicyFile:
 
 
 def read_policy_file(path: str | Path) -> PolicyFile:
-    """Load and verify; a missing file, a file that is not ONNX, one without our spec, an
-    unknown spec format or a weights hash that does not match is a one-line `PolicyError`."""
+    """Load and verify; a missing file, a file that is not ONNX, one without our spec or seal
+    (exported before files were sealed whole), any edit after export (the message names the
+    part: weights, spec or graph) or an unknown spec format is a one-line `PolicyError`."""
     path = Path(path)
     try:
         data, model = load_model(path)

@@ -1,9 +1,10 @@
 """Native TensorRT backend: a prebuilt engine, buffers through cuda-python, `execute_async_v3`.
 
 Before deserializing, the engine's sidecar (`policy.engine.json`, written by
-`crl-export tensorrt`) is checked: its spec, the engine's sha256, and the TensorRT version and
-GPU it was built for, so a stale or foreign engine fails with a message that says to rebuild it
-rather than with TensorRT's internal error. `tensorrt` and cuda-python are imported when an
+`crl-export tensorrt`) is checked: its own seal (an edited spec is refused as an edited ONNX is),
+its spec, the engine's sha256, and the TensorRT version and GPU it was built for, so a stale,
+edited or foreign engine fails with a message that says to rebuild it rather than with
+TensorRT's internal error. `tensorrt` and cuda-python are imported when an
 engine is loaded, never at module import.
 """
 
@@ -21,11 +22,13 @@ from numpy.typing import ArrayLike, NDArray
 from crl.export.onnx_export import ACTION, INPUTS
 from crl.export.tensorrt_build import (
     ENGINE_FORMAT,
+    SIDECAR_SEAL_KEY,
     capturing_logger,
     cuda_runtime,
     gpu_info,
     logged_reason,
     sidecar_path,
+    sidecar_sha256,
     tensorrt_missing,
 )
 from crl.runtime.policy import PolicyError, check_inputs
@@ -48,6 +51,7 @@ class Sidecar:
     precision: str
     max_batch: int
     engine_sha256: str
+    onnx_sha256: str  # the seal of the ONNX the engine was built from
     weight_bytes: int
 
 
@@ -67,6 +71,15 @@ def read_sidecar(engine: Path) -> Sidecar:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise PolicyError(f"{path}: format {found!r} is not {ENGINE_FORMAT!r}; {rebuild}")
     try:
+        digest = sidecar_sha256(data)
+    except ValueError as e:  # NaN or infinity: never written by crl-export
+        raise PolicyError(f"{path}: malformed sidecar ({e}); {rebuild}") from None
+    recorded = str(data.get(SIDECAR_SEAL_KEY, ""))
+    if recorded != digest:
+        raise PolicyError(f"{path}: {SIDECAR_SEAL_KEY} mismatch (recorded "
+                          f"{recorded[:12] or 'none'}…, the sidecar hashes to {digest[:12]}…): "
+                          f"it changed after the engine was built; {rebuild}")
+    try:
         spec = PolicySpec.from_dict(data["spec"])
         return Sidecar(
             spec=spec,
@@ -76,6 +89,7 @@ def read_sidecar(engine: Path) -> Sidecar:
             precision=str(data["precision"]),
             max_batch=int(data["max_batch"]),
             engine_sha256=str(data["engine_sha256"]),
+            onnx_sha256=str(data["onnx_sha256"]),
             weight_bytes=int(data.get("weight_bytes", 0)),
         )
     except SpecError as e:

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from crl.export.onnx_export import SPEC_KEY
+from crl.export.onnx_export import SPEC_KEY, stamp_seal
 from crl.runtime.bench import (
     BenchConfig,
     bench_policy,
@@ -93,6 +93,16 @@ def _reseal_free_copy(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
+def _resealed_copy(src: Path, dst: Path, edit) -> Path:
+    """An edit sealed anew, as a faulty or newer exporter would write it: what the checks behind
+    the seal see."""
+    model = onnx.load(src)
+    edit(model)
+    stamp_seal(model)
+    onnx.save(model, dst)
+    return dst
+
+
 def _set_format(model: onnx.ModelProto) -> None:
     meta = {p.key: p.value for p in model.metadata_props}
     spec = json.loads(meta[SPEC_KEY])
@@ -129,11 +139,11 @@ def _plain_onnx(path: Path) -> Path:
         (lambda src, d: (d / "zeros.onnx").write_bytes(bytes(64)) and d / "zeros.onnx",
          "not an ONNX model"),
         (lambda src, d: _plain_onnx(d / "plain.onnx"), "without a crl policy spec"),
-        (lambda src, d: _reseal_free_copy(src, d / "fmt.onnx", _set_format),
+        (lambda src, d: _resealed_copy(src, d / "fmt.onnx", _set_format),
          "spec.format: 'crl-policy/99' is not a format"),
         (lambda src, d: _reseal_free_copy(src, d / "tampered.onnx", _tamper_weight),
          "weights sha256 mismatch.*re-export"),
-        (lambda src, d: _reseal_free_copy(src, d / "io.onnx", _widen_goal),
+        (lambda src, d: _resealed_copy(src, d / "io.onnx", _widen_goal),
          "graph tensor 'goal' has size 3 but the embedded spec says 2"),
     ],
 )

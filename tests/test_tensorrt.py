@@ -19,9 +19,10 @@ import pytest
 
 from crl.export.cli import USAGE_ERROR
 from crl.export.cli import main as export_main
-from crl.export.onnx_export import ExportError, export_actor
+from crl.export.onnx_export import ExportError, export_actor, load_model, read_seal
 from crl.export.tensorrt_build import (
     ENGINE_FORMAT,
+    SIDECAR_SEAL_KEY,
     TENSORRT_MISSING,
     build_engine,
     capturing_logger,
@@ -29,6 +30,7 @@ from crl.export.tensorrt_build import (
     engine_precision,
     logged_reason,
     sidecar_path,
+    sidecar_sha256,
     tensorrt_missing,
     write_files_atomically,
 )
@@ -65,9 +67,11 @@ def write_engine(path: Path, policy: PolicySpec, blob: bytes = b"engine",
     sidecar = {
         "format": ENGINE_FORMAT, "spec": policy.to_dict(), "tensorrt_version": "10.0.0",
         "gpu": "Some GPU", "compute_capability": "8.7", "precision": "fp16", "max_batch": 8,
-        "engine_sha256": hashlib.sha256(blob).hexdigest(), "weight_bytes": 1,
+        "engine_sha256": hashlib.sha256(blob).hexdigest(), "onnx_sha256": "0" * 64,
+        "weight_bytes": 1,
     }
     sidecar.update(changes)
+    sidecar[SIDECAR_SEAL_KEY] = sidecar_sha256(sidecar)
     sidecar_path(path).write_text(json.dumps(sidecar))
     return path
 
@@ -253,6 +257,8 @@ def test_engine_build_and_parity(onnx_files: dict[str, Path], tmp_path: Path) ->
         side = json.loads(sidecar_path(engine).read_text())
         assert side["precision"] == info.precision == precision and side["max_batch"] == 16
         assert side["tensorrt_version"] and PolicySpec.from_dict(side["spec"]) == spec
+        sealed = read_seal(load_model(onnx_files[precision])[1], "onnx")
+        assert side["onnx_sha256"] == sealed.sha256  # the engine names the sealed ONNX
         policy = load_policy(engine, "trt")
         assert policy.spec == spec
         np.testing.assert_allclose(policy.act(obs, goal), ref["action"], atol=tol)
@@ -276,7 +282,9 @@ def test_foreign_or_corrupt_engines_are_refused(
     good = engine.read_bytes()
 
     def refused(match: str, **changes: object) -> None:
-        sidecar_path(engine).write_text(json.dumps({**side, **changes}))
+        resealed = {**side, **changes}
+        resealed[SIDECAR_SEAL_KEY] = sidecar_sha256(resealed)  # a sidecar as built elsewhere
+        sidecar_path(engine).write_text(json.dumps(resealed))
         with pytest.raises(PolicyError, match=match) as e:
             load_policy(engine, "trt")
         assert "\n" not in str(e.value) and "rebuild" in str(e.value)
