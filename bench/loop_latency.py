@@ -35,6 +35,7 @@ from crl.runtime.bench import device_info
 from crl.runtime.bench_loop import plot_period_error
 from crl.runtime.controller import Stats
 from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, set_realtime
+from crl.sim.atomic import write_json
 from crl.sim.spec import NetworkSpec
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             DEFAULT_SPIN_S if args.spin is None else args.spin, args.realtime,
         ),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out, summary)
     plot_period_error(results, out.with_suffix(".png"))
     for r in results:
         pe, e2e = r["period_error_ms"], r["end_to_end_ms"]

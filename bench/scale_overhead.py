@@ -36,6 +36,7 @@ import jax  # noqa: E402
 
 import crl.sim.env  # noqa: E402,F401  (its XLA_FLAGS, also before jax starts)
 from crl.sim import tasks  # noqa: E402
+from crl.sim.atomic import write_json  # noqa: E402
 from crl.train.config import (  # noqa: E402
     PRESETS,
     NetworkConfig,
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                      **{p: metadata.version(p) for p in PACKAGES}},
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(json.dumps(report, indent=2))
     return 0
 

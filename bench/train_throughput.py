@@ -28,6 +28,7 @@ from pathlib import Path
 import jax
 
 from crl.sim import tasks
+from crl.sim.atomic import write_json
 from crl.train.config import PAPER, DType, NetworkConfig, TrainConfig, validate
 from crl.train.trainer import init_state, make_iteration, make_setup
 
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     out = args.out or RESULTS / f"train_throughput_{device_name()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return 0
 

@@ -10,7 +10,6 @@ clock), which is what a robot's computer adds to the policy's latency.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import sys
@@ -25,6 +24,7 @@ from crl.runtime import robot_config
 from crl.runtime.loop import open_realtime
 from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
+from crl.sim.atomic import write_json
 
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 # ZMQ's poll waits whole milliseconds: the last FINE_POLL_S before each sample polls without
@@ -96,7 +96,7 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
         "end_to_end_p99_ms": float(np.percentile(lat, 99)), "end_to_end_max_ms": float(lat.max()),
     }
     if report is not None:
-        report.write_text(json.dumps({**summary, "end_to_end_ms": [float(x) for x in lat]}))
+        write_json(report, {**summary, "end_to_end_ms": [float(x) for x in lat]})
     return summary
 
 

@@ -18,8 +18,11 @@ kept safe. One YAML file per robot (`crl.runtime.robots/<task>.yaml` ships one p
       safe_action: hold             # hold | zero | default_pose
       default_pose: {shoulder: 0.0, elbow: 0.0}
 
-Loading checks the config against itself; `check_against(spec)` checks it against a policy.
-Every error is a one-line `RobotConfigError` naming the key.
+Loading checks the config against itself; `check_against(spec)` checks it against a policy
+(a `default_pose` inside the policy's action limits and the model's joint ranges). Every error
+is a one-line `RobotConfigError` naming the key, of bounded length whatever the input: the file
+is read up to MAX_CONFIG_BYTES, YAML anchors and aliases (which can expand a few hundred bytes
+into gigabytes) are refused, and quoted values are cut to MAX_QUOTED_CHARS.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 import yaml
 
 import crl.sim
+from crl.runtime.messages import bounded
 from crl.sim.spec import PolicySpec
 
 ROBOTS = Path(__file__).parent / "robots"
@@ -45,10 +49,30 @@ BASE_SOURCES = {"base_position": 3, "base_orientation": 4, "base_linear_velocity
                 "base_angular_velocity": 3, "base_gravity": 3}
 SOURCES = (*JOINT_SOURCES, *BASE_SOURCES, "forward_kinematics", "last_action")
 SAFE_ACTIONS = ("hold", "zero", "default_pose")
+# A robot config is a hand-written page (the shipped ones are under 1 KiB): more is not a config.
+MAX_CONFIG_BYTES = 64 * 1024
+# Mappings and lists nested deeper than a config's own (safety.default_pose.<joint> is 3) are
+# refused before the YAML composer recurses into them.
+MAX_NESTING = 8
+# Beyond this many control periods without a fresh observation the policy acts blind, not on
+# slightly old data (2 s at 25 Hz, 0.1 s at 500 Hz); a larger staleness limit is a typo.
+MAX_OBSERVATION_AGE_PERIODS = 50.0
+# Any error message, and any value quoted in one (a name, a key, a list read from the file).
+MAX_ERROR_CHARS = 1000
+MAX_QUOTED_CHARS = 80
+
+
+def quote(value: Any) -> str:
+    """`repr(value)` for a message, bounded (see `bounded`)."""
+    return bounded(repr(value), MAX_QUOTED_CHARS)
 
 
 class RobotConfigError(ValueError):
-    """A robot config that is malformed or does not fit the policy; the message names the key."""
+    """A robot config that is malformed or does not fit the policy; the message names the key
+    and is one line of at most MAX_ERROR_CHARS."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(bounded(message, MAX_ERROR_CHARS))
 
 
 @dataclass(frozen=True)
@@ -94,8 +118,8 @@ class RobotConfig:
         """Refuse (naming the field) a config that does not provide what the policy needs."""
         where = self.path or "robot config"
         if self.task != spec.task:
-            raise RobotConfigError(f"{where}: task {self.task!r}, but the policy was trained "
-                                   f"for {spec.task!r}")
+            raise RobotConfigError(f"{where}: task {quote(self.task)}, but the policy was "
+                                   f"trained for {spec.task!r}")
         fields = {f.name: f for f in spec.observation}
         missing = [n for n in fields if n not in self.observation]
         if missing:
@@ -139,22 +163,66 @@ class RobotConfig:
                     f"robot_model_sha256 {spec.provenance.robot_model_sha256[:16]}…: the policy "
                     "was trained on another model; use the MJCF it was trained with"
                 )
+        self._check_pose_limits(spec)
+
+    def _check_pose_limits(self, spec: PolicySpec) -> None:
+        """Refuse a default pose the robot would not be sent as written: a joint the policy
+        does not command, a value outside the policy's action limits (the controller clips
+        commands to them) or, for joint position targets, outside the model's joint range."""
+        where = self.path or "robot config"
+        pose, action = self.safety.default_pose, spec.action
+        unknown = [j for j in pose if j not in action.joints]
+        if unknown:
+            raise RobotConfigError(f"{where}: safety.default_pose: joint(s) {quote(unknown)} "
+                                   f"are not the policy's action joints {list(action.joints)}")
+        units = "rad" if action.kind == "position" else "N·m"
+        for j, value in pose.items():
+            i = action.joints.index(j)
+            if not action.low[i] <= value <= action.high[i]:
+                raise RobotConfigError(
+                    f"{where}: safety.default_pose.{j}: {value:g} {units} is outside the "
+                    f"policy's action limits [{action.low[i]:g}, {action.high[i]:g}]")
+        if action.kind != "position" or self.model is None or not pose:
+            return
+        import mujoco  # only a config with a default pose and a model pays for loading it
+
+        try:
+            model = mujoco.MjModel.from_xml_path(str(self.model))
+        except ValueError as e:  # MuJoCo's parse and compile errors
+            raise RobotConfigError(f"{where}: model {self.model}: {e}") from None
+        for j, value in pose.items():
+            jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, j)
+            if jid < 0 or not model.jnt_limited[jid]:
+                continue
+            low, high = (float(x) for x in model.jnt_range[jid])
+            if not low <= value <= high:
+                raise RobotConfigError(
+                    f"{where}: safety.default_pose.{j}: {value:g} rad is outside the joint's "
+                    f"range [{low:g}, {high:g}] in {self.model.name}")
 
 
 def resolve(name_or_path: str | Path) -> Path:
     """A shipped config by task name (`reacher`), or a path to a YAML file."""
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise RobotConfigError(f"robot config {path}: no such file")
+    if path.suffix in (".yaml", ".yml") or _is_file(path):
+        if not _is_file(path):
+            raise RobotConfigError(f"robot config {quote(text)}: no such file")
         return path
     shipped = ROBOTS / f"{text}.yaml"
-    if not shipped.is_file():
+    if not _is_file(shipped):
         names = ", ".join(sorted(p.stem for p in ROBOTS.glob("*.yaml")))
-        raise RobotConfigError(f"robot config {text!r}: not a file and not a shipped config "
-                               f"({names})")
+        raise RobotConfigError(f"robot config {quote(text)}: not a file and not a shipped "
+                               f"config ({names})")
     return shipped
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False (not an exception) for a name too long or with a NUL byte."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def shipped(task: str) -> Path:
@@ -164,11 +232,71 @@ def shipped(task: str) -> Path:
 def load(name_or_path: str | Path) -> RobotConfig:
     """Read and check a robot config (see the module docstring for the format)."""
     path = resolve(name_or_path)
+    return parse(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> Any:
+    """A robot's YAML file, parsed with the robot config's limits (size, UTF-8, no anchors or
+    aliases, nesting); errors are one-line RobotConfigErrors. The ROS launch reads its robot
+    files through this too."""
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise RobotConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise RobotConfigError(f"{path}: over {MAX_CONFIG_BYTES} bytes; a robot config is a "
+                               "short hand-written file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RobotConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return load_yaml(text, path)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases (a few hundred bytes of them expand
+    into gigabytes: the "billion laughs") and with at most MAX_NESTING levels (its composer
+    recurses once a level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nesting = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _RefusedYAMLError(event.start_mark, "anchors and aliases (&name, *name) are "
+                                    "not allowed in a robot config; write the values out")
+        nests = isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        if nests and self.nesting >= MAX_NESTING:
+            raise _RefusedYAMLError(event.start_mark, f"nested deeper than {MAX_NESTING} levels")
+        self.nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
+
+
+class _RefusedYAMLError(Exception):
+    """YAML a robot config may not hold, where it starts."""
+
+    def __init__(self, mark: Any, problem: str) -> None:
+        super().__init__(f"line {mark.line + 1}, column {mark.column + 1}: {problem}")
+
+
+def load_yaml(text: str, where: Path | str = "robot config") -> Any:
+    """Parse a robot config's YAML (see `_ConfigLoader`); errors are one-line
+    RobotConfigErrors."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)
+    except _RefusedYAMLError as e:
+        raise RobotConfigError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
-        raise RobotConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse(data, path)
+        problem = getattr(e, "problem", None) or str(e).split("\n", 1)[0]
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise RobotConfigError(f"{where}: not valid YAML ({at}{problem})") from None
 
 
 def parse(data: Any, path: Path | None = None) -> RobotConfig:
@@ -178,8 +306,8 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
     known = {"task", "model", "observation", "command_joints", "safety"}
     unknown = set(data) - known
     if unknown:
-        raise RobotConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: "
-                               f"{sorted(known)}")
+        raise RobotConfigError(f"{where}: unknown key(s) {quote(sorted(map(str, unknown)))}; "
+                               f"known: {sorted(known)}")
     task = data.get("task")
     if not isinstance(task, str) or not task:
         raise RobotConfigError(f"{where}: task: name the task the policy was trained on")
@@ -188,10 +316,10 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
         m = Path(str(data["model"]))
         candidates = [m] if m.is_absolute() else [
             *([path.parent / m] if path else []), ASSETS / m]
-        model = next((c for c in candidates if c.is_file()), None)
+        model = next((c for c in candidates if _is_file(c)), None)
         if model is None:
-            raise RobotConfigError(f"{where}: model: {m} not found (looked in "
-                                   f"{', '.join(str(c.parent) for c in candidates)})")
+            raise RobotConfigError(f"{where}: model: {quote(str(m))} not found (looked in "
+                                   f"{', '.join(quote(str(c.parent)) for c in candidates)})")
     obs = data.get("observation")
     if not isinstance(obs, dict) or not obs:
         raise RobotConfigError(f"{where}: observation: map each policy field to a source "
@@ -204,14 +332,20 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
         raise RobotConfigError(f"{where}: command_joints: list the joints of the command array "
                                "in the robot controller's order")
     if len(set(joints)) != len(joints):
-        raise RobotConfigError(f"{where}: command_joints: duplicate names in {joints}")
+        raise RobotConfigError(f"{where}: command_joints: duplicate names in {quote(joints)}")
     safety = data.get("safety", {}) or {}
     if not isinstance(safety, dict):
         raise RobotConfigError(f"{where}: safety: expected a mapping")
     try:
-        return RobotConfig(task, model, observation, tuple(joints), _safety(safety), path)
+        checked = _safety(safety)
     except RobotConfigError as e:
         raise RobotConfigError(f"{where}: {e}") from None
+    unknown_joints = [j for j in checked.default_pose if j not in joints]
+    if unknown_joints:
+        raise RobotConfigError(f"{where}: safety.default_pose: joint(s) "
+                               f"{quote(unknown_joints)} are not in command_joints "
+                               f"{quote(joints)}")
+    return RobotConfig(task, model, observation, tuple(joints), checked, path)
 
 
 def _source(value: Any, where: str) -> Source:
@@ -220,7 +354,7 @@ def _source(value: Any, where: str) -> Source:
             raise RobotConfigError(f"{where}: forward_kinematics needs a site: "
                                    "{forward_kinematics: SITE}")
         if value not in SOURCES:
-            raise RobotConfigError(f"{where}: unknown source {value!r}; one of "
+            raise RobotConfigError(f"{where}: unknown source {quote(value)}; one of "
                                    f"{', '.join(SOURCES)}")
         return Source(value)
     if isinstance(value, dict) and set(value) == {"forward_kinematics"}:
@@ -229,15 +363,18 @@ def _source(value: Any, where: str) -> Source:
             raise RobotConfigError(f"{where}: forward_kinematics: name a site of the model")
         return Source("forward_kinematics", site)
     raise RobotConfigError(f"{where}: expected a source name or {{forward_kinematics: SITE}}, "
-                           f"got {value!r}")
+                           f"got {quote(value)}")
 
 
-def _number(value: Any, name: str, *, positive: bool = False, minimum: float = 0.0) -> float:
+def _number(value: Any, name: str, *, positive: bool = False, minimum: float = 0.0,
+            maximum: float = math.inf) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise RobotConfigError(f"safety.{name}: expected a finite number, got {value!r}")
+        raise RobotConfigError(f"safety.{name}: expected a finite number, got {quote(value)}")
     if value < minimum or (positive and value <= 0):
         raise RobotConfigError(f"safety.{name}: must be {'>' if positive else '>='} {minimum}, "
-                               f"got {value}")
+                               f"got {value:g}")
+    if value > maximum:
+        raise RobotConfigError(f"safety.{name}: must be <= {maximum:g}, got {value:g}")
     return float(value)
 
 
@@ -245,10 +382,11 @@ def _safety(data: Mapping[str, Any]) -> Safety:
     known = set(Safety.__dataclass_fields__)
     unknown = set(data) - known
     if unknown:
-        raise RobotConfigError(f"safety: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise RobotConfigError(f"safety: unknown key(s) {quote(sorted(map(str, unknown)))}; "
+                               f"known: {sorted(known)}")
     d = Safety()
     age = _number(data.get("max_observation_age", d.max_observation_age), "max_observation_age",
-                  positive=True)
+                  positive=True, maximum=MAX_OBSERVATION_AGE_PERIODS)
     margin = _number(data.get("goal_margin", d.goal_margin), "goal_margin")
     change = data.get("max_action_change", d.max_action_change)
     if change is not None:
@@ -256,7 +394,7 @@ def _safety(data: Mapping[str, Any]) -> Safety:
     soft = _number(data.get("soft_start", d.soft_start), "soft_start")
     safe = data.get("safe_action", d.safe_action)
     if safe not in SAFE_ACTIONS:
-        raise RobotConfigError(f"safety.safe_action: {safe!r} is not one of {SAFE_ACTIONS}")
+        raise RobotConfigError(f"safety.safe_action: {quote(safe)} is not one of {SAFE_ACTIONS}")
     pose = data.get("default_pose", {}) or {}
     if not isinstance(pose, dict):
         raise RobotConfigError("safety.default_pose: expected a mapping joint → value")

@@ -25,7 +25,7 @@ from flax import struct
 
 from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 from crl.train import cli
-from crl.train.checkpoint import CheckpointError, checkpoint_steps, load_run
+from crl.train.checkpoint import CHECKPOINTS, CheckpointError, checkpoint_steps, load_run
 from crl.train.config import (
     PRESETS,
     AlgoConfig,
@@ -573,6 +573,25 @@ def test_resume_after_sigkill_ends_bitwise_equal(point_run, tmp_path) -> None:
     evals_whole = json.loads((whole / "eval.json").read_text())["evaluations"]
     evals_resumed = json.loads((killed / "eval.json").read_text())["evaluations"]
     assert [e["train"] for e in evals_whole] == [e["train"] for e in evals_resumed]
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_its_step_0_checkpoint_evaluates_step_0_once(tmp_path) -> None:
+    """Resuming from the untrained policy's checkpoint keeps its evaluation and does not append
+    it again (a second copy would move the paper score)."""
+    import shutil
+
+    config = tiny_config(total_steps=30 * 7, eval=EvalConfig(eval_every=10**9, eval_episodes=4,
+                                                              held_out=False))
+    run_dir = tmp_path / "run"
+    env = PointMass(episode_length=23)
+    train(config, run_dir, env=env, progress=False)
+    end = config.env_steps_per_iteration
+    assert checkpoint_steps(run_dir) == [0, end]
+    shutil.rmtree(run_dir / CHECKPOINTS / str(end))  # as if killed after the first checkpoint
+    train(config, run_dir, resume=True, env=env, progress=False)
+    evaluations = json.loads((run_dir / "eval.json").read_text())["evaluations"]
+    assert [e["env_steps"] for e in evaluations] == [0, end]
 
 
 # ------------------------------------------------------------------------- early termination

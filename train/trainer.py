@@ -909,7 +909,9 @@ def train(
         recorder.logger = logger
         logger.compiled(recorder.wall())
         last_checkpoint = str(checkpointer.path(env_steps))
-        if start == 0:  # the untrained policy's figures
+        # The untrained policy's figures, once: a run resumed from its step-0 checkpoint kept
+        # them, and a second copy would weigh in eval.json's paper score.
+        if start == 0 and not evaluations:
             last_checkpoint = recorder.save(state, 0, recorder.evaluate(state, 0))
         pending: list[tuple[int, dict[str, Any]]] = []
         for it in range(start, config.iterations):

@@ -4,6 +4,8 @@ ROS messages to and from the runtime's types, as plain functions of message fiel
 Nothing here starts ROS: the nodes call these, and the tests call them on message objects
 directly. The controller does everything after the conversion (joint lookup by name, staleness,
 goal checks), so this module only moves numbers and refuses what cannot be an observation.
+Its one piece of state, `JointVelocities`, keeps each joint's previous position for drivers
+that publish no velocities.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from crl.runtime.messages import Observation
+from crl.runtime.messages import Observation, bounded
+from crl.runtime.robot_config import MAX_ERROR_CHARS
 
 Vector = NDArray[np.float64]
 AXES = "xyz"
@@ -26,7 +29,7 @@ class ConversionError(ValueError):
     """A message that cannot become an observation or a goal; `reason` is what gets counted."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(bounded(f"{reason}: {detail}", MAX_ERROR_CHARS))  # names off the wire
         self.reason = reason
 
 
@@ -55,34 +58,78 @@ def odometry_to_base(msg: Any, received: float) -> BaseState:
                      np.array([lin.x, lin.y, lin.z]), np.array([ang.x, ang.y, ang.z]))
 
 
+class JointVelocities:
+    """
+    Velocities for joint states that carry positions only, by finite differences.
+
+    Many drivers publish no velocity array. Per joint, the velocity is the change of its
+    position since its previous message over the change of stamp. A joint seen for the first
+    time, or whose stamp advanced less than MIN_STEP_S (a repeated message, a clock stepped
+    back, stamps too close for a difference to mean anything), has none in that message; its
+    position is kept, so the next message has one.
+    """
+
+    MIN_STEP_S = 1e-4  # a 10 kHz driver's period: closer stamps make noise a huge velocity
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[float, float]] = {}  # joint → (stamp, position)
+
+    def estimate(self, names: Sequence[str], pos: Vector, stamp: float) -> Vector:
+        """
+        Estimate the velocities of `names` (NaN where there is none).
+
+        Then remember their finite positions as each joint's previous one.
+        """
+        vel = np.full(len(names), math.nan)
+        for i, name in enumerate(names):
+            last = self.last.get(name)
+            if last is not None and stamp - last[0] >= self.MIN_STEP_S:
+                vel[i] = (pos[i] - last[1]) / (stamp - last[0])
+            if math.isfinite(pos[i]):
+                self.last[name] = (stamp, float(pos[i]))
+        return vel
+
+
 def joint_state_to_observation(msg: Any, received: float, session: int, seq: int,
-                               base: BaseState | None = None,
-                               required: Sequence[str] = ()) -> Observation:
+                               base: BaseState | None = None, required: Sequence[str] = (),
+                               velocities: JointVelocities | None = None) -> Observation:
     """
     Turn sensor_msgs/JointState (+ odometry) into an Observation.
 
     The stamp is the header's, or the receive time when it is zero; with odometry it is the
     older of the two, so stale odometry makes the observation stale. Joints in `required` must
-    have finite position and velocity (a missing velocity array counts as non-finite): a NaN
-    from one sensor refuses the message rather than reaching the policy.
+    have a finite position and velocity: a NaN from one sensor refuses the message rather than
+    reaching the policy. A message without a velocity array takes them from `velocities`
+    (finite differences over the stamps); where there is none, or no `velocities`, it is
+    refused as `no_velocity`.
     """
     names = tuple(msg.name)
     pos = np.asarray(msg.position, dtype=np.float64)
     vel = np.asarray(msg.velocity, dtype=np.float64)
-    if len(vel) == 0:
-        vel = np.full(len(names), math.nan)
-    if len(pos) != len(names) or len(vel) != len(names):
+    measured = len(vel) > 0
+    if len(pos) != len(names) or (measured and len(vel) != len(names)):
         raise ConversionError("malformed", f"{len(names)} names, {len(pos)} positions, "
                               f"{len(vel)} velocities")
     if len(set(names)) != len(names):
         raise ConversionError("malformed", f"duplicate joint names in {list(names)}")
     stamp = stamp_seconds(msg.header.stamp) or received
+    if not measured:
+        vel = (velocities.estimate(names, pos, stamp) if velocities is not None
+               else np.full(len(names), math.nan))
     index = {n: i for i, n in enumerate(names)}
-    bad = [n for n in required
-           if n in index and not (math.isfinite(pos[index[n]]) and math.isfinite(vel[index[n]]))]
+    needed = [index[n] for n in required if n in index]
+    bad = [names[i] for i in needed
+           if not (math.isfinite(pos[i]) and (math.isfinite(vel[i]) or not measured))]
     if bad:
         raise ConversionError("nonfinite", f"non-finite position or velocity of joint(s) "
                               f"{', '.join(bad)}")
+    unknown = [names[i] for i in needed if not math.isfinite(vel[i])]
+    if unknown:
+        detail = f"the joint state carries no velocities (joint(s) {', '.join(unknown)})"
+        if velocities is not None:
+            detail += ("; finite differences need an earlier position with an older stamp, "
+                       "which the next message has")
+        raise ConversionError("no_velocity", detail)
     if base is None:
         return Observation(session, seq, stamp, names, pos, vel)
     values = (base.pos, base.quat, base.lin_vel, base.ang_vel)

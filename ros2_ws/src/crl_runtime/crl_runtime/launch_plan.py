@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from crl.runtime import robot_config
 
 # name -> (default, description); the launch file declares exactly these.
 ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -73,9 +73,9 @@ def robot_parameters(robot: str, share: Path) -> tuple[list[Any], str]:
     if not path.is_file():
         raise LaunchError(f"robot:={robot}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise LaunchError(f"robot:={robot}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = robot_config.read_yaml(path)
+    except robot_config.RobotConfigError as e:
+        raise LaunchError(f"robot:={robot}: {e}") from None
     if isinstance(data, dict) and isinstance(data.get("task"), str):
         task = data["task"]
         file = share / "config" / f"{task}.yaml"

@@ -15,6 +15,7 @@ from crl.runtime import robot_config
 from crl.runtime.messages import Observation
 from crl_runtime.convert import (
     ConversionError,
+    JointVelocities,
     apply_transform,
     goal_axes,
     goal_values,
@@ -50,7 +51,8 @@ def test_an_unset_stamp_means_the_receive_time() -> None:
 @pytest.mark.parametrize(("msg", "reason"), [
     (joint_state(["shoulder", "elbow"], [math.nan, 0.0], [0.0, 0.0]), "nonfinite"),
     (joint_state(["shoulder", "elbow"], [0.0, 0.0], [0.0, math.inf]), "nonfinite"),
-    (joint_state(["shoulder", "elbow"], [0.0, 0.0]), "nonfinite"),  # no velocities
+    (joint_state(["shoulder", "elbow"], [0.0, 0.0]), "no_velocity"),  # none, no estimator
+    (joint_state(["shoulder", "elbow"], [math.nan, 0.0]), "nonfinite"),  # and a NaN position
     (joint_state(["shoulder", "elbow"], [0.0], [0.0, 0.0]), "malformed"),
     (joint_state(["shoulder", "shoulder"], [0.0, 0.0], [0.0, 0.0]), "malformed"),
 ])
@@ -58,6 +60,70 @@ def test_refused_joint_states_say_why(msg: JointState, reason: str) -> None:
     with pytest.raises(ConversionError) as e:
         joint_state_to_observation(msg, 1.0, 1, 1, required=("shoulder", "elbow"))
     assert e.value.reason == reason
+
+
+def test_joint_states_without_velocities_get_finite_differences_over_the_stamps() -> None:
+    """
+    Drivers that publish positions only get velocities by finite differences, per joint.
+
+    The first message has nothing to difference and is refused naming velocity; later ones
+    get (position change) / (stamp change).
+    """
+    required = ("shoulder", "elbow")
+    v = JointVelocities()
+    with pytest.raises(ConversionError, match="velocit") as e:
+        joint_state_to_observation(joint_state(["shoulder", "elbow"], [0.1, 0.2], stamp=10.0),
+                                   99.0, 1, 1, required=required, velocities=v)
+    assert e.value.reason == "no_velocity"
+    # 40 ms later, another order, and an extra joint seen for the first time (not required).
+    obs = joint_state_to_observation(
+        joint_state(["elbow", "gripper", "shoulder"], [0.1, 0.5, 0.14], stamp=10.04),
+        99.0, 1, 2, required=required, velocities=v)
+    assert obs.joint_names == ("elbow", "gripper", "shoulder")
+    np.testing.assert_allclose(obs.joint_vel[[0, 2]], [-2.5, 1.0])
+    assert math.isnan(obs.joint_vel[1])  # gripper: no previous position, and not needed
+    # Each joint from its own previous message: the shoulder alone, then both again.
+    joint_state_to_observation(joint_state(["shoulder"], [0.24], stamp=10.09), 99.0, 1, 3,
+                               required=("shoulder",), velocities=v)
+    obs = joint_state_to_observation(joint_state(["shoulder", "elbow"], [0.24, 0.1],
+                                                 stamp=10.10), 99.0, 1, 4, required=required,
+                                     velocities=v)
+    np.testing.assert_allclose(obs.joint_vel, [0.0, 0.0], atol=1e-9)
+    # A stamp that did not advance (a repeat, or a clock stepped back) has no velocity; the
+    # message after it differences against it.
+    with pytest.raises(ConversionError, match="velocit"):
+        joint_state_to_observation(joint_state(["shoulder", "elbow"], [0.3, 0.1], stamp=5.0),
+                                   99.0, 1, 5, required=required, velocities=v)
+    obs = joint_state_to_observation(joint_state(["shoulder", "elbow"], [0.32, 0.1],
+                                                 stamp=5.02), 99.0, 1, 6, required=required,
+                                     velocities=v)
+    np.testing.assert_allclose(obs.joint_vel, [1.0, 0.0])
+    # Measured velocities are used as sent; a NaN position is still refused as non-finite.
+    obs = joint_state_to_observation(joint_state(["shoulder", "elbow"], [0.0, 0.0], [7.0, 8.0],
+                                                 stamp=6.0), 99.0, 1, 7, velocities=v)
+    assert obs.joint_vel.tolist() == [7.0, 8.0]
+    with pytest.raises(ConversionError) as e:
+        joint_state_to_observation(joint_state(["shoulder", "elbow"], [math.nan, 0.0],
+                                               stamp=7.0), 99.0, 1, 8, required=required,
+                                   velocities=v)
+    assert e.value.reason == "nonfinite"
+
+
+def test_an_unset_stamp_differences_over_the_receive_times() -> None:
+    v = JointVelocities()
+    with pytest.raises(ConversionError):
+        joint_state_to_observation(joint_state(["a"], [1.0]), 20.0, 1, 1, required=("a",),
+                                   velocities=v)
+    obs = joint_state_to_observation(joint_state(["a"], [1.5]), 20.5, 1, 2, required=("a",),
+                                     velocities=v)
+    assert obs.stamp == 20.5 and obs.joint_vel.tolist() == [1.0]
+
+
+def test_a_refusal_quoting_the_wire_stays_short() -> None:
+    names = ["j" * 10_000] * 2  # duplicate names, each 10 kB
+    with pytest.raises(ConversionError) as e:
+        joint_state_to_observation(joint_state(names, [0.0, 0.0], [0.0, 0.0]), 1.0, 1, 1)
+    assert e.value.reason == "malformed" and len(str(e.value)) <= robot_config.MAX_ERROR_CHARS
 
 
 def test_a_nan_on_a_joint_the_policy_does_not_use_passes() -> None:

@@ -9,6 +9,7 @@ file's text for exactly that.
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,20 @@ def test_a_yaml_that_is_neither_kind_is_refused(tmp_path: Path) -> None:
     other.write_text("just: data\n")
     with pytest.raises(LaunchError, match="neither a ROS parameter file"):
         plan(args(robot=str(other)), PACKAGE)
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path: Path) -> None:
+    """Robot files are read with the robot config's limits: no anchors or aliases."""
+    # A few hundred bytes that would expand into 9**9 items if anything expanded them.
+    bomb = tmp_path / "bomb.yaml"
+    names = "abcdefghi"
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]"
+               for p, c in itertools.pairwise(names)]
+    bomb.write_text("\n".join(levels) + "\n")
+    with pytest.raises(LaunchError, match="anchors and aliases") as e:
+        plan(args(robot=str(bomb)), PACKAGE)
+    assert len(str(e.value)) < 300 and "\n" not in str(e.value)
 
 
 def test_the_launch_file_only_wraps_plan() -> None:
