@@ -27,6 +27,7 @@ from crl.runtime import robot_config
 from crl.runtime.bench import device_info, versions
 from crl.runtime.closed_loop import free_base_port
 from crl.runtime.controller import Controller
+from crl.runtime.loop import DEFAULT_SPIN_S
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.serve import ServeOptions, serve
 from crl.runtime.transport import Endpoints
@@ -44,7 +45,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
     controller.set_goal(spec.goal.frame, (np.asarray(spec.goal.low) + spec.goal.high) / 2)
     ep = Endpoints("127.0.0.1", free_base_port())
     options = ServeOptions(endpoints=ep, wait_s=30.0, seconds=seconds, realtime=realtime,
-                           **({} if spin_s is None else {"spin_s": spin_s}))
+                           spin_s=DEFAULT_SPIN_S if spin_s is None else spin_s)
     host_before = host_counters()
     with tempfile.TemporaryDirectory(prefix="crl-bench-loop-") as tmp:
         report = Path(tmp) / "robot.json"

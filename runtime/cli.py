@@ -5,6 +5,7 @@
     crl-run closed-loop --policy policy.onnx --task reacher --dr held-out --goals 20 --out r.json
     crl-run bench --policy policy.onnx --out latency.json       # policy latency
     crl-run bench-loop --policy policy.onnx --hz 100 --seconds 60 --out loop.json
+    crl-run keys --out keys/                                    # CURVE keys (--keys keys/)
 
 A user mistake is one line on stderr and exit status 2.
 """
@@ -15,13 +16,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tyro
 
 from crl.runtime.policy import PolicyError
 from crl.sim.atomic import write_json
 from crl.sim.spec import SpecError
+
+if TYPE_CHECKING:
+    from crl.runtime.auth import Keys, Role
 
 USAGE_ERROR = 2
 
@@ -59,9 +63,25 @@ class BenchArgs:
 @dataclass(frozen=True)
 class Connection:
     host: str = "127.0.0.1"
-    """where the ZMQ streams live (another address makes them reachable from other machines)"""
+    """where the ZMQ streams live (another address makes them reachable from other machines, and
+    needs --keys)"""
     port: int = 5560
     """base port: robot observations P, telemetry P+1; runtime actions P+2, goals P+3, status P+4"""
+    keys: Path | None = None
+    """CURVE keys folder (`crl-run keys`): this party's secret certificate and authorized/ peers'
+    public ones; every stream is then encrypted and only authorized keys are served"""
+
+
+@dataclass(frozen=True)
+class KeysArgs:
+    """Make CURVE certificates for `--keys DIR`: each role's secret in DIR (mode 0600) and its
+    public certificate in DIR/authorized/, so the roles made together trust each other. On
+    several machines, give each party its own secret and its peers' public certificates."""
+
+    out: Path
+    """the keys folder"""
+    roles: tuple[Literal["runtime", "robot", "operator"], ...] = ("runtime", "robot", "operator")
+    """whose certificates to make (operator: `crl-run goal`, status and telemetry readers)"""
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,9 @@ class ClosedLoopArgs:
     """robot config (default: the shipped one of the task)"""
     speed: float = 1.0
     """faster than real time, for both processes"""
+    keys: Path | None = None
+    """a CURVE keys folder holding all three roles (`crl-run keys --out DIR`): the robot, the
+    runtime and the scorer (operator) authenticate each other"""
 
 
 @dataclass(frozen=True)
@@ -189,12 +212,21 @@ def _policy(path: Path, backend: str, threads: int = 1) -> object:
     return load_policy(path, backend, threads=threads)
 
 
+def _keys(folder: Path | None, role: Role, server: Role) -> Keys | None:
+    """`role`'s keys from `--keys`, with those of the `server` it connects to."""
+    from crl.runtime.auth import load_keys
+
+    return load_keys(folder, role, (server,)) if folder is not None else None
+
+
 def serve_cmd(args: ServeArgs) -> None:
     from crl.runtime import robot_config
     from crl.runtime.controller import Controller
     from crl.runtime.serve import ServeOptions, serve
     from crl.runtime.transport import Endpoints
 
+    endpoints, keys = Endpoints(args.host, args.port), _keys(args.keys, "runtime", "robot")
+    endpoints.check_binding(keys)  # before the policy loads: a host error comes at once
     policy = _policy(args.policy, args.backend, args.threads)
     spec = policy.spec  # type: ignore[attr-defined]
     config = robot_config.load(args.robot or spec.task).replace_safety(
@@ -207,13 +239,13 @@ def serve_cmd(args: ServeArgs) -> None:
         ok, reason = controller.set_goal(spec.goal.frame, list(args.goal))
         if not ok:
             raise PolicyError(f"--goal: {reason}")
-    endpoints = Endpoints(args.host, args.port)
     print(f"crl-run serve: {spec.task} policy ({args.backend}) at {controller.rate_hz:g} Hz; "
           f"robot observations from {endpoints.observations}, actions on {endpoints.actions}, "
           f"goals on {endpoints.goals}", file=sys.stderr, flush=True)
     live = sys.stderr.isatty() and not args.quiet
     final = serve(controller, ServeOptions(endpoints, wait_s=args.wait, spin_s=args.spin,
-                                           realtime=args.realtime, seconds=args.seconds),
+                                           realtime=args.realtime, seconds=args.seconds,
+                                           keys=keys),
                   on_status=_status_line if live else None)
     if live:
         print(file=sys.stderr)
@@ -223,10 +255,14 @@ def serve_cmd(args: ServeArgs) -> None:
 
 
 def summary_line(s: dict[str, float | int | str]) -> str:
-    return (f"{s['mode']:>10}  {s['rate_hz']:6.1f} Hz  p99 period error "
+    """The status in one line: the rate over the last second and the longest gap between
+    actions since the previous status (and over the run), so a stall cannot hide."""
+    return (f"{s['mode']:>10}  {s['rate_hz']:6.1f} Hz  longest gap {s['max_gap_ms']:.0f} ms "
+            f"(run {s['max_gap_run_ms']:.0f})  p99 period error "
             f"{s['period_error_p99_ms']:.3f} ms  policy p99 {s['policy_latency_p99_ms']:.3f} ms  "
-            f"misses {s['misses']}  stale stops {s['stale_stops']}  goal rejections "
-            f"{s['goal_rejections']}  non-finite {s['nonfinite_actions']}")
+            f"misses {s['misses']}  stale stops {s['stale_stops']}  robot restarts "
+            f"{s['robot_restarts']}  goal rejections {s['goal_rejections']}  non-finite "
+            f"{s['nonfinite_actions']}")
 
 
 def _status_line(s: dict[str, float | int | str]) -> None:
@@ -238,7 +274,8 @@ def goal_cmd(args: GoalArgs) -> None:
 
     if not args.values:
         raise PolicyError("goal: give the goal's coordinates, e.g. `crl-run goal 0.1 0.05`")
-    reply = send_goal(Endpoints(args.host, args.port), list(args.values), args.frame, args.timeout)
+    reply = send_goal(Endpoints(args.host, args.port), list(args.values), args.frame, args.timeout,
+                      _keys(args.keys, "operator", "runtime"))
     if not reply.accepted:
         raise PolicyError(f"goal rejected: {reply.reason}")
     print(f"goal {list(args.values)} accepted")
@@ -253,7 +290,7 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
     result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
                              goals=args.goals, backend=args.backend, robot=args.robot or None,
                              speed=args.speed, spec_success_radius=spec.success_radius,
-                             spec_goal_frame=spec.goal.frame)
+                             spec_goal_frame=spec.goal.frame, keys=args.keys)
     write_json(args.out, result)
     rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
     print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
@@ -280,13 +317,23 @@ def bench_loop_cmd(args: BenchLoopArgs) -> None:
           + (f" and {args.plot}" if args.plot else ""))
 
 
+def keys_cmd(args: KeysArgs) -> None:
+    from crl.runtime.auth import make_keys
+
+    if not args.roles:
+        raise PolicyError("--roles: name at least one of runtime, robot, operator")
+    for path in make_keys(args.out, args.roles):
+        print(f"wrote {path}")
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "serve": ServeArgs, "goal": GoalArgs, "closed-loop": ClosedLoopArgs, "bench": BenchArgs,
-    "bench-loop": BenchLoopArgs,
+    "bench-loop": BenchLoopArgs, "keys": KeysArgs,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from crl.runtime.auth import AuthError
     from crl.runtime.closed_loop import ClosedLoopError
     from crl.runtime.observation import ObservationError
     from crl.runtime.robot_config import RobotConfigError
@@ -295,11 +342,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-run", args=argv)
     run = {ServeArgs: serve_cmd, GoalArgs: goal_cmd, ClosedLoopArgs: closed_loop_cmd,
-           BenchArgs: bench, BenchLoopArgs: bench_loop_cmd}[type(args)]
+           BenchArgs: bench, BenchLoopArgs: bench_loop_cmd, KeysArgs: keys_cmd}[type(args)]
     try:
         run(args)  # type: ignore[operator]
     except (PolicyError, SpecError, RobotConfigError, ObservationError, StartupError,
-            TransportError, ClosedLoopError, OSError) as e:  # OSError: an unwritable --out
+            TransportError, AuthError, ClosedLoopError,
+            OSError) as e:  # OSError: an unwritable --out
         print(f"crl-run: error: {e}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
 

@@ -29,6 +29,7 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
+from crl.runtime.auth import Keys, load_keys
 from crl.runtime.messages import Telemetry
 from crl.runtime.transport import Endpoints, send_goal, status_reader, telemetry_reader
 
@@ -107,25 +108,35 @@ def start(name: str, argv: list[str], logdir: Path) -> Process:
 def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
                     backend: str = "ort", robot: str | None = None, speed: float = 1.0,
                     spec_success_radius: float, spec_goal_frame: str,
-                    serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the closed loop and return the result (see the module docstring)."""
+                    serve_args: tuple[str, ...] = (), keys: Path | None = None) -> dict[str, Any]:
+    """Run the closed loop and return the result (see the module docstring). `keys`: a CURVE
+    keys folder with all three roles; the scorer is the operator."""
     host = "127.0.0.1"
     ep = Endpoints(host, free_base_port(host))
     py = sys.executable
+    operator: Keys | None = None
+    key_args: tuple[str, ...] = ()
+    if keys is not None:  # each process's keys load here first: an error is one line, at once
+        load_keys(keys, "robot", ("runtime",))
+        load_keys(keys, "runtime", ("robot",))
+        operator = load_keys(keys, "operator", ("runtime", "robot"))
+        key_args = ("--keys", str(keys))
     with tempfile.TemporaryDirectory(prefix="crl-closed-loop-") as tmp:
         logdir = Path(tmp)
         procs = [
             start("crl-sim robot", [py, "-m", "crl.sim.cli", "robot", task, "--dr", dr,
                                     "--seed", str(seed), "--host", host, "--port", str(ep.port),
-                                    "--speed", str(speed)], logdir),
+                                    "--speed", str(speed), *key_args], logdir),
             start("crl-run serve", [py, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
                                     "--backend", backend, "--robot", robot or task, "--host",
                                     host, "--port", str(ep.port), "--speed", str(speed),
-                                    "--wait", str(STARTUP_S), "--quiet", *serve_args], logdir),
+                                    "--wait", str(STARTUP_S), "--quiet", *key_args, *serve_args],
+                  logdir),
         ]
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            result = _score(ctx, ep, procs, goals, spec_success_radius, spec_goal_frame)
+            result = _score(ctx, ep, procs, goals, spec_success_radius, spec_goal_frame,
+                            operator)
         finally:
             ctx.destroy(linger=0)
             codes = {p.name: p.stop() for p in reversed(procs)}
@@ -138,9 +149,9 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
 
 
 def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Process], goals: int,
-           radius: float, frame: str) -> dict[str, Any]:
-    telemetry = telemetry_reader(ctx, ep)
-    statuses = status_reader(ctx, ep)
+           radius: float, frame: str, keys: Keys | None) -> dict[str, Any]:
+    telemetry = telemetry_reader(ctx, ep, keys)
+    statuses = status_reader(ctx, ep, keys)
     episodes: dict[int, Episode] = {}
     scored: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -164,7 +175,7 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
             deadline = time.monotonic() + STALL_S
             e = episodes.get(tel.episode)
             if e is None:
-                e = _begin(ep, tel, frame, runtime_ready)
+                e = _begin(ep, tel, frame, runtime_ready, keys)
                 episodes[tel.episode] = e
             if not np.isnan(tel.action_latency_ms) and runtime_ready:
                 latencies.append(tel.action_latency_ms)
@@ -187,13 +198,14 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
     }
 
 
-def _begin(ep: Endpoints, tel: Telemetry, frame: str, runtime_ready: bool) -> Episode:
+def _begin(ep: Endpoints, tel: Telemetry, frame: str, runtime_ready: bool,
+           keys: Keys | None) -> Episode:
     """A new episode: send its goal; it counts only if the runtime was running and took the goal
     at the episode's first step."""
     accepted = False
     if runtime_ready:
         with contextlib.suppress(Exception):
-            accepted = send_goal(ep, [float(v) for v in tel.goal], frame).accepted
+            accepted = send_goal(ep, [float(v) for v in tel.goal], frame, keys=keys).accepted
     return Episode(tel.episode, tel.goal.copy(), accepted and tel.step <= 1)
 
 

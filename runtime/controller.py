@@ -7,12 +7,21 @@ from the spec's named fields, the policy, [-1, 1] → physical units, clipped to
 in after a start or a safety stop (soft start), limited in change per tick, returned. Anything
 unsafe (stale data, no goal yet, a policy output that is not finite, a policy that raised) sends
 the configured safe action instead, and is counted in `stats`.
+
+Restarts: the rate limit and the soft start work from a reference, the command last sent. When
+that command no longer says where the robot is (at the start, when data comes back after a stale
+stop, at a new robot session: the robot restarted), the reference is re-read from the newest
+measured positions (zero torque for effort control), so the first command is never more than
+`max_action_change` from where the robot is measured, whatever the previous robot was sent.
+The `hold` safe action holds the position measured when the stop began (never a previous
+robot's target), reached under the rate limit like any command.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +35,9 @@ from crl.sim.spec import PolicySpec
 
 Vector = NDArray[np.float64]
 MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
+RATE_WINDOW_S = 1.0  # the live rate counts the actions of the last second
+STALL_PERIODS = 3  # a gap between actions longer than this many control periods is a stall
+ACTION_SLACK = 4  # action times kept beyond a window's worth at the control rate
 
 
 class Window:
@@ -66,30 +78,89 @@ class Window:
         v = self.recent()
         return float(v.max()) if len(v) else math.nan
 
+    def last(self) -> float:
+        """The newest sample (NaN before any)."""
+        return float(self.buf[(self.count - 1) % len(self.buf)]) if self.count else math.nan
+
+
+class ActionTimes:
+    """When the controller's commands went out: the rate over the last `RATE_WINDOW_S` and the
+    longest gap between consecutive commands, so a status cannot average a stall away.
+
+    `add` is O(1) (a ring of times, sized to hold more than a window at the control rate); the
+    rate is found when a status is taken.
+    """
+
+    def __init__(self, capacity: int):
+        self.times = Window(capacity)
+        self.gap_max = 0.0  # s, since the last status
+        self.gap_max_run = 0.0  # s, since the start
+
+    def add(self, t: float) -> None:
+        if self.times.count:
+            gap = t - self.times.last()
+            self.gap_max = max(self.gap_max, gap)
+            self.gap_max_run = max(self.gap_max_run, gap)
+        self.times.add(t)
+
+    def rate(self, now: float) -> float:
+        """Actions per second over the last `RATE_WINDOW_S` to `now`, measured from the last
+        action before that window (or, early on, the oldest kept), so whole periods are counted;
+        0 when none went out in the window."""
+        t = self.times.values()
+        if len(t) == 0:
+            return 0.0
+        first = int(np.searchsorted(t, now - RATE_WINDOW_S, side="right"))
+        if first > 0:
+            n, span = len(t) - first, now - t[first - 1]
+        else:  # less than a window kept: from the oldest action kept
+            n, span = len(t) - 1, now - t[0]
+        return n / span if n > 0 and span > 0 else 0.0
+
+    def take_gap(self, now: float) -> float:
+        """The longest gap since the last call, the one still open at `now` included; resets."""
+        open_gap = now - self.times.last() if self.times.count else 0.0
+        gap, self.gap_max = max(self.gap_max, open_gap), 0.0
+        return gap
+
 
 class Stats:
-    """What the loop did: rates, latencies, misses and every safety intervention, counted."""
+    """What the loop did: rates, latencies, misses and every safety intervention, counted.
 
-    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "nonfinite_actions",
-                "policy_errors", "observation_rejections", "goals_accepted", "goal_rejections")
+    `rate_hz` is the control rate (it sizes the ring of action times); `clock` stamps the
+    commands as they go out (a test may move it by hand).
+    """
 
-    def __init__(self, window: int = 4096):
+    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "robot_restarts",
+                "nonfinite_actions", "policy_errors", "observation_rejections", "goals_accepted",
+                "goal_rejections")
+
+    def __init__(self, window: int = 4096, rate_hz: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.period_error = Window(window)  # s, actual wake-up − deadline
         self.policy_latency = Window(window)  # s, policy.act
         self.end_to_end = Window(window)  # s, observation stamp → command published
+        # Room for a window of actions at `rate_hz` and the one before it (jitter, a shutdown's
+        # extra command: a few more), whatever `window` a benchmark keeps.
+        kept = math.ceil(rate_hz * RATE_WINDOW_S) + ACTION_SLACK if rate_hz > 0 else window
+        self.actions = ActionTimes(kept)
         self.counts = dict.fromkeys(self.COUNTERS, 0)
         self.mode = "no_goal"
         self.last_goal_rejection = ""
-        self.started = time.monotonic()
+        self.clock = clock
+        self.started = clock()
 
     def to_dict(self) -> dict[str, float | int | str]:
+        """The status now. Taking it starts a new interval for `max_gap_ms`."""
         ms = 1e3
         out: dict[str, float | int | str] = dict(self.counts)
-        elapsed = time.monotonic() - self.started
+        now = self.clock()
         out.update(
             mode=self.mode,
-            uptime_s=round(elapsed, 3),
-            rate_hz=self.counts["ticks"] / elapsed if elapsed > 0 else 0.0,
+            uptime_s=round(now - self.started, 3),
+            rate_hz=self.actions.rate(now),
+            max_gap_ms=self.actions.take_gap(now) * ms,
+            max_gap_run_ms=self.actions.gap_max_run * ms,
             period_error_p50_ms=self.period_error.percentile(50) * ms,
             period_error_p99_ms=self.period_error.percentile(99) * ms,
             period_error_max_ms=self.period_error.max() * ms,
@@ -142,16 +213,20 @@ class Controller:
         self.command_joints = config.command_joints
         self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
         self.max_change = safety.max_action_change
-        self.stats = Stats(window)
+        self.stats = Stats(window, rate_hz=self.rate_hz * speed)
         self.goal: NDArray[np.float32] | None = None
         self.goal_low = np.asarray(spec.goal.low) - safety.goal_margin
         self.goal_high = np.asarray(spec.goal.high) + safety.goal_margin
         self.latest: Observation | None = None
         self.latest_time = -math.inf
-        self.last_sent: Vector | None = None  # physical, spec action order
+        # The reference of the rate limit and the soft start: the command last sent (physical,
+        # spec action order), or where the robot was measured when that no longer applies.
+        self.last_sent: Vector | None = None
+        self.hold: Vector | None = None  # the `hold` safe action's target, set when a stop begins
         self.ramp_left = 0  # ticks of soft start still to go
         self.ramp_from: Vector | None = None
         self.stopped = True  # a soft start is due when the policy next acts
+        self.resync_due = False  # data went stale: re-read the reference when it is fresh again
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -160,17 +235,23 @@ class Controller:
         here, naming the joint or field (ObservationError)."""
         self.assembler.check(obs)
         self.latest, self.latest_time = obs, obs_time
-        self.stats.started = time.monotonic()
+        self.stats.started = self.stats.clock()
+        self._resync()
 
     def observe(self, obs: Observation, obs_time: float) -> bool:
         """Take a newer observation; one lacking a needed joint or field is refused and counted
-        (the previous one ages towards the staleness limit)."""
+        (the previous one ages towards the staleness limit). One from a new session is a
+        restarted robot, counted: holding and the next soft start begin where it is measured."""
         try:
             self.assembler.check(obs)
         except ObservationError:
             self.stats.counts["observation_rejections"] += 1
             return False
+        restarted = self.latest is not None and obs.session != self.latest.session
         self.latest, self.latest_time = obs, obs_time
+        if restarted:
+            self.stats.counts["robot_restarts"] += 1
+            self._resync()
         return True
 
     def set_goal(self, frame: str, values: NDArray[np.float64] | list[float]) -> tuple[bool, str]:
@@ -211,7 +292,10 @@ class Controller:
         if now - self.latest_time > self.max_age:
             if self.stats.mode != "stale":
                 self.stats.counts["stale_stops"] += 1
+            self.resync_due = True
             return self._safe("stale")
+        if self.resync_due:  # fresh again: the robot may have moved (or been moved) meanwhile
+            self._resync()
         if self.goal is None:
             return self._safe("no_goal")
         x = self.policy_input()
@@ -229,7 +313,7 @@ class Controller:
         if self.stopped:  # first action after start or a safety stop: ramp in
             self.stopped = False
             self.ramp_left = self.ramp_ticks
-            self.ramp_from = self._hold_target()
+            self.ramp_from = self._reference()
         mode = "running"
         if self.ramp_left > 0 and self.ramp_from is not None:
             r = 1.0 - (self.ramp_left - 1) / self.ramp_ticks
@@ -260,10 +344,12 @@ class Controller:
 
     def _safe(self, mode: str) -> Command:
         self.stats.counts["safe_ticks"] += 1
+        if not self.stopped or self.hold is None:  # a stop begins: hold still where it is now
+            self.hold = self._measured()
         self.stopped = True
         safety = self.config.safety
         if safety.safe_action == "hold":
-            target = self._hold_target()
+            target = self.hold
         elif safety.safe_action == "zero":
             target = np.zeros(self.spec.act_dim)
         else:
@@ -273,20 +359,31 @@ class Controller:
         return self._send(np.clip(target, self.low, self.high), safe=True, mode=mode,
                           rate_limit=limit)
 
-    def _hold_target(self) -> Vector:
-        """What holding still means now: the last command sent, or before any, the measured
-        joint positions (position control) or zero torque (effort)."""
-        if self.last_sent is not None:
-            return np.array(self.last_sent, dtype=np.float64)
+    def _measured(self) -> Vector:
+        """Holding still where the robot is: its newest measured joint positions (position
+        control, within the limits) or zero torque (effort)."""
         if self.kind == "effort":
             return np.zeros(self.spec.act_dim)
         assert self.latest is not None
         measured = self.assembler.joint_values(self.latest, self.spec.action.joints)
         return np.asarray(np.clip(measured, self.low, self.high), dtype=np.float64)
 
+    def _resync(self) -> None:
+        """The command history no longer says where the robot is (start, stale data, a new
+        session): hold, rate-limit and soft-start from where it is measured now."""
+        self.hold = self._measured()
+        self.last_sent = self.hold.copy()
+        self.stopped, self.ramp_left, self.resync_due = True, 0, False
+
+    def _reference(self) -> Vector:
+        """The command the next one is limited against: the last sent (or, before any, the
+        measured position)."""
+        return np.array(self.last_sent if self.last_sent is not None else self._measured(),
+                        dtype=np.float64)
+
     def _last_action(self) -> Vector:
         """The `last_action` observation field: the last command, normalized like the env's."""
-        return np.asarray((self._hold_target() - self.offset) / self.scale, dtype=np.float64)
+        return np.asarray((self._reference() - self.offset) / self.scale, dtype=np.float64)
 
     def _send(self, target: Vector, *, safe: bool, mode: str, rate_limit: bool = True
               ) -> Command:
@@ -295,6 +392,7 @@ class Controller:
             target = self.last_sent + step
         self.last_sent = target
         self.stats.mode = mode
+        self.stats.actions.add(self.stats.clock())
         assert self.latest is not None
         return Command(self.command_joints, target[self.to_command], self.kind, safe, mode,
                        self.latest.seq, self.latest_time)

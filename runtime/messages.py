@@ -5,7 +5,25 @@ Every message carries `v` (the format version), `kind`, `session` (a random id p
 seconds, like a ROS header stamp). The decoder trusts nothing: it refuses oversized input before
 parsing, parses with msgpack's own container limits and no extension types (no pickle, no eval),
 checks every field's type and size, and refuses non-finite numbers. Each refusal is a
-`MessageError` whose `reason` is one of `REASONS`, so a transport can count what it dropped.
+`MessageError` whose `reason` is one of `REASONS`, so a transport can count what it dropped;
+its text is bounded (`MAX_DETAIL_CHARS`) whatever the input, so it always fits a reply.
+
+Order (`SequenceGuard`, one per input stream): a receiver takes a message only if
+- its stamp is at most `FUTURE_TOLERANCE_S` ahead of the receiver's clock (else "future": clocks
+  must agree that closely, e.g. by NTP; a future stamp never moves what the receiver remembers,
+  and a stamp within the tolerance is remembered as the receiver's time);
+- from the session it follows: its seq is higher than the last taken (else "out_of_order");
+- from another session (a restarted or second sender), on a stream with one sender (a robot's
+  observations, the runtime's actions: `follow_live=True`): only once the followed session has
+  sent nothing taken for `SESSION_QUIET_S`, whatever its stamp, so a second sender (a spoof, a
+  stale process still running) cannot displace a robot that is still sending, and a sender
+  restarted with a clock that stepped back is taken once its old self is silent;
+- from another session on a stream of many senders (goals, one session per `crl-run goal`): its
+  stamp is newer than the last taken message's, or the followed session has been silent for
+  `SESSION_QUIET_S` (a restarted sender whose clock stepped back).
+Old stamps then read as stale data downstream.
+A receiver that validates further (a goal against the policy's box) remembers a message only
+once it is accepted: a refused message moves nothing.
 
     encode(Observation(...)) -> bytes
     decode(data, Observation) -> Observation     # or MessageError
@@ -15,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -25,7 +44,11 @@ from numpy.typing import NDArray
 VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024  # a 100-joint observation is ~4 kB; anything near this is wrong
 MAX_ITEMS = 512  # the longest list any field may hold (joint names, values)
-REASONS = ("oversized", "malformed", "schema", "size", "nonfinite", "out_of_order")
+REASONS = ("oversized", "malformed", "schema", "size", "nonfinite", "out_of_order", "future",
+           "multipart", "internal")
+MAX_DETAIL_CHARS = 200  # a refusal's text: enough to name the field, never the whole input
+FUTURE_TOLERANCE_S = 0.5  # how far a stamp may lead the receiver's clock (clock disagreement)
+SESSION_QUIET_S = 0.5  # silence after which another session (a restarted sender) is followed
 
 Vector = NDArray[np.float64]
 
@@ -34,8 +57,19 @@ class MessageError(ValueError):
     """A message the decoder refused; `reason` (one of REASONS) is what a transport counts."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(bounded(f"{reason}: {detail}"))
         self.reason = reason
+
+
+def bounded(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` on one line (whitespace runs, newlines included, become one space) and at most
+    `limit` characters, cut ones ending in how long it was: text built from input (a refusal, a
+    config error) must neither break a log line nor flood it, nor outgrow a reply."""
+    line = " ".join(text.split())
+    if len(line) <= limit:
+        return line
+    suffix = f"… ({len(line)} characters)"
+    return line[:max(0, limit - len(suffix))] + suffix
 
 
 def new_session() -> int:
@@ -71,7 +105,10 @@ class Observation(Header):
 class Action(Header):
     """A command for the robot's joints in physical units (rad targets or N·m); `safe` marks the
     safe action rather than the policy's. `obs_seq`/`obs_stamp` name the observation it answers
-    (-1 / 0.0 when none), so the robot measures end-to-end latency on its own clock."""
+    (-1 / 0.0 when none), so the robot measures end-to-end latency on its own clock. A robot
+    applies only actions that answer one of its own observations (`obs_stamp` no older than its
+    first): after it restarts, what the runtime sent its previous self (a hold, a target) is for
+    another pose, and the runtime re-reads the pose from the new robot's first observation."""
 
     KIND: ClassVar[str] = "action"
     joints: tuple[str, ...]
@@ -166,7 +203,7 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise MessageError("malformed", f"msgpack extension type {code} is not allowed")
 
 
-def decode(data: bytes, cls: type[M]) -> M:
+def decode(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
     """Parse and check one message of kind `cls`; MessageError names what was wrong."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError("malformed", f"expected bytes, got {type(data).__name__}")
@@ -184,15 +221,22 @@ def decode(data: bytes, cls: type[M]) -> M:
         raise MessageError("malformed", f"not a msgpack message ({type(e).__name__})") from None
     if not isinstance(raw, dict):
         raise MessageError("schema", f"expected a map, got {type(raw).__name__}")
-    if raw.get("v") != VERSION:
-        raise MessageError("schema", f"version {raw.get('v')!r}, this runtime reads {VERSION}")
+    if not all(isinstance(k, str) for k in raw):
+        raise MessageError("schema", "field names must be strings")
+    version = raw.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
+        raise MessageError("schema", f"version {bounded(repr(version), 32)}, this runtime reads "
+                                     f"{VERSION}")
     kind = cls.KIND
     if raw.get("kind") != kind:
-        raise MessageError("schema", f"kind {raw.get('kind')!r}, expected {kind!r}")
+        raise MessageError("schema", f"kind {bounded(repr(raw.get('kind')), 32)}, expected "
+                                     f"{kind!r}")
     schema = _SCHEMA[kind]
     unknown = set(raw) - set(schema) - set(_HEADER) - {"v", "kind"}
     if unknown:
-        raise MessageError("schema", f"{kind}: unknown field(s) {sorted(unknown)}")
+        named = ", ".join(repr(bounded(k, 32)) for k in sorted(unknown)[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise MessageError("schema", f"{kind}: unknown field(s) {named}{more}")
     values: dict[str, Any] = {
         "session": _int(raw, "session"), "seq": _int(raw, "seq"), "stamp": _float(raw, "stamp"),
     }
@@ -279,23 +323,40 @@ def _field(raw: dict[str, Any], kind: str, name: str, rule: str) -> Any:
 
 
 class SequenceGuard:
-    """Drops messages older than the newest accepted one (out of order, or replayed).
+    """Refuses messages out of order, replayed or stamped in the future (the module's rules).
 
-    Order is per sender session; a new session (a restarted sender) is accepted only with a stamp
-    newer than the last accepted message's, so an old sender still sending is not mistaken for a
-    restart.
+    `check` refuses without remembering anything; `record` remembers a message once its receiver
+    has taken it, so a message refused later (a goal outside the box) cannot lock out the next.
+    `follow_live`: the stream has one sender, followed while it sends (see the module's rules).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, follow_live: bool = False) -> None:
+        self.follow_live = follow_live
         self.session: int | None = None
         self.seq = -1
         self.stamp = -math.inf
+        self.taken_at = -math.inf  # monotonic time of the last message recorded
 
-    def accept(self, msg: Header) -> bool:
+    def check(self, msg: Header) -> None:
+        """MessageError ("future" or "out_of_order") when `msg` may not be taken now."""
+        lead = msg.stamp - time.time()
+        if lead > FUTURE_TOLERANCE_S:
+            raise MessageError("future", f"stamped {lead:.3g} s ahead of this clock (tolerance "
+                                         f"{FUTURE_TOLERANCE_S:g} s)")
         if msg.session == self.session:
             if msg.seq <= self.seq:
-                return False
-        elif msg.stamp <= self.stamp:
-            return False
-        self.session, self.seq, self.stamp = msg.session, msg.seq, msg.stamp
-        return True
+                raise MessageError("out_of_order", f"seq {msg.seq} after seq {self.seq}")
+        elif time.monotonic() - self.taken_at <= SESSION_QUIET_S:
+            if self.follow_live:
+                raise MessageError("out_of_order", "another session, while the one followed is "
+                                                   "still sending")
+            if msg.stamp <= self.stamp:
+                raise MessageError("out_of_order", "another session, stamped before the last "
+                                                   "message taken from one still sending")
+
+    def record(self, msg: Header) -> None:
+        # The stamp is remembered no later than this clock: one ahead within the tolerance must
+        # not hold another session out either.
+        self.session, self.seq = msg.session, msg.seq
+        self.stamp = min(msg.stamp, time.time())
+        self.taken_at = time.monotonic()

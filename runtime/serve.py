@@ -4,8 +4,10 @@ The loop is one thread: each tick takes the newest observation and any pending g
 sockets (neither blocks), runs the controller and publishes its command, then sleeps to the next
 absolute deadline. The deadlines are laid on the robot's sampling grid, from its first
 observation's stamp, so ticks fall just after its samples arrive rather than at an arbitrary
-phase of its period. On SIGINT/SIGTERM it
-publishes the safe action once and exits.
+phase of its period. Inputs cannot stop or stall a tick: reads are bounded (a few goals a tick),
+and any exception from an input, or from the tick it feeds, is counted (`input_errors`,
+`tick_errors`) and the tick still publishes an action. On SIGINT/SIGTERM it publishes the safe
+action once and exits.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
+from crl.runtime.auth import Keys
 from crl.runtime.controller import Command, Controller
 from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, open_realtime
-from crl.runtime.messages import Action, Goal, Observation
+from crl.runtime.messages import Action, Goal, Observation, bounded
 from crl.runtime.observation import ObservationError
 from crl.runtime.transport import Endpoints, RuntimeLink
 
@@ -42,6 +45,7 @@ class ServeOptions:
     spin_s: float = DEFAULT_SPIN_S
     realtime: bool = False
     seconds: float = 0.0  # stop after this long (0: until a signal)
+    keys: Keys | None = None  # the runtime's CURVE keys (crl.runtime.auth); required off loopback
 
 
 def monotonic_stamp(obs: Observation, received: float) -> float:
@@ -70,14 +74,49 @@ def goal_handler(controller: Controller) -> Callable[[Goal], tuple[bool, str]]:
     return lambda g: controller.set_goal(g.frame, g.values)
 
 
+class Inputs:
+    """A tick's inputs: the newest observation and a few goals. No input may stop or skip a
+    tick: an exception while reading or taking one is counted (`errors`) and the tick goes on to
+    its action, so the staleness watchdog and the safe action never depend on input."""
+
+    def __init__(self, link: RuntimeLink, controller: Controller):
+        self.link, self.controller = link, controller
+        self.handle_goal = goal_handler(controller)
+        self.errors = 0
+
+    def poll_observation(self) -> Observation | None:
+        try:
+            return self.link.poll_observation()
+        except Exception:
+            self.errors += 1
+            return None
+
+    def observe(self, now: float) -> None:
+        """Hand the controller the newest observation, if one came."""
+        obs = self.poll_observation()
+        if obs is None:
+            return
+        try:
+            self.controller.observe(obs, monotonic_stamp(obs, now))
+        except Exception:
+            self.errors += 1
+
+    def serve_goals(self) -> None:
+        try:
+            self.link.serve_goals(self.handle_goal)
+        except Exception:
+            self.errors += 1
+
+
 def wait_for_robot(link: RuntimeLink, controller: Controller, wait_s: float,
-                   stop: threading.Event) -> Observation:
+                   stop: threading.Event, inputs: Inputs | None = None) -> Observation:
     """The first observation (goals are taken meanwhile); StartupError when none comes or the
     robot does not send what the policy needs."""
+    inputs = inputs or Inputs(link, controller)
     deadline = time.monotonic() + wait_s
     while not stop.is_set():
-        link.serve_goals(goal_handler(controller))
-        obs = link.poll_observation()
+        inputs.serve_goals()
+        obs = inputs.poll_observation()
         if obs is not None:
             try:
                 controller.start(obs, monotonic_stamp(obs, time.monotonic()))
@@ -99,30 +138,34 @@ def serve(controller: Controller, options: ServeOptions,
     stop = stop or threading.Event()
     installed = _install_signal_handlers(stop)
     if options.realtime:
-        link, said = open_realtime(lambda: RuntimeLink(options.endpoints))
+        link, said = open_realtime(lambda: RuntimeLink(options.endpoints, options.keys))
         print(f"crl-run serve: {said}", file=sys.stderr)
     else:
-        link = RuntimeLink(options.endpoints)
+        link = RuntimeLink(options.endpoints, options.keys)
+    inputs = Inputs(link, controller)
+    tick_errors = 0
     try:
-        wait_for_robot(link, controller, options.wait_s, stop)
+        wait_for_robot(link, controller, options.wait_s, stop, inputs)
         controller.warm_up()
-        status(controller, link)
+        status(controller, link, inputs.errors, tick_errors)  # its first call's cost, not a tick's
         loop = FixedRateLoop(controller.period, controller.stats, spin_s=options.spin_s)
         start = first_deadline(controller.latest_time, controller.period, time.monotonic())
         status_every = max(1, round(controller.rate_hz / STATUS_HZ))
-        handle_goal = goal_handler(controller)
         end = time.monotonic() + options.seconds if options.seconds > 0 else None
 
         def on_tick(deadline: float, now: float) -> None:
-            obs = link.poll_observation()
-            if obs is not None:
-                controller.observe(obs, monotonic_stamp(obs, now))
-            link.serve_goals(handle_goal)
-            cmd = controller.tick(now)
+            nonlocal tick_errors
+            inputs.observe(now)
+            inputs.serve_goals()
+            try:
+                cmd = controller.tick(now)
+            except Exception:  # whatever an input made of the tick, the robot gets an action
+                tick_errors += 1
+                cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
             controller.stats.end_to_end.add(time.monotonic() - cmd.obs_time)
             if controller.stats.counts["ticks"] % status_every == 0:
-                stats = status(controller, link)
+                stats = status(controller, link, inputs.errors, tick_errors)
                 link.publish_status(stats)
                 if on_status is not None:
                     on_status(stats)
@@ -133,15 +176,20 @@ def serve(controller: Controller, options: ServeOptions,
         # Leave the robot with the safe action, not the policy's last command.
         link.publish_action(to_message(link, controller.safe_command()))
         time.sleep(0.05)  # let the PUB socket hand it over before the context goes
-        return status(controller, link)
+        return status(controller, link, inputs.errors, tick_errors)
     finally:
         link.close()
         _restore_signal_handlers(installed)
 
 
-def status(controller: Controller, link: RuntimeLink) -> dict[str, float | int | str]:
-    return {**controller.stats.to_dict(), **link.counters,
-            "backend": controller.policy.backend, "policy_hz": controller.rate_hz}
+def status(controller: Controller, link: RuntimeLink, input_errors: int, tick_errors: int
+           ) -> dict[str, float | int | str]:
+    """The statistics the status stream carries; text is bounded (a goal's refusal quotes it)
+    so the message always encodes and decodes."""
+    stats = {**controller.stats.to_dict(), **link.counters, "input_errors": input_errors,
+             "tick_errors": tick_errors, "backend": controller.policy.backend,
+             "policy_hz": controller.rate_hz}
+    return {k: bounded(v) if isinstance(v, str) else v for k, v in stats.items()}
 
 
 Handler = Callable[[int, FrameType | None], object] | int | None

@@ -1,6 +1,7 @@
 """ZMQ transport between a robot and the runtime (ROS-free): msgpack messages over TCP.
 
-Ports come from one base port P on one host (127.0.0.1 unless asked otherwise):
+Ports come from one base port P on one host (127.0.0.1 unless asked otherwise; any host beyond
+loopback needs CURVE keys, `crl.runtime.auth`, which then secure every socket):
 
     robot binds    P     observations  PUB   robot → runtime (runtime keeps the latest only)
                    P+1   telemetry     PUB   robot → anyone (simulated robots: the true state)
@@ -8,28 +9,33 @@ Ports come from one base port P on one host (127.0.0.1 unless asked otherwise):
                    P+3   goals         REP   anyone → runtime, answered accepted / rejected
                    P+4   status        PUB   runtime → anyone (statistics)
 
-Each side binds what it publishes and connects to what it reads, so either can restart and ZMQ
-reconnects by itself. A controller wants the newest observation, never a queue of old ones, but
-not ZMQ's CONFLATE: it keeps the newest message whatever it holds, so a sender of garbage would
-hide every good observation behind its own. Readers drain a short queue instead and keep the
-newest message that decodes. Nothing here blocks a control loop: polls return at once, and every
-message that fails to decode is dropped and counted by reason.
+Each side binds what it publishes and connects to what it reads, so either can restart and the
+reader reconnects (it re-creates its socket when a connection drops: ZMQ gives up on a peer that
+broke the protocol, e.g. a message over WIRE_LIMIT). A controller wants the newest observation,
+never a queue of old ones, but not ZMQ's CONFLATE: it keeps the newest message whatever it holds,
+so a sender of garbage would hide every good observation behind its own. Readers drain a short
+queue instead and keep the newest message that decodes. Nothing here blocks a control loop: polls
+return at once and read a bounded number of frames, goals are answered a few per tick, and every
+message that fails to decode, is out of order or is stamped in the future is dropped and counted
+by reason.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import math
-import sys
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic
 
 import numpy as np
 import zmq
 
+from crl.runtime.auth import CurveClient, CurveServer, Keys
 from crl.runtime.messages import (
     MAX_MESSAGE_BYTES,
     REASONS,
@@ -43,6 +49,7 @@ from crl.runtime.messages import (
     SequenceGuard,
     Status,
     Telemetry,
+    bounded,
     decode,
     encode,
     new_session,
@@ -53,25 +60,38 @@ LATEST_QUEUE = 64  # messages a "latest only" reader keeps between polls
 # ZMQ drops a peer whose message exceeds this (a memory bound); the decoder's own, smaller limit
 # counts what lies between.
 WIRE_LIMIT = 16 * MAX_MESSAGE_BYTES
+# A reader re-creates a dropped link at once, then at most this often (ZMQ's own reconnect pace).
+RELINK_INTERVAL_S = 0.1
+# Goal requests answered per tick (a few: each is decoded, validated and answered), and frames
+# read per tick (a request of many frames is read across ticks rather than in one).
+MAX_GOALS_PER_TICK = 4
+GOAL_FRAMES_PER_TICK = 64
 
 
 class TransportError(RuntimeError):
     """A socket that could not be set up (a port in use, a bad host); one line, what to do."""
 
 
+EVERY_INTERFACE = "*"  # ZMQ's spelling of 0.0.0.0: every IPv4 interface of this machine
+
+
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the five streams live: one host and a base port."""
+    """Where the five streams live: one host and a base port. The host is checked here, so a bad
+    one is a one-line error before anything binds; every interface counts as beyond loopback."""
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    addresses: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535 - 4:
             raise TransportError(f"port: {self.port} leaves no room for 5 ports (1..65531)")
+        object.__setattr__(self, "addresses", _resolve(self.host))
 
     def url(self, offset: int) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = "0.0.0.0" if self.host == EVERY_INTERFACE else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"tcp://{host}:{self.port + offset}"
 
     @property
@@ -96,40 +116,72 @@ class Endpoints:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        """Whether only this machine can reach the host (every address it names is loopback)."""
+        return all(ipaddress.ip_address(a).is_loopback for a in self.addresses)
+
+    def check_binding(self, keys: Keys | None) -> None:
+        """Binding beyond loopback needs keys: TransportError, before anything binds."""
+        if keys is None and not self.is_loopback:
+            raise TransportError(
+                f"--host {self.host}: other machines could reach it, so binding there needs "
+                "CURVE keys (--keys DIR; make them with `crl-run keys --out DIR`)")
 
 
-def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
+def _resolve(host: str) -> tuple[str, ...]:
+    """The IP addresses `host` names (every interface: the unspecified address)."""
+    if host == EVERY_INTERFACE:
+        return ("0.0.0.0",)
+    if not host:
+        raise TransportError("--host: empty; 127.0.0.1 (this machine only) is the default")
+    with contextlib.suppress(ValueError):
+        return (str(ipaddress.ip_address(host)),)
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise TransportError(f"--host {host[:80]!r}: not an IP address or a host name that "
+                             "resolves (127.0.0.1: this machine only; 0.0.0.0 or :: every "
+                             "interface)") from None
+    return tuple(sorted({str(info[4][0]) for info in infos}))
+
+
+def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, client: CurveClient | None = None
+            ) -> zmq.Socket[bytes]:
+    """A socket with the transport's limits; `client`: the keys it connects with (CURVE)."""
     s = ctx.socket(kind)
     s.setsockopt(zmq.LINGER, 0)  # closing never waits for a peer that is gone
     s.setsockopt(zmq.MAXMSGSIZE, WIRE_LIMIT)
+    s.setsockopt(zmq.IPV6, 1)  # IPv6 hosts (::1) as well as IPv4 ones
+    if client is not None:
+        client.secure(s)
     return s
 
 
-def _bind(sock: zmq.Socket[bytes], url: str, endpoints: Endpoints, what: str) -> None:
+def _bind(sock: zmq.Socket[bytes], url: str, endpoints: Endpoints, what: str,
+          server: CurveServer | None = None) -> None:
+    """Bind `sock`, as a CURVE server if `server` is given (required beyond loopback)."""
     try:
+        endpoints.check_binding(server.keys if server is not None else None)
+        if server is not None:
+            server.secure(sock)
         sock.bind(url)
     except zmq.ZMQError as e:
         sock.close()
-        raise TransportError(f"cannot bind {what} on {url} ({e}); is another process using the "
-                             "port? choose another base port with --port") from None
-    if not endpoints.is_loopback:
-        print(f"crl: {what} bound on {url}: reachable from other machines, not only this one",
-              file=sys.stderr)
+        hint = ("is another process using the port? choose another base port with --port"
+                if e.errno == zmq.EADDRINUSE else
+                f"is {endpoints.host} an address of this machine? see --host")
+        raise TransportError(f"cannot bind {what} on {url} ({e}); {hint}") from None
+    except TransportError:
+        sock.close()
+        raise
 
 
-def _subscriber(ctx: zmq.Context[zmq.Socket[bytes]], url: str, latest_only: bool
-                ) -> zmq.Socket[bytes]:
-    s = _socket(ctx, zmq.SUB)
+def _subscriber(ctx: zmq.Context[zmq.Socket[bytes]], latest_only: bool,
+                client: CurveClient | None = None) -> zmq.Socket[bytes]:
+    """A SUB socket, not yet connected (a monitor must watch it first)."""
+    s = _socket(ctx, zmq.SUB, client)
     # A control stream's queue only needs to span one tick of messages; ZMQ drops beyond it.
     s.setsockopt(zmq.RCVHWM, LATEST_QUEUE if latest_only else 10_000)
     s.setsockopt(zmq.SUBSCRIBE, b"")
-    s.connect(url)
     return s
 
 
@@ -147,51 +199,117 @@ class Counters:
         return {"received": self.received, **{f"dropped_{k}": v for k, v in self.dropped.items()}}
 
 
+_MONITOR_IDS = itertools.count()  # one inproc address per monitor, never reused in a process
+
+
+def _payload(frame: zmq.Frame) -> bytes | memoryview:
+    """A received frame for the decoder: small ones as bytes (msgpack parses them faster than a
+    view), larger ones as a view, never copied (the decoder refuses them by their length)."""
+    return frame.bytes if len(frame) <= MAX_MESSAGE_BYTES else frame.buffer
+
+
 class Reader(Generic[M]):
     """A SUB socket of one message kind; `poll` decodes what is pending, drops and counts the bad
-    and the out-of-order, and returns the newest good message (or None)."""
+    and the out-of-order, and returns the newest good message (or None).
+
+    A poll reads at most as many frames as the socket queues messages (its RCVHWM), so no sender
+    can hold it longer; a message of several frames is read whole, across polls if it must, and
+    dropped as "multipart". The link heals: ZMQ drops a connection for good when its peer breaks
+    the protocol (a message over WIRE_LIMIT), so any dropped connection re-creates the socket,
+    which connects again (counted in `reconnects`; a restarted peer counts too).
+    """
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], url: str, cls: type[M],
-                 latest_only: bool):
+                 latest_only: bool, client: CurveClient | None = None):
+        self.ctx, self.url, self.latest_only = ctx, url, latest_only
         self.cls: type[M] = cls
-        self.socket = _subscriber(ctx, url, latest_only)
-        self.guard = SequenceGuard()
+        self.client = client  # CURVE keys: a re-created socket must connect with them too
+        self.guard = SequenceGuard(follow_live=True)  # one sender: a robot, or the runtime
         self.counters = Counters()
+        self.reconnects = 0
+        self._relinked = -math.inf  # monotonic time of the last re-creation
+        self._relink_at = math.inf  # when a dropped connection is re-created
+        self._budget = 0  # frames the current poll may still read
+        self._open()
+
+    def _open(self) -> None:
+        """Create the socket, connected, and the monitor that reports its connection dropping."""
+        self.socket = _subscriber(self.ctx, self.latest_only, self.client)
+        self._frames_per_poll = int(self.socket.getsockopt(zmq.RCVHWM))
+        self._monitor = self.socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED, addr=f"inproc://crl-reader-{next(_MONITOR_IDS)}")
+        # Watched before it connects: a handshake refused at once (a peer holding other CURVE
+        # keys, or none) drops the connection for good, and that drop must not go unseen.
+        self.socket.connect(self.url)
+        self._parts = 0  # frames read so far of a message of several frames
+
+    def _heal(self) -> None:
+        """Re-create the socket once its connection dropped (at most every RELINK_INTERVAL_S, so
+        a peer that keeps breaking the protocol cannot make it spin)."""
+        while int(self._monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # cheaper than a failed recv
+            self._monitor.recv_multipart()
+            self._relink_at = min(self._relink_at, self._relinked + RELINK_INTERVAL_S)
+        if self._relink_at == math.inf or time.monotonic() < self._relink_at:
+            return
+        now = time.monotonic()
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
+        self.socket.close(linger=0)
+        self.reconnects += 1
+        self._relinked, self._relink_at = now, math.inf
+        self._open()
+
+    def counts(self) -> dict[str, int]:
+        return {**self.counters.to_dict(), "reconnects": self.reconnects}
 
     def _next(self) -> M | None:
-        """The next good pending message, dropping and counting bad ones; None when none."""
-        while True:
+        """The next good pending message, dropping and counting bad ones; None when none is
+        pending or this poll's frames are spent."""
+        while self._budget > 0:
             try:
-                data = self.socket.recv(zmq.NOBLOCK)
+                frame = self.socket.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return None
+            self._budget -= 1
+            if frame.more:
+                self._parts += 1
+                continue
             self.counters.received += 1
+            if self._parts:
+                self._parts = 0
+                self.counters.drop("multipart")
+                continue
             try:
-                msg = decode(data, self.cls)
+                msg = decode(_payload(frame), self.cls)
+                self.guard.check(msg)
             except MessageError as e:
                 self.counters.drop(e.reason)
                 continue
-            if not self.guard.accept(msg):
-                self.counters.drop("out_of_order")
+            except Exception:  # a decoder bug must not reach the loop: counted, dropped
+                self.counters.drop("internal")
                 continue
+            self.guard.record(msg)
             return msg
+        return None
 
     def poll(self, timeout_ms: int = 0) -> M | None:
         """The newest good message pending (waiting up to `timeout_ms` for one), or None."""
-        if timeout_ms and not self.socket.poll(timeout_ms):
-            return None
         newest = None
-        while (msg := self._next()) is not None:
-            newest = msg
+        if not timeout_ms or self.socket.poll(timeout_ms):
+            self._budget = self._frames_per_poll
+            while (msg := self._next()) is not None:
+                newest = msg
+        self._heal()
         return newest
 
     def drain(self, timeout_ms: int = 0) -> list[M]:
         """Every good message pending, in order (for streams read in full, e.g. telemetry)."""
-        if timeout_ms and not self.socket.poll(timeout_ms):
-            return []
         out: list[M] = []
-        while (msg := self._next()) is not None:
-            out.append(msg)
+        if not timeout_ms or self.socket.poll(timeout_ms):
+            self._budget = self._frames_per_poll
+            while (msg := self._next()) is not None:
+                out.append(msg)
+        self._heal()
         return out
 
 
@@ -199,10 +317,10 @@ class Writer:
     """A bound PUB socket that stamps and numbers what it sends."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], url: str, endpoints: Endpoints,
-                 what: str):
+                 what: str, server: CurveServer | None = None):
         self.socket = _socket(ctx, zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, 16)
-        _bind(self.socket, url, endpoints, what)
+        _bind(self.socket, url, endpoints, what, server)
 
     def send(self, msg: Message) -> None:
         # zmq.Again: no subscriber keeping up; PUB drops, as it would anyway.
@@ -225,21 +343,28 @@ class Stamper:
 class RobotLink:
     """The robot's side: publishes observations and telemetry, reads the newest action."""
 
-    def __init__(self, endpoints: Endpoints):
+    def __init__(self, endpoints: Endpoints, keys: Keys | None = None):
+        """`keys` (the robot's): serve observations and telemetry to authorized keys only, and
+        take actions only from the runtime's key."""
         self.endpoints = endpoints
+        endpoints.check_binding(keys)
+        client = keys.client("runtime") if keys is not None else None
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.server = CurveServer(self.ctx, keys) if keys is not None else None
         try:
-            self._obs = Writer(self.ctx, endpoints.observations, endpoints, "observations")
-            self._tel = Writer(self.ctx, endpoints.telemetry, endpoints, "telemetry")
+            self._obs = Writer(self.ctx, endpoints.observations, endpoints, "observations",
+                               self.server)
+            self._tel = Writer(self.ctx, endpoints.telemetry, endpoints, "telemetry", self.server)
         except TransportError:
-            self.ctx.destroy(linger=0)
+            self.close()
             raise
-        self._actions: Reader[Action] = Reader(self.ctx, endpoints.actions, Action, True)
+        self._actions: Reader[Action] = Reader(self.ctx, endpoints.actions, Action, True, client)
         self.stamper = Stamper()
 
     @property
     def counters(self) -> dict[str, int]:
-        return self._actions.counters.to_dict()
+        return {**self._actions.counts(),
+                "refused_peers": self.server.refused if self.server is not None else 0}
 
     def publish_observation(self, obs: Observation) -> None:
         self._obs.send(obs)
@@ -252,6 +377,8 @@ class RobotLink:
         return self._actions.poll(timeout_ms)
 
     def close(self) -> None:
+        if self.server is not None:
+            self.server.close()  # its thread's socket goes before the context
         self.ctx.destroy(linger=0)
 
 
@@ -262,27 +389,35 @@ class RuntimeLink:
     """The runtime's side: reads the newest observation, answers goals, publishes actions and
     status."""
 
-    def __init__(self, endpoints: Endpoints):
+    def __init__(self, endpoints: Endpoints, keys: Keys | None = None):
+        """`keys` (the runtime's): serve actions, status and goals to authorized keys only, and
+        take observations only from the robot's key."""
         self.endpoints = endpoints
+        endpoints.check_binding(keys)
+        client = keys.client("robot") if keys is not None else None
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.server = CurveServer(self.ctx, keys) if keys is not None else None
         try:
-            self._actions = Writer(self.ctx, endpoints.actions, endpoints, "actions")
-            self._status = Writer(self.ctx, endpoints.status, endpoints, "status")
+            self._actions = Writer(self.ctx, endpoints.actions, endpoints, "actions", self.server)
+            self._status = Writer(self.ctx, endpoints.status, endpoints, "status", self.server)
             self._goals = _socket(self.ctx, zmq.REP)
-            _bind(self._goals, endpoints.goals, endpoints, "goals")
+            _bind(self._goals, endpoints.goals, endpoints, "goals", self.server)
         except TransportError:
-            self.ctx.destroy(linger=0)
+            self.close()
             raise
         self._obs: Reader[Observation] = Reader(self.ctx, endpoints.observations, Observation,
-                                                True)
+                                                True, client)
         self.goal_counters = Counters()
         self._goal_guard = SequenceGuard()
+        self._request: zmq.Frame | None = None  # the first frame of a request being read
+        self._request_frames = 0
         self.stamper = Stamper()
 
     @property
     def counters(self) -> dict[str, int]:
-        return {**{f"obs_{k}": v for k, v in self._obs.counters.to_dict().items()},
-                **{f"goal_{k}": v for k, v in self.goal_counters.to_dict().items()}}
+        return {**{f"obs_{k}": v for k, v in self._obs.counts().items()},
+                **{f"goal_{k}": v for k, v in self.goal_counters.to_dict().items()},
+                "refused_peers": self.server.refused if self.server is not None else 0}
 
     def poll_observation(self) -> Observation | None:
         return self._obs.poll()
@@ -292,24 +427,54 @@ class RuntimeLink:
         self._obs.socket.poll(max(1, round(timeout_s * 1000)))
 
     def serve_goals(self, handler: GoalHandler) -> None:
-        """Answer every pending goal request; a message that does not decode is answered with
-        the reason too (a REP socket must answer each request)."""
-        while True:
+        """Answer pending goal requests in arrival order, each with its own reply (a REP socket
+        must answer every request), at most MAX_GOALS_PER_TICK and GOAL_FRAMES_PER_TICK frames a
+        call: the rest wait in ZMQ's queue, fair-queued across senders, for the next ticks. The
+        last goal accepted is the one held. Nothing raises: every failure is a counted refusal."""
+        frames = answered = 0
+        while answered < MAX_GOALS_PER_TICK and frames < GOAL_FRAMES_PER_TICK:
             try:
-                data = self._goals.recv(zmq.NOBLOCK)
+                frame = self._goals.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.goal_counters.received += 1
+            frames += 1
+            self._request_frames += 1
+            if self._request is None:
+                self._request = frame
+            if frame.more:  # the rest of a request of several frames follows (read, discarded)
+                continue
+            reply = self._answer(self._request, self._request_frames, handler)
+            self._request, self._request_frames = None, 0
             try:
-                goal = decode(data, Goal)
-                if not self._goal_guard.accept(goal):
-                    raise MessageError("out_of_order", "an older goal than one already taken")
-                accepted, reason = handler(goal)
-            except MessageError as e:
-                self.goal_counters.drop(e.reason)
-                accepted, reason = False, str(e)
-            session, seq, stamp = self.stamper.next()
-            self._goals.send(encode(GoalReply(session, seq, stamp, accepted, reason)))
+                self._goals.send(reply, zmq.NOBLOCK)
+            except zmq.ZMQError:  # the peer is gone or not reading: its reply is dropped
+                self.goal_counters.drop("internal")
+            answered += 1
+
+    def _answer(self, request: zmq.Frame, frames: int, handler: GoalHandler) -> bytes:
+        """The encoded reply to one whole request; a goal is remembered once the handler takes
+        it, so a refused goal (out of the box, far in the future) locks nothing out."""
+        self.goal_counters.received += 1
+        try:
+            if frames > 1:
+                raise MessageError("multipart", f"{frames} frames; a goal is one")
+            goal = decode(_payload(request), Goal)
+            self._goal_guard.check(goal)
+            accepted, reason = handler(goal)
+            if accepted:
+                self._goal_guard.record(goal)
+        except MessageError as e:
+            self.goal_counters.drop(e.reason)
+            accepted, reason = False, str(e)
+        except Exception as e:  # a handler's bug must not stop the loop or leave REP unanswered
+            self.goal_counters.drop("internal")
+            accepted, reason = False, f"internal: the goal failed ({type(e).__name__})"
+        session, seq, stamp = self.stamper.next()
+        try:
+            return encode(GoalReply(session, seq, stamp, accepted, bounded(reason)))
+        except Exception:
+            self.goal_counters.drop("internal")
+            return encode(GoalReply(session, seq, stamp, False, "internal: no reply encoded"))
 
     def publish_action(self, action: Action) -> None:
         self._actions.send(action)
@@ -319,15 +484,19 @@ class RuntimeLink:
         self._status.send(Status(session, seq, stamp, stats))
 
     def close(self) -> None:
+        if self.server is not None:
+            self.server.close()  # its thread's socket goes before the context
         self.ctx.destroy(linger=0)
 
 
 def send_goal(endpoints: Endpoints, values: list[float], frame: str,
-              timeout_s: float = 2.0) -> GoalReply:
-    """Send one goal to a running runtime and return its answer (TransportError on timeout)."""
+              timeout_s: float = 2.0, keys: Keys | None = None) -> GoalReply:
+    """Send one goal to a running runtime and return its answer (TransportError on timeout; a
+    runtime that refuses `keys` never answers)."""
+    client = keys.client("runtime") if keys is not None else None
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        sock = _socket(ctx, zmq.REQ)
+        sock = _socket(ctx, zmq.REQ, client)
         sock.connect(endpoints.goals)
         session, seq, stamp = Stamper().next()
         goal = Goal(session, seq, stamp, frame, np.asarray(values, dtype=np.float64))
@@ -343,17 +512,24 @@ def send_goal(endpoints: Endpoints, values: list[float], frame: str,
         ctx.destroy(linger=0)
 
 
-def telemetry_reader(ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints
-                     ) -> Reader[Telemetry]:
-    """Every telemetry message, in order (for scoring a closed loop)."""
-    return Reader(ctx, endpoints.telemetry, Telemetry, latest_only=False)
+def telemetry_reader(ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints,
+                     keys: Keys | None = None) -> Reader[Telemetry]:
+    """Every telemetry message, in order (for scoring a closed loop); `keys`: a CURVE client of
+    the robot."""
+    return Reader(ctx, endpoints.telemetry, Telemetry, latest_only=False,
+                  client=keys.client("robot") if keys is not None else None)
 
 
-def status_reader(ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints) -> Reader[Status]:
-    return Reader(ctx, endpoints.status, Status, latest_only=True)
+def status_reader(ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints,
+                  keys: Keys | None = None) -> Reader[Status]:
+    """The runtime's status; `keys`: a CURVE client of the runtime."""
+    return Reader(ctx, endpoints.status, Status, latest_only=True,
+                  client=keys.client("runtime") if keys is not None else None)
 
 
 def action_reader(ctx: zmq.Context[zmq.Socket[bytes]], endpoints: Endpoints,
-                  latest_only: bool = False) -> Reader[Action]:
-    """The runtime's actions as a robot (or a test watching it) sees them."""
-    return Reader(ctx, endpoints.actions, Action, latest_only=latest_only)
+                  latest_only: bool = False, keys: Keys | None = None) -> Reader[Action]:
+    """The runtime's actions as a robot (or a test watching it) sees them; `keys`: a CURVE
+    client of the runtime."""
+    return Reader(ctx, endpoints.actions, Action, latest_only=latest_only,
+                  client=keys.client("runtime") if keys is not None else None)

@@ -3,6 +3,7 @@
     crl-sim info reacher [--json]
     crl-sim rollout reacher --episodes 2 --video out.mp4 --frames out.png [--physics jax|warp]
     crl-sim robot reacher --dr held-out --seed 0 [--speed 1] [--host 127.0.0.1 --port 5560]
+                  [--keys DIR]
 
 Errors a user can cause (an unknown task, a bad path or size) print one line and exit 2.
 """
@@ -98,6 +99,9 @@ class Robot:
     """Host to bind the observation and telemetry ports on and to read actions from."""
     port: int = 5560
     """Base port: observations P, telemetry P+1, actions read from P+2."""
+    keys: Path | None = None
+    """CURVE keys folder (`crl-run keys`; the robot's secret, authorized peers' public keys):
+    required for a host beyond loopback."""
     episodes: int = 0
     """Stop after this many episodes (0: run until SIGINT/SIGTERM)."""
 
@@ -222,11 +226,14 @@ def robot(cmd: Robot) -> None:
             raise RobotError(f"speed: must be a positive number, got {cmd.speed}")
         if cmd.episodes < 0:
             raise RobotError(f"episodes: must be >= 0, got {cmd.episodes}")
+        from crl.runtime.auth import AuthError, load_keys
         from crl.runtime.transport import Endpoints, TransportError
 
         try:
             endpoints = Endpoints(cmd.host, cmd.port)
-        except TransportError as e:
+            keys = load_keys(cmd.keys, "robot", ("runtime",)) if cmd.keys is not None else None
+            endpoints.check_binding(keys)  # before the env compiles: a host error comes at once
+        except (TransportError, AuthError) as e:
             raise RobotError(str(e)) from None
         with contextlib.redirect_stdout(sys.stderr):
             sim = SimRobot(cmd.task, dr=cmd.dr, seed=cmd.seed)
@@ -235,7 +242,7 @@ def robot(cmd: Robot) -> None:
             return
         try:
             stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
-                          stop=lambda: bool(stopping),
+                          stop=lambda: bool(stopping), keys=keys,
                           announce=lambda line: print(line, file=sys.stderr, flush=True))
         except TransportError as e:
             raise RobotError(str(e)) from None

@@ -43,6 +43,7 @@ from crl.sim.config import OBSERVATION_FIELDS, ConfigError
 from crl.sim.randomization import Draw
 
 if TYPE_CHECKING:
+    from crl.runtime.auth import Keys
     from crl.runtime.transport import Endpoints, RobotLink
     from crl.sim.env import GoalReachEnv
 
@@ -52,7 +53,9 @@ MODEL_FIELDS = tuple(
     f.name for f in dataclasses.fields(Draw) if f.name not in ("obs_noise_std", "action_delay")
 )
 _SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
-DROP_REASONS = ("joints", "command")
+DROP_REASONS = ("joints", "command", "foreign")
+# An action's `obs_stamp` comes back through the runtime's monotonic clock: allow its rounding.
+OBS_STAMP_ROUNDING_S = 1e-3
 
 
 class RobotError(ConfigError):
@@ -358,6 +361,7 @@ class _ServeRun:
     link: RobotLink
     stats: ServeStats
     latency_ms: float = math.nan
+    first_stamp: float = math.inf  # of this robot's first observation
 
     def publish(self, final: bool = False) -> None:
         """Telemetry of this control step; before it, unless final, the observation."""
@@ -368,6 +372,7 @@ class _ServeRun:
         assert ep is not None
         session, seq, stamp = link.stamper.next()
         if not final:
+            self.first_stamp = min(self.first_stamp, stamp)
             r = robot.observation()
             link.publish_observation(Observation(
                 session, seq, stamp, r.joint_names, r.joint_pos, r.joint_vel,
@@ -381,9 +386,14 @@ class _ServeRun:
 
     def take_action(self) -> None:
         """Apply the newest action received, if any, from the next physics step; one the robot
-        cannot execute is counted by its reason and dropped."""
+        cannot execute is counted by its reason and dropped. So is one that answers no
+        observation of this robot ("foreign"): what a runtime sent a previous robot (before a
+        restart: its safe hold, its last target) is for another pose."""
         action = self.link.poll_action()
         if action is None:
+            return
+        if action.obs_stamp < self.first_stamp - OBS_STAMP_ROUNDING_S:
+            self.stats.dropped["foreign"] += 1
             return
         try:
             self.robot.apply(self.robot.order(action.joints, action.values, action.command))
@@ -425,6 +435,7 @@ def serve(
     announce: Callable[[str], None] = print,
     link: RobotLink | None = None,
     stats: ServeStats | None = None,
+    keys: Keys | None = None,
 ) -> ServeStats:
     """Run `robot` in real time on the transport until `stop()` or `episodes` episodes (0: no
     end). Observations and telemetry go out at each control step; the newest action is applied
@@ -432,7 +443,7 @@ def serve(
     whole control period behind re-anchors (counted as `late`) instead of bursting to catch up.
     A new episode's reset (a few ms of the env's jitted reset) keeps the clock's phase.
     `stats`, if given, is filled as it runs (a caller can watch it); `link` replaces the
-    transport (it is then the caller's to close).
+    transport (it is then the caller's to close); `keys`: the robot's CURVE keys.
     """
     from crl.runtime.transport import RobotLink
 
@@ -440,7 +451,7 @@ def serve(
         raise RobotError(f"speed: must be a positive number, got {speed}")
     stats = ServeStats() if stats is None else stats
     own = link is None
-    link = RobotLink(endpoints) if link is None else link
+    link = RobotLink(endpoints, keys) if link is None else link
     if robot.episode is None:
         robot.reset(0)
     run = _ServeRun(robot, link, stats)

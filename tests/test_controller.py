@@ -134,23 +134,154 @@ def test_stale_observation_sends_the_safe_action_then_soft_starts(policy_path: P
     for k in range(10):  # run in, past the soft start
         c.observe(observation(), k * period)
         c.tick(k * period + 0.001)
-    held = c.last_sent.copy()
+    assert np.abs(c.last_sent - [0.3, -0.5]).max() > 0.1  # the policy commands elsewhere
     # No observation since t = 9 periods: stale beyond 3 periods.
     stale_at = 9 * period + c.max_age + 1e-6
     cmd = c.tick(stale_at)
     assert cmd.safe and cmd.mode == "stale"
-    np.testing.assert_allclose(cmd.values, held)  # hold = the last command
+    np.testing.assert_allclose(cmd.values, [0.3, -0.5])  # hold = where it was last measured
     c.tick(stale_at + period)
     assert c.stats.counts["stale_stops"] == 1  # one stop, however long it lasts
-    # Fresh data: the policy's command ramps in from the held one over 5 ticks.
-    obs = observation()
+    # Fresh data, the arm moved meanwhile: the policy ramps in over 5 ticks from where it is
+    # now measured (its last action too), not from the held command.
+    q = (0.6, -0.9)
+    obs = observation(q)
     now = stale_at + 2 * period
     c.observe(obs, now)
-    x = c.assembler.assemble(obs, (held - c.offset) / c.scale)
+    x = c.assembler.assemble(obs, (np.array(q) - c.offset) / c.scale)
     target = np.clip(c.offset + c.scale * policy.act(x, c.goal), c.low, c.high)
     cmd = c.tick(now)
     assert not cmd.safe and cmd.mode == "soft_start"
-    np.testing.assert_allclose(cmd.values, held + (target - held) / 5, atol=1e-5)
+    np.testing.assert_allclose(cmd.values, q + (target - q) / 5, atol=1e-5)
+
+
+def run_in(c: Controller, q: tuple[float, float], ticks: int, session: int = 7,
+           start: float = 0.0) -> float:
+    """Observe `q` and tick at the control rate for `ticks` periods; the time reached."""
+    t = start
+    for _ in range(ticks):
+        c.observe(observation(q, session=session), t)
+        c.tick(t + 0.001)
+        t += c.period
+    return t
+
+
+def assert_ramps_from(c: Controller, q: tuple[float, float], t: float, ticks: int,
+                      session: int) -> list[np.ndarray]:
+    """Commands for `ticks` periods of a robot measured at `q`: the first within the rate limit
+    of `q`, each within the rate limit of the one before; returns them (spec order)."""
+    sent: list[np.ndarray] = []
+    for _ in range(ticks):
+        c.observe(observation(q, session=session), t)
+        cmd = c.tick(t + 0.001)
+        values = cmd.values[np.argsort(c.to_command)]  # command order → spec order
+        previous = sent[-1] if sent else np.asarray(q)
+        assert np.abs(values - previous).max() <= c.max_change + 1e-9, (values, previous)
+        sent.append(values)
+        t += c.period
+    return sent
+
+
+def test_a_restarted_robot_in_another_pose_is_never_commanded_a_jump(policy_path: Path) -> None:
+    """Issue 23: a new robot's elbow at -1.348 rad was commanded the previous robot's 2.019."""
+    c = make(policy_path, soft_start=0.2, max_action_change=0.05)
+    c.set_goal("world", [-0.15, 0.1])
+    t = run_in(c, (0.3, 1.9), 40)  # the previous robot, commanded for 1.6 s
+    before = c.last_sent.copy()
+    new = (0.1, -1.348)
+    assert np.abs(before - new).max() > 1.0
+    # Restarted before the staleness limit (no stale stop): the next observation is another
+    # session. The soft start begins where the new robot is measured, and so does its
+    # `last_action`.
+    c.observe(observation(new, session=8), t)
+    assert c.stats.counts["robot_restarts"] == 1
+    x = c.policy_input()
+    np.testing.assert_allclose(x[c.spec.observation_slices()["last_action"]],
+                               (np.array(new) - c.offset) / c.scale, atol=1e-6)
+    assert_ramps_from(c, new, t, 10, session=8)
+    assert c.stats.counts["stale_stops"] == 0 and c.stats.mode == "running"  # ramped in
+
+    # Restarted after a stale stop: the safe action holds the old robot's last measured pose;
+    # the new one (another pose again) is held, then ramped into, from where it is measured.
+    c = make(policy_path, soft_start=0.2, max_action_change=0.05)
+    c.set_goal("world", [-0.15, 0.1])
+    t = run_in(c, (0.3, 1.9), 40)
+    t += c.max_age + c.period
+    stale = c.tick(t)
+    assert stale.safe and stale.mode == "stale" and c.stats.counts["stale_stops"] == 1
+    other = (-0.7, 0.4)
+    assert_ramps_from(c, other, t + c.period, 10, session=9)
+    assert c.stats.counts["robot_restarts"] == 1 and c.stats.counts["stale_stops"] == 1
+    assert c.stats.mode == "running"
+
+
+def test_a_restarted_robot_gets_the_safe_pose_from_where_it_is(policy_path: Path) -> None:
+    """`default_pose` and `zero` (position targets) are approached from the new robot's measured
+    pose under the rate limit, not from what the previous robot was sent."""
+    pose = robot_config.parse({
+        "task": "reacher", "model": "reacher.xml", "command_joints": ["shoulder", "elbow"],
+        "observation": {"joint_pos": "joint_position", "joint_vel": "joint_velocity",
+                        "site_pos": {"forward_kinematics": "fingertip"},
+                        "last_action": "last_action"},
+        "safety": {"safe_action": "default_pose", "default_pose": {"shoulder": 1.0, "elbow": 1.0},
+                   "max_action_change": 0.05},
+    })
+    for config in (pose, REACHER.replace_safety(safe_action="zero", max_action_change=0.05)):
+        c = Controller(load_policy(policy_path), config)
+        c.start(observation((0.3, -0.5)), 0.0)
+        t = run_in(c, (0.3, -0.5), 60)  # no goal: the safe pose, reached
+        safe_pose = c.last_sent.copy()
+        new = (-1.2, 2.0)
+        c.observe(observation(new, session=11), t)
+        cmd = c.tick(t + 0.001)
+        assert cmd.safe and c.stats.counts["robot_restarts"] == 1
+        step = np.clip(safe_pose - new, -0.05, 0.05)
+        np.testing.assert_allclose(cmd.values, np.asarray(new) + step)
+
+
+class StepClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_status_rate_and_longest_gap_show_a_stall(policy_path: Path) -> None:
+    """A 300 ms stall: the rate over the last second drops and the longest gap shows it (the
+    average since start, what `rate_hz` was, stayed above 23 Hz)."""
+    c = make(policy_path)
+    c.stats.clock = clock = StepClock(c.stats.clock())
+    period = c.period
+
+    def ticks(n: int) -> None:
+        for _ in range(n):
+            clock.t += period
+            c.observe(observation(), clock.t)
+            c.tick(clock.t)
+
+    ticks(100)  # 4 s at 25 Hz
+    s = c.stats.to_dict()
+    assert s["rate_hz"] == pytest.approx(25.0, rel=1e-6)
+    assert s["max_gap_ms"] == pytest.approx(period * 1e3, rel=1e-6)
+    clock.t += 0.3  # the loop stalls
+    ticks(10)
+    s = c.stats.to_dict()
+    # The last second holds 18 actions (0.3 s of it without any): ~18 Hz, not 25.
+    assert s["rate_hz"] == pytest.approx(18 / (10 * period + 0.3 + 8 * period), rel=1e-6)
+    assert s["max_gap_ms"] == pytest.approx((0.3 + period) * 1e3, rel=1e-6)
+    ticks(1)
+    s = c.stats.to_dict()  # the status was taken: a new interval for the longest gap
+    assert s["max_gap_ms"] == pytest.approx(period * 1e3, rel=1e-6)
+    assert s["max_gap_run_ms"] == pytest.approx((0.3 + period) * 1e3, rel=1e-6)
+    # A stall still under way shows too: no action in the last window, and the open gap.
+    clock.t += 1.5
+    s = c.stats.to_dict()
+    assert s["rate_hz"] == 0.0 and s["max_gap_ms"] == pytest.approx(1500, rel=1e-6)
+    ticks(30)
+    assert c.stats.to_dict()["rate_hz"] == pytest.approx(25.0, rel=1e-6)
 
 
 def test_rate_limit_bounds_the_change_per_tick(policy_path: Path) -> None:

@@ -478,7 +478,9 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
                 lockstep.step_control()
         # Phase 2: answer every observation with one target; the joints get there.
         target = {"shoulder": 1.0, "elbow": -1.0}
-        runtime.send(("shoulder", "nope"), [0.0, 0.0])  # dropped (counted at exit)
+        # Dropped (counted at exit): it answers one of this robot's observations, so the
+        # robot reads it, and names a joint the robot does not have.
+        runtime.send(("shoulder", "nope"), [0.0, 0.0], obs=next(reversed(stamps.values())))
         time.sleep(0.05)
         # Telemetry queued up while the lockstep robot compiled: judge only episodes that
         # start after the first one in which an action arrived.

@@ -36,7 +36,7 @@ from std_msgs.msg import Float64MultiArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from crl.runtime import robot_config
-from crl.runtime.controller import Command, Controller
+from crl.runtime.controller import STALL_PERIODS, Command, Controller
 from crl.runtime.loop import FixedRateLoop, set_realtime
 from crl.runtime.messages import new_session
 from crl.runtime.observation import ObservationError
@@ -44,6 +44,7 @@ from crl.runtime.policy import PolicyError, load_policy
 from crl_runtime.convert import (
     BaseState,
     ConversionError,
+    JointVelocities,
     apply_transform,
     goal_axes,
     goal_frame_error,
@@ -60,7 +61,7 @@ from crl_runtime.parameters import GOAL_REACH, declare
 SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
 COUNTERS = ("joint_states_received", "observation_malformed", "observation_nonfinite",
-            "odometry_nonfinite")
+            "observation_no_velocity", "odometry_nonfinite")
 WAIT_LOG_S = 5.0
 # The control thread waits for the GIL while the executor thread runs Python code; the default
 # switch interval (5 ms) would let that wait reach 5 ms (test/measure_jitter.py).
@@ -97,6 +98,7 @@ class GoalReach(Node):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.started = threading.Event()  # the controller has its first observation
         self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
+        self.velocities = JointVelocities()  # for joint states that carry positions only
         self.base: BaseState | None = None
         self.needs_base = bool(c.assembler.requirements.base)
         self.required = c.assembler.requirements.joints
@@ -176,7 +178,9 @@ class GoalReach(Node):
         Refusing here, before the controller holds it, means a bad message never displaces a
         good one the next tick has not used yet. Its age is measured on the node clock (stamp
         against the clock at arrival) and carried onto the monotonic clock the loop runs on,
-        never later than its arrival.
+        never later than its arrival. A message without velocities gets them by finite
+        differences over the stamps (`JointVelocities`); the first such one has no previous
+        position, so the controller starts on the second.
         """
         received_mono, received_ros = time.monotonic(), self.now_s()
         self.counts["joint_states_received"] += 1
@@ -184,9 +188,12 @@ class GoalReach(Node):
         try:
             obs = joint_state_to_observation(msg, received_ros, self.session, self.seq,
                                              self.base if self.needs_base else None,
-                                             self.required)
+                                             self.required, self.velocities)
         except ConversionError as e:
             self.counts[f"observation_{e.reason}"] += 1
+            if not self.started.is_set():
+                self.waiting_for = (f"joint states arrive on {self.params['joint_states_topic']} "
+                                    f"but are refused ({e})")
             self.get_logger().warning(f"joint state refused: {e}",
                                       throttle_duration_sec=WAIT_LOG_S)
             return
@@ -338,12 +345,20 @@ class GoalReach(Node):
                 "policy_sha256": self.policy_sha256, "command_topic": self.command_topic}
 
     def diagnostics(self) -> DiagnosticArray:
-        """Build the diagnostics message; WARN while the safe action is sent for a fault."""
+        """
+        Build the diagnostics message; WARN while the safe action is sent for a fault or stall.
+
+        A stall: no command for over STALL_PERIODS control periods since the last diagnostics
+        (`max_gap_ms`, the longest gap between commands; `rate_hz` is over the last second).
+        """
         stats = self.status()
         mode = str(stats["mode"])
         level, message = DiagnosticStatus.OK, {
             "running": "policy acting", "soft_start": "policy acting (soft start)",
             "no_goal": "holding: waiting for a goal", "stopped": "stopped"}.get(mode, "")
+        gap_ms = float(stats["max_gap_ms"])
+        if gap_ms > STALL_PERIODS * self.controller.period * 1e3:
+            level, message = DiagnosticStatus.WARN, f"stalled: no command for {gap_ms:.0f} ms"
         if mode in ("stale", "fault"):
             level, message = DiagnosticStatus.WARN, f"safe action: {mode}"
         status = DiagnosticStatus(level=level, name="crl_runtime: goal_reach",

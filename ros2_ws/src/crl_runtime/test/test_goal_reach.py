@@ -28,7 +28,8 @@ MAX_AGE = 3 * PERIOD  # reacher.yaml's max_observation_age (3 periods)
 class ServoRobot:
     """Publish joint states at the control rate; the position follows the last command."""
 
-    def __init__(self, peer: Peer):
+    def __init__(self, peer: Peer, positions_only: bool = False):
+        """Publish no velocity array with `positions_only`, as many real drivers do."""
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray
@@ -40,6 +41,7 @@ class ServoRobot:
         self.reliable = node.create_publisher(JointState, "/joint_states", 10)
         self.commands = peer.record(Float64MultiArray, "/forward_position_controller/commands")
         self.q = [0.3, -0.5]  # shoulder, elbow
+        self.positions_only = positions_only
         self.fault = ""  # one message: "nan", "missing", "malformed"
         self.fault_sent_at = -math.inf  # monotonic time the last faulty message went out
         self.paused = threading.Event()
@@ -64,7 +66,7 @@ class ServoRobot:
             # Reversed order and an extra joint: the node picks joints by name.
             msg.name = ["elbow", "gripper", "shoulder"]
             msg.position = [self.q[1], 0.0, self.q[0]]
-            msg.velocity = [0.0, 0.0, 0.0]
+            msg.velocity = [] if self.positions_only else [0.0, 0.0, 0.0]
             fault, self.fault = self.fault, ""
             if fault:
                 self.fault_sent_at = time.monotonic()
@@ -219,12 +221,98 @@ def test_goal_reach_faults_are_refused_counted_and_the_rate_holds(
     assert len(robot.commands.messages) > before
 
 
+def test_goal_reach_acts_on_joint_states_without_velocities(
+        executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
+    """
+    A driver that publishes positions only drives the policy.
+
+    Velocities come from finite differences over the stamps, and only the first message
+    (nothing to difference yet) is refused.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+
+    diags = peer.record(DiagnosticArray, "/diagnostics")
+    goals = peer.node.create_publisher(PoseStamped, "/goal_pose", 10)
+    robot = ServoRobot(peer, positions_only=True)
+    node: Proc = start_node(executables["goal_reach"], {
+        "policy": random_policy, "robot_config": "reacher", "diagnostics_hz": RATE,
+        "startup_timeout": 60.0})
+    try:
+        def status() -> dict[str, str]:
+            last = diags.last()
+            return diag_values(last) if last is not None else {}
+
+        wait_for(lambda: status().get("mode") == "no_goal", 60, "the node holding without a goal",
+                 node)
+        wait_for(lambda: goals.get_subscription_count(), 10, "the node's goal subscription", node)
+        goals.publish(goal_pose(0.1, 0.1))
+        wait_for(lambda: status().get("mode") == "running", 5, "the policy acting", node)
+        time.sleep(0.5)
+        s = status()
+        assert s["mode"] == "running" and int(s["stale_stops"]) == 0, s
+        assert int(s["observation_no_velocity"]) == 1 and int(s["observation_nonfinite"]) == 0, s
+    finally:
+        robot.close()
+    assert node.stop() == 0, node.text()[-2000:]
+
+
+def test_goal_reach_says_what_arrives_and_why_it_is_refused(
+        executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
+    """Joint states that arrive but cannot be used: the waiting message says so, and why."""
+    from sensor_msgs.msg import JointState
+
+    publisher = peer.node.create_publisher(JointState, "/joint_states", 10)
+    stop = threading.Event()
+
+    def publish_nan() -> None:
+        while not stop.wait(PERIOD):
+            msg = JointState(name=["shoulder", "elbow"], position=[math.nan, 0.0],
+                             velocity=[0.0, 0.0])
+            msg.header.stamp = peer.node.get_clock().now().to_msg()
+            publisher.publish(msg)
+
+    thread = threading.Thread(target=publish_nan, daemon=True)
+    thread.start()
+    try:
+        node = start_node(executables["goal_reach"], {"policy": random_policy,
+                                                      "startup_timeout": 3.0})
+        assert node.popen.wait(30) == 1
+    finally:
+        stop.set()
+        thread.join(timeout=2.0)
+    line = next(x for x in node.text().splitlines() if "no usable joint state within 3 s" in x)
+    assert "arrive on /joint_states but are refused (nonfinite" in line, line
+    assert "shoulder" in line, line
+
+
 def test_goal_reach_startup_errors_are_one_line(executables: dict[str, Path], start_node: Any,
                                                 tmp_path: Path) -> None:
     node = start_node(executables["goal_reach"], {"policy": tmp_path / "missing.onnx"})
     assert node.popen.wait(30) == 1
     lines = [line for line in node.text().splitlines() if line.strip()]
     assert len(lines) == 1 and "missing.onnx: no such file" in lines[0], lines
+
+
+def test_goal_reach_refuses_an_edited_policy(executables: dict[str, Path], start_node: Any,
+                                             random_policy: Path, tmp_path: Path) -> None:
+    """Refuse a policy whose goal box was edited by one bit, in one line naming the spec."""
+    # The node loads through the runtime's read_policy_file, which checks the whole-file seal.
+    import json
+
+    import onnx
+
+    model = onnx.load(random_policy)
+    prop = next(p for p in model.metadata_props if p.key == "crl.policy_spec")
+    spec = json.loads(prop.value)
+    spec["goal"]["high"][0] = math.nextafter(spec["goal"]["high"][0], math.inf)
+    prop.value = json.dumps(spec, sort_keys=True)
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, edited)
+    node = start_node(executables["goal_reach"], {"policy": edited})
+    assert node.popen.wait(30) == 1
+    lines = [line for line in node.text().splitlines() if line.strip()]
+    assert len(lines) == 1 and "edited.onnx: spec sha256 mismatch" in lines[0], lines
 
 
 @pytest.mark.parametrize("value", ["3"])
