@@ -32,7 +32,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 ORT_MISSING = (
     "ONNX Runtime is not installed: pip install 'crl[cpu]', or 'crl[gpu]' for its CUDA and "
     "TensorRT providers (one of the two, never both; on a Jetson, the Jetson onnxruntime-gpu "
-    "wheel; README: On the robot)"
+    "wheel; docs/robot.md: On the robot: install)"
 )
 
 

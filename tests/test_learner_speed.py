@@ -1,4 +1,4 @@
-"""bench/learner_speed.py: its smoke mode runs as a script and writes what the README quotes."""
+"""bench/learner_speed.py: its smoke mode runs as a script and writes the JSON docs/ renders."""
 
 from __future__ import annotations
 

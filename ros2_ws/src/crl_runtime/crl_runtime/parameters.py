@@ -2,7 +2,7 @@
 Every ROS parameter of the package's nodes, declared in one table.
 
 The table is plain Python (no rclpy), so the tests can check the shipped parameter files, the
-README and the RViz config against it without starting ROS. `declare` turns it into ROS
+ROS 2 doc and the RViz config against it without starting ROS. `declare` turns it into ROS
 parameter declarations with descriptions (what `ros2 param describe` shows).
 """
 

@@ -1,9 +1,9 @@
 """
-The package's files agree: parameter files, declared parameters, README, RViz and install.
+The package's files agree: parameter files, declared parameters, docs, RViz and install.
 
 Parameter names are only checked by ROS at run time, where an unknown one is silently ignored;
-these tests catch a misspelt parameter, an undocumented one, a launch argument the README does
-not describe and an RViz topic nobody publishes, before a robot user does.
+these tests catch a misspelt parameter, an undocumented one, a launch argument the ROS 2 doc
+(docs/ros2.md) does not describe and an RViz topic nobody publishes, before a robot user does.
 """
 
 from __future__ import annotations
@@ -60,16 +60,16 @@ def test_every_declared_parameter_is_documented(node: str) -> None:
         assert len(p.description) > 20 and p.description.endswith("."), f"{node}.{p.name}"
 
 
-def readme() -> tuple[Path, str]:
-    path = Path(os.environ.get("CRL_README", REPO / "README.md"))
+def ros_doc() -> tuple[Path, str]:
+    path = Path(os.environ.get("CRL_ROS_DOC", REPO / "docs" / "ros2.md"))
     text = path.read_text() if path.is_file() else ""
     if "goal_reach.launch.py" not in text:
         pytest.fail(f"{path} has no crl_runtime section (nothing about goal_reach.launch.py)")
     return path, text
 
 
-def test_the_readme_describes_exactly_the_launch_arguments() -> None:
-    path, text = readme()
+def test_the_ros_doc_describes_exactly_the_launch_arguments() -> None:
+    path, text = ros_doc()
     header = r"^\s*\| argument \| default \| meaning \|\n"
     table = re.search(header + r"(?:\s*\|.*\n)+", text, re.MULTILINE)
     assert table, f"{path}: no launch-argument table (| argument | default | meaning |)"
@@ -77,10 +77,11 @@ def test_the_readme_describes_exactly_the_launch_arguments() -> None:
     assert set(rows) == set(ARGUMENTS), f"{path}: launch-argument table has {sorted(rows)}"
     for name, (default, _) in ARGUMENTS.items():
         assert rows[name] == default, f"{path}: {name} defaults to {default!r}"
-    used = set(re.findall(r"goal_reach\.launch\.py[^\n]*", text))
-    for line in used:
-        for name in re.findall(r"\b([a-z_]+):=", line):
-            assert name in ARGUMENTS, f"{path}: `{line}` uses {name}:=, not an argument"
+    # Every launch line in it and in the README uses only real arguments.
+    for doc in (path, REPO / "README.md"):
+        for line in set(re.findall(r"goal_reach\.launch\.py[^\n]*", doc.read_text())):
+            for name in re.findall(r"\b([a-z_]+):=", line):
+                assert name in ARGUMENTS, f"{doc}: `{line}` uses {name}:=, not an argument"
 
 
 def rviz_topics(node: object) -> list[str]:

@@ -1,0 +1,411 @@
+"""Render the generated blocks of README.md and docs/*.md from their one source.
+
+A figure or a fact that has one source is written there once and rendered here, so a doc cannot
+drift from it. A block sits between `<!-- generated: SOURCE [VIEW] -->` and
+`<!-- end generated -->`; SOURCE is one of
+
+- `bench/results/NAME.json`: a benchmark's results, rendered by the table of its `benchmark`
+  field (VIEW picks another table of the same JSON; a benchmark without a table of its own
+  gets every scalar it measured);
+- `crl.sim.tasks`: the task registry's specs (VIEW `deployment` or `paper`; needs jax);
+- `layout`: every module of every folder, from pyproject's package-dir and the tree.
+
+    python docs/generate.py            # rewrite every block in place
+    python docs/generate.py --check    # only list the stale blocks (exit 1 if any)
+
+tests/test_docs.py renders every block and fails when a doc disagrees with its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+BLOCK = re.compile(r"<!-- generated: (\S+)(?: (\S+))? -->\n(.*?)<!-- end generated -->\n",
+                   re.DOTALL)
+TASKS_SOURCE = "crl.sim.tasks"
+LAYOUT_SOURCE = "layout"
+CM_PER_M = 100
+MS_PER_S = 1000
+BYTES_PER_MB = 1e6
+BYTES_PER_GB = 1e9
+LAYOUT_WIDTH = 100  # ruff's line length: the layout block reads as code
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated block of a doc: where it is and what renders it."""
+
+    source: str
+    view: str | None
+    start: int
+    end: int
+    body: str
+
+
+def blocks(text: str) -> Iterator[Block]:
+    for m in BLOCK.finditer(text):
+        yield Block(m.group(1), m.group(2), m.start(3), m.end(3), m.group(3))
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A markdown table; `align` holds one `l` or `r` a column."""
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = [header, rule, *rows]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+
+
+def when(result: dict[str, Any], path: str) -> str:
+    """The caption under a table: its JSON, when it was measured and on what."""
+    date = datetime.fromisoformat(result["date"]).strftime("%Y-%m-%d %H:%M UTC")
+    device = result.get("device") or result.get("machine") or {}
+    cpu = device.get("cpu") or device.get("cpu_model") or "CPU"
+    cores = device.get("cores") or device.get("cpu_cores") or result.get("cpu_cores")
+    where = device.get("gpu") or (f"{cores}-core {cpu}" if cores else cpu)
+    return f"\n`{path}`: measured {date} on the {where}.\n"
+
+
+def pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def cm(metres: float) -> str:
+    return f"{metres * CM_PER_M:.2f} cm"
+
+
+def thousands(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+# --- bench/results/*.json -------------------------------------------------------------------
+
+def quickstart(r: dict[str, Any]) -> str:
+    """The learning curve: nominal and held-out scores at each evaluation."""
+    rows = []
+    for e in r["learning_curve"]:
+        nominal, held = e["nominal"], e.get("held_out_dr")
+        steps = "0 (untrained)" if e["env_steps"] == 0 else thousands(e["env_steps"])
+        held_cells = (f"{pct(held['success_rate'])}, {pct(held['final_success_rate'])}, "
+                      f"{cm(held['final_distance_median'])}" if held else "–")
+        rows.append([steps, f"{e['wall_s']:.0f}", pct(nominal["success_rate"]),
+                     f"{nominal['time_at_goal']:.1f}", cm(nominal["final_distance_median"]),
+                     held_cells])
+    header = ["env steps", "wall-clock (s, compile included)", "success", "time at goal (steps)",
+              "median final distance", "held-out: success, at the end, median"]
+    return table(header, rows, "rrrrrr")
+
+
+def quickstart_best(r: dict[str, Any]) -> str:
+    """The best checkpoint (what `make demo` exports) on fresh goals, and the targets."""
+    best = r["best_checkpoint"]
+    rows = []
+    for name, label in (("nominal", "nominal"), ("train_dr", "training ranges"),
+                        ("held_out_dr", "held-out ranges")):
+        e = best.get(name)
+        if e:
+            rows.append([label, pct(e["success_rate"]), pct(e["final_success_rate"]),
+                         f"{e['time_at_goal']:.1f}", cm(e["final_distance_median"])])
+    header = [f"best checkpoint ({thousands(best['env_steps'])} env steps)", "success",
+              "at the goal at the end", "time at goal (steps)", "median final distance"]
+    targets = ", ".join(f"`{k}`: {v}" for k, v in r["targets"].items())
+    return (table(header, rows, "lrrrr") + f"\nTraining took {r['train_wall_s']:.0f} s. "
+            f"Targets: {targets}.\n")
+
+
+def loop_latency(r: dict[str, Any]) -> str:
+    rows = []
+    for run in r["runs"]:
+        p, e2e, err = run["policy"], run["end_to_end_ms"], run["period_error_ms"]
+        rows.append([f"{run['hz']:g} Hz, depth {p['depth']} × {p['width']}",
+                     f"{err['p99']:.3f} / {err['max']:.1f} ms",
+                     f"{run['misses']} of {run['ticks']}",
+                     f"{e2e['p50']:.2f} / {e2e['p99']:.2f} ms",
+                     str(run["runtime_status"]["stale_stops"]), f"{run['host_steal_s']:.2f} s"])
+    base = r.get("platform_baseline")
+    if base:
+        err = base["period_error_ms"]
+        rows.append([f"{base['hz']:g} Hz, the same loop with empty ticks (platform baseline)",
+                     f"{err['p99']:.3f} / {err['max']:.1f} ms",
+                     f"{base['misses']} of {base['ticks']}", "", "",
+                     f"{base['host_steal_s']:.2f} s"])
+    seconds = r["runs"][0]["seconds"]
+    header = [f"run ({seconds:g} s, {r['runs'][0]['policy']['backend']})",
+              "period error p99 / max", "missed deadlines", "end-to-end p50 / p99",
+              "stale stops", "host steal"]
+    return table(header, rows, "lrrrrr")
+
+
+def policy_latency(r: dict[str, Any]) -> str:
+    """Batch-1 latency of each backend and precision, against the memory-bandwidth bound."""
+    bandwidth = r["memory_bandwidth_gb_s"]
+    errors = r["action_error_vs_fp32"]
+    hz = r["config"]["control_hz"]
+
+    def row(label: str, e: dict[str, Any], error: str = "–", two_cores: bool = False) -> list[str]:
+        read = e.get("runtime_weight_bytes") or e["weight_bytes"]
+        if two_cores:  # threads that use both cores: against both cores' bandwidth
+            ratio = e["p50_ms"] / (read / (bandwidth["two_cores"] * BYTES_PER_GB) * MS_PER_S)
+        else:
+            ratio = e.get("p50_over_runtime_bound") or e["p50_over_bound"]
+        return [label, f"{read / BYTES_PER_MB:.1f} MB", f"{e['p50_ms']:.3f} ms",
+                f"{e['p99_ms']:.3f} ms", f"{e['max_ms']:.2f} ms", f"{e['cpu_percent']:.0f}%",
+                f"{ratio:.2f}×", error]
+
+    paced = r["ort_batch1_at_control_rate"]
+    rows = []
+    for precision, e in r["ort_batch1"].items():
+        error = f"{errors[precision]['max_abs']:.1e}" if precision in errors else "–"
+        rows.append(row(f"ONNX Runtime {precision}, 1 thread", e, error))
+        if precision in paced:
+            rows.append(row(f"same, paced at {hz:g} Hz", paced[precision], error))
+    rows.append(row("ONNX Runtime fp32, 2 threads (both cores' bound)",
+                    r["ort_fp32_2_threads_batch1"], two_cores=True))
+    rows.append(row("ONNX Runtime fp32, 2 spinning threads (both cores' bound)",
+                    r["ort_fp32_2_threads_spinning_batch1"], two_cores=True))
+    rows.append(row("JAX jitted actor", r["jax_batch1"], f"{r['fp32_vs_jax_max_abs']:.1e}"))
+    rows.append(row("reading the fp32 weights' bytes, nothing else",
+                    r["fp32_weight_read_batch1"]))
+    rows.append(row(f"same, paced at {hz:g} Hz", r["fp32_weight_read_batch1_at_control_rate"]))
+    header = ["backend", "weights read", "p50", "p99", "max", "CPU", "p50 ÷ bound",
+              "max action error vs fp32"]
+    export = r["export"]
+    steal = r["cpu_steal_percent"]
+    return (table(header, rows, "lrrrrrrr")
+            + f"\nMemory read bandwidth {bandwidth['used']:.1f} GB/s on one core, "
+            f"{bandwidth['two_cores']:.1f} GB/s on two; steal {steal['back_to_back']:.1f}% back to "
+            f"back, {steal['paced']:.1f}% paced. Exporting a depth-{export['depth']} actor "
+            f"({export['bytes'] / BYTES_PER_MB:.0f} MB) took {export['seconds']:.1f} s. "
+            f"Targets: " + ", ".join(f"`{k}`: {v}" for k, v in r["targets"].items()) + ".\n")
+
+
+def learner_speed(r: dict[str, Any]) -> str:
+    """The shipped block loop against the unrolled network, one SGD update and one `act`."""
+    rows = []
+    for row in r["results"]:
+        v = row["variants"]
+        s, u = v["shipped"], v["unrolled"]
+        act = row["inference"]["variants"]
+        ratios = f"{s['time_ratio_to_unrolled']:.2f} / {s['paired_time_ratio_to_unrolled']:.2f}"
+        rows.append([str(row["depth"]), f"{s['update_ms']:,.1f}", f"{u['update_ms']:,.1f}", ratios,
+                     f"{s['compile_s']:.1f} / {u['compile_s']:.1f}",
+                     f"{act['shipped']['act_ms']:.3g} / {act['unrolled']['act_ms']:.3g}"])
+    shipped = r["shipped"]
+    header = ["depth", f"shipped ({shipped['unroll']}:{shipped['remat']}) ms", "unrolled ms",
+              "shipped ÷ unrolled (medians / paired rounds)", "compile shipped / unrolled (s)",
+              "JAX `act`, batch 1, shipped / unrolled (ms)"]
+    text = table(header, rows, "rrrrrr")
+    it = r.get("iteration")
+    if it and it.get("depth"):
+        text += (f"\nOne whole training iteration at depth {it['depth']} ({it['num_envs']} envs, "
+                 f"{it['sgd_steps_per_iteration']} SGD steps) compiled in "
+                 f"{it['compile_s']:.1f} s.\n")
+    return text
+
+
+def learner_speed_candidates(r: dict[str, Any]) -> str:
+    """Every candidate block loop of one run, against the unrolled network."""
+    rows = []
+    for row in r["results"]:
+        for name, v in row["variants"].items():
+            ratio = v.get("time_ratio_to_unrolled")
+            ratio_cell = "1" if name == "unrolled" else f"{ratio:.2f}" if ratio else "–"
+            rows.append([str(row["depth"]), name, f"{v['update_ms']:,.1f}", ratio_cell,
+                         f"{v['compile_s']:.1f}"])
+    return table(["depth", "block loop", "update ms", "÷ unrolled", "compile (s)"], rows,
+                 "rlrrr")
+
+
+def sim_throughput(r: dict[str, Any]) -> str:
+    envs = sorted({row["num_envs"] for row in r["results"]})
+    by_task: dict[str, dict[int, float]] = {}
+    for row in r["results"]:
+        by_task.setdefault(row["task"], {})[row["num_envs"]] = row["steps_per_s"]
+    rows = [[f"`{task}`", *(thousands(v[n]) if n in v else "–" for n in envs)]
+            for task, v in by_task.items()]
+    header = ["task", *(f"{n} env" + ("s" if n > 1 else "") for n in envs)]
+    return table(header, rows, "l" + "r" * len(envs))
+
+
+def train_throughput(r: dict[str, Any]) -> str:
+    rows = [[str(row["depth"]), f"{row['compile_s']:.1f}",
+             thousands(row["collect_env_steps_per_s"]), thousands(row["env_steps_per_s"]),
+             f"{row['sgd_steps_per_s']:.3g}"] for row in r["results"]]
+    header = ["depth", "compile of one training iteration (s)", "collect-only env steps/s",
+              "env steps/s with SGD", "SGD steps/s"]
+    return table(header, rows, "rrrrr")
+
+
+def scale_overhead(r: dict[str, Any]) -> str:
+    compile_s, iteration = r["compile_s"], r["median_iteration_s"]
+    rows = [[n, f"{compile_s[n]:.1f}", f"{iteration[n]:.3f}"] for n in sorted(iteration, key=int)]
+    return (table(["devices", "compile (s)", "median iteration (s)"], rows, "rrr")
+            + f"\nRatio 4 ÷ 1: {r['ratio_4_over_1']:.2f}; load average "
+            f"{r['load_average_1_5_15'][0]:.1f}. {r['note']}.\n")
+
+
+def msgspec_messages(r: dict[str, Any]) -> str:
+    eq = r["equivalence"]
+    rows = [[f"`{case}`", str(row["bytes"]), f"{row['messages']['p50_us']:.2f}",
+             f"{row['msgspec']['p50_us']:.2f}", f"{row['msgspec_over_messages']:.2f}×"]
+            for case, row in r["speed"].items()]
+    return (table(["message", "bytes", "messages p50 (µs)", "msgspec p50 (µs)",
+                   "msgspec ÷ messages"], rows, "lrrrr")
+            + f"\nEquivalence: {eq['divergent']:,} of {eq['inputs']:,} corpus inputs decoded "
+            "differently.\n")
+
+
+CONTEXT_KEYS = {"benchmark", "date", "device", "machine", "versions", "config"}
+
+
+def summary(r: dict[str, Any]) -> str:
+    """Any benchmark without a table of its own: every scalar it measured, by its JSON path."""
+    rows: list[list[str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, bool | int | float | str):
+            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+            rows.append([f"`{prefix}`", shown])
+
+    walk("", {k: v for k, v in r.items() if k not in CONTEXT_KEYS})
+    return table(["measured", "value"], rows, "lr")
+
+
+Renderer = Callable[[dict[str, Any]], str]
+BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
+    ("quickstart", None): quickstart,
+    ("quickstart", "best"): quickstart_best,
+    ("loop_latency", None): loop_latency,
+    ("policy_latency", None): policy_latency,
+    ("learner_speed", None): learner_speed,
+    ("learner_speed", "candidates"): learner_speed_candidates,
+    ("sim_throughput", None): sim_throughput,
+    ("train_throughput", None): train_throughput,
+    ("scale_overhead", None): scale_overhead,
+    ("msgspec_messages", None): msgspec_messages,
+}
+
+
+def bench_block(path: str, view: str | None) -> str:
+    result = json.loads((ROOT / path).read_text())
+    key = (result["benchmark"], view)
+    if view is not None and key not in BENCH_VIEWS:
+        raise KeyError(f"{path}: no table for benchmark {key[0]!r} view {view!r}")
+    text = BENCH_VIEWS.get(key, summary)(result)
+    return text + when(result, path) if "date" in result else text
+
+
+# --- crl.sim.tasks ---------------------------------------------------------------------------
+
+def tasks_block(view: str | None) -> str:
+    """The task table from the registry's specs: one source for sizes, rates and radii."""
+    from crl.sim import tasks
+
+    names = {"deployment": tasks.DEPLOYMENT_TASKS, "paper": tuple(tasks.PAPER_TASKS)}[view or ""]
+    rows = []
+    for name in names:
+        env = tasks.make(name, dr="off")
+        s = env.spec
+        obs = ", ".join(f"{f.name} {f.size}" for f in s.observation)
+        goal = ", ".join(f"{f.name} {f.size}" for f in s.goal.fields)
+        rows.append([f"`{name}`", f"{s.obs_dim}: {obs}", f"{s.goal_dim}: {goal}",
+                     f"{s.act_dim} {s.action.kind}", f"{s.control_hz:.3g} Hz",
+                     str(env.episode_length), f"{s.success_radius:g} m"])
+    header = ["task", "observation", "goal", "action", "control", "episode (steps)", "success"]
+    return table(header, rows, "lllllrr")
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+def _wrapped(prefix: str, items: list[str]) -> list[str]:
+    lines, line = [], prefix
+    for i, item in enumerate(items):
+        word = item + ("," if i < len(items) - 1 else "")
+        if len(line) + 1 + len(word) > LAYOUT_WIDTH and line.strip():
+            lines.append(line.rstrip())
+            line = " " * len(prefix)
+        line += ("" if line.endswith(" ") else " ") + word
+    lines.append(line.rstrip())
+    return lines
+
+
+def _modules(folder: Path) -> list[str]:
+    """A folder's modules, its subfolders' (`tasks/x`), its data files' kinds (`assets/*.xml`)."""
+    items = sorted(p.stem for p in folder.glob("*.py") if p.name != "__init__.py")
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        py = sorted(p.stem for p in sub.glob("*.py") if p.name != "__init__.py")
+        if py:
+            items += [f"{sub.name}/{m}" for m in py]
+        else:
+            kinds = sorted({p.suffix for p in sub.iterdir() if p.is_file()})
+            items += [f"{sub.name}/*{k}" for k in kinds]
+    return items
+
+
+def layout_block() -> str:
+    """Every module of every folder: the crl packages (pyproject's package-dir), the ROS
+    package, the benchmarks and the doc generator."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_dir: dict[str, str] = pyproject["tool"]["setuptools"]["package-dir"]
+    lines = []
+    for package, folder in package_dir.items():  # pyproject lists them floor by floor
+        lines += _wrapped(f"{folder + '/':<10}  {package:<13}", _modules(ROOT / folder))
+    ros = ROOT / "ros2_ws" / "src" / "crl_runtime"
+    ros_items = [*_modules(ros / "crl_runtime"), "launch/", "config/", "rviz/", "test/"]
+    lines += _wrapped(f"{'ros2_ws/':<10}  {'crl_runtime':<13}", ros_items)
+    lines += _wrapped(f"{'bench/':<10}  {'scripts':<13}", _modules(ROOT / "bench"))
+    lines += _wrapped(f"{'docs/':<10}  {'':<13}", ["*.md", "generate"])
+    lines += _wrapped(f"{'tests/':<10}  {'pytest':<13}", ["test_*", "conftest", "fixtures"])
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+# --- the docs --------------------------------------------------------------------------------
+
+def render_block(source: str, view: str | None) -> str:
+    if source == TASKS_SOURCE:
+        return tasks_block(view)
+    if source == LAYOUT_SOURCE:
+        return layout_block()
+    return bench_block(source, view)
+
+
+def render(text: str) -> str:
+    """The doc with every generated block rendered anew."""
+    out, last = [], 0
+    for b in blocks(text):
+        out += [text[last:b.start], render_block(b.source, b.view)]
+        last = b.end
+    return "".join(out) + text[last:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only list the stale blocks")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in DOCS:
+        text = path.read_text()
+        new = render(text)
+        if new != text:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new)
+    for path in stale:
+        print(f"{'stale' if args.check else 'rewrote'}: {path}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
