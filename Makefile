@@ -24,6 +24,11 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 PYTHON310 ?= $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.10.*/bin/python3.10))),python3.10)
 VENV310 := .venv310
 STAMP310 := $(VENV310)/.installed
+# The same install with numpy 1.x, as on a robot whose ROS comes from apt (Ubuntu 24.04's
+# numpy 1.26; rosidl's C typesupport is built against it) or a JetPack 6 container.
+NUMPY1 := numpy==1.26.*
+VENV310_NUMPY1 := .venv310-numpy1
+STAMP310_NUMPY1 := $(VENV310_NUMPY1)/.installed
 # The runtime's tests (spec, backends, input checks, bench, controller, transport, closed loop,
 # atomic writes, the command lines, the install itself); what needs jax in them skips there,
 # saying so.
@@ -59,6 +64,13 @@ $(STAMP310): pyproject.toml
 	$(VENV310)/bin/python -m pip install -q -e ".[cpu,test]"
 	touch $@
 
+$(STAMP310_NUMPY1): pyproject.toml
+	test -x $(VENV310_NUMPY1)/bin/python || $(PYTHON310) -m venv $(VENV310_NUMPY1)
+	echo '*' > $(VENV310_NUMPY1)/.gitignore
+	$(VENV310_NUMPY1)/bin/python -m pip install -q --upgrade pip
+	$(VENV310_NUMPY1)/bin/python -m pip install -q -e ".[cpu,test]" "$(NUMPY1)"
+	touch $@
+
 venv: $(STAMP)
 
 lint: venv
@@ -89,14 +101,17 @@ test: venv lint typecheck $(TEST_POLICY)
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
 	  -m "not realtime"
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -m realtime
-	CRL_ROS_POLICY=$(CURDIR)/$(TEST_POLICY) CRL_README=$(CURDIR)/README.md ros2_ws/test.sh $(BIN)
+	CRL_ROS_POLICY=$(CURDIR)/$(TEST_POLICY) CRL_ROS_DOC=$(CURDIR)/docs/ros2.md ros2_ws/test.sh $(BIN)
 	$(MAKE) --no-print-directory test-robot
 
 # The runtime's tests on Python 3.10 without the train extra: what a Jetson or a ROS 2 Humble
-# machine installs. Its policies are exported there (export needs only numpy and onnx).
+# machine installs, with the newest numpy 2.x and again with numpy 1.26. Its policies are
+# exported there (export needs only numpy and onnx).
 test-robot:
 	@if $(PYTHON310) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then \
-	  $(MAKE) --no-print-directory $(STAMP310) && $(VENV310)/bin/python -m pytest $(ROBOT_TESTS); \
+	  $(MAKE) --no-print-directory $(STAMP310) $(STAMP310_NUMPY1) \
+	  && $(VENV310)/bin/python -m pytest $(ROBOT_TESTS) \
+	  && $(VENV310_NUMPY1)/bin/python -m pytest $(ROBOT_TESTS); \
 	else \
 	  echo "test-robot: skipped: no Python 3.10 here ($(PYTHON310) is not one);" \
 	    "set PYTHON310=/path/to/python3.10"; \
@@ -120,4 +135,4 @@ demo: venv
 	  "episodes $(DEMO_DIR)/reacher_eval.mp4, policy $(DEMO_DIR)/reacher.onnx"
 
 clean:
-	rm -rf $(VENV) $(VENV310) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(VENV310) $(VENV310_NUMPY1) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -30,6 +30,9 @@ PY310_RELEASES = {"numpy": "2.2.6", "onnx": "1.23.2", "onnxruntime": "1.23.2",
                   "mujoco": "3.17.0", "pyzmq": "27.3.0", "msgpack": "1.2.4", "pyyaml": "6.0.4",
                   "tyro": "1.0.17"}
 ROBOT_PACKAGES = {"numpy", "onnx", "mujoco", "pyzmq", "msgpack", "pyyaml", "tyro"}
+# The numpy 1.x a robot's ROS is built against (Ubuntu 24.04's, JetPack 6 containers pin < 2):
+# the robot's install must admit it (`make test-robot` tests it); only training needs 2.x.
+ROBOT_NUMPY1 = "1.26.4"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 COMBINED = ("train", "train-gpu", "test", "dev")  # extras installed beside cpu or gpu
 
@@ -223,6 +226,8 @@ def test_pyproject_layout() -> None:
     for req in [*base, *extras["cpu"]]:  # bounds wide enough for Python 3.10's newest releases
         if req.name.lower() in PY310_RELEASES:
             assert PY310_RELEASES[req.name.lower()] in req.specifier, req
+    numpy = next(r for r in base if r.name == "numpy")
+    assert ROBOT_NUMPY1 in numpy.specifier, f"the robot's install refuses numpy {ROBOT_NUMPY1}"
     scripts = project["scripts"]
     assert set(scripts) == {"crl-sim", "crl-train", "crl-export", "crl-run"}
     assert all(v.startswith("crl.runtime.extras:") for v in scripts.values())
