@@ -383,8 +383,9 @@ def main(config: Config) -> dict[str, Any]:
           f"({a['max_gap_periods']} periods), misses {result['runtime']['misses']} (baseline "
           f"{result['platform_baseline']['misses']}), max step {a['max_step']:.3f} (to a "
           f"restarted robot {a['max_first_step_from_measured']:.3f}; limit "
-          f"{a['rate_limit']}); targets {'met' if result['targets_met'] else 'NOT met'}: "
-          + ", ".join(k for k, v in t.items() if not v))
+          f"{a['rate_limit']}); "
+          + ("targets met" if result["targets_met"] else
+             "targets NOT met: " + ", ".join(k for k, v in t.items() if not v)))
     print(f"wrote {config.out}")
     return result
 

@@ -264,6 +264,33 @@ def msgspec_messages(r: dict[str, Any]) -> str:
             "differently.\n")
 
 
+def soak(r: dict[str, Any]) -> str:
+    c, a, t = r["config"], r["actions"], r["targets"]
+    goals, obs = r["bad_goals"], r["bad_observations"]
+    period_ms = 1e3 / c["hz"]
+    rows = [
+        ["run", f"{c['seconds']:g} s at {c['hz']:g} Hz, depth {c['depth']} × {c['width']}"
+                + (", SCHED_FIFO" if c["realtime"] else "")],
+        ["runtime exits", str(len(r["runtime"]["exits"]))],
+        ["bad goals sent / counted", f"{goals['sent_total']:,} / {goals['counted_total']:,}"],
+        ["bad observations sent / counted",
+         f"{obs['sent_total']:,} / {obs['counted_total']:,}"],
+        ["robot restarts in another pose", str(r["robot_restarts"])],
+        ["valid goals accepted", f"{r['valid_goals']['accepted']} of {r['valid_goals']['sent']}"],
+        ["longest gap between actions",
+         f"{a['max_gap_ms']:.1f} ms ({a['max_gap_ms'] / period_ms:.2f} periods)"],
+        ["missed deadlines (platform baseline)",
+         f"{r['runtime']['misses']} ({r['platform_baseline']['misses']})"],
+        ["largest command step (rate limit)", f"{a['max_step']:.3f} ({a['rate_limit']:g})"],
+        ["first command to a restarted robot, from its pose",
+         f"{a['max_first_step_from_measured']:.3f}"],
+        ["non-finite or out-of-limit actions", str(a["nonfinite"] + a["out_of_limit"])],
+        ["targets met", "all" if r["targets_met"] else
+         "not: " + ", ".join(k for k, v in t.items() if not v)],
+    ]
+    return table(["soak", "measured"], rows, "lr")
+
+
 CONTEXT_KEYS = {"benchmark", "date", "device", "machine", "versions", "config"}
 
 
@@ -295,6 +322,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("train_throughput", None): train_throughput,
     ("scale_overhead", None): scale_overhead,
     ("msgspec_messages", None): msgspec_messages,
+    ("soak", None): soak,
 }
 
 
