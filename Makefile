@@ -85,7 +85,7 @@ typecheck: $(TYPESTAMP)
 # commands, as `make demo` does), rebuilt when the code that makes it changes.
 TEST_POLICY_DIR := build/test-policy
 TEST_POLICY := $(TEST_POLICY_DIR)/reacher.onnx
-POLICY_SOURCES := $(wildcard sim/*.py sim/tasks/*.py sim/assets/*.xml train/*.py export/*.py)
+POLICY_SOURCES := $(wildcard core/*.py sim/*.py sim/tasks/*.py sim/assets/*.xml train/*.py export/*.py)
 
 $(TEST_POLICY): $(STAMP) $(POLICY_SOURCES)
 	rm -rf $(TEST_POLICY_DIR)

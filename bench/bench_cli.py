@@ -2,7 +2,7 @@
 cannot work (one line on stderr, exit status 2) and a traceback for anything else (a bug).
 
 Imported by the scripts beside it (a script's own folder is its first path entry); it needs tyro
-alone, so a training machine without ONNX Runtime and a robot without jax both run it.
+and crl.core, so a training machine without ONNX Runtime and a robot without jax both run it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import tyro
 
-USAGE_ERROR = 2
+from crl.core.usage import USAGE_ERROR
+
 ConfigT = TypeVar("ConfigT")
 
 

@@ -43,9 +43,10 @@ import numpy as np
 import optax
 from bench_cli import BenchConfigError, require_at_least_one, run_cli
 
+from crl.core.atomic import write_atomic, write_json
 from crl.sim import tasks
-from crl.sim.atomic import write_atomic, write_json
 from crl.sim.env import jit as env_jit
+from crl.sim.setup import setup_jax
 from crl.train import losses
 from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
 from crl.train.networks import (
@@ -53,8 +54,10 @@ from crl.train.networks import (
     Actor,
     BlockScan,
     Encoder,
+    Networks,
     default_block_scan,
     deterministic_action,
+    init_params,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -106,7 +109,7 @@ def label(scan: BlockScan) -> str:
     return f"{scan.unroll}:{scan.remat}"
 
 
-def make_update(nets: losses.Networks, tx: optax.GradientTransformation) -> Callable[..., Any]:
+def make_update(nets: Networks, tx: optax.GradientTransformation) -> Callable[..., Any]:
     """One SGD step as the trainer takes it (actor and α first, then the critic, same batch)."""
     target_entropy = losses.target_entropy(nets.actor.action_dim, PAPER.algo.entropy_scale)
 
@@ -153,17 +156,17 @@ class Variant:
 def build(scan: BlockScan, network: NetworkConfig, dims: tuple[int, int, int], batch: losses.Batch,
           key: jax.Array) -> Variant:
     obs_dim, act_dim, goal_dim = dims
-    nets = losses.Networks(
+    nets = Networks(
         Actor(network, act_dim, scan), Encoder(network, scan), Encoder(network, scan)
     )
     tx = optax.adam(PAPER.algo.actor_lr)
     # Every BlockScan draws the same initial parameters (tested); a looped init compiles in
     # seconds where the unrolled one takes minutes at depth 256.
     looped = BlockScan(1, "none")
-    init_nets = losses.Networks(
+    init_nets = Networks(
         Actor(network, act_dim, looped), Encoder(network, looped), Encoder(network, looped)
     )
-    params = jax.jit(losses.init_params, static_argnums=(0, 2, 3))(
+    params = jax.jit(init_params, static_argnums=(0, 2, 3))(
         init_nets, jax.random.PRNGKey(0), obs_dim, goal_dim
     )
     critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
@@ -313,7 +316,7 @@ def iteration_config(config: Config, depth: int) -> TrainConfig:
 
 def measure_iteration(config: Config, depth: int) -> dict[str, Any]:
     """Compile time of one whole training iteration (shipped BlockScan) at `depth`."""
-    from crl.train.trainer import init_state, make_iteration, make_setup
+    from crl.train.agent import init_state, make_iteration, make_setup
 
     train = iteration_config(config, depth)
     setup = make_setup(train, tasks.make(config.task, dr="train"))
@@ -405,6 +408,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
 
 def main(config: Config) -> dict[str, Any]:
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     if config.quick:
         config = dataclasses.replace(
             config, task="reacher", depths=(4, 8), width=32, batch_size=32, rounds=3,

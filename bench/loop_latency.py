@@ -30,13 +30,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from crl.core.atomic import write_json
+from crl.core.spec import NetworkSpec
 from crl.export.onnx_export import export_actor, random_params
 from crl.runtime.bench import device_info
-from crl.runtime.bench_loop import plot_period_error
 from crl.runtime.controller import Stats
 from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, set_realtime
-from crl.sim.atomic import write_json
-from crl.sim.spec import NetworkSpec
+from crl.testbed.bench_loop import plot_period_error
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = ((100.0, 64), (500.0, 4))  # (Hz, depth) pairs the targets name

@@ -47,6 +47,7 @@ import numpy as np
 from bench_cli import require_at_least_one, run_cli
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from crl.core.atomic import write_json
 from crl.runtime import messages
 from crl.runtime.bench import device_info, versions
 from crl.runtime.messages import (
@@ -62,7 +63,6 @@ from crl.runtime.messages import (
     Telemetry,
     encode,
 )
-from crl.sim.atomic import write_json
 
 # msgpack's parser limits in messages.decode, restated as field constraints.
 MAX_STR_CHARS = 1024

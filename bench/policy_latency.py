@@ -48,6 +48,8 @@ import onnxruntime
 from bench_cli import require_at_least_one, run_cli
 from onnx import numpy_helper
 
+from crl.core.atomic import write_json
+from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 from crl.export.onnx_export import export_actor, quantize_int8, random_params
 from crl.runtime.bench import (
     BenchConfig,
@@ -62,8 +64,6 @@ from crl.runtime.bench import (
 )
 from crl.runtime.ort_backend import OrtPolicy, session_options
 from crl.runtime.policy import Policy
-from crl.sim.atomic import write_json
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 RESULTS = Path(__file__).parent / "results"
 P99_TARGET_MS, BANDWIDTH_TARGET, EXPORT_TARGET_S = 1.0, 2.0, 60.0
@@ -220,7 +220,7 @@ def measure_policies(config: Config, spec: Any, params: dict[str, Any]) -> dict[
         policies = {k: OrtPolicy(p) for k, p in files.items()}
         runtime_bytes = {k: runtime_weight_bytes(p) for k, p in files.items()}
 
-        from crl.runtime.jax_backend import JaxPolicy
+        from crl.testbed.jax_backend import JaxPolicy
 
         jax_policy = JaxPolicy(params, spec)
         bandwidth_before = memory_bandwidth()

@@ -37,8 +37,10 @@ from policy_latency import (  # bench/ is the script's own path entry
     slug,
 )
 
+from crl.core.atomic import write_json
+from crl.core.engine_file import cuda_runtime, tensorrt_missing
 from crl.export.onnx_export import export_actor, random_params
-from crl.export.tensorrt_build import build_engine, cuda_runtime, tensorrt_missing
+from crl.export.tensorrt_build import build_engine
 from crl.runtime.bench import (
     device_info,
     random_inputs,
@@ -47,7 +49,7 @@ from crl.runtime.bench import (
 from crl.runtime.ort_backend import CPU, CUDA, TENSORRT, OrtPolicy
 from crl.runtime.policy import Policy, PolicyError
 from crl.runtime.trt_backend import CUDA_PYTHON_MISSING, TrtPolicy
-from crl.sim.atomic import write_json
+from crl.sim.setup import setup_jax
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,7 +73,7 @@ def make_policies(
     fp32: Path, fp16: Path, params: dict[str, Any], spec: Any, max_batch: int, tmp: Path
 ) -> tuple[dict[str, Policy], dict[str, str]]:
     """Every backend this machine can run, and why each of the others is skipped."""
-    from crl.runtime.jax_backend import JaxPolicy
+    from crl.testbed.jax_backend import JaxPolicy
 
     policies: dict[str, Policy] = {"jax": JaxPolicy(params, spec)}
     skipped: dict[str, str] = {}
@@ -108,6 +110,7 @@ def make_policies(
 
 
 def main(config: Config) -> dict[str, Any]:
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     if config.quick:
         config = quick_config(config, {
             "depth": 8, "width": 64, "batches": (1, 64), "iterations": 50,

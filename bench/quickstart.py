@@ -34,8 +34,9 @@ from typing import Any
 
 import jax
 
+from crl.core.atomic import write_json
 from crl.runtime.bench import device_info
-from crl.sim.atomic import write_json
+from crl.sim.setup import setup_jax
 from crl.train.checkpoint import best_step
 from crl.train.config import TrainConfig, preset
 from crl.train.evaluate import evaluate_run, make_evaluator, summarize
@@ -77,6 +78,7 @@ def meets(summary: dict[str, Any], success: float, distance_m: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=128, help="episodes of the final evaluations")

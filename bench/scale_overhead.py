@@ -34,9 +34,10 @@ from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 
-import crl.sim.env  # noqa: E402,F401  (its XLA_FLAGS, also before jax starts)
+from crl.core.atomic import write_json  # noqa: E402
 from crl.sim import tasks  # noqa: E402
-from crl.sim.atomic import write_json  # noqa: E402
+from crl.sim.setup import setup_jax  # noqa: E402
+from crl.train.agent import init_state, make_iteration, make_mesh, make_setup  # noqa: E402
 from crl.train.config import (  # noqa: E402
     PRESETS,
     NetworkConfig,
@@ -44,7 +45,6 @@ from crl.train.config import (  # noqa: E402
     validate,
     validate_devices,
 )
-from crl.train.trainer import init_state, make_iteration, make_mesh, make_setup  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "mujoco", "mujoco-mjx")
@@ -110,6 +110,7 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_jax()  # XLA flags and the MJX patch, before jax starts (crl.sim.setup)
     args = parse_args(argv)
     if jax.device_count() < DEVICES:
         raise SystemExit(f"{jax.device_count()} devices: XLA_FLAGS was set too late")

@@ -34,10 +34,11 @@ import jax
 import mujoco
 from bench_cli import BenchConfigError, require_at_least_one, run_cli
 
+from crl.core.atomic import write_json
 from crl.sim import tasks
-from crl.sim.atomic import write_json
 from crl.sim.env import jit
 from crl.sim.physics import check_physics
+from crl.sim.setup import setup_jax
 
 RESULTS = Path(__file__).parent / "results"
 # Every paper task is an ant or a humanoid on the floor.
@@ -160,6 +161,7 @@ def measure(env: Any, num_envs: int, steps: int, repeats: int, seed: int) -> dic
 
 
 def main(config: Config) -> dict[str, Any]:
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     if config.quick:
         config = dataclasses.replace(config, tasks=config.tasks or QUICK_TASKS,
                                      num_envs=QUICK_ENVS, steps=QUICK_STEPS, repeats=1)

@@ -49,14 +49,14 @@ import faults
 import numpy as np
 from bench_cli import BenchConfigError, run_cli
 
+from crl.core.atomic import write_json
+from crl.core.spec import NetworkSpec
 from crl.runtime import robot_config
 from crl.runtime.bench import device_info, versions
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.loop import DEFAULT_SPIN_S
 from crl.runtime.messages import SESSION_QUIET_S, GoalReply, MessageError, decode, new_session
 from crl.runtime.transport import Endpoints, TransportError, send_goal
-from crl.sim.atomic import write_json
-from crl.sim.spec import NetworkSpec
+from crl.testbed.closed_loop import free_base_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -37,8 +37,8 @@ from typing import Any, Literal, TypeVar
 import tyro
 from bench_cli import BenchConfigError, run_cli
 
+from crl.core.atomic import write_atomic, write_json
 from crl.runtime.bench import device_info, versions
-from crl.sim.atomic import write_atomic, write_json
 
 ConfigT = TypeVar("ConfigT")
 
@@ -173,14 +173,14 @@ def param_counts(run_dir: Path) -> dict[str, int]:
     networks its config.json builds for its spec.json (what crl-train trained), not from a
     formula of depth and width."""
     # Imported here: a setting the sweep refuses is reported before jax loads.
-    from crl.sim.spec import PolicySpec
-    from crl.train import losses
+    from crl.core.spec import PolicySpec
     from crl.train.config import TrainConfig
+    from crl.train.networks import make_networks, param_counts
 
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     spec = PolicySpec.from_dict(json.loads((run_dir / "spec.json").read_text()))
-    nets = losses.make_networks(config.network, spec.act_dim)
-    return losses.param_counts(nets, spec.obs_dim, spec.goal_dim)
+    nets = make_networks(config.network, spec.act_dim)
+    return param_counts(nets, spec.obs_dim, spec.goal_dim)
 
 
 def curve(evals: list[dict[str, Any]], metric: str) -> list[tuple[int, float]]:

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import jax
 
+from crl.core.atomic import write_json
 from crl.sim import tasks
-from crl.sim.atomic import write_json
+from crl.sim.setup import setup_jax
+from crl.train.agent import init_state, make_iteration, make_setup
 from crl.train.config import PAPER, DType, NetworkConfig, TrainConfig, validate
-from crl.train.trainer import init_state, make_iteration, make_setup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "mujoco", "mujoco-mjx")
@@ -126,6 +127,7 @@ def device_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     args = parse_args(argv)
     env = tasks.make(args.task, dr="train")
     results = []

@@ -33,7 +33,7 @@ from sweep import (
     run_sweep,
 )
 
-from crl.sim.atomic import write_atomic, write_json
+from crl.core.atomic import write_atomic, write_json
 
 
 @dataclass(frozen=True)

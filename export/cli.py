@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 import tyro
 
+from crl.core.policy_file import PolicyFileError
+from crl.core.spec import SpecError
+from crl.core.usage import USAGE_ERROR, run_command
 from crl.export.onnx_export import Exported, ExportError, export_actor, quantize_int8
-from crl.sim.spec import SpecError
-
-USAGE_ERROR = 2  # every crl-* command's status for a mistake a user can make (argparse's too)
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ def export_onnx(args: OnnxArgs) -> Exported:
         raise ExportError(
             f"--run: cannot load runs, crl.train.checkpoint is unavailable ({e})"
         ) from None
+    from crl.sim.setup import setup_jax
+
+    setup_jax()  # XLA flags, before orbax restores the checkpoint's arrays through jax
     try:
         if args.best and args.step is not None:
             raise ExportError("--best and --step: pick one checkpoint")
@@ -100,9 +103,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote {info.path} and {info.sidecar.name} ({info.precision}, TensorRT "
                   f"{info.tensorrt_version}, {info.gpu or 'GPU unknown'}, "
                   f"batch 1..{info.max_batch})")
-    except (ExportError, SpecError, OSError) as e:  # OSError: an --out that cannot be written
+    except (ExportError, PolicyFileError, SpecError,
+            OSError) as e:  # OSError: an --out that cannot be written
         print(f"crl-export: error: {e}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def crl_export() -> int | None:
+    """The `crl-export` console script. `onnx` reads a training run (orbax, jax); `tensorrt`
+    needs only onnx and TensorRT, and says itself what to install when TensorRT is missing."""
+    subcommand = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    return run_command("crl-export", main, "train" if subcommand == "onnx" else None)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import zmq
 from zmq.auth.certs import load_certificate
 from zmq.auth.thread import ThreadAuthenticator
 
-from crl.sim.atomic import write_atomic
+from crl.core.atomic import write_atomic
 
 Role = Literal["runtime", "robot", "operator"]
 ROLES: tuple[Role, ...] = ("runtime", "robot", "operator")

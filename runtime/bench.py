@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from crl.core.atomic import write_atomic, write_json
+from crl.core.latency import percentile, percentiles
 from crl.runtime.policy import Policy
-from crl.sim.atomic import write_atomic, write_json
 
 BANDWIDTH_BYTES = 256 * 2**20  # far larger than any CPU cache, so the sum streams from DRAM
 INPUT_POOL = 16  # distinct random inputs cycled through, so no call sees the same data twice
@@ -148,13 +149,13 @@ def summarize(
 ) -> dict[str, float]:
     """Latency percentiles and throughput; paced, also the calls that overran their period."""
     ms = seconds * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p = percentiles(ms, (50, 90, 99))
     r = {
         "batch": batch,
         "iterations": len(ms),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
+        "p50_ms": p["p50"],
+        "p90_ms": p["p90"],
+        "p99_ms": p["p99"],
         "max_ms": float(ms.max()),
         "mean_ms": float(ms.mean()),
         "throughput_per_s": float(batch / seconds.mean()),
@@ -199,7 +200,7 @@ def bench_policy(
 
 def device_info() -> dict[str, Any]:
     """What the numbers were measured on: CPU model and cores, the board (Jetson), the GPU."""
-    from crl.export.tensorrt_build import gpu_info
+    from crl.core.engine_file import gpu_info
 
     cpu = ""
     try:
@@ -248,7 +249,7 @@ def plot_latency(samples: dict[int, NDArray[np.float64]], title: str, path: Path
         ax.hist(ms, bins=80, color="tab:blue", alpha=0.8)
         ax.set_yscale("log")
         for q, style in ((50, "-"), (99, "--")):
-            v = np.percentile(ms, q)
+            v = percentile(ms, q)
             ax.axvline(v, color="k", linestyle=style, label=f"p{q} {v:.3f} ms")
         ax.set_ylabel(f"batch {batch}\ncalls")
         ax.legend(loc="upper right", fontsize=8)

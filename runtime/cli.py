@@ -13,22 +13,22 @@ A user mistake is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import tyro
 
+from crl.core import plugins
+from crl.core.atomic import write_json
+from crl.core.plugins import Command
+from crl.core.spec import SpecError
+from crl.core.usage import USAGE_ERROR, run_command
 from crl.runtime.policy import PolicyError
-from crl.sim.atomic import write_json
-from crl.sim.spec import SpecError
 
 if TYPE_CHECKING:
     from crl.runtime.auth import Keys, Role
-
-USAGE_ERROR = 2
-
 
 @dataclass(frozen=True)
 class BenchArgs:
@@ -137,44 +137,6 @@ class GoalArgs(Connection):
     timeout: float = 2.0
 
 
-@dataclass(frozen=True)
-class ClosedLoopArgs:
-    """Run a policy on the MuJoCo sim robot (robot and runtime as separate processes) and score
-    N goals; writes per-goal results and the loop's statistics."""
-
-    policy: Path
-    task: str
-    out: Path
-    dr: Literal["off", "train", "held-out"] = "held-out"
-    seed: int = 0
-    goals: int = 20
-    backend: Literal["ort", "trt"] = "ort"
-    robot: str = ""
-    """robot config (default: the shipped one of the task)"""
-    speed: float = 1.0
-    """faster than real time, for both processes"""
-    keys: Path | None = None
-    """a CURVE keys folder holding all three roles (`crl-run keys --out DIR`): the robot, the
-    runtime and the scorer (operator) authenticate each other"""
-
-
-@dataclass(frozen=True)
-class BenchLoopArgs:
-    """Time the control loop at a rate against a loopback robot: period error, misses, latency."""
-
-    policy: Path
-    out: Path
-    hz: float = 100.0
-    seconds: float = 60.0
-    backend: Literal["ort", "trt"] = "ort"
-    robot: str = ""
-    """robot config (default: the shipped one of the policy's task)"""
-    spin: float = 0.0005
-    realtime: bool = False
-    plot: Path | None = None
-    """period-error histogram PNG"""
-
-
 def parse_batches(text: str) -> tuple[int, ...]:
     try:
         batches = tuple(int(b) for b in text.split(",") if b.strip())
@@ -281,42 +243,6 @@ def goal_cmd(args: GoalArgs) -> None:
     print(f"goal {list(args.values)} accepted")
 
 
-def closed_loop_cmd(args: ClosedLoopArgs) -> None:
-    from crl.runtime.closed_loop import run_closed_loop
-
-    spec = _policy(args.policy, args.backend).spec  # type: ignore[attr-defined]
-    if spec.task != args.task:
-        raise PolicyError(f"--task {args.task!r}: the policy was trained for {spec.task!r}")
-    result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
-                             goals=args.goals, backend=args.backend, robot=args.robot or None,
-                             speed=args.speed, spec_success_radius=spec.success_radius,
-                             spec_goal_frame=spec.goal.frame, keys=args.keys)
-    write_json(args.out, result)
-    rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
-    print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
-          f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
-          f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
-          f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
-          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, stale stops "
-          f"{rt.get('stale_stops')}; wrote {args.out}")
-
-
-def bench_loop_cmd(args: BenchLoopArgs) -> None:
-    from crl.runtime.bench_loop import check_plot, plot_period_error, run_bench_loop
-
-    check_plot(args.plot)
-    result = run_bench_loop(args.policy, hz=args.hz, seconds=args.seconds, backend=args.backend,
-                            robot=args.robot or None, spin_s=args.spin, realtime=args.realtime)
-    write_json(args.out, result)
-    if args.plot:
-        plot_period_error([result], args.plot)
-    pe, e2e = result["period_error_ms"], result["end_to_end_ms"]
-    print(f"{args.hz:g} Hz for {args.seconds:g} s: period error p50 {pe['p50']:.3f} / p99 "
-          f"{pe['p99']:.3f} / max {pe['max']:.3f} ms, {result['misses']} missed deadlines; "
-          f"end-to-end p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms; wrote {args.out}"
-          + (f" and {args.plot}" if args.plot else ""))
-
-
 def keys_cmd(args: KeysArgs) -> None:
     from crl.runtime.auth import make_keys
 
@@ -326,30 +252,38 @@ def keys_cmd(args: KeysArgs) -> None:
         print(f"wrote {path}")
 
 
-COMMANDS: dict[str, Callable[..., Any]] = {
-    "serve": ServeArgs, "goal": GoalArgs, "closed-loop": ClosedLoopArgs, "bench": BenchArgs,
-    "bench-loop": BenchLoopArgs, "keys": KeysArgs,
+# The runtime's own subcommands, then those a floor above gives it through entry points
+# (`crl.core.plugins`): the testbed's closed-loop and bench-loop.
+COMMANDS: dict[str, Command] = {
+    "serve": Command(ServeArgs, serve_cmd), "goal": Command(GoalArgs, goal_cmd),
+    "bench": Command(BenchArgs, bench), "keys": Command(KeysArgs, keys_cmd),
+    **plugins.commands(plugins.RUN_COMMANDS),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from crl.runtime.auth import AuthError
-    from crl.runtime.closed_loop import ClosedLoopError
     from crl.runtime.observation import ObservationError
     from crl.runtime.robot_config import RobotConfigError
     from crl.runtime.serve import StartupError
     from crl.runtime.transport import TransportError
 
-    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-run", args=argv)
-    run = {ServeArgs: serve_cmd, GoalArgs: goal_cmd, ClosedLoopArgs: closed_loop_cmd,
-           BenchArgs: bench, BenchLoopArgs: bench_loop_cmd, KeysArgs: keys_cmd}[type(args)]
+    args = tyro.extras.subcommand_cli_from_dict({n: c.args for n, c in COMMANDS.items()},
+                                                prog="crl-run", args=argv)
+    command = next(c for c in COMMANDS.values() if isinstance(args, c.args))
+    mistakes: tuple[type[BaseException], ...] = (
+        PolicyError, SpecError, RobotConfigError, ObservationError, StartupError, TransportError,
+        AuthError, *command.errors, OSError)  # OSError: an unwritable --out
     try:
-        run(args)  # type: ignore[operator]
-    except (PolicyError, SpecError, RobotConfigError, ObservationError, StartupError,
-            TransportError, AuthError, ClosedLoopError,
-            OSError) as e:  # OSError: an unwritable --out
+        command.run(args)
+    except mistakes as e:
         print(f"crl-run: error: {e}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None
+
+
+def crl_run() -> int | None:
+    """The `crl-run` console script."""
+    return run_command("crl-run", main, None)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from crl.core.latency import percentile
+from crl.core.spec import PolicySpec
 from crl.runtime.messages import Observation
 from crl.runtime.observation import ObservationAssembler, ObservationError
 from crl.runtime.policy import Policy
 from crl.runtime.robot_config import RobotConfig
-from crl.sim.spec import PolicySpec
 
 Vector = NDArray[np.float64]
 MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
@@ -71,8 +72,7 @@ class Window:
         return self.buf[idx]
 
     def percentile(self, q: float) -> float:
-        v = self.recent()
-        return float(np.percentile(v, q)) if len(v) else math.nan
+        return percentile(self.recent(), q)
 
     def max(self) -> float:
         v = self.recent()

@@ -15,9 +15,9 @@ import mujoco
 import numpy as np
 from numpy.typing import NDArray
 
+from crl.core.spec import PolicySpec
 from crl.runtime.messages import Observation
 from crl.runtime.robot_config import BASE_SOURCES, RobotConfig, RobotConfigError
-from crl.sim.spec import PolicySpec
 
 _FREE = int(mujoco.mjtJoint.mjJNT_FREE)
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))

@@ -1,8 +1,8 @@
 """Read a policy ONNX file and verify what it says about itself before anything runs it.
 
 The checks (the seal over the whole file: graph, weights and spec; then the spec and the graph's
-inputs/outputs against each other) live with the exporter that writes the format,
-`crl.export.onnx_export`; this module turns their failures into `PolicyError`s for the runtime.
+inputs/outputs against each other) live with the format itself, `crl.core.policy_file`, which
+the exporter writes; this module turns their failures into `PolicyError`s for the runtime.
 onnx only, no onnxruntime, no jax.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from crl.export.onnx_export import ExportError, Sealed, load_model, read_seal
-from crl.runtime.policy import PolicyError
-from crl.sim.spec import PolicySpec
+from crl.core.policy_file import PolicyFileError, Sealed, load_model, read_seal
+from crl.core.spec import PolicySpec
+from crl.runtime.backend import PolicyError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def read_policy_file(path: str | Path) -> PolicyFile:
     try:
         data, model = load_model(path)
         seal = read_seal(model, str(path))
-    except ExportError as e:
+    except PolicyFileError as e:
         raise PolicyError(str(e)) from None
     return PolicyFile(path, data, seal)
 

@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
-from crl.export.onnx_export import ACTION, INPUTS
+from crl.core.policy_file import ACTION, INPUTS
+from crl.core.spec import PolicySpec
+from crl.runtime.backend import PolicyError, check_inputs
 from crl.runtime.onnx_file import read_policy_file
-from crl.runtime.policy import PolicyError, check_inputs
-from crl.sim.spec import PolicySpec
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 PREFERENCE = (TENSORRT, CUDA, CPU)

@@ -37,8 +37,8 @@ from typing import Any
 import yaml
 
 import crl.sim
+from crl.core.spec import PolicySpec
 from crl.runtime.messages import bounded
-from crl.sim.spec import PolicySpec
 
 ROBOTS = Path(__file__).parent / "robots"
 ASSETS = Path(crl.sim.__file__).parent / "assets"

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from crl.export.onnx_export import ACTION, INPUTS
-from crl.export.tensorrt_build import (
+from crl.core.engine_file import (
     ENGINE_FORMAT,
     SIDECAR_SEAL_KEY,
     capturing_logger,
@@ -31,8 +30,9 @@ from crl.export.tensorrt_build import (
     sidecar_sha256,
     tensorrt_missing,
 )
-from crl.runtime.policy import PolicyError, check_inputs
-from crl.sim.spec import PolicySpec, SpecError
+from crl.core.policy_file import ACTION, INPUTS
+from crl.core.spec import PolicySpec, SpecError
+from crl.runtime.backend import PolicyError, check_inputs
 
 CUDA_PYTHON_MISSING = (
     "cuda-python is not installed: `pip install cuda-python` (the TensorRT backend moves its "

@@ -5,14 +5,15 @@
     crl-sim robot reacher --dr held-out --seed 0 [--speed 1] [--host 127.0.0.1 --port 5560]
                   [--keys DIR]
 
-Errors a user can cause (an unknown task, a bad path or size) print one line and exit 2.
+`robot` (the MuJoCo sim robot) is the testbed's, given to this command through the
+`crl.commands.sim` entry points (`crl.core.plugins`). Errors a user can cause (an unknown task,
+a bad path or size) print one line and exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from crl.sim.spec import PolicySpec
+from crl.core import plugins
+from crl.core.plugins import Command
+from crl.core.spec import PolicySpec
+from crl.core.usage import USAGE_ERROR, run_command
 
-USAGE_ERROR = 2
 POLICIES = ("random",)  # later versions add run directories and ONNX files
 
 
@@ -75,42 +78,6 @@ class Rollout:
     """A camera of the robot model by name (default: the model's first camera)."""
     json: bool = False
     """Print the metrics as JSON instead of a table."""
-
-
-@dataclass(frozen=True)
-class Robot:
-    """Play the real robot: plain MuJoCo in real time on the runtime's ZMQ transport.
-
-    Publishes observations (every hinge/slide joint, base pose/twist, with the DR draw's noise)
-    and telemetry (the episode's goal, the true achieved goal) at the task's control rate, and
-    applies the newest action received after the draw's delay. One new DR draw, start and goal
-    per episode, from the MJX env's own reset. Prints one line to stderr when it is publishing;
-    SIGINT/SIGTERM stop it (exit 0).
-    """
-
-    task: Task
-    dr: Literal["off", "train", "held-out"]
-    """Domain randomization: none, the training ranges or the held-out ones (MJX's draws)."""
-    seed: int = 0
-    """Seeds every episode's start, goal, DR draw and observation noise."""
-    speed: float = 1.0
-    """Run this many times faster than real time (tests)."""
-    host: str = "127.0.0.1"
-    """Host to bind the observation and telemetry ports on and to read actions from."""
-    port: int = 5560
-    """Base port: observations P, telemetry P+1, actions read from P+2."""
-    keys: Path | None = None
-    """CURVE keys folder (`crl-run keys`; the robot's secret, authorized peers' public keys):
-    required for a host beyond loopback."""
-    episodes: int = 0
-    """Stop after this many episodes (0: run until SIGINT/SIGTERM)."""
-
-
-Command = (
-    Annotated[Info, tyro.conf.subcommand("info")]
-    | Annotated[Rollout, tyro.conf.subcommand("rollout")]
-    | Annotated[Robot, tyro.conf.subcommand("robot")]
-)
 
 
 def print_spec(spec: PolicySpec) -> None:
@@ -211,56 +178,18 @@ def rollout(cmd: Rollout) -> None:
             print(f"wrote {path}")
 
 
-def robot(cmd: Robot) -> None:
-    """Serve until a signal or `--episodes`; a signal during startup stops it before serving."""
-    stopping: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.append(signum)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        from crl.sim.robot import RobotError, SimRobot, serve
-
-        if not cmd.speed > 0 or cmd.speed == float("inf"):
-            raise RobotError(f"speed: must be a positive number, got {cmd.speed}")
-        if cmd.episodes < 0:
-            raise RobotError(f"episodes: must be >= 0, got {cmd.episodes}")
-        from crl.runtime.auth import AuthError, load_keys
-        from crl.runtime.transport import Endpoints, TransportError
-
-        try:
-            endpoints = Endpoints(cmd.host, cmd.port)
-            keys = load_keys(cmd.keys, "robot", ("runtime",)) if cmd.keys is not None else None
-            endpoints.check_binding(keys)  # before the env compiles: a host error comes at once
-        except (TransportError, AuthError) as e:
-            raise RobotError(str(e)) from None
-        with contextlib.redirect_stdout(sys.stderr):
-            sim = SimRobot(cmd.task, dr=cmd.dr, seed=cmd.seed)
-            sim.reset(0)  # compiles the env's reset before the clock starts
-        if stopping:
-            return
-        try:
-            stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
-                          stop=lambda: bool(stopping), keys=keys,
-                          announce=lambda line: print(line, file=sys.stderr, flush=True))
-        except TransportError as e:
-            raise RobotError(str(e)) from None
-        print(f"crl-sim robot: stopped: {stats.summary()}", file=sys.stderr, flush=True)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+COMMANDS = {"info": Command(Info, info), "rollout": Command(Rollout, rollout)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cmd = tyro.cli(Command, args=argv, prog="crl-sim")
+    commands = {**COMMANDS, **plugins.commands(plugins.SIM_COMMANDS)}  # robot: the testbed's
+    cmd = tyro.extras.subcommand_cli_from_dict({n: c.args for n, c in commands.items()},
+                                               prog="crl-sim", args=argv)
+    from crl.sim.setup import setup_jax
+
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles
     try:
-        if isinstance(cmd, Info):
-            info(cmd)
-        elif isinstance(cmd, Robot):
-            robot(cmd)
-        else:
-            rollout(cmd)
+        next(c for c in commands.values() if isinstance(cmd, c.args)).run(cmd)
     except ValueError as e:
         # Our errors are ValueError subclasses with a one-line message; anything else is a bug
         # and keeps its traceback.
@@ -269,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crl-sim: error: {e}", file=sys.stderr)
         return USAGE_ERROR
     return 0
+
+
+def crl_sim() -> int | None:
+    """The `crl-sim` console script; which subcommands need jax is the simulator's business: a
+    missing module says it."""
+    return run_command("crl-sim", main, None)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crl.core.usage import ConfigError
+
 Range = tuple[float, float]
 # A parameter's draws come uniformly from the union of these (low, high) intervals. One interval is
 # an ordinary range; intervals on both sides of a training range make a held-out range none of
@@ -24,10 +26,6 @@ Ranges = tuple[Range, ...]
 AXES = "xyz"
 GOAL_KINDS = ("site", "body")
 GOAL_FRAMES = ("world",)
-
-
-class ConfigError(ValueError):
-    """A task or DR config that cannot work; the message names the offending field."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ disagree with the simulation that trained the policy.
 from __future__ import annotations
 
 import hashlib
-import os
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -22,12 +20,13 @@ import mujoco
 import numpy as np
 from flax import struct
 
-from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, ConfigError, DRConfig, TaskConfig
+from crl.core.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
+from crl.core.usage import ConfigError
+from crl.sim.config import AXES, DR_OFF, OBSERVATION_FIELDS, DRConfig, TaskConfig
 from crl.sim.mjx import mjx
 from crl.sim.physics import COM_OBSERVATIONS, check_physics
 from crl.sim.randomization import Draw, Randomizer, position_servos
 from crl.sim.sampling import sample
-from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 
 ASSETS = Path(__file__).parent / "assets"
 # Domain randomization modes, one spelling everywhere (CLIs, ROS parameters, run configs).
@@ -36,34 +35,7 @@ DR_MODES = ("off", "train", "held-out")
 # per level of a serial chain, so a 7-link arm steps ~100x slower; the older emitters do not.
 # Only the CPU backend reads this option.
 CPU_COMPILER_OPTIONS: Mapping[str, Any] = {"xla_cpu_use_fusion_emitters": False}
-# XLA:CPU's concurrency-optimized scheduler deadlocks (every thread waits on a futex, forever)
-# running the ant's contact step with 256 or more vmapped envs (jax 0.10.2; 64 ran). Passed as a
-# per-jit compiler option it did not help, so it goes into XLA_FLAGS, which XLA reads once, when
-# jax first compiles: importing this module sets it unless XLA_FLAGS already names it.
-CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
-
-def _backends_started() -> bool:
-    """Whether jax has already made its backends (then XLA_FLAGS is read and set too late).
-
-    jax has no public way to ask; its private one may move, and then only the warning is lost."""
-    try:
-        from jax._src.xla_bridge import backends_are_initialized
-    except ImportError:
-        return False
-    return bool(backends_are_initialized())
-
-
-if CPU_SCHEDULER_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_SCHEDULER_FLAG}".strip()
-    if _backends_started():
-        warnings.warn(
-            f"crl.sim.env was imported after jax started, too late for XLA_FLAGS to take "
-            f"{CPU_SCHEDULER_FLAG}: contact-rich tasks with 256+ envs may hang on the CPU; import "
-            "crl.sim.env before running jax, or set XLA_FLAGS before starting Python",
-            RuntimeWarning,
-            stacklevel=2,
-        )
 _FREE = int(mujoco.mjtJoint.mjJNT_FREE)
 _SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 

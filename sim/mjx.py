@@ -14,6 +14,8 @@ MJX 3.17's with C's rule added (and nothing else changed); it replaces MJX's for
 only (`tests/test_sim_robot.py` checks MJX against MuJoCo C with saturating actions). The warp
 backend needs no patch: its own derivative already skips force-clamped actuators
 (mjx/third_party/mujoco_warp/_src/derivative.py, "skip if force is clamped by forcerange").
+The patch is applied by `apply_mjx_patch`, which `crl.sim.setup.setup_jax()` calls: importing
+this module changes nothing of MJX.
 """
 
 import contextlib
@@ -49,7 +51,10 @@ def deriv_smooth_vel(m: mjx.Model, d: mjx.Data) -> jax.Array | None:
     return corrected
 
 
-if mujoco.__version__ in PATCHED_VERSIONS:
-    derivative.deriv_smooth_vel = deriv_smooth_vel
+def apply_mjx_patch() -> None:
+    """Give MJX C's rule (`deriv_smooth_vel` above) on the versions it is written for; idempotent.
+    MJX looks the function up when it traces, so it holds for what is traced after this call."""
+    if mujoco.__version__ in PATCHED_VERSIONS:
+        derivative.deriv_smooth_vel = deriv_smooth_vel
 
-__all__ = ["mjx"]
+__all__ = ["apply_mjx_patch", "mjx"]

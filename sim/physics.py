@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import mujoco
 
-from crl.sim.config import ConfigError
+from crl.core.usage import ConfigError
 
 PHYSICS: tuple[str, ...] = ("jax", "warp")
 # Observation fields computed from the centre-of-mass quantities (`mjx.com_pos`, `mjx.com_vel`),

@@ -16,7 +16,8 @@ import mujoco
 import numpy as np
 from flax import struct
 
-from crl.sim.config import OBSERVATION_FIELDS, ConfigError, DRConfig, Ranges
+from crl.core.usage import ConfigError
+from crl.sim.config import OBSERVATION_FIELDS, DRConfig, Ranges
 from crl.sim.mjx import mjx
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crl.sim.atomic import write_atomic
+from crl.core.atomic import write_atomic
 
 # A context and one real frame: creating a context alone can succeed where rendering fails.
 _PROBE = (

@@ -1,8 +1,9 @@
 """Test session setup and the fixtures several test modules share.
 
-`crl.sim.env` puts the XLA:CPU scheduler flag it needs into XLA_FLAGS when imported, which only
-takes effect before jax first compiles; importing it here, before any test module runs jax,
-makes that hold for the whole session whatever order the modules run in. Where jax is absent
+`crl.sim.setup.setup_jax()` puts the XLA:CPU scheduler flag crl needs into XLA_FLAGS, which only
+takes effect before jax first compiles, and gives MJX MuJoCo C's clamped-servo rule; calling it
+here, before any test module runs jax, makes both hold for the whole session whatever order the
+modules run in. Where jax is absent
 (the robot's Python 3.10 venv of `make test-robot`: no train extra) there is nothing to set up,
 and the tests that need jax skip, saying so.
 
@@ -21,10 +22,19 @@ from typing import Any
 
 import pytest
 
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 if importlib.util.find_spec("jax") is not None:
-    import crl.sim.env  # noqa: F401
+    from crl.sim.setup import setup_jax
+
+    setup_jax()
+
+
+def pytest_report_header() -> str:
+    """Which numpy the run had: `make test-robot` runs the robot's tests on 1.x and 2.x."""
+    import numpy
+
+    return f"numpy {numpy.__version__}"
 
 def make_toy_spec(depth: int = 8, width: int = 64, repr_dim: int = 16,
                   **changes: Any) -> PolicySpec:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 from crl.export.onnx_export import export_actor, random_params
 from crl.runtime import robot_config
 from crl.runtime.messages import Observation
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 REACHER_XML = robot_config.ASSETS / "reacher.xml"
 JOINTS = ("shoulder", "elbow")

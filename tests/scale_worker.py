@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import numpy as np
 
-import crl.sim.env  # noqa: F401  (its XLA_FLAGS before jax starts)
+from crl.sim.setup import setup_jax
 from crl.train.config import AlgoConfig, EvalConfig, NetworkConfig, ReplayConfig, TrainConfig
 
 NUM_ENVS, UNROLL = 8, 5
@@ -47,6 +47,7 @@ def flat(params: dict) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str]) -> None:
+    setup_jax()  # its XLA flags before jax starts
     from test_trainer import PointMass
 
     from crl.train.trainer import train
@@ -79,13 +80,13 @@ def main(argv: list[str]) -> None:
         "buffer_shard_shape": list(state.buffer.data.obs.addressable_shards[0].data.shape),
         "env_shard_shape": list(state.env_state.obs.addressable_shards[0].data.shape),
         "params_replicated": all(x.sharding.is_fully_replicated
-                                 for x in jax.tree.leaves(state.params)),
+                                 for x in jax.tree.leaves(state.agent.params)),
         "sgd_steps": int(state.sgd_steps),
         "env_steps": result.env_steps,
         "metrics_finite": [bool(np.isfinite(e["train"]["final_distance_median"]))
                            for e in result.evaluations],
     }
-    np.savez(out, **flat(state.params))
+    np.savez(out, **flat(state.agent.params))
     out.with_suffix(".json").write_text(json.dumps(facts))
 
 

@@ -1,4 +1,4 @@
-"""Atomic writes (`crl.sim.atomic`), which every stage's outputs go through: a reader sees the
+"""Atomic writes (`crl.core.atomic`), which every stage's outputs go through: a reader sees the
 old file or the new one, never half of one, and a failed write leaves nothing behind."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crl.sim.atomic import temporary_path, write_atomic, write_json
+from crl.core.atomic import temporary_path, write_atomic, write_json
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path: Path) -> None:
@@ -100,4 +100,4 @@ def test_every_file_a_command_or_bench_writes_goes_through_atomic() -> None:
                 for m in IN_PLACE.finditer(line):
                     if m[1] not in TEMPORARY:
                         found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-    assert not found, "written in place, not through crl.sim.atomic:\n" + "\n".join(found)
+    assert not found, "written in place, not through crl.core.atomic:\n" + "\n".join(found)

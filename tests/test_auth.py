@@ -20,7 +20,6 @@ from zmq.auth.certs import load_certificate
 
 from crl.runtime import cli
 from crl.runtime.auth import AUTHORIZED, ROLES, AuthError, load_keys, make_keys
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.messages import Action, Observation
 from crl.runtime.transport import (
     Endpoints,
@@ -31,6 +30,7 @@ from crl.runtime.transport import (
     send_goal,
     status_reader,
 )
+from crl.testbed.closed_loop import free_base_port
 
 QUIET_S = 1.0  # how long an unauthorized peer is watched for anything getting through
 HANG_S = 30.0  # a hang guard for what must arrive, not a speed bound

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from crl.core.usage import USAGE_ERROR
 from crl.export import cli as export_cli
 from crl.runtime import cli as run_cli
 
-USAGE_ERROR = 2
 MAINS: dict[str, Callable[[list[str]], object]] = {
     "crl-export": export_cli.main, "crl-run": run_cli.main,
 }
@@ -85,7 +85,7 @@ def test_a_malformed_command_line_exits_2_without_a_traceback(
     ("crl-run", ["bench", "--policy", "x.onnx", "--out", "r.json"]),
 ])
 def test_installed_commands_follow_it(prog: str, argv: list[str], tmp_path: Path) -> None:
-    """The console scripts as a user runs them (through crl.runtime.extras)."""
+    """The console scripts as a user runs them (through crl.core.usage)."""
     exe = Path(sys.executable).with_name(prog)
     if not exe.exists():
         pytest.skip(f"{exe} is not installed (not an installed venv)")

@@ -21,9 +21,9 @@ import zmq
 from robot_fixtures import export_policy
 
 from crl.runtime import robot_config
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.messages import Action
 from crl.runtime.transport import Endpoints, action_reader, status_reader
+from crl.testbed.closed_loop import free_base_port
 
 # Control loops at real rate in real processes: `make test` runs these after the parallel pass,
 # with no other test beside them (pyproject's `realtime` marker).

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from crl.core.usage import ConfigError
 from crl.sim.config import (
     DR_HELD_OUT,
     DR_TRAIN,
@@ -18,7 +19,6 @@ from crl.sim.config import (
     AnnulusSampler,
     BoxSampler,
     ChoiceSampler,
-    ConfigError,
     DRConfig,
     StartSampler,
     TaskConfig,

@@ -20,9 +20,9 @@ pytest.importorskip("jax", reason="the sim robot draws its dynamics with the MJX
 import zmq
 from robot_fixtures import export_policy
 
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.messages import Action, MessageError, Observation, Status, decode
 from crl.runtime.transport import Endpoints, action_reader
+from crl.testbed.closed_loop import free_base_port
 
 # Control loops at real rate in real processes: `make test` runs these after the parallel pass,
 # with no other test beside them (pyproject's `realtime` marker).

@@ -25,8 +25,8 @@ import mujoco
 import numpy as np
 import pytest
 
+from crl.core.spec import PolicySpec
 from crl.sim.env import GoalReachEnv, State, compiler_options
-from crl.sim.spec import PolicySpec
 from crl.sim.tasks import DEPLOYMENT_TASKS, make
 
 N_ENVS = 4  # contact-rich tasks compile and step slowly on the CPU: a few envs keep it quick
@@ -306,9 +306,11 @@ def _fresh_python(code: str, timeout: float) -> str:
 
 @pytest.mark.slow
 def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
-    """256 vmapped ants deadlocked XLA:CPU's concurrency-optimized scheduler (crl.sim.env turns
-    it off through XLA_FLAGS, so this runs in a fresh process that imports crl.sim.env first)."""
+    """256 vmapped ants deadlocked XLA:CPU's concurrency-optimized scheduler (crl.sim.setup turns
+    it off through XLA_FLAGS, so this runs in a fresh process that calls setup_jax() first)."""
     code = (
+        "from crl.sim.setup import setup_jax\n"
+        "setup_jax()\n"
         "import jax\n"
         "from crl.sim import tasks\n"
         "from crl.sim.env import jit\n"
@@ -328,17 +330,22 @@ def test_many_contact_rich_envs_do_not_hang_the_cpu_runtime() -> None:
     assert "t 30" in _fresh_python(code, timeout=300)
 
 
-def test_importing_the_env_after_jax_started_warns() -> None:
+def test_setup_after_jax_started_warns() -> None:
+    """Importing the env changes nothing; `setup_jax()` called once jax has started says it is too
+    late for XLA_FLAGS."""
     code = (
-        "import warnings, jax.numpy as jnp\n"
+        "import os, warnings, jax.numpy as jnp\n"
+        "import crl.sim.env\n"
+        "assert 'XLA_FLAGS' not in os.environ\n"
         "jnp.ones(2).block_until_ready()\n"
+        "from crl.sim.setup import setup_jax\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    import crl.sim.env\n"
+        "    setup_jax()\n"
         "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n"
     )
     out = _fresh_python(code, timeout=120)
-    assert "too late for XLA_FLAGS" in out and "import crl.sim.env before" in out
+    assert "too late for XLA_FLAGS" in out and "call setup_jax() before" in out
 
 
 def test_reset_if_done_on_blank_equals_reset() -> None:

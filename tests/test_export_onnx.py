@@ -13,25 +13,21 @@ import numpy as np
 import onnx
 import pytest
 
-from crl.export.cli import USAGE_ERROR
+from crl.core.policy_file import HASH_KEY, PRECISION_KEY, SPEC_KEY, load_model, read_seal
+from crl.core.spec import Field, NetworkSpec, PolicySpec
+from crl.core.usage import USAGE_ERROR
 from crl.export.cli import main as export_main
 from crl.export.onnx_export import (
-    HASH_KEY,
     IR_VERSION,
     OPSET,
-    PRECISION_KEY,
-    SPEC_KEY,
     ExportError,
     build_model,
     export_actor,
-    load_model,
     quantize_int8,
     random_params,
-    read_seal,
 )
 from crl.runtime.ort_backend import OrtPolicy
 from crl.runtime.policy import load_policy
-from crl.sim.spec import Field, NetworkSpec, PolicySpec
 from crl.train.config import NetworkConfig
 from crl.train.networks import Actor, Encoder, deterministic_action
 
@@ -125,13 +121,13 @@ def test_an_actor_and_critic_of_different_sizes_export_what_training_builds(
     networks init (perturbed, so zero biases and unit scales cannot hide a dropped term) exports
     the actor from the spec's (actor's) shape and the critic from its own; every output matches
     flax, and the JAX runtime backend builds the same networks from the spec."""
-    from crl.runtime.jax_backend import JaxPolicy
-    from crl.train import losses
+    from crl.testbed.jax_backend import JaxPolicy
+    from crl.train.networks import init_params, make_networks
 
     config = NetworkConfig(width=64, repr_dim=16, actor_depth=8, critic_depth=4, critic_width=32)
     spec = toy_spec(network=NetworkSpec(8, 64, 16, critic_depth=4, critic_width=32))
-    nets = losses.make_networks(config, spec.act_dim)
-    params = losses.init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
+    nets = make_networks(config, spec.act_dim)
+    params = init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
     leaves, tree = jax.tree.flatten(params)
     rng = np.random.default_rng(0)
     params = jax.tree.unflatten(tree, [np.asarray(x) + 0.05 * rng.standard_normal(x.shape)

@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 from robot_fixtures import export_policy, reacher_spec
 
 from crl.runtime import robot_config
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.messages import (
     MAX_MESSAGE_BYTES,
     REASONS,
@@ -42,6 +41,7 @@ from crl.runtime.messages import (
     new_session,
 )
 from crl.runtime.transport import Endpoints, send_goal, telemetry_reader
+from crl.testbed.closed_loop import free_base_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import faults  # bench/faults.py: the harness the soak shares

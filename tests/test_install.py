@@ -8,6 +8,7 @@ training stack is installed, a subprocess hides it to see what a robot would see
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import importlib.util
 import json
@@ -35,6 +36,9 @@ ROBOT_PACKAGES = {"numpy", "onnx", "mujoco", "pyzmq", "msgpack", "pyyaml", "tyro
 ROBOT_NUMPY1 = "1.26.4"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 COMBINED = ("train", "train-gpu", "test", "dev")  # extras installed beside cpu or gpu
+# Each package's command line owns its console script.
+SCRIPTS = {"crl-sim": "crl.sim.cli:crl_sim", "crl-train": "crl.train.cli:crl_train",
+           "crl-export": "crl.export.cli:crl_export", "crl-run": "crl.runtime.cli:crl_run"}
 
 # Makes the named top-level packages look uninstalled in a subprocess: an import of one fails
 # as it would there, and importlib.util.find_spec finds nothing. Prepended to its code.
@@ -64,15 +68,15 @@ for extra in EXTRA:
 runtime = sorted(m.name for m in pkgutil.iter_modules(crl.runtime.__path__))
 for name in runtime:
     importlib.import_module("crl.runtime." + name)
-for name in ("crl.sim.spec", "crl.export.onnx_export", "crl.export.tensorrt_build",
-             "crl.export.cli"):
+for name in ("crl.core.spec", "crl.core.policy_file", "crl.core.engine_file",
+             "crl.export.onnx_export", "crl.export.tensorrt_build", "crl.export.cli"):
     importlib.import_module(name)
 
 from crl.export.onnx_export import export_actor, random_params
 from crl.runtime.bench import run_bench
 from crl.runtime.onnx_file import read_spec
 from crl.runtime.policy import load_policy
-from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
 spec = PolicySpec(
     task="toy", observation=(Field("joint_pos", 3),),
@@ -117,8 +121,8 @@ def test_robot_modules_load_no_training_stack() -> None:
     may be, hence the subprocess)."""
     result = _robot_process()
     assert result["training"] == []
-    assert {"policy", "ort_backend", "trt_backend", "jax_backend", "bench", "cli",
-            "extras"} <= set(result["runtime"])
+    assert {"policy", "backend", "ort_backend", "trt_backend", "bench", "cli"
+            } <= set(result["runtime"])
 
 
 def test_the_import_check_can_fail(tmp_path: Path) -> None:
@@ -168,12 +172,12 @@ def test_the_config_import_check_can_fail() -> None:
     assert {"jax", "flax"} <= set(_stack_after_import("crl.train.networks"))
 
 
-def _pyproject() -> dict[str, Any]:
+def _pyproject(root: Path = REPO) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10: tomli, from the test extra
         tomllib = pytest.importorskip("tomli", reason="no TOML reader on this Python")
-    with open(REPO / "pyproject.toml", "rb") as f:
+    with open(root / "pyproject.toml", "rb") as f:
         data: dict[str, Any] = tomllib.load(f)
     return data
 
@@ -228,9 +232,7 @@ def test_pyproject_layout() -> None:
             assert PY310_RELEASES[req.name.lower()] in req.specifier, req
     numpy = next(r for r in base if r.name == "numpy")
     assert ROBOT_NUMPY1 in numpy.specifier, f"the robot's install refuses numpy {ROBOT_NUMPY1}"
-    scripts = project["scripts"]
-    assert set(scripts) == {"crl-sim", "crl-train", "crl-export", "crl-run"}
-    assert all(v.startswith("crl.runtime.extras:") for v in scripts.values())
+    assert project["scripts"] == SCRIPTS
 
 
 def test_installed_metadata_and_environment() -> None:
@@ -253,7 +255,7 @@ def test_installed_metadata_and_environment() -> None:
             if req.name.lower() in ORT and _on(req, "", PYTHON):
                 pytest.fail(f"{dist.metadata['Name']} requires {req}")
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts.get("crl-train") == "crl.runtime.extras:crl_train"
+    assert scripts.get("crl-train") == SCRIPTS["crl-train"]
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 11), reason="the robot's Python 3.10 venv only")
@@ -286,8 +288,9 @@ MISSING = [
 def test_a_missing_extra_is_one_line(tmp_path: Path, script: str, argv: list[str],
                                      hidden: tuple[str, ...], status: int, says: str) -> None:
     (tmp_path / "runs" / "x").mkdir(parents=True)
+    module, _, function = SCRIPTS[script.replace("_", "-")].partition(":")
     code = (f"import sys; sys.argv[0] = {script.replace('_', '-')!r}\n"
-            f"from crl.runtime.extras import {script}\nsys.exit({script}())\n")
+            f"from {module} import {function}\nsys.exit({function}())\n")
     r = _python(code, hidden=hidden, argv=tuple(argv), cwd=tmp_path)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == status and len(lines) == 1 and says in lines[0], r.stderr
@@ -307,3 +310,68 @@ def test_crl_train_script_on_this_python() -> None:
         assert r.returncode == 2 and r.stderr.startswith("crl-train: needs the train extra")
     else:
         assert r.returncode == 0 and "usage" in r.stdout.lower()
+
+
+# The floors, lowest first: a module may import its own floor and those below it, never one
+# above (pyproject's package-dir lists them in this order), and what a robot installs never
+# imports the training stage.
+FLOORS = ("crl.core", "crl.sim", "crl.train", "crl.export", "crl.runtime", "crl.testbed")
+NEVER = {"crl.runtime": ("crl.train",)}
+
+
+def _floor(module: str) -> str | None:
+    return next((f for f in FLOORS if module == f or module.startswith(f + ".")), None)
+
+
+def _imports(path: Path, package: str) -> list[tuple[int, str]]:
+    """Every crl module `path` imports, wherever the import statement is (a function's too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the module's package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                found.append((node.lineno, f"{base}.{node.module}" if node.module else base))
+            elif node.module:
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return [(line, name) for line, name in found if _floor(name) is not None]
+
+
+def floor_violations(root: Path = REPO) -> list[str]:
+    """`file:line: floor imports module` for each import of a higher floor (or a forbidden one)."""
+    folders: dict[str, str] = _pyproject(root)["tool"]["setuptools"]["package-dir"]
+    assert tuple(folders) == FLOORS, f"package-dir's floors {tuple(folders)} != {FLOORS}"
+    bad = []
+    for floor, folder in folders.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            package = ".".join((floor, *path.relative_to(root / folder).parent.parts))
+            for line, name in _imports(path, package):
+                target = _floor(name)
+                assert target is not None
+                if FLOORS.index(target) > FLOORS.index(floor) or target in NEVER.get(floor, ()):
+                    bad.append(f"{path.relative_to(root)}:{line}: {floor} imports {name}")
+    return bad
+
+
+def test_no_floor_imports_a_floor_above() -> None:
+    """core < sim < train < export < runtime < testbed, by every import statement in the tree,
+    lazy ones inside functions included; the runtime imports no crl.train at all."""
+    assert floor_violations() == []
+
+
+def test_the_floor_check_can_fail(tmp_path: Path) -> None:
+    """The check above sees an upward import, even one inside a function, and a relative one."""
+    folders: dict[str, str] = _pyproject()["tool"]["setuptools"]["package-dir"]
+    for folder in folders.values():
+        (tmp_path / folder).mkdir()
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    (tmp_path / "core" / "a.py").write_text("def f():\n    import crl.sim.env\n")
+    (tmp_path / "runtime" / "b.py").write_text("from crl.train import config\n")
+    (tmp_path / "sim" / "c.py").write_text("from crl.core import spec\nfrom . import env\n")
+    (tmp_path / "export" / "d.py").write_text("from crl.runtime.policy import load_policy\n")
+    assert floor_violations(tmp_path) == [
+        "core/a.py:2: crl.core imports crl.sim.env",
+        "export/d.py:1: crl.export imports crl.runtime.policy.load_policy",
+        "runtime/b.py:1: crl.runtime imports crl.train.config",
+    ]

@@ -18,16 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from crl.train import cli, replay, trainer
-from crl.train.config import PRESETS, ConfigError, EvalConfig, NetworkConfig, TrainConfig, validate
-from crl.train.trainer import (
-    init_state,
-    make_envs,
-    make_iteration,
-    make_setup,
-    prepare_run_dir,
-    train,
-)
+from crl.core.usage import ConfigError
+from crl.train import agent as agent_module
+from crl.train import cli, replay
+from crl.train.agent import init_state, make_iteration, make_setup
+from crl.train.checkpoint import prepare_run_dir
+from crl.train.config import PRESETS, EvalConfig, NetworkConfig, TrainConfig, validate
+from crl.train.trainer import make_envs, train
 
 
 def learners_config(**changes: Any) -> TrainConfig:
@@ -60,7 +57,7 @@ def learner_run(tmp_path_factory):
     run without learners compiles it)."""
     batches: dict[str, list[str]] = collections.defaultdict(list)
     agent: list[str] = []  # the agent whose `sgd_step` is being traced
-    sgd_step, sample = trainer.sgd_step, replay.sample
+    sgd_step, sample = agent_module.sgd_step, replay.sample
 
     def traced_sgd_step(setup, *args):
         agent.append(setup.name)
@@ -72,13 +69,13 @@ def learner_run(tmp_path_factory):
     def recorded_sample(*args):
         batch, offset = sample(*args)
         name = agent[-1]
-        if name != trainer.COLLECTOR:
+        if name != agent_module.COLLECTOR:
             jax.debug.callback(lambda *xs: batches[name].append(_digest(*xs)), *batch)
         return batch, offset
 
     run_dir = tmp_path_factory.mktemp("runs") / "learners"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer, "sgd_step", traced_sgd_step)
+        patch.setattr(agent_module, "sgd_step", traced_sgd_step)
         patch.setattr(replay, "sample", recorded_sample)
         result = train(learners_config(), run_dir, progress=False)
     return run_dir, result, dict(batches)
@@ -122,8 +119,8 @@ def test_learners_train_on_the_collectors_batches(learner_run) -> None:
     assert batches["learner_d8"] == batches["learner_d4"]
     assert len(set(batches["learner_d4"])) == len(batches["learner_d4"])  # fresh each step
     control, deep = result.state.learners
-    assert _bitwise_equal(control.params, result.state.params)
-    assert _bitwise_equal(control.log_alpha, result.state.log_alpha)
+    assert _bitwise_equal(control.params, result.state.agent.params)
+    assert _bitwise_equal(control.log_alpha, result.state.agent.log_alpha)
     assert deep.params["sa_encoder"]["trunk"]["blocks"]["dense_0"]["kernel"].shape == (2, 32, 32)
 
 
@@ -175,7 +172,7 @@ def test_checkpoints_hold_the_learners_and_resume_keeps_them(learner_run) -> Non
 
 def test_cli_learners_flag(monkeypatch, tmp_path: Path) -> None:
     """`--learners 4,64` reaches the config and the default run directory; depths that cannot
-    be are refused; a config without learners writes what configs wrote before them."""
+    be are refused; a config without learners records none."""
     seen = []
 
     def fake_train(config, out, resume=False, devices=None):
@@ -189,7 +186,7 @@ def test_cli_learners_flag(monkeypatch, tmp_path: Path) -> None:
     assert config.learners == (4, 64) and config.network.depth == 4
     assert out == Path("runs") / "reacher-d4-l4-64-s0"
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    assert "learners" not in dataclasses.replace(config, learners=()).to_dict()
+    assert dataclasses.replace(config, learners=()).to_dict()["learners"] == []
     with pytest.raises(ConfigError, match=r"^learners: 6 is not a positive multiple of 4"):
         validate(learners_config(learners=(6,)))
     with pytest.raises(ConfigError, match="repeats a depth"):

@@ -11,6 +11,7 @@ import pytest
 
 from crl.train import losses
 from crl.train.config import NetworkConfig
+from crl.train.networks import Networks, init_params, make_networks
 
 
 def test_pairwise_energy_is_negative_l2() -> None:
@@ -82,7 +83,7 @@ class _FixedActor(nn.Module):
 
 
 def test_actor_loss_by_hand() -> None:
-    nets = losses.Networks(_FixedActor(), _Identity(), _Identity())
+    nets = Networks(_FixedActor(), _Identity(), _Identity())
     obs = jnp.array([[0.3], [-1.0]])
     goal = jnp.array([[0.5, 0.2], [-0.4, -0.9]])
     batch = losses.Batch(obs=obs, action=jnp.zeros((2, 1)), goal=goal)
@@ -104,7 +105,7 @@ def test_actor_loss_by_hand() -> None:
 
 def test_action_rate_penalty_adds_the_distance_to_the_last_action() -> None:
     """The fixed actor's mean is the observation; its last entry is the last action here."""
-    nets = losses.Networks(_FixedActor(), _Identity(), _Identity())
+    nets = Networks(_FixedActor(), _Identity(), _Identity())
     obs = jnp.array([[0.3], [-1.0]])
     batch = losses.Batch(obs=obs, action=jnp.zeros((2, 1)), goal=jnp.zeros((2, 2)))
     args = ({}, {"sa_encoder": {}, "g_encoder": {}}, jnp.log(0.2), nets, batch,
@@ -120,8 +121,8 @@ def test_action_rate_penalty_adds_the_distance_to_the_last_action() -> None:
 
 def test_alpha_is_a_constant_in_the_actor_loss() -> None:
     config = NetworkConfig(depth=4, width=16, repr_dim=8)
-    nets = losses.make_networks(config, 2)
-    params = losses.init_params(nets, jax.random.PRNGKey(0), obs_dim=3, goal_dim=2)
+    nets = make_networks(config, 2)
+    params = init_params(nets, jax.random.PRNGKey(0), obs_dim=3, goal_dim=2)
     critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
     batch = losses.Batch(jnp.ones((4, 3)), jnp.zeros((4, 2)), jnp.ones((4, 2)))
 
@@ -173,8 +174,8 @@ def test_alpha_tuning_settles_the_entropy_at_target() -> None:
     """The critic pulls the policy towards a point (lower entropy), α pushes back: together they
     settle the policy's entropy at the target −|A|/2."""
     act_dim = 2
-    actor = losses.make_networks(NetworkConfig(depth=4, width=32, repr_dim=8), act_dim).actor
-    nets = losses.Networks(actor, _ActionPart(act_dim), _Identity())
+    actor = make_networks(NetworkConfig(depth=4, width=32, repr_dim=8), act_dim).actor
+    nets = Networks(actor, _ActionPart(act_dim), _Identity())
     params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1, 2)))["params"]
     batch = losses.Batch(jax.random.normal(jax.random.PRNGKey(1), (128, 3)),
                          jnp.zeros((128, act_dim)),
@@ -206,8 +207,8 @@ def test_alpha_tuning_settles_the_entropy_at_target() -> None:
 def test_infonce_accuracy_rises_on_a_fixed_batch() -> None:
     """A few hundred critic steps on one batch of unrelated (s, a, g) triples memorise it."""
     batch_size, obs_dim, act_dim, goal_dim = 64, 5, 2, 3
-    nets = losses.make_networks(NetworkConfig(depth=4, width=64, repr_dim=16), act_dim)
-    params = losses.init_params(nets, jax.random.PRNGKey(0), obs_dim, goal_dim)
+    nets = make_networks(NetworkConfig(depth=4, width=64, repr_dim=16), act_dim)
+    params = init_params(nets, jax.random.PRNGKey(0), obs_dim, goal_dim)
     critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
     batch = losses.Batch(jax.random.normal(k1, (batch_size, obs_dim)),

@@ -261,7 +261,7 @@ def test_binpick_cube_rests_in_its_bin_and_the_walls_are_solid() -> None:
 
 
 def test_the_named_state_fields_check_their_names() -> None:
-    from crl.sim.config import ConfigError
+    from crl.core.usage import ConfigError
 
     base = paper_arm.CONFIGS["paper_arm_push_easy"]
     with pytest.raises(ConfigError, match="obs_body_pair: name two bodies"):
@@ -278,8 +278,8 @@ def test_the_named_state_fields_check_their_names() -> None:
 def test_push_easy_trains_a_few_iterations(tiny_train_config: Callable[[str], Any]) -> None:
     """Collection and SGD on the arm (its 25 contact substeps a step, the coupled gripper):
     three small iterations, SGD runs, every metric and every stored transition finite."""
+    from crl.train.agent import init_state, make_iteration, make_setup
     from crl.train.config import validate
-    from crl.train.trainer import init_state, make_iteration, make_setup
 
     config = tiny_train_config("paper_arm_push_easy")
     validate(config, tasks.TASKS)

@@ -17,8 +17,8 @@ pytest.importorskip("jax")
 import jax
 import jax.numpy as jnp
 
+from crl.core.usage import ConfigError
 from crl.sim import tasks
-from crl.sim.config import ConfigError
 from crl.sim.env import jit
 from crl.sim.physics import PHYSICS, check_physics
 from crl.train.config import PhysicsSetting, TrainConfig, preset, validate
@@ -97,13 +97,11 @@ def test_unknown_physics_is_rejected() -> None:
         validate(config)
 
 
-def test_config_records_physics_and_old_configs_load_as_jax() -> None:
+def test_config_records_physics() -> None:
     config = dataclasses.replace(preset("quick", "reacher"), physics="warp")
     stored = config.to_dict()
     assert stored["physics"] == "warp"
     assert TrainConfig.from_dict(stored) == config
-    del stored["physics"]  # a config.json written before the option
-    assert TrainConfig.from_dict(stored).physics == "jax"
 
 
 @no_warp

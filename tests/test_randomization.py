@@ -419,7 +419,7 @@ def test_contact_friction_follows_the_training_range_on_the_ant() -> None:
 def test_the_sim_robot_contacts_use_the_same_friction() -> None:
     """MuJoCo C (the sim robot, on the same draws) combines two geoms' frictions as MJX does,
     so its foot-floor contacts also use the episode's factor times the nominal friction."""
-    from crl.sim.robot import SimRobot
+    from crl.testbed.robot import SimRobot
 
     ant = ant_on_the_floor()
     m = ant.env.mj_model

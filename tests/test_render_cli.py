@@ -17,9 +17,9 @@ import mujoco
 import numpy as np
 import pytest
 
+from crl.core.spec import PolicySpec
 from crl.sim import render, tasks
 from crl.sim.cli import main
-from crl.sim.spec import PolicySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CRL_SIM = Path(sys.executable).with_name("crl-sim")

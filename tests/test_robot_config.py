@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from robot_fixtures import JOINTS, reacher_spec
 
+from crl.core.spec import ActionSpec
 from crl.runtime import robot_config
 from crl.runtime.messages import bounded
 from crl.runtime.robot_config import (
@@ -18,7 +19,6 @@ from crl.runtime.robot_config import (
     MAX_OBSERVATION_AGE_PERIODS,
     RobotConfigError,
 )
-from crl.sim.spec import ActionSpec
 
 BASE: dict[str, Any] = {
     "task": "reacher", "model": "reacher.xml", "command_joints": list(JOINTS),

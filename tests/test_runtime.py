@@ -13,7 +13,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from crl.export.onnx_export import SPEC_KEY, stamp_seal
+from crl.core.policy_file import SPEC_KEY, stamp_seal
+from crl.core.spec import PolicySpec
 from crl.runtime.bench import (
     BenchConfig,
     bench_policy,
@@ -28,7 +29,6 @@ from crl.runtime.bench import (
 from crl.runtime.cli import main as run_main
 from crl.runtime.onnx_file import read_spec
 from crl.runtime.policy import PolicyError, load_policy
-from crl.sim.spec import PolicySpec
 
 # The robot's install (`make test-robot`: Python 3.10, no train extra) has neither.
 NEEDS_JAX = "needs jax, the train extra (not in the robot's install)"
@@ -41,7 +41,7 @@ OBS, GOAL = 9, 2  # the sizes of conftest's toy spec, which the bad inputs below
 
 def test_ort_and_jax_backends_agree(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
     pytest.importorskip("jax", reason=NEEDS_JAX)
-    from crl.runtime.jax_backend import JaxPolicy
+    from crl.testbed.jax_backend import JaxPolicy
 
     spec, params, path = toy_policy
     ort_policy, jax_policy = load_policy(path, "ort"), JaxPolicy(params, spec)
@@ -259,7 +259,7 @@ def test_runtime_imports_no_jax() -> None:
         "for n in names: importlib.import_module('crl.runtime.' + n)\n"
         "bad = [m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'crl.train'))]\n"
         "assert not bad, bad\n"
-        "assert {'policy', 'ort_backend', 'trt_backend', 'jax_backend', 'bench'} <= set(names)\n"
+        "assert {'policy', 'backend', 'ort_backend', 'trt_backend', 'bench'} <= set(names)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

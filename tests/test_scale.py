@@ -221,9 +221,10 @@ def test_devices_and_processes_are_checked_before_anything_compiles(tmp_path: Pa
     or process flags without a coordinator: one ConfigError naming the field."""
     import dataclasses
 
+    from crl.core.usage import ConfigError
+    from crl.train.agent import make_mesh
     from crl.train.cli import init_distributed
-    from crl.train.config import ConfigError, TrainConfig, validate_devices
-    from crl.train.trainer import make_mesh
+    from crl.train.config import TrainConfig, validate_devices
 
     config = TrainConfig(task="reacher")  # 512 envs, batch 512
     validate_devices(config, 4)

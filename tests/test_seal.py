@@ -24,29 +24,27 @@ import onnx
 import pytest
 from robot_fixtures import export_policy, reacher_spec
 
-from crl.export.onnx_export import (
+from crl.core.engine_file import ENGINE_FORMAT, SIDECAR_SEAL_KEY, sidecar_sha256
+from crl.core.policy_file import (
     GRAPH_HASH_KEY,
     HASH_KEY,
     PRECISION_KEY,
     SEAL_KEY,
     SPEC_HASH_KEY,
     SPEC_KEY,
-    export_actor,
     graph_sha256,
     metadata,
-    quantize_int8,
-    random_params,
     seal_sha256,
     weights_sha256,
 )
-from crl.export.tensorrt_build import ENGINE_FORMAT, SIDECAR_SEAL_KEY, sidecar_sha256
-from crl.runtime.closed_loop import free_base_port
+from crl.core.spec import PolicySpec
+from crl.core.usage import USAGE_ERROR
+from crl.export.onnx_export import export_actor, quantize_int8, random_params
 from crl.runtime.onnx_file import read_policy_file
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.trt_backend import read_sidecar
-from crl.sim.spec import PolicySpec
+from crl.testbed.closed_loop import free_base_port
 
-USAGE_ERROR = 2
 CRL_RUN = Path(sys.executable).with_name("crl-run")
 Edit = Callable[[onnx.ModelProto], None]
 
@@ -187,7 +185,7 @@ def test_every_edit_is_refused_naming_the_part(sealed: Path, tmp_path: Path, nam
 def test_the_one_bit_goal_box_edit_would_have_moved_the_box(sealed: Path, tmp_path: Path) -> None:
     """The edit is real: sealed again, the file loads with the wider box (what an unsealed
     runtime accepted)."""
-    from crl.export.onnx_export import stamp_seal
+    from crl.core.policy_file import stamp_seal
 
     model = onnx.load(sealed)
     _spec_edit(_one_bit_wider_goal_box)(model)

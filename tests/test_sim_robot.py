@@ -1,4 +1,4 @@
-"""The sim robot (`crl.sim.robot`, `crl-sim robot`): MuJoCo C playing the real robot.
+"""The sim robot (`crl.testbed.robot`, `crl-sim robot`): MuJoCo C playing the real robot.
 
 It must be the MJX env's robot, not merely a similar one: the same starts, goals and DR draws
 (from the env's own reset), the same physics step for step, the same delays. The last tests run
@@ -32,7 +32,7 @@ from crl.sim import tasks
 from crl.sim.config import OBSERVATION_FIELDS
 from crl.sim.env import GoalReachEnv, jit
 from crl.sim.mjx import mjx
-from crl.sim.robot import (
+from crl.testbed.robot import (
     MODEL_FIELDS,
     ActionError,
     ServeStats,

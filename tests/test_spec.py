@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crl.sim.spec import (
+from crl.core.spec import (
     FORMAT,
     ActionSpec,
     Field,

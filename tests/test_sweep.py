@@ -17,9 +17,9 @@ pytest.importorskip("jax", reason="the sweep trains with crl-train (the train ex
 import jax
 from robot_fixtures import reacher_spec
 
-from crl.train import losses
 from crl.train.checkpoint import load_run
 from crl.train.config import PRESETS, NetworkConfig
+from crl.train.networks import init_params, make_networks
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TINY = "--width 32 --num-envs 16 --eval-every 2048 --eval-episodes 8 --min-replay-steps 16"
@@ -51,9 +51,9 @@ def fake_finished_run(run_dir: Path, time_at_goal: list[float], steps: int, dept
 def initialised_params(depth: int, width: int) -> int:
     """Parameters of reacher's actor and critic encoders at that size, as initialised."""
     spec = reacher_spec(depth, width)
-    nets = losses.make_networks(NetworkConfig(depth=depth, width=width, repr_dim=16),
+    nets = make_networks(NetworkConfig(depth=depth, width=width, repr_dim=16),
                                 spec.act_dim)
-    params = losses.init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
+    params = init_params(nets, jax.random.PRNGKey(0), spec.obs_dim, spec.goal_dim)
     return sum(leaf.size for leaf in jax.tree.leaves(params))
 
 

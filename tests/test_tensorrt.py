@@ -17,26 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crl.export.cli import USAGE_ERROR
-from crl.export.cli import main as export_main
-from crl.export.onnx_export import ExportError, export_actor, load_model, read_seal
-from crl.export.tensorrt_build import (
+from crl.core.engine_file import (
     ENGINE_FORMAT,
     SIDECAR_SEAL_KEY,
     TENSORRT_MISSING,
-    build_engine,
     capturing_logger,
     cuda_runtime,
-    engine_precision,
     logged_reason,
     sidecar_path,
     sidecar_sha256,
     tensorrt_missing,
-    write_files_atomically,
 )
+from crl.core.policy_file import load_model, read_seal
+from crl.core.spec import PolicySpec
+from crl.core.usage import USAGE_ERROR
+from crl.export.cli import main as export_main
+from crl.export.onnx_export import ExportError, export_actor
+from crl.export.tensorrt_build import build_engine, engine_precision, write_files_atomically
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.trt_backend import check_built_here, read_sidecar
-from crl.sim.spec import PolicySpec
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = tensorrt_missing() is None

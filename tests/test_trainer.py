@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,19 +22,27 @@ import numpy as np
 import pytest
 from flax import struct
 
-from crl.sim.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
+from crl.core.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
+from crl.core.usage import ConfigError
 from crl.train import cli
-from crl.train.checkpoint import CHECKPOINTS, CheckpointError, checkpoint_steps, load_run
+from crl.train.agent import EVAL_STREAM
+from crl.train.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    checkpoint_steps,
+    load_run,
+    prepare_run_dir,
+)
 from crl.train.config import (
     PRESETS,
+    RUN_FORMAT,
+    SIDE_FIELDS,
     AlgoConfig,
-    ConfigError,
     EvalConfig,
     NetworkConfig,
     ReplayConfig,
     TrainConfig,
     preset,
-    read_dr,
     validate,
 )
 from crl.train.evaluate import (
@@ -46,7 +53,7 @@ from crl.train.evaluate import (
     summarize,
 )
 from crl.train.networks import Actor
-from crl.train.trainer import EVAL_STREAM, DivergedError, prepare_run_dir, train
+from crl.train.trainer import DivergedError, train
 
 
 @struct.dataclass
@@ -182,7 +189,7 @@ def test_load_run_gives_params_the_actor_can_apply(point_run) -> None:
     mean, _ = actor.apply({"params": run.params["actor"]}, np.zeros((1, 4)), np.zeros((1, 2)))
     assert mean.shape == (1, 2)
     for leaf, trained in zip(jax.tree.leaves(run.params),
-                             jax.tree.leaves(result.state.params), strict=True):
+                             jax.tree.leaves(result.state.agent.params), strict=True):
         np.testing.assert_array_equal(leaf, trained)
     with pytest.raises(CheckpointError, match="no checkpoint at step 1"):
         load_run(run_dir, step=1)
@@ -299,13 +306,14 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
     got = config.to_dict()
     derived = got.pop("derived")
     assert got == {
+        "format": RUN_FORMAT,
         "task": task,
         "seed": 0,
         "total_steps": steps,
         "dr": "off",
         "physics": "jax",
         "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True,
-                    "dtype": "fp32"},
+                    "dtype": "fp32", **dict.fromkeys(SIDE_FIELDS)},
         "algo": {
             "batch_size": 512,
             "gamma": 0.99,
@@ -326,6 +334,7 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
         "eval": {"eval_every": steps // 100, "eval_episodes": 128, "held_out": False},
         "keep_checkpoints": 3,
         "log_every": 20,
+        "learners": [],
     }
     assert derived["sgd_steps_per_iteration"] == 794
     validate(config)
@@ -358,31 +367,27 @@ def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(monkeypatch
     assert (changed.total_steps, changed.dr) == (1_000_000, "train")
 
 
-def test_a_run_saved_with_the_old_dr_spelling_still_loads() -> None:
-    """Run directories from before the one DR spelling say `"dr": "on"`: read as `train`."""
-    stored = json.loads(json.dumps(tiny_config(dr="train").to_dict()))
-    stored["dr"] = "on"
-    assert TrainConfig.from_dict(stored) == tiny_config(dr="train")
-    assert read_dr("on") == "train" and read_dr("held-out") == "held-out"
+def test_held_out_is_no_training_dr() -> None:
     with pytest.raises(ConfigError, match=r"^dr: 'held-out' is not 'off' or 'train'"):
         validate(tiny_config(dr="held-out"))
 
 
-def test_a_config_from_before_actor_and_critic_sizes_round_trips() -> None:
-    """config.json of runs from before --actor-*/--critic-* has no such keys: it loads as a
-    network whose actor and critic share depth and width, and writes back key for key; a run
-    with shared sizes still writes no such keys, one with overrides records them."""
-    old = json.loads(json.dumps(tiny_config().to_dict()))
-    assert set(old["network"]) == {"depth", "width", "repr_dim", "residual", "dtype"}
-    config = TrainConfig.from_dict(old)
-    assert config == tiny_config() and config.to_dict() == old
+def test_config_json_holds_its_format_and_every_field() -> None:
+    """config.json carries the run format and every field (unset actor/critic sizes as null, no
+    learners as []) and reads back as the same config; one with overrides records them."""
+    stored = json.loads(json.dumps(tiny_config().to_dict()))
+    assert stored["format"] == RUN_FORMAT and stored["learners"] == []
+    assert {k: stored["network"][k] for k in SIDE_FIELDS} == dict.fromkeys(SIDE_FIELDS)
+    config = TrainConfig.from_dict(stored)
+    assert config == tiny_config() and config.to_dict() == stored
     n = config.network
     assert n.actor == n.critic == n and not n.overrides()
     apart = tiny_config(network=NetworkConfig(depth=8, width=64, repr_dim=16, actor_depth=4,
                                               critic_width=32))
     stored = json.loads(json.dumps(apart.to_dict()))
     assert stored["network"] == {"depth": 8, "width": 64, "repr_dim": 16, "residual": True,
-                                 "dtype": "fp32", "actor_depth": 4, "critic_width": 32}
+                                 "dtype": "fp32", "actor_depth": 4, "actor_width": None,
+                                 "critic_depth": None, "critic_width": 32}
     assert TrainConfig.from_dict(stored) == apart
     a, c = apart.network.actor, apart.network.critic
     assert (a.depth, a.width, c.depth, c.width) == (4, 64, 8, 32)
@@ -618,14 +623,14 @@ def _check_episode_index(buffer, episode_length: int) -> int:
 @pytest.fixture(scope="module")
 def falling_point():
     """The tiny config's setup and compiled iteration on a PointMass that falls off its edges."""
-    from crl.train.trainer import make_iteration, make_setup
+    from crl.train.agent import make_iteration, make_setup
 
     setup = make_setup(tiny_config(), PointMass(episode_length=23, fall_at=0.8))
     return setup, make_iteration(setup)
 
 
 def test_collect_gives_the_replay_the_episodes_that_end_early(falling_point) -> None:
-    from crl.train.trainer import init_state
+    from crl.train.agent import init_state
 
     setup, iteration = falling_point
     env, state = setup.env, init_state(setup)
@@ -685,53 +690,47 @@ def test_evaluation_scores_a_terminated_episode_up_to_its_end() -> None:
     np.testing.assert_allclose(result["final_distance"], 0.01 * steps, rtol=1e-6)
 
 
-@struct.dataclass
-class LegacyReplay:
-    """The replay's layout before its episode index: rows and the write clock."""
+def test_a_run_of_another_format_is_refused_in_one_line(falling_point, tmp_path,
+                                                      capsys) -> None:
+    """No upgrade path before 1.0: a checkpoint or a config.json of no format or another one
+    (an older crl's) is refused, by resume, load_run and the CLI, in one line that says to
+    train again."""
+    from crl.train.agent import init_state
+    from crl.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer
 
-    data: Any
-    written: jax.Array
-
-
-def test_a_checkpoint_from_before_the_episode_index_restores(falling_point, tmp_path) -> None:
-    """A run checkpointed before the replay kept episode boundaries resumes: every leaf it holds
-    comes back as saved, the index is rebuilt from the rows' t and samples as the live one."""
-    from crl.train import replay
-    from crl.train.checkpoint import Checkpointer
-    from crl.train.trainer import init_state, upgrade_state
-
-    setup, iteration = falling_point
+    setup, _ = falling_point
     state = init_state(setup)
-    for _ in range(4):
-        state, _ = iteration(state)
-    legacy = state.replace(buffer=LegacyReplay(state.buffer.data, state.buffer.written))
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config().to_dict()))
     checkpointer = Checkpointer(tmp_path, keep=2)
+    meta_file = tmp_path / CHECKPOINTS / "840" / "meta" / "metadata"
     try:
-        checkpointer.save(840, legacy, state.params, {"env_steps": 840}, {"time_at_goal": 0.0})
-        with pytest.raises(CheckpointError, match="cannot restore the training state"):
-            checkpointer.restore_state(840, init_state(setup))
-        restored = checkpointer.restore_state(840, init_state(setup), upgrade=upgrade_state)
+        checkpointer.save(840, state, state.agent.params, {"env_steps": 840},
+                          {"time_at_goal": 0.0})
+        meta = json.loads(meta_file.read_text())
+        assert meta["format"] == CHECKPOINT_FORMAT
+        for found, said in ((None, "no format"), ("crl-checkpoint/0", "'crl-checkpoint/0'")):
+            meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}
+                                            | ({} if found is None else {"format": found})))
+            for read in (lambda: checkpointer.restore_state(840, init_state(setup)),
+                         lambda: load_run(tmp_path)):
+                with pytest.raises(CheckpointError) as e:
+                    read()
+                assert re.fullmatch(
+                    rf".*840: a checkpoint of {said}, from another crl version \(this one "
+                    rf"reads '{CHECKPOINT_FORMAT}'\); train the run again with crl-train, .*",
+                    str(e.value))
     finally:
         checkpointer.close()
 
-    def host(x):
-        return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
-            x.dtype, jax.dtypes.prng_key) else x)
-
-    index = set(replay.INDEX_FIELDS)
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
-                            jax.tree.leaves(state), strict=True):
-        if not (len(path) == 2 and path[0].name == "buffer" and path[1].name in index):
-            np.testing.assert_array_equal(host(x), host(y))
-    key, sample = jax.random.PRNGKey(5), jax.jit(replay.sample, static_argnums=(2, 3))
-    want, want_k = sample(state.buffer, key, 512, 0.9)
-    got, got_k = sample(restored.buffer, key, 512, 0.9)
-    np.testing.assert_array_equal(got_k, want_k)
-    np.testing.assert_array_equal(got.goal, want.goal)
-    # The state the iteration takes: the same tree, shapes and dtypes.
-    assert jax.tree.structure(restored) == jax.tree.structure(state)
-    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
-        assert (x.shape, x.dtype) == (y.shape, y.dtype)
+    stored = tiny_config().to_dict()
+    del stored["format"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"^config.json: a run of no format, from another crl "
+                       r"version \(this one reads 'crl-run/1'\); train it again with crl-train"):
+        prepare_run_dir(tmp_path, tiny_config(), resume=True)
+    assert cli.main(["reacher", "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("crl-train: error: config.json: a run of no")
 
 
 @pytest.mark.slow
@@ -739,7 +738,7 @@ def test_the_ant_trains_through_early_terminations() -> None:
     """A few small iterations on the real ant, two of its four envs launched above the healthy
     band between them: those episodes end at once, a new one opens in the buffer, SGD runs."""
     from crl.sim import tasks
-    from crl.train.trainer import init_state, make_iteration, make_setup
+    from crl.train.agent import init_state, make_iteration, make_setup
 
     config = TrainConfig(
         task="ant",
@@ -803,8 +802,9 @@ def test_reacher_short_run_beats_the_untrained_policy(reacher_run) -> None:
 def test_reacher_checkpoint_restores_the_mjx_state_bit_for_bit(reacher_run) -> None:
     """The MJX env state holds zero-size and PRNG-key leaves that orbax cannot store as they
     are; the last checkpoint must still give back exactly the state the run ended with."""
+    from crl.train.agent import init_state, make_setup
     from crl.train.checkpoint import Checkpointer
-    from crl.train.trainer import init_state, make_envs, make_setup
+    from crl.train.trainer import make_envs
 
     run_dir, result = reacher_run
     config = reacher_config()

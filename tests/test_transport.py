@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from robot_fixtures import export_policy, observation
 
 from crl.runtime import robot_config
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.controller import Controller
 from crl.runtime.messages import (
     FUTURE_TOLERANCE_S,
@@ -54,6 +53,7 @@ from crl.runtime.transport import (
     send_goal,
     status_reader,
 )
+from crl.testbed.closed_loop import free_base_port
 
 # Control loops at real rate in real processes: `make test` runs these after the parallel pass,
 # with no other test beside them (pyproject's `realtime` marker).

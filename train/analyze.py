@@ -48,8 +48,8 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 
-from crl.sim.atomic import write_atomic, write_json
-from crl.sim.config import ConfigError
+from crl.core.atomic import write_atomic, write_json
+from crl.core.usage import ConfigError
 from crl.sim.env import jit as env_jit
 from crl.train.config import NetworkConfig
 from crl.train.losses import energy

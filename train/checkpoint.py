@@ -5,18 +5,21 @@ and `checkpoints/<env_step>/` with three orbax items:
     state   the full training state (parameters, optimiser moments, α, replay buffer, env states,
             RNG), so `--resume` continues the very same run;
     params  {actor, sa_encoder, g_encoder}: what `load_run` (export, runtime, eval) reads;
-    meta    JSON: step, spec (network and provenance filled), evaluation metrics.
+    meta    JSON: the checkpoint format (`CHECKPOINT_FORMAT`), step, spec (network and
+            provenance filled), evaluation metrics.
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact and the partial one is never listed.
-Kept: the `keep` most recent plus the best by evaluation time-at-goal.
+Kept: the `keep` most recent plus the best by evaluation time-at-goal. A checkpoint of another
+format (an older crl's, whose state had other leaves) is refused in one line: there is no
+upgrade path before 1.0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from crl.sim.spec import PolicySpec
+from crl.core.atomic import write_json
+from crl.core.spec import PolicySpec
+from crl.core.usage import ConfigError
+from crl.train.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
+# The layout of a checkpoint's training state and metadata; bumped when either changes.
+CHECKPOINT_FORMAT = "crl-checkpoint/1"
 CONFIG_FILE = "config.json"
 SPEC_FILE = "spec.json"
 BEST_METRIC = "time_at_goal"
@@ -40,10 +48,6 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 class CheckpointError(ValueError):
     """A run directory or checkpoint that is missing or unreadable (one-line message)."""
-
-
-# Completes a state restored from an older checkpoint: (state, missing leaf paths) -> state.
-Upgrade = Callable[[Any, set[str]], Any]
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Checkpointer:
         meta: dict[str, Any],
         metrics: dict[str, float],
     ) -> Path:
+        """Checkpoint `step`: `state` and `params` (orbax), `meta` with the format added."""
+        meta = {**meta, "format": CHECKPOINT_FORMAT}
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -156,65 +162,96 @@ class Checkpointer:
         self._manager.wait_until_finished()
         return self.path(step)
 
-    def restore_state(self, step: int, template: Any, upgrade: Upgrade | None = None) -> Any:
-        """The full training state at `step`, shaped like `template` (a freshly built state).
-
-        A checkpoint written before the state gained leaves (e.g. the replay's episode index)
-        restores through `upgrade(state, missing)`: `state` is `template` with every leaf the
-        checkpoint holds (matched by pytree path), `missing` the paths it lacks, and `upgrade`
-        fills those in (or raises CheckpointError).
-        """
+    def restore_state(self, step: int, template: Any) -> Any:
+        """The full training state at `step`, shaped like `template` (a freshly built state)."""
+        check_format(_read_meta(self.path(step)), self.path(step))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_saveable(template))
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
         except (ValueError, KeyError, FileNotFoundError) as e:
-            older = self._restore_older(step, template, upgrade) if upgrade else None
-            if older is not None:
-                return older
             raise CheckpointError(
                 f"{self.path(step)}: cannot restore the training state ({_first_line(e)}); "
                 "was it written with a different config?"
             ) from None
         return _from_saveable(restored.state, template)
 
-    def _restore_older(self, step: int, template: Any, upgrade: Upgrade) -> Any | None:
-        """The state from a checkpoint whose leaves are a subset of `template`'s, same shapes,
-        completed by `upgrade`; None when it is not that (a different config, say)."""
-        try:
-            saved = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-            ).state
-        except (ValueError, KeyError, FileNotFoundError):
-            return None
-        by_path = {name.split(".", 1)[1]: x for name, x in saved.items()}
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-        out, missing = [], set()
-        for i, (path, like) in enumerate(leaves):
-            name = _leaf_name(i, path).split(".", 1)[1]
-            if name not in by_path:
-                if np.size(like) > 0:  # zero-size leaves are never stored
-                    missing.add(name)
-                out.append(like)
-                continue
-            x = by_path.pop(name)
-            stored_like = jax.random.key_data(like) if _is_key(like) else like
-            if np.shape(x) != np.shape(stored_like):
-                return None
-            out.append(jax.random.wrap_key_data(x, impl=jax.random.key_impl(like))
-                       if _is_key(like) else jnp.asarray(x, like.dtype))
-        if by_path:  # leaves this code no longer has: not an older layout of this state
-            return None
-        return upgrade(jax.tree_util.tree_unflatten(treedef, out), missing)
-
     def close(self) -> None:
         self._manager.close()
+
+
+def check_format(meta: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError unless `meta` (a checkpoint's) is of `CHECKPOINT_FORMAT`."""
+    found = meta.get("format")
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: a checkpoint of {'no format' if found is None else repr(found)}, from "
+            f"another crl version (this one reads {CHECKPOINT_FORMAT!r}); train the run again "
+            "with crl-train, or export it with the crl version that wrote it"
+        )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's metadata (`path`: its folder), as JSON."""
+    meta_file = path / "meta" / "metadata"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_file}: unreadable checkpoint metadata (not an object)")
+    return meta
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def prepare_run_dir(
+    run_dir: Path, config: TrainConfig, resume: bool, write: bool = True
+) -> TrainConfig:
+    """Create a new run directory, or check that `--resume` matches the run it continues.
+
+    Returns the config to run with: on resume, the stored one (only total_steps may change).
+    `write=False` only checks (the processes of a multi-process run other than the first).
+    """
+    config_path = run_dir / CONFIG_FILE
+    if resume:
+        if not config_path.is_file():
+            raise ConfigError(f"resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
+        stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        differs = _differences(stored, dataclasses.replace(config, total_steps=stored.total_steps))
+        if differs:
+            name, was, now = differs[0]
+            raise ConfigError(
+                f"{name}: the run in {run_dir} was started with {was!r}, not {now!r}; drop the "
+                "flag to resume it (only --total-steps may change) or start a new --out"
+            )
+        config = dataclasses.replace(stored, total_steps=config.total_steps)
+    elif checkpoint_steps(run_dir):
+        # A config.json without checkpoints is a run that died before its first one (in setup
+        # or compile): nothing to continue, so it starts again in place.
+        raise ConfigError(
+            f"out: {run_dir} already holds a run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(config_path, config.to_dict(), sort_keys=True)
+    return config
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x):
+            out += _differences(x, y, prefix)
+        elif x != y:
+            out.append((prefix + f.name, x, y))
+    return out
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -230,11 +267,7 @@ def best_step(run_dir: Path) -> int:
     beside the latest ones), so a deployment takes the best policy the run produced."""
     scored: list[tuple[float, int]] = []
     for step in checkpoint_steps(run_dir):
-        path = Path(run_dir) / CHECKPOINTS / str(step) / "meta" / "metadata"
-        try:
-            evaluation = json.loads(path.read_text()).get("evaluation") or {}
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({e})") from None
+        evaluation = _read_meta(Path(run_dir) / CHECKPOINTS / str(step)).get("evaluation") or {}
         if BEST_METRIC in evaluation.get("train", {}):
             scored.append((float(evaluation["train"][BEST_METRIC]), step))
     if not scored:
@@ -256,6 +289,7 @@ def load_run(run_dir: Path, step: int | None = None) -> LoadedRun:
     elif step not in steps:
         raise CheckpointError(f"{run_dir}: no checkpoint at step {step}; available: {steps}")
     path = (run_dir / CHECKPOINTS / str(step)).resolve()
+    check_format(_read_meta(path), path)
     try:
         config = json.loads(config_path.read_text())
         meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(path / "meta")

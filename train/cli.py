@@ -31,7 +31,8 @@ from typing import Any, Literal, cast
 
 import tyro
 
-from crl.train.config import PRESETS, ConfigError, PresetName, TrainConfig, preset
+from crl.core.usage import USAGE_ERROR, ConfigError, run_command
+from crl.train.config import PRESETS, PresetName, TrainConfig, preset
 
 PROG = "crl-train"
 
@@ -221,7 +222,7 @@ def _summary_line(what: str, s: dict[str, Any]) -> str:
 
 
 def _eval(argv: Sequence[str]) -> int:
-    from crl.sim.atomic import write_json
+    from crl.core.atomic import write_json
     from crl.train.evaluate import evaluate_run
 
     args = tyro.cli(EvalArgs, args=list(argv), prog=f"{PROG} eval")
@@ -262,6 +263,9 @@ def _analyze(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from crl.sim.setup import setup_jax
+
+    setup_jax()  # XLA flags and the MJX patch, before jax compiles
     try:
         if argv and argv[0] == "eval":
             return _eval(argv[1:])
@@ -272,7 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_user_error(e):
             raise
         print(f"{PROG}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+
+
+def crl_train() -> int | None:
+    """The `crl-train` console script: without the train extra, its one line."""
+    return run_command(PROG, main, "train")
 
 
 if __name__ == "__main__":

@@ -11,24 +11,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NoReturn, cast
+from typing import Annotated, Any, Literal, NoReturn
 
 import tyro
 from tyro.constructors import PrimitiveConstructorSpec
 
-from crl.sim.spec import BLOCK_LAYERS
+from crl.core.spec import BLOCK_LAYERS
+from crl.core.usage import ConfigError
 
 PresetName = Literal["paper", "quick"]
 # What a run trains under, in the modes of `crl.sim.tasks.make(task, dr=...)`: the nominal robot
 # or the task's training ranges (`held-out` is for evaluation only).
 DrSetting = Literal["off", "train"]
-# Run directories written before the DR modes had one spelling say "on" for "train"; every reader
-# of a stored config or evaluation goes through `read_dr`, the one place that maps it.
-LEGACY_DR_MODES: dict[str, str] = {"on": "train"}
-# MJX implementation that steps the envs (`crl.sim.physics`); a config.json without it is "jax".
+# MJX implementation that steps the envs (`crl.sim.physics`).
 PhysicsSetting = Literal["jax", "warp"]
 # Compute dtype of the networks' matmuls and activations (`crl.train.networks.COMPUTE_DTYPES`).
 DType = Literal["fp32", "bf16"]
+# config.json's layout (`TrainConfig.to_dict`); bumped when it changes. A run directory of
+# another format is refused: there is no upgrade path before 1.0.
+RUN_FORMAT = "crl-run/1"
 # NetworkConfig's per-side overrides of the shared depth and width.
 SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
 
@@ -53,15 +54,6 @@ Depths = Annotated[
         str_from_instance=lambda x: [",".join(str(d) for d in x)],
     ),
 ]
-
-
-def read_dr(mode: str) -> str:
-    """A DR mode read from a run directory (config.json, eval.json), in today's spelling."""
-    return LEGACY_DR_MODES.get(mode, mode)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and what to change."""
 
 
 @dataclass(frozen=True)
@@ -114,15 +106,6 @@ class NetworkConfig:
     def overrides(self) -> dict[str, int]:
         """The per-side sizes that are set (empty: actor and critic share depth and width)."""
         return {k: v for k in SIDE_FIELDS if (v := getattr(self, k)) is not None}
-
-    def to_dict(self) -> dict[str, Any]:
-        """config.json's form: unset overrides are left out, so a run with shared sizes writes
-        exactly what runs wrote before the overrides existed."""
-        out = dataclasses.asdict(self)
-        for k in SIDE_FIELDS:
-            if out[k] is None:
-                del out[k]
-        return out
 
     @property
     def num_blocks(self) -> int:
@@ -232,12 +215,9 @@ class TrainConfig:
         return math.ceil(self.replay.min_replay_steps / self.replay.unroll_length) - 1
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["network"] = self.network.to_dict()  # leaves unset actor/critic overrides out
-        if not self.learners:  # a run without learners writes what runs wrote before them
-            del out["learners"]
-        else:
-            out["learners"] = list(self.learners)
+        """config.json's form: the format, every field, and the sizes derived from them."""
+        out = {"format": RUN_FORMAT, **dataclasses.asdict(self)}
+        out["learners"] = list(self.learners)
         out["derived"] = {
             "env_steps_per_iteration": self.env_steps_per_iteration,
             "sgd_steps_per_iteration": self.sgd_steps_per_iteration,
@@ -248,22 +228,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict` (config.json of a run); derived sizes are recomputed. A network
-        without actor_*/critic_* keys (every run before they existed) shares depth and width."""
+        """Inverse of `to_dict` (config.json of a run); derived sizes are recomputed. A config of
+        another format (an older crl's) is refused in one line."""
+        found = data.get("format") if isinstance(data, dict) else None
+        if found != RUN_FORMAT:
+            raise ConfigError(
+                f"config.json: a run of {'no format' if found is None else repr(found)}, from "
+                f"another crl version (this one reads {RUN_FORMAT!r}); train it again with "
+                "crl-train --out NEW_DIR, or use the crl version that wrote it"
+            )
         try:
             return cls(
                 task=data["task"],
                 seed=data["seed"],
                 total_steps=data["total_steps"],
-                dr=cast(DrSetting, read_dr(data["dr"])),  # validate() checks the value
-                physics=data.get("physics", "jax"),  # runs before it were all jax
+                dr=data["dr"],  # validate() checks the value
+                physics=data["physics"],
                 network=NetworkConfig(**data["network"]),
                 algo=AlgoConfig(**data["algo"]),
                 replay=ReplayConfig(**data["replay"]),
                 eval=EvalConfig(**data["eval"]),
                 keep_checkpoints=data["keep_checkpoints"],
                 log_every=data["log_every"],
-                learners=tuple(data.get("learners", ())),
+                learners=tuple(data["learners"]),
             )
         except (KeyError, TypeError) as e:
             raise ConfigError(f"config.json: unreadable training config ({e})") from None
@@ -325,7 +312,7 @@ PAPER = TrainConfig(
 # servo's limit) and 20/20 goals in the closed loop; at 5.0 it learned slower and held 95.5%.
 # Later checkpoints can still drift (seed 1's last one: 82%), which the best-checkpoint export
 # (by time at goal under training DR) does not take. (These were measured before observation
-# noise got one random stream per field; seed 0 since then: README, "Two commands".)
+# noise got one random stream per field; seed 0 since then: docs/benchmarks.md, "Quickstart".)
 QUICK = TrainConfig(
     task=tyro.MISSING,
     total_steps=600_000,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crl.sim.env import jit as env_jit
-from crl.train.config import NetworkConfig, read_dr
+from crl.train.config import NetworkConfig
 from crl.train.networks import Actor, deterministic_action
 
 Evaluator = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
@@ -124,7 +124,7 @@ def evaluate_run(
     from crl.train.checkpoint import load_run
 
     run = load_run(run_dir, step)
-    dr = dr or read_dr(run.config["dr"])
+    dr = dr or run.config["dr"]
     env = tasks.make(run.config["task"], dr=dr)
     net = run.spec.network
     assert net is not None  # the trainer always writes it

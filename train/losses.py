@@ -9,26 +9,16 @@ bonus whose weight α is tuned towards a target entropy.
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 
-from crl.train.config import NetworkConfig
-from crl.train.networks import Actor, Encoder
+from crl.train.networks import Networks
 
 # Added inside the log of the tanh Jacobian, as the paper's code does, so saturated actions keep
 # a finite log-probability.
 TANH_LOG_DET_EPS = 1e-6
-
-
-class Networks(NamedTuple):
-    """The three modules of CRL: actor π(a | s, g), φ(s, a) and ψ(g)."""
-
-    actor: Actor
-    sa_encoder: Encoder
-    g_encoder: Encoder
 
 
 class Batch(NamedTuple):
@@ -37,10 +27,6 @@ class Batch(NamedTuple):
     obs: jax.Array  # [B, obs_dim]
     action: jax.Array  # [B, act_dim]
     goal: jax.Array  # [B, goal_dim]
-
-
-def make_networks(config: NetworkConfig, action_dim: int) -> Networks:
-    return Networks(Actor(config, action_dim), Encoder(config), Encoder(config))
 
 
 def _norm(diff: jax.Array) -> jax.Array:
@@ -182,24 +168,3 @@ def alpha_loss(log_alpha: jax.Array, log_prob: jax.Array, target_entropy: float)
 def target_entropy(action_dim: int, entropy_scale: float) -> float:
     """The paper's target entropy, −entropy_scale · |A| (−|A|/2 by default)."""
     return -entropy_scale * action_dim
-
-
-def init_params(nets: Networks, key: jax.Array, obs_dim: int, goal_dim: int) -> dict[str, Any]:
-    """Initial parameters {actor, sa_encoder, g_encoder}, each the inner flax `params` dict."""
-    k_actor, k_sa, k_g = jax.random.split(key, 3)
-    act_dim = nets.actor.action_dim
-    obs, goal = jnp.zeros((1, obs_dim)), jnp.zeros((1, goal_dim))
-    return {
-        "actor": nets.actor.init(k_actor, obs, goal)["params"],
-        "sa_encoder": nets.sa_encoder.init(k_sa, jnp.zeros((1, obs_dim + act_dim)))["params"],
-        "g_encoder": nets.g_encoder.init(k_g, goal)["params"],
-    }
-
-
-def param_counts(nets: Networks, obs_dim: int, goal_dim: int) -> dict[str, int]:
-    """Parameters of each network as `init_params` builds it, and their total: counted from
-    the modules' parameter trees (shapes only, nothing is computed), not from a formula."""
-    shapes = jax.eval_shape(lambda: init_params(nets, jax.random.PRNGKey(0), obs_dim, goal_dim))
-    counts = {name: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
-              for name, tree in shapes.items()}
-    return {**counts, "total": sum(counts.values())}

@@ -17,15 +17,16 @@ may differ from the encoders' (`NetworkConfig.actor_depth`, `.critic_width`, ...
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crl.sim.spec import BLOCK_LAYERS
+from crl.core.spec import BLOCK_LAYERS
 from crl.train.config import DType, NetworkConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -77,8 +78,9 @@ class BlockScan:
 # shipped choices are measured and tested against; compile time grows with depth.
 UNROLLED = BlockScan(unroll=0, remat="none")
 
-# The shipped choice per jax backend, picked with bench/learner_speed.py (README, "Learner
-# speed"); backends not listed (TPU) take "gpu"'s. Edit an entry to change a backend's choice.
+# The shipped choice per jax backend, picked with bench/learner_speed.py (docs/benchmarks.md,
+# "Learner speed"); backends not listed (TPU) take "gpu"'s. Edit an entry to change a backend's
+# choice.
 # cpu: measured on the 2-core EPYC: "dots" makes one SGD update as fast as the unrolled network
 #   (depth 16: 0.91x, 64: 1.00x, 256: 1.00x); plain scan took 1.2x at 16-64. 2 or 4 blocks a
 #   trip were 4-7% slower at depth 16, within 2% at 64 and 2-7% faster at 256, but compiled
@@ -205,3 +207,36 @@ def trunk_param_count(in_dim: int, config: NetworkConfig) -> int:
     stem = in_dim * w + w + 2 * w
     per_layer = w * w + w + 2 * w
     return stem + config.depth * per_layer
+
+
+class Networks(NamedTuple):
+    """The three modules of CRL: actor π(a | s, g), φ(s, a) and ψ(g)."""
+
+    actor: Actor
+    sa_encoder: Encoder
+    g_encoder: Encoder
+
+
+def make_networks(config: NetworkConfig, action_dim: int) -> Networks:
+    return Networks(Actor(config, action_dim), Encoder(config), Encoder(config))
+
+
+def init_params(nets: Networks, key: jax.Array, obs_dim: int, goal_dim: int) -> dict[str, Any]:
+    """Initial parameters {actor, sa_encoder, g_encoder}, each the inner flax `params` dict."""
+    k_actor, k_sa, k_g = jax.random.split(key, 3)
+    act_dim = nets.actor.action_dim
+    obs, goal = jnp.zeros((1, obs_dim)), jnp.zeros((1, goal_dim))
+    return {
+        "actor": nets.actor.init(k_actor, obs, goal)["params"],
+        "sa_encoder": nets.sa_encoder.init(k_sa, jnp.zeros((1, obs_dim + act_dim)))["params"],
+        "g_encoder": nets.g_encoder.init(k_g, goal)["params"],
+    }
+
+
+def param_counts(nets: Networks, obs_dim: int, goal_dim: int) -> dict[str, int]:
+    """Parameters of each network as `init_params` builds it, and their total: counted from
+    the modules' parameter trees (shapes only, nothing is computed), not from a formula."""
+    shapes = jax.eval_shape(lambda: init_params(nets, jax.random.PRNGKey(0), obs_dim, goal_dim))
+    counts = {name: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+              for name, tree in shapes.items()}
+    return {**counts, "total": sum(counts.values())}

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from crl.train.checkpoint import CheckpointError
-from crl.train.config import read_dr
 
 CURVE_FILE = "learning_curve.png"
 LEARNERS_FILE = "learners.json"  # a run with learners: every agent's evaluations side by side
@@ -28,7 +27,7 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
     data = json.loads(path.read_text())
     evaluations = data.get("evaluations", [])
     steps = [e["env_steps"] for e in evaluations]
-    dr = read_dr(data.get("dr", "train"))
+    dr = data.get("dr", "train")
     splits = {"train": f"training env (DR {dr})", "held_out": "held-out DR"}
     spec_path = run_dir / "spec.json"
     radius = json.loads(spec_path.read_text())["success_radius"] if spec_path.is_file() else None

@@ -41,8 +41,6 @@ class Transition:
 
 # The end of an episode that is still running (later than any logical time).
 NOT_ENDED = np.iinfo(np.int32).max
-# The episode index's fields (what `rebuild_index` derives from the rows' `t`).
-INDEX_FIELDS = ("episode", "episode_end", "last_episode")
 
 
 @struct.dataclass
@@ -127,23 +125,6 @@ def insert(state: ReplayState, unroll: Transition) -> ReplayState:
         last_episode=episode[-1],
         written=state.written + length,
     )
-
-
-def rebuild_index(data: Transition, written: int) -> ReplayState:
-    """The buffer of `data` (rows where `insert` put them, `written` rows so far) with its episode
-    index rebuilt from the rows' `t`: a checkpoint from before the index restores through this.
-    Sampling from it gives what the index built row by row would (episode numbers may differ).
-    """
-    data = jax.tree.map(jnp.asarray, data)
-    cap = data.t.shape[0]
-    written = int(written)
-    held = min(written, cap)
-    state = _with_empty_index(data, jnp.asarray(written - held, jnp.int32))
-    if held == 0:
-        return state
-    order = (written - held + np.arange(held)) % cap  # oldest first: back where they were
-    rebuilt: ReplayState = jax.jit(insert)(state, jax.tree.map(lambda x: x[order], data))
-    return rebuilt
 
 
 def truncated_geometric(key: jax.Array, gamma: float, horizon: jax.Array) -> jax.Array:

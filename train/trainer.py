@@ -1,34 +1,11 @@
-"""Deep residual Contrastive RL (Wang et al., 2025): the training loop, top to bottom.
+"""The training run's host loop: run directory, evaluation, checkpoints, logging.
 
-One training iteration is one jitted call:
-  1. collect `unroll_length` steps in `num_envs` environments with the stochastic actor and
-     append them to the on-device trajectory buffer;
-  2. once the buffer holds `min_replay_steps`, run `sgd_steps_per_iteration` SGD steps; each
-     samples a relabeled batch, updates the actor and α, then the critic, on that same batch.
-Around it, plain Python: evaluation every `eval_every` env steps (deterministic actor, fresh
-goals, optionally held-out domain randomization), a checkpoint at each evaluation, TensorBoard,
-a progress bar, and a finiteness check that stops a diverged run before it is saved.
-
-Data parallel: on a `Mesh` of N devices (`make_mesh`) the iteration is one SPMD program. The
-environments and the replay buffer's env columns are split across the devices, parameters,
-optimiser state and the RNG key are replicated, and each SGD batch is split along its rows; XLA
-inserts the collectives (the batch gather from the sharded buffer, the all-gather of ψ for the
-global InfoNCE negatives, the gradient all-reduce). Every random draw is the single-device one
-(threefry is partitionable), so N devices compute what one device computes, up to float
-rounding. In a multi-process run (`init_distributed`) each process holds its devices' envs.
-
-Learners (`TrainConfig.learners`, the paper's exploration versus expressivity): agents of given
-depths that never act. The run's own agent, the collector, acts and fills the buffer as it would
-alone. After each of its iterations the learners' own compiled program (`make_learning`) repeats
-that iteration's SGD steps from the same key on the buffer it left: the same batches, the same
-actor noise. Nothing of the collector's program reads the learners, so the collector's
-parameters, buffer and env states are bitwise those of the run without learners. Each learner's
-own actor is evaluated on the collector's evaluation episodes; `learners.json` and
-`learners.png` put them side by side.
-
-Resume is exact: the checkpoint holds everything the next iteration reads (parameters, Adam
-moments, α, buffer, env states, RNG), evaluation draws from its own key, and every iteration is
-the same compiled program, so a resumed run reproduces the uninterrupted one bit for bit on CPU.
+`train` builds the agent (`crl.train.agent`) and its learners (`crl.train.learners`), compiles
+their programs and the evaluators at once, and runs the iterations. Around them, plain Python:
+evaluation every `eval_every` env steps (deterministic actor, fresh goals, optionally held-out
+domain randomization) and a checkpoint at each (`RunRecorder`), TensorBoard and a progress bar
+(`_Logger`), and a finiteness check that stops a diverged run before it is saved. Evaluation
+draws from its own key, so a resumed run evaluates what the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -36,528 +13,42 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import struct
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from crl.sim.atomic import write_json
-from crl.sim.env import jit as env_jit
+from crl.core.atomic import write_json
+from crl.core.usage import ConfigError
 from crl.sim.physics import check_physics
-from crl.sim.spec import NetworkSpec
-from crl.train import losses, replay
-from crl.train.checkpoint import (
-    CONFIG_FILE,
-    SPEC_FILE,
-    Checkpointer,
-    CheckpointError,
-    checkpoint_steps,
-    git_commit,
+from crl.train import learners
+from crl.train.agent import (
+    COLLECTOR,
+    EVAL_STREAM,
+    Setup,
+    TrainState,
+    host_local,
+    init_state,
+    make_iteration,
+    make_mesh,
+    make_setup,
+    run_spec,
+    state_shardings,
 )
-from crl.train.config import ConfigError, NetworkConfig, TrainConfig, validate, validate_devices
-from crl.train.evaluate import evaluation_key, make_evaluator, paper_score, summarize
+from crl.train.checkpoint import SPEC_FILE, Checkpointer, prepare_run_dir
+from crl.train.config import TrainConfig, validate, validate_devices
+from crl.train.evaluate import evaluation_key, paper_score, summarize
 from crl.train.plots import LEARNERS_FILE, plot_learners, plot_learning_curve
 
 EVAL_FILE = "eval.json"
-COLLECTOR = "collector"  # the agent that acts, beside the learners (learners.json)
-# Independent random streams derived from the seed: training, evaluation.
-TRAIN_STREAM, EVAL_STREAM = 0, 1
-# The one mesh axis: data parallelism over environments and batch rows.
-DATA_AXIS = "data"
-# What the SGD loop carries: parameters, log α and the actor, critic and α optimiser states.
-Carry = tuple[dict[str, Any], jax.Array, Any, Any, Any]
 
 
 class DivergedError(RuntimeError):
     """A loss or parameter became non-finite; the message names it, the step, the checkpoint."""
-
-
-@struct.dataclass
-class AgentState:
-    """A learner: what `update` carries (a `Carry`), under names a checkpoint can show."""
-
-    params: dict[str, Any]
-    log_alpha: jax.Array
-    actor_opt: optax.OptState
-    critic_opt: optax.OptState
-    alpha_opt: optax.OptState
-
-    def carry(self) -> Carry:
-        return self.params, self.log_alpha, self.actor_opt, self.critic_opt, self.alpha_opt
-
-
-@struct.dataclass
-class TrainState:
-    """Everything one iteration reads and writes (and what a checkpoint holds)."""
-
-    params: dict[str, Any]  # {"actor", "sa_encoder", "g_encoder"}
-    log_alpha: jax.Array
-    actor_opt: optax.OptState
-    critic_opt: optax.OptState
-    alpha_opt: optax.OptState
-    env_state: Any  # the env's State, batched over num_envs
-    buffer: replay.ReplayState
-    key: jax.Array
-    iteration: jax.Array  # i32: iterations completed
-    sgd_steps: jax.Array  # i32: SGD steps taken
-    # One per `TrainConfig.learners` depth, in its order; last, so a run without learners has
-    # the leaves (and checkpoint names) it always had.
-    learners: tuple[AgentState, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """The static pieces an iteration is built from."""
-
-    config: TrainConfig
-    env: Any
-    nets: losses.Networks
-    actor_tx: optax.GradientTransformation
-    critic_tx: optax.GradientTransformation
-    alpha_tx: optax.GradientTransformation
-    name: str = COLLECTOR  # the agent's name in metrics and learners.json
-    learners: tuple[Setup, ...] = ()  # the collector's learners, each with its own config
-
-    @property
-    def spec(self) -> Any:
-        return self.env.spec
-
-
-def make_setup(config: TrainConfig, env: Any) -> Setup:
-    """The collector's setup, with one for each of its learners."""
-    learners = tuple(
-        _agent_setup(learner_config(config, depth), env, learner_name(depth))
-        for depth in config.learners
-    )
-    return dataclasses.replace(_agent_setup(config, env, COLLECTOR), learners=learners)
-
-
-def _agent_setup(config: TrainConfig, env: Any, name: str) -> Setup:
-    a = config.algo
-    return Setup(
-        config=config,
-        env=env,
-        nets=losses.make_networks(config.network, env.spec.act_dim),
-        actor_tx=optax.adam(a.actor_lr),
-        critic_tx=optax.adam(a.critic_lr),
-        alpha_tx=optax.adam(a.alpha_lr),
-        name=name,
-    )
-
-
-def learner_config(config: TrainConfig, depth: int) -> TrainConfig:
-    """A learner's config: the collector's, with actor and critic both `depth` deep."""
-    network = dataclasses.replace(config.network, depth=depth, actor_depth=None,
-                                  critic_depth=None)
-    return dataclasses.replace(config, network=network, learners=())
-
-
-def learner_name(depth: int) -> str:
-    return f"learner_d{depth}"
-
-
-def init_state(setup: Setup, mesh: Mesh | None = None) -> TrainState:
-    """Fresh networks, optimisers, α = 1, an empty buffer, environments about to reset.
-
-    With a mesh, built by one jitted program straight into `state_shardings`: each device (each
-    process) materialises only its own envs and buffer columns.
-    """
-    if mesh is not None:
-        shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
-        state: TrainState = jax.jit(lambda: _init_state(setup), out_shardings=shardings)()
-        return state
-    return _init_state(setup)
-
-
-def _init_state(setup: Setup) -> TrainState:
-    c, spec = setup.config, setup.spec
-    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), TRAIN_STREAM)
-    key, k_params, k_env = jax.random.split(key, 3)
-    agent = _init_agent(setup, k_params)
-    return TrainState(
-        params=agent.params,
-        log_alpha=agent.log_alpha,
-        actor_opt=agent.actor_opt,
-        critic_opt=agent.critic_opt,
-        alpha_opt=agent.alpha_opt,
-        env_state=_pending_resets(setup.env, jax.random.split(k_env, c.replay.num_envs)),
-        buffer=replay.init(
-            c.replay.buffer_steps, c.replay.num_envs, spec.obs_dim, spec.act_dim, spec.goal_dim
-        ),
-        key=key,
-        iteration=jnp.zeros((), jnp.int32),
-        sgd_steps=jnp.zeros((), jnp.int32),
-        # The collector's key: a learner of the collector's own shape starts where it does.
-        learners=tuple(_init_agent(learner, k_params) for learner in setup.learners),
-    )
-
-
-def _init_agent(setup: Setup, key: jax.Array) -> AgentState:
-    """Fresh networks from `key`, their optimisers, α = 1."""
-    spec = setup.spec
-    params = jax.jit(losses.init_params, static_argnums=(0, 2, 3))(
-        setup.nets, key, spec.obs_dim, spec.goal_dim
-    )
-    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
-    log_alpha = jnp.zeros((), jnp.float32)
-    return AgentState(
-        params=params,
-        log_alpha=log_alpha,
-        actor_opt=setup.actor_tx.init(params["actor"]),
-        critic_opt=setup.critic_tx.init(critic),
-        alpha_opt=setup.alpha_tx.init(log_alpha),
-    )
-
-
-def make_mesh(devices: int | None = None) -> Mesh:
-    """A 1-D `DATA_AXIS` mesh over the first `devices` devices (default: all of them; in a
-    multi-process run, every process's devices, in process order, so each holds its own envs)."""
-    available = jax.devices()
-    n = len(available) if devices is None else devices
-    if not 1 <= n <= len(available):
-        raise ConfigError(f"devices: {n} requested, {len(available)} available")
-    if jax.process_count() > 1 and n != len(available):
-        raise ConfigError(
-            f"devices: a multi-process run trains on all {len(available)} devices of its "
-            f"{jax.process_count()} processes; drop --devices"
-        )
-    return Mesh(np.array(available[:n]), (DATA_AXIS,))
-
-
-def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
-    """Where each leaf of `state` (arrays or their shapes) lives: env states split along their
-    env axis, the buffer along its env columns (`data[time, env]`), everything else replicated."""
-    replicated, envs = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    columns = NamedSharding(mesh, P(None, DATA_AXIS))
-    # Trees of shardings shaped like the state: every buffer leaf by env columns but the
-    # per-column episode numbers (by env) and the clock (replicated).
-    buffer = dataclasses.replace(
-        jax.tree.map(lambda _: columns, state.buffer), last_episode=envs, written=replicated
-    )
-    shardings: TrainState = jax.tree.map(lambda _: replicated, state)
-    return dataclasses.replace(
-        shardings, env_state=jax.tree.map(lambda _: envs, state.env_state), buffer=buffer
-    )
-
-
-def host_local(tree: Any) -> Any:
-    """A replicated tree as arrays on this process's first device: what evaluation and other
-    single-device programs take (in a multi-process run a global array is not addressable)."""
-    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
-
-
-def _pending_resets(env: Any, keys: jax.Array) -> Any:
-    """Env states that are all `done`, so the first collect step resets them from `keys`.
-
-    The iteration's own `reset_if_done` draws the first episodes: no separate reset program to
-    compile before training starts.
-    """
-    shapes = jax.eval_shape(jax.vmap(env.reset), keys)
-    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return state.replace(done=jnp.ones_like(state.done), rng=keys)
-
-
-def upgrade_state(state: TrainState, missing: set[str]) -> TrainState:
-    """Complete a state restored from a checkpoint written before the replay's episode index
-    (`Checkpointer.restore_state`): the index is rebuilt from the stored rows' `t`."""
-    index = {f"buffer.{name}" for name in replay.INDEX_FIELDS}
-    if not missing <= index:
-        raise CheckpointError(
-            f"the checkpoint lacks {', '.join(sorted(missing - index))}: it is not from an "
-            "earlier version of this run's training state"
-        )
-    if not missing:
-        return state
-    buffer = state.buffer
-    return dataclasses.replace(
-        state, buffer=replay.rebuild_index(buffer.data, int(buffer.written))
-    )
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _finite(params: dict[str, Any], log_alpha: jax.Array, prefix: str = "") -> dict[str, Any]:
-    """The `finite/` flags `check_finite` reads for one agent (a learner's name as `prefix`)."""
-    return {
-        f"finite/{prefix}actor": _all_finite(params["actor"]),
-        f"finite/{prefix}critic": _all_finite({k: params[k] for k in ("sa_encoder", "g_encoder")}),
-        f"finite/{prefix}log_alpha": jnp.isfinite(log_alpha),
-    }
-
-
-def constrain(tree: Any, spec: P, mesh: Mesh | None) -> Any:
-    """`tree` laid out over `mesh` as `spec` says (unchanged without a mesh)."""
-    if mesh is None:
-        return tree
-    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
-
-
-def collect(
-    setup: Setup, actor_params: dict[str, Any], env_state: Any, key: jax.Array
-) -> tuple[Any, replay.Transition, dict[str, Any]]:
-    """One unroll of every env with the stochastic actor: the env states after it, the
-    transitions (time-major), and the fraction of steps at the goal and ended early."""
-    env, nets = setup.env, setup.nets
-
-    def step(
-        env_state: Any, key: jax.Array
-    ) -> tuple[Any, tuple[replay.Transition, jax.Array, jax.Array]]:
-        env_state = jax.vmap(env.reset_if_done)(env_state)  # episodes that ended last step
-        obs, goal = env_state.obs, env_state.goal
-        # flax types `apply` as the output or (output, mutated variables); nothing mutates.
-        mean, log_std = cast(
-            tuple[jax.Array, jax.Array], nets.actor.apply({"params": actor_params}, obs, goal)
-        )
-        action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
-        next_state = jax.vmap(env.step)(env_state, action)
-        # t is 0 on an episode's first step, however the last one ended (its length or an
-        # early termination): the buffer's episode index opens an episode there.
-        transition = replay.Transition(
-            obs=env_state.obs,
-            action=action,
-            next_achieved=next_state.achieved_goal,
-            t=env_state.t,
-        )
-        terminated = next_state.done & (next_state.t < env.episode_length)
-        return next_state, (transition, next_state.success, terminated)
-
-    keys = jax.random.split(key, setup.config.replay.unroll_length)
-    env_state, (unroll, success, terminated) = jax.lax.scan(step, env_state, keys)
-    # Episodes ended early per env step (a fallen robot), beside the fraction at goal.
-    metrics = {"collect_at_goal": jnp.mean(success), "collect_terminated": jnp.mean(terminated)}
-    return env_state, unroll, metrics
-
-
-def sgd_step(
-    setup: Setup, mesh: Mesh | None, carry: Carry, key: jax.Array, buffer: replay.ReplayState
-) -> tuple[Carry, dict[str, Any]]:
-    """One SGD step on a relabeled batch: the actor and α against the current critic, then the
-    critic, on the same batch."""
-    c, nets = setup.config, setup.nets
-    target_entropy = losses.target_entropy(setup.spec.act_dim, c.algo.entropy_scale)
-    last_action = setup.spec.observation_slices().get("last_action")
-    params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
-    k_batch, k_actor = jax.random.split(key)
-    batch, _ = replay.sample(buffer, k_batch, c.algo.batch_size, c.algo.gamma)
-    # Rows split across devices; the InfoNCE negatives still span the global batch (the
-    # compiler all-gathers ψ), so the loss is the single-device one (README, Training).
-    batch = constrain(batch, P(DATA_AXIS), mesh)
-    critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
-
-    # Actor and α first, against the current critic.
-    (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
-        losses.actor_loss, has_aux=True
-    )(params["actor"], critic, log_alpha, nets, batch, k_actor, c.algo.action_rate_penalty,
-      last_action)
-    alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
-        log_alpha, log_prob, target_entropy
-    )
-    updates, actor_opt = setup.actor_tx.update(actor_grad, actor_opt)
-    actor_params = optax.apply_updates(params["actor"], updates)
-    updates, alpha_opt = setup.alpha_tx.update(alpha_grad, alpha_opt)
-    log_alpha = optax.apply_updates(log_alpha, updates)
-
-    # Then the critic, on the same batch.
-    (_, critic_metrics), critic_grad = jax.value_and_grad(losses.critic_loss, has_aux=True)(
-        critic, nets, batch, c.algo.logsumexp_penalty
-    )
-    updates, critic_opt = setup.critic_tx.update(critic_grad, critic_opt)
-    critic = optax.apply_updates(critic, updates)
-
-    params = {"actor": actor_params, **critic}
-    metrics = {
-        **actor_metrics,
-        **critic_metrics,
-        "alpha_loss": alpha_value,
-        "alpha": jnp.exp(log_alpha),
-    }
-    return (params, log_alpha, actor_opt, critic_opt, alpha_opt), metrics
-
-
-def iteration_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """An iteration's keys from the state's: the next state's, the collect's and the SGD's
-    (which the learners take too, to sample the collector's batches)."""
-    next_key, k_collect, k_sgd = jax.random.split(key, 3)
-    return next_key, k_collect, k_sgd
-
-
-def sgd_steps(
-    setup: Setup, mesh: Mesh | None, carry: Carry, buffer: replay.ReplayState, key: jax.Array,
-    trains: jax.Array,
-) -> tuple[Carry, dict[str, Any]]:
-    """An iteration's `sgd_steps_per_iteration` `sgd_step`s, their batches drawn from `key`;
-    none (zero metrics) while `trains` is false, in the prefill."""
-    c = setup.config
-
-    def sgd(
-        carry: Carry, buffer: replay.ReplayState, key: jax.Array
-    ) -> tuple[Carry, dict[str, Any]]:
-        keys = jax.random.split(key, c.sgd_steps_per_iteration)
-        carry, metrics = jax.lax.scan(lambda cr, k: sgd_step(setup, mesh, cr, k, buffer),
-                                      carry, keys)
-        return carry, jax.tree.map(jnp.mean, metrics)
-
-    def skip_sgd(
-        carry: Carry, buffer: replay.ReplayState, key: jax.Array
-    ) -> tuple[Carry, dict[str, Any]]:
-        _, shapes = jax.eval_shape(sgd, carry, buffer, key)
-        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    result: tuple[Carry, dict[str, Any]] = jax.lax.cond(trains, sgd, skip_sgd, carry, buffer,
-                                                        key)
-    return result
-
-
-def make_iteration(
-    setup: Setup, mesh: Mesh | None = None
-) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
-    """The jitted training iteration: `collect`, insert, and (after prefill) `sgd_step`s.
-
-    It takes and returns a state without learners: they train in `make_learning`'s program.
-    With a mesh it takes and returns `state_shardings` (metrics replicated), and each SGD batch
-    is split by rows across the devices.
-    """
-    c = setup.config
-    if c.algo.action_rate_penalty > 0 and "last_action" not in setup.spec.observation_slices():
-        raise ConfigError(
-            f"action_rate_penalty: {c.task!r} does not observe its last action (no "
-            "`last_action` observation field); set it to 0"
-        )
-
-    def iteration(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        key, k_collect, k_sgd = iteration_keys(state.key)
-        actor_params = state.params["actor"]
-        env_state, unroll, collect_metrics = collect(setup, actor_params, state.env_state,
-                                                     k_collect)
-        buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS), mesh))
-        state = dataclasses.replace(state, env_state=env_state, buffer=buffer, key=key)
-
-        trains = replay.size(buffer) >= c.replay.min_replay_steps
-        carry = (state.params, state.log_alpha, state.actor_opt, state.critic_opt, state.alpha_opt)
-        carry, sgd_metrics = sgd_steps(setup, mesh, carry, buffer, k_sgd, trains)
-        params, log_alpha, actor_opt, critic_opt, alpha_opt = carry
-        state = dataclasses.replace(
-            state,
-            params=params,
-            log_alpha=log_alpha,
-            actor_opt=actor_opt,
-            critic_opt=critic_opt,
-            alpha_opt=alpha_opt,
-            iteration=state.iteration + 1,
-            sgd_steps=state.sgd_steps + jnp.where(trains, c.sgd_steps_per_iteration, 0),
-        )
-        metrics = {
-            **collect_metrics,
-            **sgd_metrics,
-            "trained": trains,
-            **_finite(params, log_alpha),
-        }
-        return state, metrics
-
-    if mesh is None:
-        return env_jit(iteration, donate_argnums=0)
-    collector = dataclasses.replace(setup, learners=())
-    shardings = state_shardings(jax.eval_shape(lambda: _init_state(collector)), mesh)
-    return env_jit(
-        iteration,
-        donate_argnums=0,
-        in_shardings=(shardings,),
-        out_shardings=(shardings, NamedSharding(mesh, P())),
-    )
-
-
-Learning = Callable[
-    [tuple[AgentState, ...], replay.ReplayState, jax.Array],
-    tuple[tuple[AgentState, ...], dict[str, Any]],
-]
-
-
-def make_learning(setup: Setup, mesh: Mesh | None = None) -> Learning:
-    """The learners' jitted program, run after each collector iteration on the key that
-    iteration started from and the buffer it left (its SGD does not change the buffer): each
-    learner takes the iteration's `sgd_step`s, keys and so batches and actor noise included.
-
-    A program of its own, so the collector's is the one a run without learners compiles and
-    nothing of the learners can reach it. Metrics are named `<learner>/<metric>`; a learner's
-    non-finite loss or parameters stop the run as the collector's do.
-    """
-    c = setup.config
-
-    def learn(
-        learners: tuple[AgentState, ...], buffer: replay.ReplayState, key: jax.Array
-    ) -> tuple[tuple[AgentState, ...], dict[str, Any]]:
-        _, _, k_sgd = iteration_keys(key)
-        trains = replay.size(buffer) >= c.replay.min_replay_steps
-        updated: list[AgentState] = []
-        metrics: dict[str, Any] = {}
-        for learner, agent in zip(setup.learners, learners, strict=True):
-            carry, sgd_metrics = sgd_steps(learner, mesh, agent.carry(), buffer, k_sgd, trains)
-            agent = AgentState(*carry)
-            updated.append(agent)
-            metrics |= {f"{learner.name}/{k}": v for k, v in sgd_metrics.items()}
-            metrics |= _finite(agent.params, agent.log_alpha, f"{learner.name}/")
-        return tuple(updated), metrics
-
-    if mesh is None:
-        return env_jit(learn, donate_argnums=0)
-    replicated = NamedSharding(mesh, P())
-    shardings = state_shardings(jax.eval_shape(lambda: _init_state(setup)), mesh)
-    return env_jit(
-        learn,
-        donate_argnums=0,
-        in_shardings=(shardings.learners, shardings.buffer, replicated),
-        out_shardings=(shardings.learners, replicated),
-    )
-
-
-def run_iteration(
-    iteration: Any, learning: Any | None, state: TrainState
-) -> tuple[TrainState, dict[str, Any]]:
-    """One iteration: the collector's program on the state without its learners, then (with
-    learners) theirs, on the batches it sampled; one metrics dict."""
-    if learning is None:
-        result: tuple[TrainState, dict[str, Any]] = iteration(state)
-        return result
-    key = jnp.copy(state.key)  # the iteration donates the state, key included
-    collector, metrics = iteration(dataclasses.replace(state, learners=()))
-    learners, learner_metrics = learning(state.learners, collector.buffer, key)
-    return dataclasses.replace(collector, learners=learners), {**metrics, **learner_metrics}
-
-
-# ---------------------------------------------------------------------------------------------
-# The host loop: run directory, evaluation, checkpoints, logging.
-
-
-def run_spec(setup: Setup, env_steps: int) -> Any:
-    """The env's policy spec with the network shape and this run's provenance filled in.
-
-    The network is the actor's (what is exported); the critic's depth and width are added only
-    where they differ from it, so a run with shared sizes writes the spec it always did.
-    """
-    actor, critic = setup.config.network.actor, setup.config.network.critic
-    provenance = dataclasses.replace(
-        setup.spec.provenance, train_step=int(env_steps), git_commit=git_commit()
-    )
-    return setup.spec.replace(
-        network=NetworkSpec(
-            depth=actor.depth, width=actor.width, repr_dim=actor.repr_dim,
-            residual=actor.residual,
-            critic_depth=None if critic.depth == actor.depth else critic.depth,
-            critic_width=None if critic.width == actor.width else critic.width,
-        ),
-        provenance=provenance,
-    )
 
 
 def check_finite(metrics: dict[str, Any], env_steps: int, last_checkpoint: str) -> None:
@@ -604,51 +95,6 @@ def compile_all(
         learning = None if learned is None else learned.result()
     return compiled, learning, {agent: {split: done[id(f)] for split, f in splits.items()}
                                 for agent, splits in evaluators.items()}
-
-
-def prepare_run_dir(
-    run_dir: Path, config: TrainConfig, resume: bool, write: bool = True
-) -> TrainConfig:
-    """Create a new run directory, or check that `--resume` matches the run it continues.
-
-    Returns the config to run with: on resume, the stored one (only total_steps may change).
-    `write=False` only checks (the processes of a multi-process run other than the first).
-    """
-    config_path = run_dir / CONFIG_FILE
-    if resume:
-        if not config_path.is_file():
-            raise ConfigError(f"resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
-        stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
-        differs = _differences(stored, dataclasses.replace(config, total_steps=stored.total_steps))
-        if differs:
-            name, was, now = differs[0]
-            raise ConfigError(
-                f"{name}: the run in {run_dir} was started with {was!r}, not {now!r}; drop the "
-                "flag to resume it (only --total-steps may change) or start a new --out"
-            )
-        config = dataclasses.replace(stored, total_steps=config.total_steps)
-    elif checkpoint_steps(run_dir):
-        # A config.json without checkpoints is a run that died before its first one (in setup
-        # or compile): nothing to continue, so it starts again in place.
-        raise ConfigError(
-            f"out: {run_dir} already holds a run; pass --resume to continue it or choose "
-            "another --out"
-        )
-    if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(config_path, config.to_dict(), sort_keys=True)
-    return config
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    out = []
-    for f in dataclasses.fields(a):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if dataclasses.is_dataclass(x):
-            out += _differences(x, y, prefix)
-        elif x != y:
-            out.append((prefix + f.name, x, y))
-    return out
 
 
 @dataclasses.dataclass
@@ -706,22 +152,20 @@ class RunRecorder:
 
     def __init__(
         self, run_dir: Path, setup: Setup, checkpointer: Checkpointer,
-        evaluators: dict[str, Any], eval_key: jax.Array, evaluations: list[dict[str, Any]],
-        started: float, learner_evaluators: dict[str, dict[str, Any]] | None = None,
-        learner_evaluations: list[dict[str, Any]] | None = None,
+        evaluators: dict[str, dict[str, Any]], eval_key: jax.Array,
+        evaluations: list[dict[str, Any]], learner_evaluations: list[dict[str, Any]],
+        started: float, logger: _Logger,
     ):
-        """`learner_evaluators`: each learner's evaluators by split, in `setup.learners`' order;
-        `learner_evaluations`: learners.json's rows a resumed run keeps."""
+        """`evaluators`: every agent's by name, then split; `evaluations` and
+        `learner_evaluations`: eval.json's and learners.json's rows a resumed run keeps."""
         self.run_dir, self.setup, self.checkpointer = run_dir, setup, checkpointer
         self.evaluators, self.eval_key, self.evaluations = evaluators, eval_key, evaluations
-        self.learner_evaluators = learner_evaluators or {}
-        self.learner_evaluations = learner_evaluations or []
+        self.learner_evaluations, self.logger = learner_evaluations, logger
         self.primary = jax.process_index() == 0
         # Wall-clock in eval.json counts from the start of `train`, compile included; a resumed
         # run continues the clock of the evaluations it keeps.
         self.started = started
         self.wall_offset = evaluations[-1]["wall_s"] if evaluations else 0.0
-        self.logger: _Logger | None = None
 
     def wall(self) -> float:
         return round(self.wall_offset + time.monotonic() - self.started, 2)
@@ -729,8 +173,8 @@ class RunRecorder:
     def evaluate(self, state: TrainState, env_steps: int) -> dict[str, Any]:
         """Every evaluator on fresh episodes from this evaluation's own key; eval.json rewritten
         (by the first process) with the paper's score. Then the learners, if any, on the same
-        episodes."""
-        config = self.setup.config
+        episodes, and learners.json."""
+        config, splits = self.setup.config, self.evaluators[COLLECTOR]
         key = evaluation_key(self.eval_key, env_steps)
         record: dict[str, Any] = {
             "env_steps": env_steps,
@@ -739,8 +183,8 @@ class RunRecorder:
             # What `reset_episodes` drew this evaluation's episodes from (reproducible).
             "eval_key": np.asarray(jax.random.key_data(key)).tolist(),
         }
-        actor = host_local(state.params["actor"])
-        for name, evaluator in self.evaluators.items():
+        actor = host_local(state.agent.params["actor"])
+        for name, evaluator in splits.items():
             per_episode = jax.device_get(evaluator(actor, key))
             record[name] = summarize(per_episode, self.setup.env.episode_length)
         self.evaluations.append(record)
@@ -750,44 +194,18 @@ class RunRecorder:
             "task": config.task,
             "dr": config.dr,
             # The paper's one number for a run: mean time at goal over the last 5 evaluations.
-            "paper_score": {split: paper_score(self.evaluations, split)
-                            for split in self.evaluators},
+            "paper_score": {split: paper_score(self.evaluations, split) for split in splits},
             "evaluations": self.evaluations,
         }, sort_keys=True)
-        if self.logger is not None:
-            self.logger.evaluation(record)
-        if self.learner_evaluators:
-            self.evaluate_learners(state, record, key)
-        return record
-
-    def evaluate_learners(self, state: TrainState, record: dict[str, Any], key: jax.Array) -> None:
-        """Each learner's own actor on the very episodes the collector was just evaluated on
-        (`record`, drawn from `key`); learners.json rewritten with every agent side by side."""
-        row: dict[str, Any] = {k: record[k] for k in ("env_steps", "sgd_steps", "eval_key")}
-        row[COLLECTOR] = {split: record[split] for split in self.evaluators}
-        for (name, evaluators), agent in zip(self.learner_evaluators.items(), state.learners,
-                                             strict=True):
-            actor = host_local(agent.params["actor"])
-            row[name] = {split: summarize(jax.device_get(evaluator(actor, key)),
-                                          self.setup.env.episode_length)
-                         for split, evaluator in evaluators.items()}
-        self.learner_evaluations.append(row)
-        if not self.primary:
-            return
-        agents = (self.setup, *self.setup.learners)
-        write_json(self.run_dir / LEARNERS_FILE, {
-            "task": self.setup.config.task,
-            "dr": self.setup.config.dr,
-            "agents": {a.name: agent_info(a) for a in agents},
-            "paper_score": {
-                a.name: {split: paper_score([e[a.name] for e in self.learner_evaluations], split)
-                         for split in self.evaluators}
-                for a in agents
-            },
-            "evaluations": self.learner_evaluations,
-        }, sort_keys=True)
-        if self.logger is not None:
+        self.logger.evaluation(record)
+        if self.setup.learners:
+            row = learners.evaluate_learners(self.setup, self.evaluators, state, record, key)
+            self.learner_evaluations.append(row)
+            write_json(self.run_dir / LEARNERS_FILE,
+                       learners.learners_file(self.setup, splits, self.learner_evaluations),
+                       sort_keys=True)
             self.logger.learners(row)
+        return record
 
     def save(self, state: TrainState, env_steps: int, record: dict[str, Any]) -> str:
         """A checkpoint of `state` with its evaluation (the best by time at goal is kept), and
@@ -796,24 +214,12 @@ class RunRecorder:
         meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
         # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
         path = self.checkpointer.save(
-            env_steps, state, jax.device_get(state.params), meta,
+            env_steps, state, jax.device_get(state.agent.params), meta,
             {"time_at_goal": record["train"]["time_at_goal"]},
         )
         if self.primary:
             write_json(self.run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
         return str(path)
-
-
-def agent_info(setup: Setup) -> dict[str, Any]:
-    """learners.json's description of an agent: whether it acts, its networks' shapes and their
-    parameter counts."""
-    network = setup.config.network
-    return {
-        "acts": setup.name == COLLECTOR,
-        "actor": {"depth": network.actor.depth, "width": network.actor.width},
-        "critic": {"depth": network.critic.depth, "width": network.critic.width},
-        "params": losses.param_counts(setup.nets, setup.spec.obs_dim, setup.spec.goal_dim),
-    }
 
 
 def evaluation_due(config: TrainConfig, it: int) -> bool:
@@ -833,14 +239,13 @@ def starting_state(
     step = checkpointer.latest_step() if resume else None
     if step is None:
         return state, [], []
-    state = checkpointer.restore_state(step, state, upgrade=upgrade_state)
-    # Leaves an older checkpoint lacked come back on one device: place all as the mesh does.
-    state = jax.device_put(state, state_shardings(state, mesh))
-    evaluations, learners = (
+    state = checkpointer.restore_state(step, state)
+    state = jax.device_put(state, state_shardings(state, mesh))  # every leaf as the mesh puts it
+    evaluations, learner_evaluations = (
         [e for e in _read_evaluations(run_dir, name) if e["env_steps"] <= step]
         for name in (EVAL_FILE, LEARNERS_FILE)
     )
-    return state, evaluations, learners
+    return state, evaluations, learner_evaluations
 
 
 def train(
@@ -878,21 +283,7 @@ def train(
     # stream, so a resumed run evaluates what the uninterrupted one would have. Learners are
     # evaluated on the collector's episodes, each with its own actor (one evaluator per shape).
     eval_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM)
-    by_shape: dict[NetworkConfig, dict[str, Any]] = {}
-    for agent in (setup, *setup.learners):
-        shape = agent.config.network.actor
-        if shape not in by_shape:
-            by_shape[shape] = {"train": make_evaluator(env, agent.nets.actor,
-                                                       config.eval.eval_episodes)}
-            if held_out_env is not None:
-                by_shape[shape]["held_out"] = make_evaluator(
-                    held_out_env, agent.nets.actor, config.eval.eval_episodes
-                )
-    evaluators = {a.name: by_shape[a.config.network.actor] for a in (setup, *setup.learners)}
-    actors = {COLLECTOR: host_local(state.params["actor"])} | {
-        learner.name: host_local(agent.params["actor"])
-        for learner, agent in zip(setup.learners, state.learners, strict=True)
-    }
+    evaluators = learners.agent_evaluators(setup, env, held_out_env)
 
     start = int(state.iteration)
     env_steps = start * config.env_steps_per_iteration
@@ -900,13 +291,12 @@ def train(
     logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
     try:
         iteration_fn, learning_fn, evaluators = compile_all(
-            make_iteration(setup, mesh), make_learning(setup, mesh) if setup.learners else None,
-            state, evaluators, actors, eval_key,
+            make_iteration(setup, mesh),
+            learners.make_learning(setup, mesh) if setup.learners else None,
+            state, evaluators, learners.actors(setup, state), eval_key,
         )
-        collector = evaluators.pop(COLLECTOR)
-        recorder = RunRecorder(run_dir, setup, checkpointer, collector, eval_key, evaluations,
-                               started, evaluators, learner_evaluations)
-        recorder.logger = logger
+        recorder = RunRecorder(run_dir, setup, checkpointer, evaluators, eval_key, evaluations,
+                               learner_evaluations, started, logger)
         logger.compiled(recorder.wall())
         last_checkpoint = str(checkpointer.path(env_steps))
         # The untrained policy's figures, once: a run resumed from its step-0 checkpoint kept
@@ -915,7 +305,7 @@ def train(
             last_checkpoint = recorder.save(state, 0, recorder.evaluate(state, 0))
         pending: list[tuple[int, dict[str, Any]]] = []
         for it in range(start, config.iterations):
-            state, metrics = run_iteration(iteration_fn, learning_fn, state)
+            state, metrics = learners.run_iteration(iteration_fn, learning_fn, state)
             env_steps = (it + 1) * config.env_steps_per_iteration
             pending.append((env_steps, metrics))
             evaluate_now = evaluation_due(config, it)

@@ -54,7 +54,7 @@ from crl_runtime.convert import (
     point_of,
 )
 from crl_runtime.kinematics import GoalPoint
-from crl_runtime.node_runner import StartupError, default_controller, run_node
+from crl_runtime.node_runner import NodeStartupError, default_controller, run_node
 from crl_runtime.parameters import GOAL_REACH, declare
 
 # Newest message only, and both best-effort (sensor data) and reliable publishers match.
@@ -90,7 +90,7 @@ class GoalReach(Node):
         try:
             self.axes = goal_axes(spec.goal.fields, p["goal_axes"])
         except ValueError as e:
-            raise StartupError(str(e)) from None
+            raise NodeStartupError(str(e)) from None
         self.policy_sha256 = file_sha256(p["policy"])
         self.lock = threading.Lock()  # the controller: ticks vs goal callbacks
         self.session = new_session()
@@ -131,9 +131,9 @@ class GoalReach(Node):
 
     def _controller(self, p: dict[str, Any]) -> Controller:
         if not p["policy"]:
-            raise StartupError("parameter policy: name the policy file (policy:=policy.onnx)")
+            raise NodeStartupError("parameter policy: name the policy file (policy:=policy.onnx)")
         if not Path(p["policy"]).is_file():
-            raise StartupError(f"parameter policy: {p['policy']}: no such file")
+            raise NodeStartupError(f"parameter policy: {p['policy']}: no such file")
         try:
             policy = load_policy(p["policy"], p["backend"])
             config = robot_config.load(p["robot_config"] or policy.spec.task)
@@ -144,7 +144,7 @@ class GoalReach(Node):
             config = config.replace_safety(**overrides)
             return Controller(policy, config)
         except (PolicyError, robot_config.RobotConfigError, ObservationError) as e:
-            raise StartupError(str(e)) from None
+            raise NodeStartupError(str(e)) from None
 
     def _goal_point(self) -> GoalPoint | None:
         config, fields = self.controller.config, self.controller.spec.goal.fields

@@ -23,7 +23,7 @@ from rclpy.signals import SignalHandlerOptions
 from crl_runtime.parameters import ParameterError
 
 
-class StartupError(RuntimeError):
+class NodeStartupError(RuntimeError):
     """The node cannot run (policy, robot config, parameters); one line saying what to fix."""
 
 
@@ -36,7 +36,7 @@ def run_node(make: Callable[[], Any], args: list[str] | None = None) -> int:
     """
     Run the node `make()` builds until SIGINT/SIGTERM or its control thread ends.
 
-    Return the exit status: 1 for a StartupError (printed as one line), else the node's
+    Return the exit status: 1 for a NodeStartupError (printed as one line), else the node's
     `exit_code`.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -45,7 +45,7 @@ def run_node(make: Callable[[], Any], args: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         node = make()
-    except (StartupError, ParameterError) as e:
+    except (NodeStartupError, ParameterError) as e:
         print(f"[FATAL] [{sys.argv[0].rsplit('/', 1)[-1]}]: {e}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 1

@@ -1,5 +1,5 @@
 """
-ROS 2 node `sim_bridge`: the MuJoCo sim robot (crl.sim.robot.SimRobot) speaking ROS.
+ROS 2 node `sim_bridge`: the MuJoCo sim robot (crl.testbed.robot.SimRobot) speaking ROS.
 
 It stands in for a robot's drivers and ros2_control: joint states (with the randomization
 draw's sensor noise), odometry and TF for a floating base, and a forward command controller's
@@ -24,7 +24,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from crl.runtime import robot_config
-from crl_runtime.node_runner import StartupError, default_controller, run_node
+from crl_runtime.node_runner import NodeStartupError, default_controller, run_node
 from crl_runtime.parameters import SIM_BRIDGE, declare
 
 
@@ -36,20 +36,21 @@ class SimBridge(Node):
         self.params = p = declare(self, SIM_BRIDGE)
         try:
             config = robot_config.load(p["robot_config"])
-            from crl.sim.robot import SimRobot
+            from crl.testbed.robot import SimRobot
 
             self.get_logger().info(f"{config.task}: building the sim robot (jax compiles the "
                                    "env's reset; this takes a while on a small CPU)")
             self.robot = SimRobot(config.task, dr=p["dr"], seed=p["seed"])
         except ModuleNotFoundError as e:
-            raise StartupError(f"the sim robot needs crl's train extra (jax, MJX): {e}") from None
+            raise NodeStartupError(
+                f"the sim robot needs crl's train extra (jax, MJX): {e}") from None
         except (robot_config.RobotConfigError, ValueError) as e:
-            raise StartupError(str(e)) from None
+            raise NodeStartupError(str(e)) from None
         self.command_joints = config.command_joints
         if sorted(self.command_joints) != sorted(self.robot.action_joints):
-            raise StartupError(f"robot_config {p['robot_config']}: command_joints "
-                               f"{list(self.command_joints)} are not the task's actuated joints "
-                               f"{list(self.robot.action_joints)}")
+            raise NodeStartupError(f"robot_config {p['robot_config']}: command_joints "
+                                   f"{list(self.command_joints)} are not the task's actuated "
+                                   f"joints {list(self.robot.action_joints)}")
         kind = self.robot.action_kind
         self.command_topic = p["command_topic"] or \
             f"/{p['controller'] or default_controller(kind)}/commands"
@@ -144,7 +145,7 @@ class SimBridge(Node):
 
     def run(self, stop: threading.Event) -> None:
         """Step physics in real time until `stop` or the episode budget is spent."""
-        from crl.sim.robot import ActionError
+        from crl.testbed.robot import ActionError
 
         robot, p = self.robot, self.params
         robot.reset(0)

@@ -85,8 +85,8 @@ def share() -> Path:
 
 def reacher_spec() -> Any:
     """Build the reacher's policy spec by hand (as the env writes it), so no jax is needed."""
+    from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
     from crl.runtime import robot_config
-    from crl.sim.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
 
     xml = robot_config.ASSETS / "reacher.xml"
     joints = ("shoulder", "elbow")

@@ -29,6 +29,7 @@ from typing import IO, Any
 import numpy as np
 import zmq
 
+from crl.core.latency import summarize
 from crl.runtime.auth import Keys, load_keys
 from crl.runtime.messages import Telemetry
 from crl.runtime.transport import Endpoints, send_goal, status_reader, telemetry_reader
@@ -191,9 +192,7 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
         "final_distance_median": float(np.median(final)),
         "time_at_goal_mean": float(np.mean([g["time_at_goal"] for g in scored])),
         "runtime": last_status or {},
-        "robot_end_to_end_ms": {"p50": float(np.percentile(lat, 50)),
-                                "p99": float(np.percentile(lat, 99)),
-                                "max": float(np.max(lat)), "samples": len(latencies)},
+        "robot_end_to_end_ms": {**summarize(lat), "samples": len(latencies)},
         "wall_s": round(time.monotonic() - started, 1),
     }
 

@@ -4,7 +4,7 @@ around the model's reference pose, so the controller has live data to assemble a
 it measures is the loop and the transport (observation stamp → action received, on its own
 clock), which is what a robot's computer adds to the policy's latency.
 
-    python -m crl.runtime.loopback_robot --robot reacher --hz 100 --port 5560 --report out.json
+    python -m crl.testbed.loopback_robot --robot reacher --hz 100 --port 5560 --report out.json
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from crl.core.atomic import write_json
+from crl.core.latency import summarize
 from crl.runtime import robot_config
 from crl.runtime.loop import open_realtime
 from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
-from crl.sim.atomic import write_json
 
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 # ZMQ's poll waits whole milliseconds: the last FINE_POLL_S before each sample polls without
@@ -91,9 +92,10 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
     finally:
         link.close()
     lat = np.asarray(latencies) * 1e3 if latencies else np.asarray([math.nan])
+    e2e = summarize(lat)
     summary: dict[str, float | int] = {
-        "actions_received": received, "end_to_end_p50_ms": float(np.percentile(lat, 50)),
-        "end_to_end_p99_ms": float(np.percentile(lat, 99)), "end_to_end_max_ms": float(lat.max()),
+        "actions_received": received, "end_to_end_p50_ms": e2e["p50"],
+        "end_to_end_p99_ms": e2e["p99"], "end_to_end_max_ms": e2e["max"],
     }
     if report is not None:
         write_json(report, {**summary, "end_to_end_ms": [float(x) for x in lat]})

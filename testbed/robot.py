@@ -39,7 +39,8 @@ import mujoco
 import numpy as np
 from numpy.typing import NDArray
 
-from crl.sim.config import OBSERVATION_FIELDS, ConfigError
+from crl.core.usage import ConfigError
+from crl.sim.config import OBSERVATION_FIELDS
 from crl.sim.randomization import Draw
 
 if TYPE_CHECKING:
@@ -115,7 +116,9 @@ class SimRobot:
 
     def __init__(self, task: str, dr: str = "off", seed: int = 0, env: GoalReachEnv | None = None):
         from crl.sim.env import DR_MODES, jit
+        from crl.sim.setup import setup_jax
 
+        setup_jax()  # XLA flags and the MJX patch before the env compiles (the ROS sim_bridge)
         if dr not in DR_MODES:
             raise RobotError(f"dr: {dr!r} is not one of {', '.join(DR_MODES)}")
         if env is None:

@@ -1,20 +1,20 @@
-"""The `crl-*` console scripts: each says in one line which extra to install when its command
-needs one that is missing, instead of a traceback from deep inside an import.
+"""How every `crl-*` command reports a mistake a user can make: one line on stderr and exit
+status `USAGE_ERROR`; a command whose extra is missing names that extra in the one line,
+instead of a traceback from deep inside an import.
 
 The plain install is the robot's (the spec, the runtime, `crl-run`); ONNX Runtime comes from the
 `cpu` or the `gpu` extra, training and simulation from `train` (Python ≥ 3.11, jax's floor).
-The entry points live here, in the last stage, because they import every stage's command line,
-and only when called: importing this module needs the standard library alone.
+Each package's command line has its own entry point, which runs its `main` through
+`run_command`; importing this module needs the standard library alone.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-USAGE_ERROR = 2  # as the commands' own one-line mistakes (crl-train, crl-sim) and argparse
+USAGE_ERROR = 2  # every crl-* command's status for a mistake a user can make (argparse's too)
 TRAIN_PYTHON = (3, 11)
 
 # The modules each extra provides, as imported (a ModuleNotFoundError names one of these).
@@ -24,7 +24,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "cpu": ("onnxruntime",),
     "gpu": ("tensorrt", "cuda"),
 }
-# What `require` checks before a command that needs the whole extra starts.
+# What `run_command` checks before a command that needs the whole extra starts.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "train": ("jax", "flax", "optax", "orbax.checkpoint", "mujoco.mjx"),
 }
@@ -34,6 +34,11 @@ ORT_MISSING = (
     "TensorRT providers (one of the two, never both; on a Jetson, the Jetson onnxruntime-gpu "
     "wheel; docs/robot.md: On the robot: install)"
 )
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work (a task, its domain randomization, a training run);
+    the message names the field and what to change."""
 
 
 def needs(command: str, extra: str) -> str:
@@ -71,15 +76,13 @@ def missing(extra: str) -> list[str]:
     return [m for m in REQUIRED.get(extra, EXTRA_MODULES[extra]) if not _present(m)]
 
 
-def _run(command: str, target: str, extra: str | None) -> int | None:
-    """Run `target` (module:function), first checking `extra` if given; a missing module that an
-    extra provides, wherever it is imported, ends the command with that extra's one line."""
+def run_command(command: str, main: Callable[[], int | None], extra: str | None) -> int | None:
+    """Run a command's `main`, first checking `extra` if given; a missing module that an extra
+    provides, wherever it is imported, ends the command with that extra's one line."""
     try:
         if extra is not None and missing(extra):
             print(needs(command, extra), file=sys.stderr)
             return USAGE_ERROR
-        module, _, function = target.partition(":")
-        main: Callable[[], int | None] = getattr(importlib.import_module(module), function)
         return main()
     except ModuleNotFoundError as e:
         found = extra_of(e)
@@ -87,27 +90,3 @@ def _run(command: str, target: str, extra: str | None) -> int | None:
             raise
         print(needs(command, found), file=sys.stderr)
         return USAGE_ERROR
-
-
-def _subcommand(argv: Sequence[str]) -> str | None:
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
-def crl_train() -> int | None:
-    return _run("crl-train", "crl.train.cli:main", "train")
-
-
-def crl_sim() -> int | None:
-    # Which subcommands need jax is the simulator's business: a missing module says it.
-    return _run("crl-sim", "crl.sim.cli:main", None)
-
-
-def crl_export() -> int | None:
-    # `onnx` reads a training run (orbax, jax); `tensorrt` needs only onnx and TensorRT, and
-    # says itself what to install when TensorRT is missing.
-    extra = "train" if _subcommand(sys.argv[1:]) == "onnx" else None
-    return _run("crl-export", "crl.export.cli:main", extra)
-
-
-def crl_run() -> int | None:
-    return _run("crl-run", "crl.runtime.cli:main", None)

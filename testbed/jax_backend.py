@@ -1,8 +1,9 @@
 """JAX backend: the trained networks straight from a run directory.
 
 For debugging and for parity checks of the exported files against the networks that were
-trained; a robot does not need it. jax and crl.train are imported inside the loader only, so
-importing crl.runtime stays jax-free.
+trained; a robot does not need it, so it is the testbed's, given to `load_policy` (backend
+"jax") through the `crl.backends.run` entry point. jax and crl.train are imported inside the
+loader only.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from crl.export.onnx_export import ACTION
-from crl.runtime.policy import PolicyError, check_inputs
-from crl.sim.spec import PolicySpec
+from crl.core.policy_file import ACTION
+from crl.core.spec import PolicySpec
+from crl.runtime.backend import PolicyError, check_inputs
 
 
 class JaxPolicy:
@@ -103,7 +104,7 @@ def load_jax_policy(run_dir: str | Path, step: int | None = None) -> JaxPolicy:
     try:
         from crl.train.checkpoint import CheckpointError, load_run
     except ImportError as e:
-        from crl.runtime.extras import extra_of, needs
+        from crl.core.usage import extra_of, needs
 
         if extra_of(e) == "train":
             raise PolicyError(needs("backend 'jax'", "train")) from None

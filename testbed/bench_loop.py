@@ -2,7 +2,7 @@
 
 The runtime runs here exactly as `crl-run serve` runs it (controller, ZMQ transport, fixed-rate
 loop), at `--hz` for `--seconds`, with a goal at the centre of the policy's goal box; the
-loopback robot (`crl.runtime.loopback_robot`) publishes observations at the same rate and
+loopback robot (`crl.testbed.loopback_robot`) publishes observations at the same rate and
 timestamps each action's arrival. Reported: period error (wake-up − deadline) percentiles and
 histogram, missed deadlines, policy latency, and end-to-end latency (observation stamp → action
 received by the robot, on the robot's clock).
@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from crl.core.latency import percentile, summarize
 from crl.runtime import robot_config
 from crl.runtime.bench import device_info, versions
-from crl.runtime.closed_loop import free_base_port
 from crl.runtime.controller import Controller
 from crl.runtime.loop import DEFAULT_SPIN_S
 from crl.runtime.policy import PolicyError, load_policy
 from crl.runtime.serve import ServeOptions, serve
 from crl.runtime.transport import Endpoints
+from crl.testbed.closed_loop import free_base_port
 
 PERIOD_ERROR_TARGET_MS = 0.5
 
@@ -50,7 +51,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
     with tempfile.TemporaryDirectory(prefix="crl-bench-loop-") as tmp:
         report = Path(tmp) / "robot.json"
         robot_proc = subprocess.Popen(
-            [sys.executable, "-m", "crl.runtime.loopback_robot", "--robot",
+            [sys.executable, "-m", "crl.testbed.loopback_robot", "--robot",
              str(config.path or spec.task), "--hz", str(hz), "--port", str(ep.port), "--report",
              str(report), *(["--realtime"] if realtime else [])], stdin=subprocess.DEVNULL)
         try:
@@ -63,7 +64,7 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
     stats = controller.stats
     period_error_ms = stats.period_error.values() * 1e3
     e2e = np.asarray(robot_side.get("end_to_end_ms", [np.nan]))
-    p99 = float(np.percentile(period_error_ms, 99))
+    p99 = percentile(period_error_ms, 99)
     network = spec.network
     return {
         "benchmark": "bench-loop",
@@ -78,9 +79,9 @@ def run_bench_loop(policy_path: Path, *, hz: float, seconds: float, backend: str
         "ticks": stats.counts["ticks"],
         "misses": stats.counts["misses"],
         "safe_ticks": stats.counts["safe_ticks"],
-        "period_error_ms": _percentiles(period_error_ms),
-        "policy_latency_ms": _percentiles(stats.policy_latency.values() * 1e3),
-        "end_to_end_ms": {**_percentiles(e2e), "samples": int(np.isfinite(e2e).sum())},
+        "period_error_ms": summarize(period_error_ms),
+        "policy_latency_ms": summarize(stats.policy_latency.values() * 1e3),
+        "end_to_end_ms": {**summarize(e2e), "samples": int(np.isfinite(e2e).sum())},
         "realtime": realtime,
         "spin_s": options.spin_s,
         "host": {"load_average_1min": host_before.get("load_average_1min", float("nan")),
@@ -104,14 +105,6 @@ def host_counters() -> dict[str, float]:
         return {}
     steal = float(fields[8]) if len(fields) > 8 else float("nan")
     return {"steal_s": steal / os.sysconf("SC_CLK_TCK"), "load_average_1min": load}
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float]:
-    v = values[np.isfinite(values)] if len(values) else values
-    if not len(v):
-        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-    return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
-            "max": float(v.max())}
 
 
 def check_plot(plot: Path | None) -> None:

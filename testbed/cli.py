@@ -1,0 +1,168 @@
+"""The testbed's commands, given to the lower floors' command lines through entry points
+(`crl.core.plugins`; pyproject names them): `crl-sim robot` (the MuJoCo sim robot),
+`crl-run closed-loop` (a policy scored against it) and `crl-run bench-loop` (the control loop's
+timing against a loopback robot). Their names and flags are those commands'; only the code lives
+here, above the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from crl.core.atomic import write_json
+from crl.core.plugins import Command
+from crl.runtime.policy import PolicyError, load_policy
+from crl.sim.cli import Task
+from crl.testbed.closed_loop import ClosedLoopError, run_closed_loop
+
+
+@dataclass(frozen=True)
+class Robot:
+    """Play the real robot: plain MuJoCo in real time on the runtime's ZMQ transport.
+
+    Publishes observations (every hinge/slide joint, base pose/twist, with the DR draw's noise)
+    and telemetry (the episode's goal, the true achieved goal) at the task's control rate, and
+    applies the newest action received after the draw's delay. One new DR draw, start and goal
+    per episode, from the MJX env's own reset. Prints one line to stderr when it is publishing;
+    SIGINT/SIGTERM stop it (exit 0).
+    """
+
+    task: Task
+    dr: Literal["off", "train", "held-out"]
+    """Domain randomization: none, the training ranges or the held-out ones (MJX's draws)."""
+    seed: int = 0
+    """Seeds every episode's start, goal, DR draw and observation noise."""
+    speed: float = 1.0
+    """Run this many times faster than real time (tests)."""
+    host: str = "127.0.0.1"
+    """Host to bind the observation and telemetry ports on and to read actions from."""
+    port: int = 5560
+    """Base port: observations P, telemetry P+1, actions read from P+2."""
+    keys: Path | None = None
+    """CURVE keys folder (`crl-run keys`; the robot's secret, authorized peers' public keys):
+    required for a host beyond loopback."""
+    episodes: int = 0
+    """Stop after this many episodes (0: run until SIGINT/SIGTERM)."""
+
+
+def sim_robot(cmd: Robot) -> None:
+    """Serve until a signal or `--episodes`; a signal during startup stops it before serving."""
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from crl.testbed.robot import RobotError, SimRobot, serve
+
+        if not cmd.speed > 0 or cmd.speed == float("inf"):
+            raise RobotError(f"speed: must be a positive number, got {cmd.speed}")
+        if cmd.episodes < 0:
+            raise RobotError(f"episodes: must be >= 0, got {cmd.episodes}")
+        from crl.runtime.auth import AuthError, load_keys
+        from crl.runtime.transport import Endpoints, TransportError
+
+        try:
+            endpoints = Endpoints(cmd.host, cmd.port)
+            keys = load_keys(cmd.keys, "robot", ("runtime",)) if cmd.keys is not None else None
+            endpoints.check_binding(keys)  # before the env compiles: a host error comes at once
+        except (TransportError, AuthError) as e:
+            raise RobotError(str(e)) from None
+        with contextlib.redirect_stdout(sys.stderr):
+            sim = SimRobot(cmd.task, dr=cmd.dr, seed=cmd.seed)
+            sim.reset(0)  # compiles the env's reset before the clock starts
+        if stopping:
+            return
+        try:
+            stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
+                          stop=lambda: bool(stopping), keys=keys,
+                          announce=lambda line: print(line, file=sys.stderr, flush=True))
+        except TransportError as e:
+            raise RobotError(str(e)) from None
+        print(f"crl-sim robot: stopped: {stats.summary()}", file=sys.stderr, flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@dataclass(frozen=True)
+class ClosedLoopArgs:
+    """Run a policy on the MuJoCo sim robot (robot and runtime as separate processes) and score
+    N goals; writes per-goal results and the loop's statistics."""
+
+    policy: Path
+    task: str
+    out: Path
+    dr: Literal["off", "train", "held-out"] = "held-out"
+    seed: int = 0
+    goals: int = 20
+    backend: Literal["ort", "trt"] = "ort"
+    robot: str = ""
+    """robot config (default: the shipped one of the task)"""
+    speed: float = 1.0
+    """faster than real time, for both processes"""
+    keys: Path | None = None
+    """a CURVE keys folder holding all three roles (`crl-run keys --out DIR`): the robot, the
+    runtime and the scorer (operator) authenticate each other"""
+
+
+@dataclass(frozen=True)
+class BenchLoopArgs:
+    """Time the control loop at a rate against a loopback robot: period error, misses, latency."""
+
+    policy: Path
+    out: Path
+    hz: float = 100.0
+    seconds: float = 60.0
+    backend: Literal["ort", "trt"] = "ort"
+    robot: str = ""
+    """robot config (default: the shipped one of the policy's task)"""
+    spin: float = 0.0005
+    realtime: bool = False
+    plot: Path | None = None
+    """period-error histogram PNG"""
+
+
+def closed_loop_cmd(args: ClosedLoopArgs) -> None:
+    spec = load_policy(args.policy, args.backend).spec
+    if spec.task != args.task:
+        raise PolicyError(f"--task {args.task!r}: the policy was trained for {spec.task!r}")
+    result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
+                             goals=args.goals, backend=args.backend, robot=args.robot or None,
+                             speed=args.speed, spec_success_radius=spec.success_radius,
+                             spec_goal_frame=spec.goal.frame, keys=args.keys)
+    write_json(args.out, result)
+    rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
+    print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
+          f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
+          f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
+          f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
+          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, stale stops "
+          f"{rt.get('stale_stops')}; wrote {args.out}")
+
+
+def bench_loop_cmd(args: BenchLoopArgs) -> None:
+    from crl.testbed.bench_loop import check_plot, plot_period_error, run_bench_loop
+
+    check_plot(args.plot)
+    result = run_bench_loop(args.policy, hz=args.hz, seconds=args.seconds, backend=args.backend,
+                            robot=args.robot or None, spin_s=args.spin, realtime=args.realtime)
+    write_json(args.out, result)
+    if args.plot:
+        plot_period_error([result], args.plot)
+    pe, e2e = result["period_error_ms"], result["end_to_end_ms"]
+    print(f"{args.hz:g} Hz for {args.seconds:g} s: period error p50 {pe['p50']:.3f} / p99 "
+          f"{pe['p99']:.3f} / max {pe['max']:.3f} ms, {result['misses']} missed deadlines; "
+          f"end-to-end p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms; wrote {args.out}"
+          + (f" and {args.plot}" if args.plot else ""))
+
+
+SIM_ROBOT = Command(Robot, sim_robot)
+CLOSED_LOOP = Command(ClosedLoopArgs, closed_loop_cmd, (ClosedLoopError,))
+BENCH_LOOP = Command(BenchLoopArgs, bench_loop_cmd)
