@@ -29,12 +29,12 @@ STAMP310 := $(VENV310)/.installed
 NUMPY1 := numpy==1.26.*
 VENV310_NUMPY1 := .venv310-numpy1
 STAMP310_NUMPY1 := $(VENV310_NUMPY1)/.installed
-# The runtime's tests (spec, backends, input checks, bench, controller, transport, closed loop,
-# atomic writes, the command lines, the install itself); what needs jax in them skips there,
-# saying so.
+# The runtime's tests (spec, backends, the policy file's seal, input checks, robot configs, bench,
+# controller, transport, keys, closed loop, atomic writes, the command lines, the install
+# itself); what needs jax in them skips there, saying so.
 ROBOT_TESTS := tests/test_install.py tests/test_runtime.py tests/test_spec.py tests/test_tensorrt.py \
-  tests/test_atomic.py tests/test_cli.py \
-  $(wildcard tests/test_controller*.py tests/test_transport.py tests/test_closed_loop.py)
+  tests/test_atomic.py tests/test_cli.py tests/test_seal.py tests/test_robot_config.py \
+  tests/test_auth.py $(wildcard tests/test_controller*.py tests/test_transport.py tests/test_closed_loop.py)
 
 .PHONY: venv demo test test-robot lint typecheck clean
 
