@@ -61,6 +61,7 @@ from crl.runtime.messages import (
     Observation,
     Status,
     Telemetry,
+    check_sizes,
     encode,
 )
 
@@ -169,7 +170,7 @@ def decode(data: bytes | bytearray | memoryview, cls: type[messages.M]) -> messa
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise _refusal(data, cls, e) from None
     values = {f.name: _checked(cls, f.name, getattr(wire, f.name)) for f in FIELDS[cls]}
-    _check_lengths(cls.KIND, values)
+    check_sizes(cls.KIND, values)
     return cls(**values)
 
 
@@ -195,18 +196,6 @@ def _checked(cls: type[Any], name: str, value: Any) -> Any:
             raise MessageError("schema", f"{kind}.{name}: duplicate names")
         return tuple(value)
     return value
-
-
-def _check_lengths(kind: str, values: dict[str, Any]) -> None:
-    if kind == "observation":
-        n = len(values["joint_names"])
-        for name in ("joint_pos", "joint_vel"):
-            if len(values[name]) != n:
-                raise MessageError("size", f"observation.{name}: {len(values[name])} values "
-                                           f"for {n} joint names")
-    if kind == "action" and len(values["values"]) != len(values["joints"]):
-        raise MessageError("size", f"action.values: {len(values['values'])} values for "
-                                   f"{len(values['joints'])} joints")
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -250,7 +239,7 @@ def _refusal(data: bytes | bytearray | memoryview, cls: type[Any],
             values[f.name] = _checked(cls, f.name, value)
             if f.name == HEADER[-1] and min(values["seq"], values["session"]) < 0:
                 raise MessageError("schema", f"{kind}: negative seq or session")
-        _check_lengths(kind, values)
+        check_sizes(kind, values)
     except MessageError as e:
         return e
     return MessageError("schema", str(error))  # e.g. a version 1.0 or true: not the integer 1

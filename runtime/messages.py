@@ -244,6 +244,12 @@ def decode(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
         raise MessageError("schema", f"{kind}: negative seq or session")
     for name, rule in schema.items():
         values[name] = _field(raw, kind, name, rule)
+    check_sizes(kind, values)
+    return cls(**values)
+
+
+def check_sizes(kind: str, values: dict[str, Any]) -> None:
+    """The checks across fields: one value per named joint (observation, action)."""
     if kind == "observation":
         n = len(values["joint_names"])
         for name in ("joint_pos", "joint_vel"):
@@ -253,7 +259,6 @@ def decode(data: bytes | bytearray | memoryview, cls: type[M]) -> M:
     if kind == "action" and len(values["values"]) != len(values["joints"]):
         raise MessageError("size", f"action.values: {len(values['values'])} values for "
                                    f"{len(values['joints'])} joints")
-    return cls(**values)
 
 
 def _int(raw: dict[str, Any], name: str) -> int:
