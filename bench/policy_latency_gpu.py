@@ -110,7 +110,6 @@ def make_policies(
 
 
 def main(config: Config) -> dict[str, Any]:
-    setup_jax()  # XLA flags and the MJX patch, before jax compiles (crl.sim.setup)
     if config.quick:
         config = quick_config(config, {
             "depth": 8, "width": 64, "batches": (1, 64), "iterations": 50,
@@ -118,6 +117,9 @@ def main(config: Config) -> dict[str, Any]:
     require_at_least_one(config, "iterations", "rounds")
     if not config.batches or min(config.batches) < 1:
         raise BenchConfigError(f"batches: each must be at least 1, got {config.batches}")
+    # XLA flags and the MJX patch before jax compiles (crl.sim.setup); after the settings are
+    # checked, so a refusal needs no jax (the robot's venv has none).
+    setup_jax()
     import jax
 
     device = device_info()

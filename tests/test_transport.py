@@ -493,7 +493,6 @@ def test_an_input_that_raises_is_counted_and_the_loop_still_acts(
                             rate_hz=hz)
     assert controller.set_goal("world", [0.1, 0.1])[0]
     robot = PacedRobot(ep, hz)
-    robot.start()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     actions = action_reader(ctx, ep)
     final: dict[str, float | int | str] = {}
@@ -501,6 +500,10 @@ def test_an_input_that_raises_is_counted_and_the_loop_still_acts(
         serve(controller, ServeOptions(ep, wait_s=30, seconds=2.0))))
     try:
         server.start()
+        # The loop starts on the robot's first observation: let the action reader join the
+        # runtime's (just bound) action stream first, so it sees every tick's action.
+        time.sleep(0.5)
+        robot.start()
         server.join(60)
         seen = actions.drain(0)
     finally:
