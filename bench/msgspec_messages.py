@@ -128,6 +128,7 @@ class _Telemetry(_Wire):
     achieved_goal: Numbers
     action_latency_ms: float
     actions_received: int
+    command: Numbers
 
 
 class _Status(_Wire):
@@ -276,7 +277,7 @@ def valid_messages(rng: random.Random, joints: int) -> dict[type[Any], Any]:
         Action: Action(*head, names, vec, "position", False, 5, time.time()),
         Goal: Goal(*head, "world", vec[:3] if joints >= 3 else vec),
         GoalReply: GoalReply(*head, True, "ok"),
-        Telemetry: Telemetry(*head, 1, 2, 100, vec[:2], vec[:2], math.nan, 7),
+        Telemetry: Telemetry(*head, 1, 2, 100, vec[:2], vec[:2], math.nan, 7, vec),
         Status: Status(*head, {"ticks": 10, "p50_ms": 0.2, "mode": "policy", "safe": True}),
     }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SIM_COMMANDS = "crl.commands.sim"  # crl-sim subcommands
+TRAIN_COMMANDS = "crl.commands.train"  # crl-train subcommands
 RUN_COMMANDS = "crl.commands.run"  # crl-run subcommands
 RUN_BACKENDS = "crl.backends.run"  # load_policy backends beyond ort and trt: name -> loader
 

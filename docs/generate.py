@@ -291,6 +291,56 @@ def soak(r: dict[str, Any]) -> str:
     return table(["soak", "measured"], rows, "lr")
 
 
+def hold(r: dict[str, Any]) -> str:
+    """Each recipe's held-out at-the-end success and oscillation at every checkpoint from 300k
+    steps on ("–" where a run kept none), and the checkpoint `--best` exports."""
+    steps = sorted({c["env_steps"] for run in r["runs"] for c in run["checkpoints"]
+                    if c["env_steps"] >= 300_000})
+    rows = []
+    for run in r["runs"]:
+        by_step = {c["env_steps"]: c["held_out"] for c in run["checkpoints"]}
+        cells = " · ".join(pct(by_step[s]["final_success_rate"]) if s in by_step else "–"
+                           for s in steps)
+        osc = " · ".join(f"{by_step[s]['oscillation']:.2f}" if s in by_step else "–"
+                         for s in steps)
+        at_best = pct(by_step[run["best_step"]]["final_success_rate"])
+        rows.append([run["label"], f"±{run['action_scale'][0]:.3g}", str(run["seed"]), cells,
+                     osc, f"{thousands(run['best_step'])}: {at_best}"])
+    header = ["recipe", "shoulder (rad)", "seed", "held-out, at the goal at the end ("
+              + " · ".join(f"{s // 1000}k" for s in steps) + ")", "oscillation",
+              "`--best`: held-out"]
+    return (table(header, rows, "lrrrrr")
+            + f"\n{r['episodes']:,} held-out episodes a checkpoint, the same for every run.\n")
+
+
+def robustness(r: dict[str, Any]) -> str:
+    """Per quantity: the ranges, where the policy holds, and its worst point on the grid."""
+    def spans(s: list[list[float]]) -> str:
+        return ", ".join(f"{a:g}" if a == b else f"{a:g}–{b:g}" for a, b in s) or "–"
+
+    rows = []
+    for q, points in r["points"].items():
+        span = r["holds"][q]
+        worst = min(points, key=lambda p: p["final_success_rate"])
+        rows.append([q.replace("_", " "), spans(r["ranges"][q]["train"]),
+                     spans(r["ranges"][q]["held_out"]),
+                     "fails at nominal" if span is None else f"{span[0]:g}–{span[1]:g}",
+                     f"{pct(worst['final_success_rate'])} at {worst['value']:g}"])
+    header = ["quantity", "training", "held-out",
+              f"holds (≥ {pct(r['grid']['threshold'])} at the end)", "worst point"]
+    return (table(header, rows, "lllll")
+            + f"\n`{r['policy']}`, {r['grid']['episodes']} episodes a point.\n")
+
+
+def closed_loop_seeds(r: dict[str, Any]) -> str:
+    """Each policy on each goal seed: goals held at the end, median distance, oscillation."""
+    rows = [[f"`{Path(run['policy']).name}`", str(run["goal_seed"]),
+             f"{run['reached']}/{run['goals']}", cm(run["final_distance_median"]),
+             f"{run['oscillation']:.2f}"] for run in r["runs"]]
+    return table(["policy", "goal seed", "at the goal at the end", "median final distance",
+                  "oscillation"], rows, "lrrrr")
+
+
 CONTEXT_KEYS = {"benchmark", "date", "device", "machine", "versions", "config"}
 
 
@@ -323,6 +373,9 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("scale_overhead", None): scale_overhead,
     ("msgspec_messages", None): msgspec_messages,
     ("soak", None): soak,
+    ("hold", None): hold,
+    ("robustness", None): robustness,
+    ("closed_loop_seeds", None): closed_loop_seeds,
 }
 
 

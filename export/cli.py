@@ -35,7 +35,8 @@ class OnnxArgs:
     step: int | None = None
     """checkpoint step (default: the latest)"""
     best: bool = False
-    """export the checkpoint with the best evaluation time at goal instead of the latest"""
+    """export the checkpoint that best holds the goal under the training ranges (at the goal
+    when the episode ends, then time at goal) instead of the latest"""
     fp16: bool = False
     """fp16 weights and compute; inputs and outputs stay float32"""
     int8: bool = False

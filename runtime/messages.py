@@ -150,6 +150,7 @@ class Telemetry(Header):
     achieved_goal: Vector
     action_latency_ms: float
     actions_received: int
+    command: Vector  # the newest command the robot took (physical units, its action joints)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "goal_reply": {"accepted": "bool", "reason": "str"},
     "telemetry": {"episode": "int", "step": "int", "episode_length": "int", "goal": "vec",
                   "achieved_goal": "vec", "action_latency_ms": "float?nan",
-                  "actions_received": "int"},
+                  "actions_received": "int", "command": "vec"},
     "status": {"stats": "stats"},
 }
 _HEADER = ("session", "seq", "stamp")

@@ -125,6 +125,14 @@ class GoalReachEnv:
         self.randomizer = Randomizer(self.mj_model, self.mjx_model, self.dr_config)
         self.spec = self._build_spec()
 
+    def use_ranges(self, ranges: DRConfig) -> None:
+        """Draw robots from `ranges` from now on, in place of the mode's: robots outside the
+        task's own ranges (the robustness envelope). Call it before anything is compiled;
+        `dr_mode` still names the mode the env was made with."""
+        self.dr_config = ranges
+        self._queue_len = ranges.max_action_delay + 1
+        self.randomizer = Randomizer(self.mj_model, self.mjx_model, ranges)
+
     # -- hooks a task may override ---------------------------------------------------------------
 
     def edit_spec(self, spec: mujoco.MjSpec) -> None:

@@ -156,6 +156,38 @@ class Randomizer:
             action_delay=delays[pick],
         )
 
+    def fixed(
+        self,
+        friction: jax.Array | float = 1.0,
+        body_mass: jax.Array | float = 1.0,
+        joint_damping: jax.Array | float = 1.0,
+        actuator_gain: jax.Array | float = 1.0,
+        obs_noise_std: jax.Array | None = None,
+        action_delay: jax.Array | int = 0,
+    ) -> Draw:
+        """One robot, not a range: every body, joint and actuator scaled by the same factor,
+        the noise stds per field in registry order (None: none), a delay in control steps. The
+        values may be traced, so one compiled rollout sweeps any of them (the robustness
+        envelope); a delay beyond the config's longest has no command in flight to apply."""
+        m = self._model
+        mass_scale = jnp.asarray(body_mass, jnp.float32)
+        gain_scale = jnp.asarray(actuator_gain, jnp.float32)
+        mass = m.body_mass * mass_scale
+        noise = (jnp.zeros(len(OBSERVATION_FIELDS)) if obs_noise_std is None
+                 else jnp.asarray(obs_noise_std, jnp.float32))
+        return Draw(
+            geom_friction=m.geom_friction.at[:, 0].multiply(jnp.asarray(friction, jnp.float32)),
+            body_mass=mass,
+            body_inertia=m.body_inertia * mass_scale,
+            body_subtreemass=self._subtree @ mass,
+            dof_damping=m.dof_damping * jnp.asarray(joint_damping, jnp.float32),
+            actuator_gainprm=m.actuator_gainprm.at[:, 0].multiply(gain_scale),
+            actuator_biasprm=m.actuator_biasprm.at[:, 1].multiply(
+                jnp.where(self._servo, gain_scale, 1.0)),
+            obs_noise_std=noise,
+            action_delay=jnp.asarray(action_delay, jnp.int32),
+        )
+
     def apply(self, draw: Draw) -> mjx.Model:
         """The nominal mjx model with this draw's fields swapped in."""
         return self._model.replace(

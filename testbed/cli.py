@@ -1,7 +1,8 @@
 """The testbed's commands, given to the lower floors' command lines through entry points
 (`crl.core.plugins`; pyproject names them): `crl-sim robot` (the MuJoCo sim robot),
-`crl-run closed-loop` (a policy scored against it) and `crl-run bench-loop` (the control loop's
-timing against a loopback robot). Their names and flags are those commands'; only the code lives
+`crl-run closed-loop` (a policy scored against it), `crl-run bench-loop` (the control loop's
+timing against a loopback robot) and `crl-train robustness` (a policy's robustness envelope,
+through the runtime's backends). Their names and flags are those commands'; only the code lives
 here, above the runtime.
 """
 
@@ -10,15 +11,18 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from crl.core.atomic import write_json
 from crl.core.plugins import Command
 from crl.runtime.policy import PolicyError, load_policy
 from crl.sim.cli import Task
 from crl.testbed.closed_loop import ClosedLoopError, run_closed_loop
+from crl.testbed.robustness import Grid, RobustnessError
 
 
 @dataclass(frozen=True)
@@ -135,15 +139,15 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
         raise PolicyError(f"--task {args.task!r}: the policy was trained for {spec.task!r}")
     result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
                              goals=args.goals, backend=args.backend, robot=args.robot or None,
-                             speed=args.speed, spec_success_radius=spec.success_radius,
-                             spec_goal_frame=spec.goal.frame, keys=args.keys)
+                             speed=args.speed, spec=spec, keys=args.keys)
     write_json(args.out, result)
     rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
     print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
           f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
           f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
           f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
-          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, stale stops "
+          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, oscillation "
+          f"{result['oscillation']:.1%}, stale stops "
           f"{rt.get('stale_stops')}; wrote {args.out}")
 
 
@@ -163,6 +167,72 @@ def bench_loop_cmd(args: BenchLoopArgs) -> None:
           + (f" and {args.plot}" if args.plot else ""))
 
 
+@dataclass(frozen=True)
+class RobustnessArgs:
+    """Draw a policy's robustness envelope: at-the-end success, final distance and oscillation
+    as friction, mass, damping, actuator gain, observation noise and action delay move, one at
+    a time, from well below to well above the training ranges. Writes robustness.json and
+    robustness.png (training ranges shaded green, held-out orange).
+
+    Give a training run (`--run DIR`, its best checkpoint through the JAX backend) or an
+    exported file (`--policy F`, through ONNX Runtime, as a robot runs it).
+    """
+
+    run: Path | None = None
+    """Training run directory (`crl-train TASK --out DIR`)."""
+    step: int | None = None
+    """With --run: the checkpoint (default: the best, as `crl-export onnx --best` takes it)."""
+    policy: Path | None = None
+    """An exported ONNX policy file."""
+    task: str | None = None
+    """The task to run on (default: the policy's own)."""
+    out: Path = Path("robustness")
+    """Folder for robustness.json and robustness.png."""
+    compare: tuple[Path, ...] = ()
+    """Other envelopes' robustness.json, drawn beside this one in the PNG."""
+    grid: Annotated[Grid, tyro.conf.OmitArgPrefixes] = field(default_factory=Grid)
+
+
+def robustness_cmd(args: RobustnessArgs) -> None:
+    import json
+
+    from crl.testbed.robustness import plot_envelope, run_envelope
+
+    if (args.run is None) == (args.policy is None):
+        raise RobustnessError("give --run DIR or --policy FILE (one of them)")
+    if args.step is not None and args.run is None:
+        raise RobustnessError("--step picks a checkpoint of --run; a --policy file has one")
+    args.grid.check()
+    others = []
+    for path in args.compare:  # read before the long part: a bad path fails at once
+        try:
+            others.append(json.loads(path.read_text()))
+            others[-1]["points"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RobustnessError(f"--compare {path}: not a robustness.json ({e})") from None
+    if args.run is not None:
+        from crl.train.checkpoint import best_step
+
+        step = args.step if args.step is not None else best_step(args.run)
+        policy = load_policy(args.run, "jax", step=step)
+        label = f"{args.run} @ {step}"
+    else:
+        assert args.policy is not None
+        policy = load_policy(args.policy, "ort")
+        label = str(args.policy)
+    envelope = run_envelope(policy, args.task or policy.spec.task, args.grid, label)
+    result = envelope.to_dict()
+    json_path = args.out / "robustness.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(json_path, result)
+    png = plot_envelope([result, *others], args.out / "robustness.png")
+    for quantity, span in result["holds"].items():
+        where = "fails at nominal" if span is None else f"holds {span[0]:g} .. {span[1]:g}"
+        print(f"{quantity:>14}: {where}")
+    print(f"wrote {json_path} and {png}")
+
+
 SIM_ROBOT = Command(Robot, sim_robot)
 CLOSED_LOOP = Command(ClosedLoopArgs, closed_loop_cmd, (ClosedLoopError,))
 BENCH_LOOP = Command(BenchLoopArgs, bench_loop_cmd)
+ROBUSTNESS = Command(RobustnessArgs, robustness_cmd, (RobustnessError, PolicyError))

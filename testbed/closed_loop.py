@@ -5,9 +5,10 @@ telemetry, and at the start of each episode sends that episode's goal to the run
 robot draws it with the task's goal sampler from the seed: the spec's goal box bounds the
 sampler, but part of the box can lie outside the robot's reach). An episode counts when its goal
 was accepted at its first step; it is scored at its last step from the true achieved goal
-(success: within the spec's success radius at that step). The runtime's own statistics and the
-robot's end-to-end latency (observation stamp → action received, on the robot's clock) go in
-the result too.
+(success: within the spec's success radius at that step). The commands the robot took, in the
+policy's [-1, 1] units, give the oscillation figure (`crl.core.oscillation`), as an evaluation
+in simulation reports it. The runtime's own statistics and the robot's end-to-end latency
+(observation stamp → action received, on the robot's clock) go in the result too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import numpy as np
 import zmq
 
 from crl.core.latency import summarize
+from crl.core.oscillation import NEAR_GOAL_RADII, action_flips, oscillation
+from crl.core.spec import PolicySpec
 from crl.runtime.auth import Keys, load_keys
 from crl.runtime.messages import Telemetry
 from crl.runtime.transport import Endpoints, send_goal, status_reader, telemetry_reader
@@ -68,6 +71,8 @@ class Episode:
     goal: np.ndarray
     accepted: bool
     distances: list[float] = field(default_factory=list)
+    commands: list[np.ndarray] = field(default_factory=list)  # [-1, 1], one a step
+    near: list[bool] = field(default_factory=list)  # the step's command chosen near the goal
 
 
 @dataclass
@@ -108,8 +113,8 @@ def start(name: str, argv: list[str], logdir: Path) -> Process:
 
 def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
                     backend: str = "ort", robot: str | None = None, speed: float = 1.0,
-                    spec_success_radius: float, spec_goal_frame: str,
-                    serve_args: tuple[str, ...] = (), keys: Path | None = None) -> dict[str, Any]:
+                    spec: PolicySpec, serve_args: tuple[str, ...] = (),
+                    keys: Path | None = None) -> dict[str, Any]:
     """Run the closed loop and return the result (see the module docstring). `keys`: a CURVE
     keys folder with all three roles; the scorer is the operator."""
     host = "127.0.0.1"
@@ -136,8 +141,7 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
         ]
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            result = _score(ctx, ep, procs, goals, spec_success_radius, spec_goal_frame,
-                            operator)
+            result = _score(ctx, ep, procs, goals, spec, operator)
         finally:
             ctx.destroy(linger=0)
             codes = {p.name: p.stop() for p in reversed(procs)}
@@ -150,7 +154,9 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
 
 
 def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Process], goals: int,
-           radius: float, frame: str, keys: Keys | None) -> dict[str, Any]:
+           spec: PolicySpec, keys: Keys | None) -> dict[str, Any]:
+    radius, frame = spec.success_radius, spec.goal.frame
+    offset, scale = np.asarray(spec.action.offset), np.asarray(spec.action.scale)
     telemetry = telemetry_reader(ctx, ep, keys)
     statuses = status_reader(ctx, ep, keys)
     episodes: dict[int, Episode] = {}
@@ -181,13 +187,19 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
             if not np.isnan(tel.action_latency_ms) and runtime_ready:
                 latencies.append(tel.action_latency_ms)
             if tel.step >= 1:
+                before = e.distances[-1] if e.distances else np.inf
                 e.distances.append(float(np.linalg.norm(tel.achieved_goal - e.goal)))
+                if tel.command.shape == scale.shape:
+                    e.commands.append((tel.command - offset) / scale)
+                    e.near.append(before <= NEAR_GOAL_RADII * radius)
             if tel.step == tel.episode_length and e.accepted and len(scored) < goals:
                 scored.append(_result(e, radius))
     final = np.asarray([g["final_distance"] for g in scored])
     lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
         "goals": scored,
+        "oscillation": oscillation([g["flips"] for g in scored],
+                                   [g["flip_chances"] for g in scored]),
         "success_rate": float(np.mean([g["success"] for g in scored])),
         "final_distance_median": float(np.median(final)),
         "time_at_goal_mean": float(np.mean([g["time_at_goal"] for g in scored])),
@@ -210,6 +222,11 @@ def _begin(ep: Endpoints, tel: Telemetry, frame: str, runtime_ready: bool,
 
 def _result(e: Episode, radius: float) -> dict[str, Any]:
     d = np.asarray(e.distances)
+    flips = chances = 0
+    if len(e.commands) > 2:
+        f, c = action_flips(np.stack(e.commands), np.asarray(e.near))
+        flips, chances = int(f), int(c)
     return {"episode": e.number, "goal": [float(v) for v in e.goal],
             "final_distance": float(d[-1]), "success": bool(d[-1] <= radius),
-            "time_at_goal": int((d <= radius).sum()), "steps": len(d)}
+            "time_at_goal": int((d <= radius).sum()), "steps": len(d), "flips": flips,
+            "flip_chances": chances}

@@ -86,7 +86,8 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
             latency_ms = latencies[-1] * 1e3 if latencies else math.nan
             session, seq2, stamp = link.stamper.next()
             link.publish_telemetry(Telemetry(session, seq2, stamp, 0, seq, 0, np.zeros(1),
-                                             np.zeros(1), latency_ms, received))
+                                             np.zeros(1), latency_ms, received,
+                                             np.zeros(1)))
             for old in [s for s in sent if s < seq - 100]:
                 del sent[old]
     finally:

@@ -385,6 +385,7 @@ class _ServeRun:
         link.publish_telemetry(Telemetry(
             session, seq, stamp, ep.index, robot.t, robot.episode_length, ep.goal,
             robot.achieved_goal(), self.latency_ms, self.stats.actions_received,
+            robot.last_command,
         ))
 
     def take_action(self) -> None:

@@ -70,6 +70,9 @@ def test_quickstart_policy_reaches_held_out_goals_in_the_closed_loop(demo_policy
     assert runtime["stale_stops"] == 0 and runtime["nonfinite_actions"] == 0
     assert runtime["goal_rejections"] == 0 and runtime["goals_accepted"] >= 20
     assert result["robot_end_to_end_ms"]["samples"] > 0
+    # The oscillation figure from the commands the robot took: every goal had steps near it.
+    assert 0.0 <= result["oscillation"] <= 1.0
+    assert sum(g["flip_chances"] for g in result["goals"]) > 0
 
 
 def _start(argv: list[str]) -> subprocess.Popen[str]:

@@ -119,6 +119,48 @@ def test_action_rate_penalty_adds_the_distance_to_the_last_action() -> None:
         losses.actor_loss(*args, 0.5, None)
 
 
+def test_temporal_penalty_adds_the_change_to_the_next_steps_action() -> None:
+    """The fixed actor's mean is the observation: the change is tanh(s) − tanh(s'), counted
+    only on rows that have a next step."""
+    nets = Networks(_FixedActor(), _Identity(), _Identity())
+    obs = jnp.array([[0.3], [-1.0], [0.5]])
+    next_obs = jnp.array([[0.1], [-0.2], [3.0]])
+    has_next = jnp.array([True, True, False])
+    batch = losses.Batch(obs, jnp.zeros((3, 1)), jnp.zeros((3, 2)), next_obs, has_next)
+    args = ({}, {"sa_encoder": {}, "g_encoder": {}}, jnp.log(0.2), nets, batch,
+            jax.random.PRNGKey(3))
+    plain, _ = losses.actor_loss(*args)
+    penalized, (_, metrics) = losses.actor_loss(*args, temporal_penalty=0.7)
+    change = np.mean((np.tanh([0.3, -1.0]) - np.tanh([0.1, -0.2])) ** 2)
+    assert float(metrics["temporal_change"]) == pytest.approx(change, rel=1e-5)
+    assert float(penalized - plain) == pytest.approx(0.7 * change, rel=1e-4)
+    still = losses.Batch(obs, jnp.zeros((3, 1)), jnp.zeros((3, 2)), obs, has_next)
+    same, (_, metrics) = losses.actor_loss(*args[:4], still, args[5], temporal_penalty=0.7)
+    assert float(metrics["temporal_change"]) == 0.0 and float(same) == pytest.approx(float(plain))
+    with pytest.raises(ValueError, match="next observations"):
+        losses.actor_loss(*args[:4], losses.Batch(obs, jnp.zeros((3, 1)), jnp.zeros((3, 2))),
+                          args[5], temporal_penalty=0.7)
+
+
+def test_spatial_penalty_adds_the_change_at_nearby_observations() -> None:
+    """δ is spatial_sigma times each component's spread over the batch, Gaussian from the
+    actor's key; with sigma 0 the policy meets itself and the term is 0."""
+    nets = Networks(_FixedActor(), _Identity(), _Identity())
+    obs = jnp.array([[0.3, 2.0], [-1.0, 4.0], [0.5, 0.0]])
+    batch = losses.Batch(obs, jnp.zeros((3, 2)), jnp.zeros((3, 4)))
+    key = jax.random.PRNGKey(3)
+    args = ({}, {"sa_encoder": {}, "g_encoder": {}}, jnp.log(0.2), nets, batch, key)
+    plain, _ = losses.actor_loss(*args)
+    penalized, (_, metrics) = losses.actor_loss(*args, spatial_penalty=0.5, spatial_sigma=0.1)
+    delta = 0.1 * np.std(np.asarray(obs), axis=0) * np.asarray(
+        jax.random.normal(jax.random.fold_in(key, 1), obs.shape))
+    change = np.mean(np.sum((np.tanh(obs) - np.tanh(obs + delta)) ** 2, axis=-1))
+    assert float(metrics["spatial_change"]) == pytest.approx(change, rel=1e-4)
+    assert float(penalized - plain) == pytest.approx(0.5 * change, rel=1e-3)
+    same, (_, metrics) = losses.actor_loss(*args, spatial_penalty=0.5, spatial_sigma=0.0)
+    assert float(metrics["spatial_change"]) == 0.0 and float(same) == pytest.approx(float(plain))
+
+
 def test_alpha_is_a_constant_in_the_actor_loss() -> None:
     config = NetworkConfig(depth=4, width=16, repr_dim=8)
     nets = make_networks(config, 2)

@@ -77,6 +77,20 @@ def test_goals_never_cross_episodes_or_the_write_head(episode_length, unroll, to
     assert np.any(goal_step == episode_length)  # the last step of an episode is reachable
 
 
+def test_next_observation_is_the_same_episodes_next_step_where_there_is_one() -> None:
+    state = _fill(capacity=64, num_envs=4, episode_length=7, total=83, unroll=5)
+    batch, _ = replay.sample(state, jax.random.PRNGKey(2), 5_000, 0.9)
+    time, env = np.asarray(batch.obs).astype(int).T
+    next_time, next_env = np.asarray(batch.next_obs).astype(int).T
+    has_next = np.asarray(batch.has_next)
+    last_step = (time + env * 3) % 7 == 6  # an episode's last step: its next row opens another
+    newest = time == int(state.written) - 1  # its next row is not written yet
+    np.testing.assert_array_equal(has_next, ~(last_step | newest))
+    np.testing.assert_array_equal(next_time[has_next], time[has_next] + 1)
+    np.testing.assert_array_equal(next_env, env)
+    assert has_next.any() and not has_next.all()
+
+
 def test_truncated_geometric_follows_gamma_powers() -> None:
     """Chi-square goodness of fit of k ∈ {1..K}, P(k) ∝ γ^k, for several horizons."""
     gamma, n = 0.9, 200_000

@@ -466,6 +466,7 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         assert lock.obs_noise_std["joint_pos"] > 0
         for t in range(REACHER_STEPS + 1):
             assert tel[t].episode_length == REACHER_STEPS and tel[t].actions_received == 0
+            assert tel[t].command.shape == (2,)
             assert math.isnan(tel[t].action_latency_ms)
             np.testing.assert_array_equal(tel[t].goal, lock.goal)
             np.testing.assert_allclose(tel[t].achieved_goal, lockstep.achieved_goal(), atol=1e-12)
@@ -504,6 +505,8 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         q = dict(zip(o.joint_names, o.joint_pos, strict=True))
         assert t.actions_received > 0 and math.isfinite(t.action_latency_ms)
         assert t.action_latency_ms >= 0
+        # Telemetry carries the command the robot took (the closed loop's oscillation figure).
+        np.testing.assert_allclose(t.command, list(target.values()))
         for name, value in target.items():
             assert abs(q[name] - value) < 0.05, (name, q[name])
         proc.send_signal(signal.SIGTERM)

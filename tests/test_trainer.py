@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from flax import struct
 
+from crl.core.oscillation import FLIP_MIN, action_flips, oscillation
 from crl.core.spec import ActionSpec, Field, GoalSpec, PolicySpec, Provenance
 from crl.core.usage import ConfigError
 from crl.train import cli
@@ -426,6 +428,20 @@ def test_actor_and_critic_sizes_train_record_and_export(tmp_path) -> None:
         prepare_run_dir(run_dir, dataclasses.replace(config, network=shared), resume=True)
 
 
+def test_oscillation_counts_reversals_near_the_goal_only() -> None:
+    """Episode 0 alternates (a period-2 cycle), 1 settles, 2 jitters by changes below FLIP_MIN, 3
+    alternates away from the goal; one action component each, 6 steps."""
+    t = np.arange(6)
+    actions = np.stack([0.3 * (-1.0) ** t, np.full(6, 0.2), 0.4 * FLIP_MIN * (-1.0) ** t,
+                        0.3 * (-1.0) ** t], axis=1)[..., None]
+    near = np.stack([np.ones(6, bool)] * 3 + [np.zeros(6, bool)], axis=1)
+    flips, chances = action_flips(actions, near)
+    np.testing.assert_array_equal(flips, [4, 0, 0, 0])
+    np.testing.assert_array_equal(chances, [4, 4, 4, 0])
+    assert oscillation(flips, chances) == pytest.approx(4 / 12)
+    assert oscillation(np.zeros(2), np.zeros(2)) == 0.0
+
+
 def test_paper_score_is_the_mean_time_at_goal_of_the_last_five_evaluations() -> None:
     evaluations = [{"env_steps": i, "train": {"time_at_goal": float(i)}} for i in range(7)]
     evaluations[3]["held_out"] = {"time_at_goal": 9.0}
@@ -659,6 +675,8 @@ class Faller:
     never), its achieved goal 0.01 further from the origin every step."""
 
     episode_length = 10
+    # All the evaluator reads of a spec: the radius of its near-goal steps (the oscillation).
+    spec = types.SimpleNamespace(success_radius=0.05)
 
     def reset(self, rng: jax.Array, eval_goals: bool = False) -> FallState:
         fall = jax.random.randint(rng, (), 0, 6)
@@ -857,14 +875,26 @@ def test_reacher_eval_cli_writes_json_curve_and_renders(reacher_run, tmp_path, c
     assert "reacher @" in capsys.readouterr().out
 
 
-def test_best_step_picks_the_best_evaluated_checkpoint(tmp_path: Path) -> None:
-    from crl.train.checkpoint import CHECKPOINTS, CheckpointError, best_step
+def test_best_step_picks_the_checkpoint_that_best_holds_the_goal(tmp_path: Path) -> None:
+    """At the goal when the episode ends first, time at goal breaking ties; the held-out
+    evaluation never counts, and a checkpoint without an evaluation is passed over."""
+    from crl.train.checkpoint import CHECKPOINTS, CheckpointError, best_score, best_step
 
-    for step, time_at_goal in ((100, 30.0), (200, 45.5), (300, 37.0)):
+    def train(final: float, time_at_goal: float) -> dict[str, float]:
+        return {"final_success_rate": final, "time_at_goal_fraction": time_at_goal / 50}
+
+    evaluations = {
+        100: {"train": train(0.90, 46.0)},  # the most time at goal, but leaves it more often
+        200: {"train": train(0.97, 40.0), "held_out": train(0.5, 10.0)},
+        300: {"train": train(0.97, 42.0), "held_out": train(0.1, 5.0)},  # ties 200; more time
+        400: {"train": train(0.95, 45.0), "held_out": train(1.0, 50.0)},  # held-out: not read
+        500: {},
+    }
+    for step, evaluation in evaluations.items():
         meta = tmp_path / CHECKPOINTS / str(step) / "meta"
         meta.mkdir(parents=True)
-        evaluation = {"train": {"time_at_goal": time_at_goal}}
         (meta / "metadata").write_text(json.dumps({"env_steps": step, "evaluation": evaluation}))
-    assert best_step(tmp_path) == 200
+    assert best_step(tmp_path) == 300
+    assert best_score(train(1 / 100_000, 0.0)) > best_score(train(0.0, 50.0))
     with pytest.raises(CheckpointError, match="no checkpoint holds an evaluation"):
         best_step(tmp_path / "empty")

@@ -321,7 +321,8 @@ def sgd_step(
     (_, (log_prob, actor_metrics)), actor_grad = jax.value_and_grad(
         losses.actor_loss, has_aux=True
     )(params["actor"], critic, agent.log_alpha, nets, batch, k_actor,
-      c.algo.action_rate_penalty, last_action)
+      c.algo.action_rate_penalty, last_action, c.algo.temporal_penalty, c.algo.spatial_penalty,
+      c.algo.spatial_sigma)
     alpha_value, alpha_grad = jax.value_and_grad(losses.alpha_loss)(
         agent.log_alpha, log_prob, target_entropy
     )

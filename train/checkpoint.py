@@ -9,13 +9,14 @@ and `checkpoints/<env_step>/` with three orbax items:
             provenance filled), evaluation metrics.
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact and the partial one is never listed.
-Kept: the `keep` most recent plus the best by evaluation time-at-goal. A checkpoint of another
+Kept: the `keep` most recent plus the best by evaluation (`best_score`). A checkpoint of another
 format (an older crl's, whose state had other leaves) is refused in one line: there is no
 upgrade path before 1.0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,7 +41,20 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_FORMAT = "crl-checkpoint/1"
 CONFIG_FILE = "config.json"
 SPEC_FILE = "spec.json"
-BEST_METRIC = "time_at_goal"
+# The checkpoint metric orbax keeps the best by (`best_score` of the training-range evaluation).
+BEST_METRIC = "hold_score"
+# `best_score`'s tie-break weight: below the smallest step of an at-the-end success rate while an
+# evaluation has fewer than 1/TIE_BREAK episodes (`validate` caps eval_episodes below that).
+TIE_BREAK = 1e-6
+
+
+def best_score(evaluation: dict[str, Any]) -> float:
+    """How a checkpoint ranks for deployment, from its evaluation under the training ranges: at
+    the goal when the episode ends first (a robot must stay there, not pass through), time at
+    goal breaking ties. Held-out results never rank a checkpoint: they are what a deployment is
+    tested against, so choosing by them would overstate it."""
+    return float(evaluation["final_success_rate"]) + TIE_BREAK * float(
+        evaluation["time_at_goal_fraction"])
 
 # Orbax logs every save and restore through absl at INFO/WARNING; a run's console is ours.
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -263,13 +277,13 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def best_step(run_dir: Path) -> int:
-    """The kept checkpoint with the best evaluation time at goal (the one the trainer keeps
-    beside the latest ones), so a deployment takes the best policy the run produced."""
+    """The kept checkpoint with the best `best_score` (the one the trainer keeps beside the
+    latest ones), so a deployment takes the policy of the run that best holds the goal."""
     scored: list[tuple[float, int]] = []
     for step in checkpoint_steps(run_dir):
         evaluation = _read_meta(Path(run_dir) / CHECKPOINTS / str(step)).get("evaluation") or {}
-        if BEST_METRIC in evaluation.get("train", {}):
-            scored.append((float(evaluation["train"][BEST_METRIC]), step))
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            scored.append((best_score(evaluation["train"]), step))
     if not scored:
         raise CheckpointError(f"{run_dir}: no checkpoint holds an evaluation to pick the best by")
     return max(scored)[1]

@@ -30,6 +30,9 @@ DType = Literal["fp32", "bf16"]
 # config.json's layout (`TrainConfig.to_dict`); bumped when it changes. A run directory of
 # another format is refused: there is no upgrade path before 1.0.
 RUN_FORMAT = "crl-run/1"
+# An evaluation's episodes at most: `crl.train.checkpoint.best_score` ranks by at-the-end success
+# with a tie-break below 1/1e6, one rate step of that many episodes.
+MAX_EVAL_EPISODES = 100_000
 # NetworkConfig's per-side overrides of the shared depth and width.
 SIDE_FIELDS = ("actor_depth", "actor_width", "critic_depth", "critic_width")
 
@@ -137,6 +140,15 @@ class AlgoConfig:
     action_rate_penalty: float = 0.0
     """Weight of mean ‖π(s, g) − last action‖² in the actor loss (0: the paper's loss); needs the
     task's `last_action` observation field."""
+    temporal_penalty: float = 0.0
+    """Weight of mean ‖π(s_t, g) − π(s_{t+1}, g)‖² (deterministic actions at consecutive states
+    of an episode) in the actor loss: CAPS' temporal smoothness term (0: the paper's loss)."""
+    spatial_penalty: float = 0.0
+    """Weight of mean ‖π(s, g) − π(s + δ, g)‖² (deterministic actions at nearby observations) in
+    the actor loss: CAPS' spatial smoothness term (0: the paper's loss)."""
+    spatial_sigma: float = 0.05
+    """The spatial term's δ: this fraction of each observation component's spread over the
+    batch (its standard deviation), Gaussian."""
 
 
 @dataclass(frozen=True)
@@ -310,16 +322,29 @@ PAPER = TrainConfig(
 # checkpoints end 97.2%, 97.9% and 96.7% of 1024 held-out episodes at the goal (the cycle is
 # gone; what fails now is mostly an arm that stops short with its shoulder command near the
 # servo's limit) and 20/20 goals in the closed loop; at 5.0 it learned slower and held 95.5%.
-# Later checkpoints can still drift (seed 1's last one: 82%), which the best-checkpoint export
-# (by time at goal under training DR) does not take. (These were measured before observation
-# noise got one random stream per field; seed 0 since then: docs/benchmarks.md, "Quickstart".)
+# Later checkpoints still drifted: the cycle's share of near-goal steps (the oscillation figure,
+# crl.core.oscillation) grew with training, 0.18 -> 0.32 -> 0.49 over seed 0's last three
+# checkpoints, and its last ended 89.4% of 1024 held-out episodes at the goal. Two smoothness
+# terms in the actor loss (CAPS, Mysore et al. 2021) stop that: a temporal one, weight 2.0, on
+# the policy's change between consecutive states, and a spatial one, weight 10.0, on its change
+# under a perturbation of 0.2x each observation component's spread, which bounds the gain a
+# stiffer, delayed servo turns into a cycle. With both, over seeds 0-2, every checkpoint from
+# 300k steps on ends 96.6-99.5% of held-out episodes at the goal (oscillation 0.01-0.18) and the
+# nominal target comes at 300k steps (bench/results/hold_cpu.json: without them, the temporal
+# term alone, both).
+# The misses left are goals behind the arm that the elbow's side puts past the shoulder's stop;
+# a shoulder turning +-2 pi removes them (bench/results/hold_cpu_shoulder_2pi.json) but doubles
+# the shoulder's action scale, and with it the loop gain: the hold got worse, so the model keeps
+# +-pi. Held-out evaluations run beside training's, for the learning curve; they never pick the
+# exported checkpoint (crl.train.checkpoint.best_score).
 QUICK = TrainConfig(
     task=tyro.MISSING,
     total_steps=600_000,
     dr="train",
     network=NetworkConfig(depth=4, width=128, repr_dim=64, residual=True),
     algo=AlgoConfig(batch_size=256, gamma=0.9, entropy_scale=2.0, alpha_lr=3e-3,
-                    action_rate_penalty=2.0),
+                    action_rate_penalty=2.0, temporal_penalty=2.0, spatial_penalty=10.0,
+                    spatial_sigma=0.2),
     replay=ReplayConfig(
         num_envs=128,
         unroll_length=16,
@@ -327,7 +352,7 @@ QUICK = TrainConfig(
         buffer_steps=1_000,
         min_replay_steps=64,
     ),
-    eval=EvalConfig(eval_every=100_000, eval_episodes=128, held_out=False),
+    eval=EvalConfig(eval_every=100_000, eval_episodes=128, held_out=True),
     log_every=5,
 )
 
@@ -417,8 +442,12 @@ def _check_algo(a: AlgoConfig) -> None:
                        ("alpha_lr", a.alpha_lr)):
         if not (math.isfinite(rate) and rate > 0):
             _fail(name, f"must be positive and finite, got {rate}")
-    if not (math.isfinite(a.action_rate_penalty) and a.action_rate_penalty >= 0):
-        _fail("action_rate_penalty", f"must be >= 0 and finite, got {a.action_rate_penalty}")
+    for name, weight in (("action_rate_penalty", a.action_rate_penalty),
+                         ("temporal_penalty", a.temporal_penalty),
+                         ("spatial_penalty", a.spatial_penalty),
+                         ("spatial_sigma", a.spatial_sigma)):
+        if not (math.isfinite(weight) and weight >= 0):
+            _fail(name, f"must be >= 0 and finite, got {weight}")
     if a.logsumexp_penalty < 0 or a.entropy_scale < 0:
         _fail("logsumexp_penalty/entropy_scale", "must not be negative")
 
@@ -475,6 +504,9 @@ def _check_run(c: TrainConfig) -> None:
     """Evaluation, checkpointing, logging and the environment's settings."""
     if c.eval.eval_every <= 0 or c.eval.eval_episodes <= 0:
         _fail("eval_every/eval_episodes", "must be positive")
+    if c.eval.eval_episodes > MAX_EVAL_EPISODES:
+        _fail("eval_episodes", f"at most {MAX_EVAL_EPISODES:,} (the best checkpoint's tie-break "
+              f"needs that), got {c.eval.eval_episodes:,}")
     if c.keep_checkpoints < 1:
         _fail("keep_checkpoints", f"must be at least 1, got {c.keep_checkpoints}")
     if c.log_every < 1:

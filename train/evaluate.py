@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crl.core.oscillation import NEAR_GOAL_RADII, action_flips, oscillation
 from crl.sim.env import jit as env_jit
 from crl.train.config import NetworkConfig
 from crl.train.networks import Actor, deterministic_action
@@ -56,24 +57,29 @@ def paper_score(evaluations: list[dict[str, Any]], split: str = "train") -> floa
 
 def make_evaluator(env: Any, actor: Actor, episodes: int) -> Evaluator:
     """A jitted fn(actor_params, key) → per-episode {success, time_at_goal, final_distance,
-    final_success}."""
+    final_success} and the steps' {actions, near} (each command and whether it was chosen
+    near the goal) for the oscillation figure (`crl.core.oscillation`)."""
 
     def run(actor_params: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
         state = reset_episodes(env, key, episodes)
         running = jnp.ones(episodes, bool)
+        near_radius = NEAR_GOAL_RADII * env.spec.success_radius
 
         def step(
             carry: tuple[Any, jax.Array], _: None
-        ) -> tuple[tuple[Any, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+        ) -> tuple[tuple[Any, jax.Array], tuple[jax.Array, ...]]:
             state, running = carry  # running: not yet done before this step
             action = deterministic_action(actor, actor_params, state.obs, state.goal)
+            near = running & (
+                jnp.linalg.norm(state.achieved_goal - state.goal, axis=-1) <= near_radius
+            )
             state = jax.vmap(env.step)(state, action)
             distance = jnp.linalg.norm(state.achieved_goal - state.goal, axis=-1)
             # A terminated episode's env steps on unscored (it is not reset: nothing reads it).
-            scored = (state.success & running, distance, running)
+            scored = (state.success & running, distance, running, action, near)
             return (state, running & ~state.done), scored
 
-        _, (success, distance, counted) = jax.lax.scan(
+        _, (success, distance, counted, actions, near) = jax.lax.scan(
             step, (state, running), None, length=env.episode_length
         )
         last = jnp.sum(counted, axis=0) - 1  # the episode's last scored step
@@ -84,6 +90,8 @@ def make_evaluator(env: Any, actor: Actor, episodes: int) -> Evaluator:
             # At the goal when the episode ends: what a deployment (and the closed loop) scores;
             # a policy that reaches and then drifts or oscillates has success without it.
             "final_success": jnp.take_along_axis(success, last[None], axis=0)[0],
+            "actions": actions,
+            "near": near,
         }
 
     return env_jit(run)
@@ -102,6 +110,7 @@ def summarize(per_episode: dict[str, Any], episode_length: int) -> dict[str, flo
         "time_at_goal_fraction": float(time_at_goal.mean() / episode_length),
         "final_distance_median": float(np.median(final)),
         "final_distance_mean": float(final.mean()),
+        "oscillation": oscillation(*action_flips(per_episode["actions"], per_episode["near"])),
     }
 
 

@@ -22,11 +22,15 @@ TANH_LOG_DET_EPS = 1e-6
 
 
 class Batch(NamedTuple):
-    """One SGD batch: observations, the actions taken, and the relabeled goals."""
+    """One SGD batch: observations, the actions taken, and the relabeled goals; with the
+    observation one step later where the episode goes on (`replay.sample`), for the actor's
+    temporal smoothness term."""
 
     obs: jax.Array  # [B, obs_dim]
     action: jax.Array  # [B, act_dim]
     goal: jax.Array  # [B, goal_dim]
+    next_obs: jax.Array | None = None  # [B, obs_dim]: s_{t+1} of the same episode
+    has_next: jax.Array | None = None  # bool[B]: next_obs exists (the episode had a step t+1)
 
 
 def _norm(diff: jax.Array) -> jax.Array:
@@ -127,6 +131,9 @@ def actor_loss(
     key: jax.Array,
     action_rate_penalty: float = 0.0,
     last_action: slice | None = None,
+    temporal_penalty: float = 0.0,
+    spatial_penalty: float = 0.0,
+    spatial_sigma: float = 0.0,
 ) -> tuple[jax.Array, tuple[jax.Array, dict[str, Any]]]:
     """mean(α · log π(ã | s, g) − f(s, ã, g)), ã ~ π; returns (loss, (log π, metrics)).
 
@@ -134,6 +141,16 @@ def actor_loss(
     With `action_rate_penalty` > 0, plus that weight times mean ‖tanh(μ(s, g)) − a_prev‖²,
     a_prev being the observation's `last_action` field (`last_action` its slice): a smoothness
     prior for a robot, whose servos follow a target that jumps from step to step only lagging.
+    With `temporal_penalty` > 0, plus that weight times mean ‖tanh(μ(s_t, g)) − tanh(μ(s_{t+1},
+    g))‖² over the rows that have a next step (CAPS' temporal term, Mysore et al., 2021): the
+    deterministic policy's own change along the dynamics, which is what a limit cycle through
+    the plant (a delayed, stiffer servo) is made of; the action-rate term sees it only through
+    the exploring actor's noisy last command.
+    With `spatial_penalty` > 0, plus that weight times mean ‖tanh(μ(s, g)) − tanh(μ(s + δ, g))‖²,
+    δ ~ N(0, (spatial_sigma · std of each observation component over the batch)²) (CAPS'
+    spatial term, scaled per component so one number fits joint angles, velocities and
+    positions): it bounds the policy's gain from what it observes to what it commands, the
+    loop gain a stiffer, delayed servo turns into a limit cycle.
     """
     # The modules' outputs alone, as in critic_loss (nothing is mutable).
     mean, log_std = cast(
@@ -156,6 +173,30 @@ def actor_loss(
         rate = jnp.mean(jnp.sum(jnp.square(change), axis=-1))
         loss = loss + action_rate_penalty * rate
         metrics["action_rate"] = rate
+    if temporal_penalty > 0:
+        if batch.next_obs is None or batch.has_next is None:
+            raise ValueError("actor_loss: temporal_penalty needs the batch's next observations")
+        next_mean, _ = cast(
+            tuple[jax.Array, jax.Array],
+            nets.actor.apply({"params": actor_params}, batch.next_obs, batch.goal),
+        )
+        change = jnp.sum(jnp.square(jnp.tanh(mean) - jnp.tanh(next_mean)), axis=-1)
+        weight = batch.has_next.astype(change.dtype)
+        temporal = jnp.sum(weight * change) / jnp.maximum(jnp.sum(weight), 1.0)
+        loss = loss + temporal_penalty * temporal
+        metrics["temporal_change"] = temporal
+    if spatial_penalty > 0:
+        spread = jax.lax.stop_gradient(jnp.std(batch.obs, axis=0))
+        k_spatial = jax.random.fold_in(key, 1)
+        nearby = batch.obs + spatial_sigma * spread * jax.random.normal(
+            k_spatial, batch.obs.shape, batch.obs.dtype)
+        near_mean, _ = cast(
+            tuple[jax.Array, jax.Array],
+            nets.actor.apply({"params": actor_params}, nearby, batch.goal),
+        )
+        spatial = jnp.mean(jnp.sum(jnp.square(jnp.tanh(mean) - jnp.tanh(near_mean)), axis=-1))
+        loss = loss + spatial_penalty * spatial
+        metrics["spatial_change"] = spatial
     return loss, (log_prob, metrics)
 
 

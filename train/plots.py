@@ -13,7 +13,11 @@ LEARNERS_CURVE_FILE = "learners.png"
 
 
 def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
-    """Success rate, time at goal and median final distance against env steps."""
+    """Success against env steps, reached (solid) and at the goal when the episode ends
+    (dashed); time at goal; median final distance; and how much the actions alternate near the
+    goal (`crl.core.oscillation`): each under the training env, and under the
+    held-out ranges where the run evaluates them (monitoring only: they never pick a
+    checkpoint)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,27 +36,32 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
     spec_path = run_dir / "spec.json"
     radius = json.loads(spec_path.read_text())["success_radius"] if spec_path.is_file() else None
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), constrained_layout=True)
     panels = (
-        ("success_rate", "success rate", 100.0, "%"),
-        ("time_at_goal", "time at goal", 1.0, "steps"),
-        ("final_distance_median", "median final distance", 100.0, "cm"),
+        ("success", (("success_rate", "-", "reached"), ("final_success_rate", "--", "at the end")),
+         100.0, "%"),
+        ("time at goal", (("time_at_goal", "-", ""),), 1.0, "steps"),
+        ("median final distance", (("final_distance_median", "-", ""),), 100.0, "cm"),
+        ("oscillation near the goal", (("oscillation", "-", ""),), 100.0,
+         "% of action components reversing"),
     )
-    for ax, (key, title, scale, unit) in zip(axes, panels, strict=True):
-        for split, label in splits.items():
-            if evaluations and split in evaluations[0]:
-                ax.plot(steps, [e[split][key] * scale for e in evaluations], marker="o", ms=3,
-                        label=label)
+    for ax, (title, lines, scale, unit) in zip(axes, panels, strict=True):
+        for i, (split, label) in enumerate(splits.items()):
+            for key, style, what in lines:
+                if evaluations and key in evaluations[0].get(split, {}):
+                    ax.plot(steps, [e[split][key] * scale for e in evaluations], style,
+                            marker="o", ms=3, color=f"C{i}",
+                            label=f"{label}, {what}" if what else label)
         ax.set_title(title)
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel("env steps")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-2, 102)
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="lower right", fontsize=8)
     if radius is not None:
         axes[2].axhline(radius * 100.0, color="gray", ls="--", lw=1, label="success radius")
-        axes[2].legend(loc="upper right")
+        axes[2].legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{data.get('task', '')}: deterministic actor on fresh goals")
     out = Path(out) if out is not None else run_dir / CURVE_FILE
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -162,5 +162,8 @@ def sample(
         obs=state.data.obs[row, env],
         action=state.data.action[row, env],
         goal=state.data.next_achieved[goal_row, env],
+        # Row t + 1 is the same episode's next step where the window holds two offsets.
+        next_obs=state.data.obs[(time + 1) % cap, env],
+        has_next=horizon >= 2,
     )
     return batch, offset

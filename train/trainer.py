@@ -39,7 +39,13 @@ from crl.train.agent import (
     run_spec,
     state_shardings,
 )
-from crl.train.checkpoint import SPEC_FILE, Checkpointer, prepare_run_dir
+from crl.train.checkpoint import (
+    BEST_METRIC,
+    SPEC_FILE,
+    Checkpointer,
+    best_score,
+    prepare_run_dir,
+)
 from crl.train.config import TrainConfig, validate, validate_devices
 from crl.train.evaluate import evaluation_key, paper_score, summarize
 from crl.train.plots import LEARNERS_FILE, plot_learners, plot_learning_curve
@@ -208,14 +214,14 @@ class RunRecorder:
         return record
 
     def save(self, state: TrainState, env_steps: int, record: dict[str, Any]) -> str:
-        """A checkpoint of `state` with its evaluation (the best by time at goal is kept), and
+        """A checkpoint of `state` with its evaluation (the best by `best_score` is kept), and
         spec.json for its step."""
         spec = run_spec(self.setup, env_steps)
         meta = {"env_steps": env_steps, "spec": spec.to_dict(), "evaluation": record}
         # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
         path = self.checkpointer.save(
             env_steps, state, jax.device_get(state.agent.params), meta,
-            {"time_at_goal": record["train"]["time_at_goal"]},
+            {BEST_METRIC: best_score(record["train"])},
         )
         if self.primary:
             write_json(self.run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
