@@ -325,6 +325,9 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
             "critic_lr": 3e-4,
             "alpha_lr": 3e-4,
             "action_rate_penalty": 0.0,
+            "temporal_penalty": 0.0,
+            "spatial_penalty": 0.0,
+            "spatial_sigma": 0.05,
         },
         "replay": {
             "num_envs": 512,
@@ -789,13 +792,14 @@ def test_the_ant_trains_through_early_terminations() -> None:
 
 
 def reacher_config() -> TrainConfig:
-    """The quick preset shrunk to a test's budget: 64 envs, width 64, 144k env steps."""
+    """The quick preset shrunk to a test's budget: 64 envs, width 64, 192k env steps (with the
+    preset's smoothness terms it starts slower: 18% success at 144k, 73% at 192k)."""
     quick = PRESETS["quick"]
     return dataclasses.replace(
         quick,
         task="reacher",
         seed=1,
-        total_steps=64 * 16 * 141,
+        total_steps=64 * 16 * 188,
         network=NetworkConfig(depth=4, width=64, repr_dim=32),
         replay=dataclasses.replace(quick.replay, num_envs=64),
         eval=EvalConfig(eval_every=64 * 16 * 47, eval_episodes=128, held_out=False),
