@@ -203,23 +203,29 @@ def run_envelope(policy: Policy, task: str, grid: Grid, label: str) -> Envelope:
             return env.randomizer.fixed(obs_noise_std=jnp.asarray(std))
         return env.randomizer.fixed(action_delay=int(value))
 
+    def distance_to_goal(state: Any) -> np.ndarray:
+        gap: np.ndarray = np.asarray(state.achieved_goal - state.goal)
+        return np.asarray(np.linalg.norm(gap, axis=-1))
+
+    start = reset(keys)  # the same starts and goals at every point
+    start_distance = distance_to_goal(start)
     for quantity in QUANTITIES:
         points = []
         for value in grid.values(quantity):
             draw = robot(quantity, value)
             # Every episode on this one robot (the reset's own draw replaced).
-            state = dataclasses.replace(reset(keys), dr=jax.tree.map(
+            state = dataclasses.replace(start, dr=jax.tree.map(
                 lambda x: jnp.broadcast_to(x, (grid.episodes, *np.shape(x))), draw))
             running = np.ones(grid.episodes, bool)
+            before = start_distance
             actions, near, distances, counted = [], [], [], []
             for _ in range(env.episode_length):
-                before = np.linalg.norm(np.asarray(state.achieved_goal - state.goal), axis=-1)
                 action = policy.act(np.asarray(state.obs), np.asarray(state.goal))
                 state = step(state, jnp.asarray(action))
                 actions.append(action)
                 near.append(running & (before <= NEAR_GOAL_RADII * radius))
-                distances.append(np.linalg.norm(np.asarray(state.achieved_goal - state.goal),
-                                                axis=-1))
+                before = distance_to_goal(state)
+                distances.append(before)
                 counted.append(running.copy())
                 running = running & ~np.asarray(state.done)
             distance = np.stack(distances)
