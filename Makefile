@@ -36,7 +36,7 @@ ROBOT_TESTS := tests/test_install.py tests/test_runtime.py tests/test_spec.py te
   tests/test_atomic.py tests/test_cli.py tests/test_seal.py tests/test_robot_config.py \
   tests/test_auth.py $(wildcard tests/test_controller*.py tests/test_transport.py tests/test_closed_loop.py)
 
-.PHONY: venv demo test test-robot lint typecheck clean
+.PHONY: venv demo test test-robot test-gpu-smoke lint typecheck clean
 
 # The workstation: every stage, ONNX Runtime for the CPU (never both it and the gpu extra), and
 # ROS 2 Jazzy's rclpy and messages as wheels for the ROS package's tests (one venv: the wheels'
@@ -101,8 +101,15 @@ test: venv lint typecheck $(TEST_POLICY)
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
 	  -m "not realtime"
 	CRL_DEMO_POLICY=$(TEST_POLICY) $(BIN)/python -m pytest -m realtime
+	$(MAKE) --no-print-directory test-gpu-smoke
 	CRL_ROS_POLICY=$(CURDIR)/$(TEST_POLICY) CRL_ROS_DOC=$(CURDIR)/docs/ros2.md ros2_ws/test.sh $(BIN)
 	$(MAKE) --no-print-directory test-robot
+
+# bench/gpu.sh, the first lent GPU's run, at toy sizes on this machine (about 80 s of CPU time;
+# results in a temporary folder): what needs a GPU, TensorRT or warp reports itself
+# unavailable, and a step that crashes, fails or times out fails this target.
+test-gpu-smoke: venv
+	bash bench/gpu.sh --smoke --python $(BIN)/python
 
 # The runtime's tests on Python 3.10 without the train extra: what a Jetson or a ROS 2 Humble
 # machine installs, with the newest numpy 2.x and again with numpy 1.26. Its policies are

@@ -7,8 +7,11 @@ and crl.core, so a training machine without ONNX Runtime and a robot without jax
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import tyro
@@ -20,6 +23,16 @@ ConfigT = TypeVar("ConfigT")
 
 class BenchConfigError(ValueError):
     """A benchmark setting that cannot work; the message names it."""
+
+
+def result_header(benchmark: str, device: dict[str, Any], versions: dict[str, str],
+                  config: Any, out: Path) -> dict[str, Any]:
+    """What a benchmark's JSON opens with: its name, the date (UTC), the machine, the versions
+    of what ran, and the config (a dataclass) with the output path it wrote."""
+    return {"benchmark": benchmark,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "device": device, "versions": versions,
+            "config": {**dataclasses.asdict(config), "out": str(out)}}
 
 
 def require_at_least_one(config: object, *names: str) -> None:

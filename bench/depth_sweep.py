@@ -11,33 +11,20 @@ See `bench/sweep.py` for every option and the other axes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import tyro
-from bench_cli import run_cli
-from sweep import SweepConfig
-from sweep import main as run
+from sweep import SweepConfig, SweepRuns, run_sweep, sweep_cli
 
 
 @dataclass(frozen=True)
-class DepthSweepConfig:
-    task: tyro.conf.Positional[str]
+class DepthSweepConfig(SweepRuns):
     depths: str = "4,8,16,32,64"
     """Comma-separated depths (Dense layers in the residual blocks, multiples of 4)."""
-    seeds: int = 1
-    steps: int = 1_000_000
-    preset: Literal["paper", "quick"] = "paper"
-    out: Path | None = None
-    """Folder of run directories and results (default: runs/sweep-<task>-depth)."""
-    train_args: str = ""
-    """Further crl-train flags for every run, as one string (e.g. "--num-envs 256")."""
 
 
-def main(c: DepthSweepConfig) -> None:
-    run(SweepConfig(task=c.task, axis="depth", values=c.depths, seeds=c.seeds, steps=c.steps,
-                    preset=c.preset, out=c.out, train_args=c.train_args))
+def run_depth_sweep(c: DepthSweepConfig) -> dict[str, Any]:
+    return run_sweep(SweepConfig(axis="depth", values=c.depths, **c.shared()))
 
 
 if __name__ == "__main__":
-    run_cli(main, DepthSweepConfig, "depth_sweep")
+    sweep_cli(run_depth_sweep, DepthSweepConfig, "depth_sweep")

@@ -48,6 +48,7 @@ from crl.runtime.transport import (
     action_reader,
     status_reader,
 )
+from crl.testbed import closed_loop
 
 HERE = Path(__file__).resolve()
 JOINTS = ("shoulder", "elbow")  # the reacher's, as its robot config names them
@@ -88,15 +89,9 @@ def sim_robot_process(port: int, seed: int, log: IO[bytes]) -> subprocess.Popen[
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
-    """SIGINT (a clean stop), then SIGKILL if it does not go; the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    """SIGINT (a clean stop), then SIGKILL if it does not go in `timeout` (a sim robot's jax
+    takes a while to let go); the exit status."""
+    return closed_loop.stop_process(proc, timeout)
 
 
 class FaultRobot:
@@ -221,61 +216,68 @@ def robot_main(port: int, hz: float, pose: Sequence[float], clock_offset: float 
 # -- observers ---------------------------------------------------------------------------------
 
 
-class ActionWatch(threading.Thread):
-    """Every action the runtime publishes, as a robot receives it (its own socket and context)."""
+class _Listener(threading.Thread):
+    """A thread that reads one of the runtime's streams on its own socket and context until
+    closed."""
 
     def __init__(self, endpoints: Endpoints):
         super().__init__(daemon=True)
         self.endpoints = endpoints
-        self.actions: list[Action] = []
         self.stop = threading.Event()
         self._lock = threading.Lock()
 
     def run(self) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            reader = action_reader(ctx, self.endpoints)
-            while not self.stop.is_set():
-                got = reader.drain(50)
-                with self._lock:
-                    self.actions += got
+            self.listen(ctx)
         finally:
             ctx.destroy(linger=0)
 
-    def since(self, wall: float) -> list[Action]:
-        """The actions stamped at or after `wall` (time.time())."""
-        with self._lock:
-            return [a for a in self.actions if a.stamp >= wall]
+    def listen(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.stop.set()
         self.join(5)
 
 
-class StatusWatch(threading.Thread):
+class ActionWatch(_Listener):
+    """Every action the runtime publishes, as a robot receives it."""
+
+    def __init__(self, endpoints: Endpoints):
+        super().__init__(endpoints)
+        self.actions: list[Action] = []
+
+    def listen(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        reader = action_reader(ctx, self.endpoints)
+        while not self.stop.is_set():
+            got = reader.drain(50)
+            with self._lock:
+                self.actions += got
+
+    def since(self, wall: float) -> list[Action]:
+        """The actions stamped at or after `wall` (time.time())."""
+        with self._lock:
+            return [a for a in self.actions if a.stamp >= wall]
+
+
+class StatusWatch(_Listener):
     """The newest status the runtime published (its statistics and link counters), and the
     history of its misses: (wall clock, misses so far)."""
 
     def __init__(self, endpoints: Endpoints):
-        super().__init__(daemon=True)
-        self.endpoints = endpoints
+        super().__init__(endpoints)
         self.stats: dict[str, Any] = {}
         self.misses: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
 
-    def run(self) -> None:
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        try:
-            reader = status_reader(ctx, self.endpoints)
-            while not self.stop.is_set():
-                msg = reader.poll(50)
-                if msg is not None:
-                    with self._lock:
-                        self.stats = dict(msg.stats)
-                        self.misses.append((msg.stamp, int(msg.stats.get("misses", 0))))
-        finally:
-            ctx.destroy(linger=0)
+    def listen(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        reader = status_reader(ctx, self.endpoints)
+        while not self.stop.is_set():
+            msg = reader.poll(50)
+            if msg is not None:
+                with self._lock:
+                    self.stats = dict(msg.stats)
+                    self.misses.append((msg.stamp, int(msg.stats.get("misses", 0))))
 
     def latest(self) -> dict[str, Any]:
         with self._lock:
@@ -290,10 +292,6 @@ class StatusWatch(threading.Thread):
             if (stats and ready(stats)) or time.monotonic() > deadline:
                 return stats
             time.sleep(0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(5)
 
 
 def dropped(stats: dict[str, Any], link: str) -> dict[str, int]:

@@ -127,6 +127,7 @@ class _Telemetry(_Wire):
     goal: Numbers
     achieved_goal: Numbers
     action_latency_ms: float
+    action_applied_ms: float
     actions_received: int
     command: Numbers
 
@@ -145,7 +146,7 @@ FIELDS = {cls: [f for f in msgspec.structs.fields(wire) if f.name not in ("v", "
           for cls, wire in WIRE.items()}
 VECTORS = {cls: {f.name for f in fields(cls) if "Vector" in str(f.type)} for cls in WIRE}
 FIXED_SIZES = {"base_pos": 3, "base_quat": 4, "base_lin_vel": 3, "base_ang_vel": 3}
-NAN_ALLOWED = {"action_latency_ms"}
+NAN_ALLOWED = {"action_latency_ms", "action_applied_ms"}
 HEADER = ("session", "seq", "stamp")
 
 
@@ -277,7 +278,7 @@ def valid_messages(rng: random.Random, joints: int) -> dict[type[Any], Any]:
         Action: Action(*head, names, vec, "position", False, 5, time.time()),
         Goal: Goal(*head, "world", vec[:3] if joints >= 3 else vec),
         GoalReply: GoalReply(*head, True, "ok"),
-        Telemetry: Telemetry(*head, 1, 2, 100, vec[:2], vec[:2], math.nan, 7, vec),
+        Telemetry: Telemetry(*head, 1, 2, 100, vec[:2], vec[:2], math.nan, math.nan, 7, vec),
         Status: Status(*head, {"ticks": 10, "p50_ms": 0.2, "mode": "policy", "safe": True}),
     }
 

@@ -19,8 +19,6 @@ typeguard==4.6.1`, then install as that script's header says.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from bench_cli import BenchConfigError, require_at_least_one, run_cli
+from bench_cli import BenchConfigError, require_at_least_one, result_header, run_cli
 from policy_latency import (  # bench/ is the script's own path entry
     ActorShape,
     latencies,
@@ -151,12 +149,8 @@ def main(config: Config) -> dict[str, Any]:
                 **{f"batch{b}": timed[b][k] for b in batches},
             }
     payload = {
-        "benchmark": "policy_latency_gpu",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device,
+        **result_header("policy_latency_gpu", device, versions(), config, out),
         "jax_devices": [str(d) for d in jax.devices()],
-        "config": {**dataclasses.asdict(config), "out": str(out)},
-        "versions": versions(),
         "results": results,
         "skipped": skipped,
     }

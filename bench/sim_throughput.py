@@ -19,7 +19,6 @@ missing it stops in one line before measuring anything (`crl.sim.physics.check_p
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import platform
 import re
@@ -32,7 +31,7 @@ from typing import Any, Literal
 
 import jax
 import mujoco
-from bench_cli import BenchConfigError, require_at_least_one, run_cli
+from bench_cli import BenchConfigError, require_at_least_one, result_header, run_cli
 
 from crl.core.atomic import write_json
 from crl.sim import tasks
@@ -179,13 +178,7 @@ def main(config: Config) -> dict[str, Any]:
     device = device_info()
     out = config.out or RESULTS / f"sim_throughput_{device_slug(device)}.json"
     payload: dict[str, Any] = {
-        "benchmark": "sim_throughput",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device,
-        "versions": versions(),
-        "config": {**dataclasses.asdict(config), "out": str(out)},
-        "results": [],
-    }
+        **result_header("sim_throughput", device, versions(), config, out), "results": []}
     on_cpu = device["platform"] == "cpu"
     for task in config.tasks:
         counts = env_counts(task, config, on_cpu)

@@ -62,26 +62,37 @@ class SweepError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SweepConfig:
-    """One axis, its values, and the seeds each value is trained with."""
+class SweepRuns:
+    """What every run of a sweep shares: the task, seeds, length, recipe and score. The depth
+    study and the width-against-depth comparison take these flags as they are."""
 
     task: tyro.conf.Positional[str]
-    axis: Axis = "depth"
-    values: str = "4,8,16,32,64"
-    """Comma-separated values of the axis (`residual`: true,false)."""
     seeds: int = 1
     """Seeds 0..seeds-1 per value."""
     steps: int = 1_000_000
     """Env steps per run (crl-train --total-steps)."""
     preset: Literal["paper", "quick"] = "paper"
     out: Path | None = None
-    """Folder of run directories and results (default: runs/sweep-<task>-<axis>)."""
+    """Folder of run directories and results; None: one under runs/ named for task and sweep."""
     train_args: str = ""
     """Further crl-train flags for every run, as one string (e.g. "--num-envs 256")."""
     metric: Literal["time_at_goal", "success_rate"] = "time_at_goal"
     """The score: the paper reports time at goal."""
     final_evals: int = 1
     """Evaluations averaged into a run's final score (the last ones)."""
+
+    def shared(self) -> dict[str, Any]:
+        """These fields by name, to build a `SweepConfig` from a config that extends them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SweepRuns)}
+
+
+@dataclass(frozen=True)
+class SweepConfig(SweepRuns):
+    """One axis, its values, and the seeds each value is trained with."""
+
+    axis: Axis = "depth"
+    values: str = "4,8,16,32,64"
+    """Comma-separated values of the axis (`residual`: true,false)."""
 
     def axis_values(self) -> list[Any]:
         parts = [p.strip() for p in self.values.split(",") if p.strip()]
@@ -285,14 +296,19 @@ def result_header(benchmark: str, config: Any, folder: Path) -> dict[str, Any]:
     }
 
 
-def exit_on_sweep_error(run: Callable[[ConfigT], Any], config: ConfigT, name: str) -> None:
-    """`run(config)`; a run that failed (a SweepError: its message names the run and its log)
-    as one line on stderr and exit status 1."""
-    try:
-        run(config)
-    except SweepError as e:
-        print(f"{name}: {e}", file=sys.stderr)
-        sys.exit(1)
+def sweep_cli(run: Callable[[ConfigT], Any], config: type[ConfigT], name: str) -> None:
+    """A sweep tool's command line: `run` on the parsed config, a bad setting as `run_cli` says,
+    a run that failed (a SweepError: its message names the run and its log) as one line on stderr
+    and exit status 1."""
+
+    def main(parsed: ConfigT) -> None:
+        try:
+            run(parsed)
+        except SweepError as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    run_cli(main, config, name)
 
 
 def run_sweep(config: SweepConfig) -> dict[str, Any]:
@@ -320,9 +336,5 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     return result
 
 
-def main(config: SweepConfig) -> None:
-    exit_on_sweep_error(run_sweep, config, "sweep")
-
-
 if __name__ == "__main__":
-    run_cli(main, SweepConfig, "sweep")
+    sweep_cli(run_sweep, SweepConfig, "sweep")

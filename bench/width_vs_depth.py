@@ -20,25 +20,27 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import tyro
-from bench_cli import BenchConfigError, run_cli
+from bench_cli import BenchConfigError
 from sweep import (
     METRICS,
     SweepConfig,
-    exit_on_sweep_error,
+    SweepRuns,
     plot_against_params,
     result_header,
     run_sweep,
+    sweep_cli,
 )
 
 from crl.core.atomic import write_atomic, write_json
 
 
 @dataclass(frozen=True)
-class WidthVsDepthConfig:
-    task: tyro.conf.Positional[str]
+class WidthVsDepthConfig(SweepRuns):
+    """The sweeps' shared flags; `--out` is the folder of both sweeps and the comparison
+    (default: runs/width-vs-depth-<task>)."""
+
     depths: str = "4,8,16,32"
     """Comma-separated depths of the depth sweep (multiples of 4), each at --width."""
     widths: str = "256,512,1024,2048"
@@ -47,18 +49,6 @@ class WidthVsDepthConfig:
     """Depth of every run of the width sweep."""
     width: int = 256
     """Width of every run of the depth sweep."""
-    seeds: int = 1
-    """Seeds 0..seeds-1 per value."""
-    steps: int = 1_000_000
-    """Env steps per run (crl-train --total-steps)."""
-    preset: Literal["paper", "quick"] = "paper"
-    out: Path | None = None
-    """Folder of both sweeps and the comparison (default: runs/width-vs-depth-<task>)."""
-    train_args: str = ""
-    """Further crl-train flags for every run, as one string (e.g. "--num-envs 256")."""
-    metric: Literal["time_at_goal", "success_rate"] = "time_at_goal"
-    final_evals: int = 1
-    """Evaluations averaged into a run's final score (the last ones)."""
 
     def folder(self) -> Path:
         return self.out or Path("runs") / f"width-vs-depth-{self.task}"
@@ -69,8 +59,7 @@ class WidthVsDepthConfig:
             raise BenchConfigError("--depth/--width: must be at least 1")
         if clash := sorted({"--depth", "--width"} & set(shlex.split(self.train_args))):
             raise BenchConfigError(f"--train-args: {', '.join(clash)} is set by --depth/--width")
-        shared = dict(task=self.task, seeds=self.seeds, steps=self.steps, preset=self.preset,
-                      metric=self.metric, final_evals=self.final_evals)
+        shared = {k: v for k, v in self.shared().items() if k not in ("out", "train_args")}
         return {
             "depth": SweepConfig(axis="depth", values=self.depths, out=self.folder() / "depth",
                                  train_args=f"{self.train_args} --width {self.width}".strip(),
@@ -127,9 +116,5 @@ def run(config: WidthVsDepthConfig) -> dict[str, Any]:
     return result
 
 
-def main(config: WidthVsDepthConfig) -> None:
-    exit_on_sweep_error(run, config, "width_vs_depth")
-
-
 if __name__ == "__main__":
-    run_cli(main, WidthVsDepthConfig, "width_vs_depth")
+    sweep_cli(run, WidthVsDepthConfig, "width_vs_depth")

@@ -5,14 +5,22 @@ instead of a traceback from deep inside an import.
 The plain install is the robot's (the spec, the runtime, `crl-run`); ONNX Runtime comes from the
 `cpu` or the `gpu` extra, training and simulation from `train` (Python ≥ 3.11, jax's floor).
 Each package's command line has its own entry point, which runs its `main` through
-`run_command`; importing this module needs the standard library alone.
+`run_command` (which also answers `--version`); importing this module needs the standard
+library alone.
+
+Every command checks its flags right after parsing, before any work, with the checks below: a
+value that cannot work raises `UsageError`, whose one line names the flag and what it takes.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 USAGE_ERROR = 2  # every crl-* command's status for a mistake a user can make (argparse's too)
 TRAIN_PYTHON = (3, 11)
@@ -39,6 +47,99 @@ ORT_MISSING = (
 class ConfigError(ValueError):
     """A configuration that cannot work (a task, its domain randomization, a training run);
     the message names the field and what to change."""
+
+
+class UsageError(ValueError):
+    """A flag whose value cannot work, found when the command line is parsed: the message
+    names the flag, the value given and what the flag takes."""
+
+
+# What a path flag may end in: what the renderer writes, and what matplotlib draws a plot to.
+VIDEO_SUFFIXES = (".mp4",)
+IMAGE_SUFFIXES = (".png",)
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+SEEDS = 2**32  # jax's PRNG keys hold 32 bits of a seed: beyond them seeds repeat, or overflow
+PORTS = 65535
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def positive(flag: str, value: float) -> None:
+    """A rate, a duration or a factor: greater than 0, and finite."""
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} {_shown(value)}: must be positive and finite")
+
+
+def non_negative(flag: str, value: float, zero: str) -> None:
+    """A duration or an amount that may be 0, which means `zero`."""
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{flag} {_shown(value)}: must be >= 0 and finite (0: {zero})")
+
+
+def at_least(flag: str, value: int, low: int) -> None:
+    """A count, a size or an index."""
+    if value < low:
+        raise UsageError(f"{flag} {value}: must be at least {low}")
+
+
+def finite(flag: str, values: Iterable[float]) -> None:
+    """Coordinates: every one a finite number."""
+    values = tuple(values)
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} {' '.join(map(_shown, values))}: must be finite numbers")
+
+
+def within(flag: str, value: float, low: float, high: float) -> None:
+    if not (math.isfinite(value) and low <= value <= high):
+        raise UsageError(f"{flag} {_shown(value)}: must be a number from {low:g} to {high:g}")
+
+
+def seed(flag: str, value: int) -> None:
+    if not 0 <= value < SEEDS:
+        raise UsageError(f"{flag} {value}: must be between 0 and {SEEDS - 1}")
+
+
+def port(flag: str, value: int, count: int) -> None:
+    """The first of `count` consecutive ports."""
+    top = PORTS - (count - 1)
+    if not 1 <= value <= top:
+        raise UsageError(f"{flag} {value}: must be between 1 and {top} (it and the next "
+                         f"{count - 1} ports are used)")
+
+
+def suffix(flag: str, path: Path | None, suffixes: tuple[str, ...]) -> None:
+    """A file to write, in the format its suffix names (None: not asked for)."""
+    if path is not None and path.suffix.lower() not in suffixes:
+        either = " or ".join(filter(None, (", ".join(suffixes[:-1]), suffixes[-1])))
+        raise UsageError(f"{flag} {path}: must end in {either}")
+
+
+def check_flags(args: object) -> None:
+    """Run the flags' own `check()`, where the parsed arguments (a subcommand's dataclass) have
+    one: every command calls this right after parsing, before any work."""
+    check = getattr(args, "check", None)
+    if check is not None:
+        check()
+
+
+def default(text: str) -> Any:
+    """Help for a default its value does not say (None or '' standing for something):
+    `Annotated[T, default("the latest")]` ends the help with `(default: the latest)` in place
+    of tyro's `(default: None)`, so each flag shows one default."""
+    import tyro  # here, not above: importing this module needs the standard library alone
+
+    return tyro.conf.arg(help_behavior_hint=f"(default: {text})")
+
+
+def version_line(command: str) -> str:
+    """What `command --version` prints: the command and the installed package's version."""
+    try:
+        version = importlib.metadata.version("crl")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(crl is not installed: no version)"
+    return f"{command} {version}"
 
 
 def needs(command: str, extra: str) -> str:
@@ -78,7 +179,11 @@ def missing(extra: str) -> list[str]:
 
 def run_command(command: str, main: Callable[[], int | None], extra: str | None) -> int | None:
     """Run a command's `main`, first checking `extra` if given; a missing module that an extra
-    provides, wherever it is imported, ends the command with that extra's one line."""
+    provides, wherever it is imported, ends the command with that extra's one line. `--version`
+    needs no extra: it prints the version line."""
+    if sys.argv[1:2] == ["--version"]:
+        print(version_line(command))
+        return 0
     try:
         if extra is not None and missing(extra):
             print(needs(command, extra), file=sys.stderr)

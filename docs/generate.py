@@ -341,6 +341,21 @@ def closed_loop_seeds(r: dict[str, Any]) -> str:
                   "oscillation"], rows, "lrrrr")
 
 
+def loop_drift(r: dict[str, Any]) -> str:
+    """Each run against a robot whose clock drifts: latency against the policy's, slips, misses
+    and whether every target held."""
+    rows = [[run["setup"], f"{run['clock_ppm']:+g}", f"{run['ticks']:,}", str(run["misses"]),
+             f"{run['samples_skipped']} / {run['samples_repeated']}",
+             f"{run['policy_p99_ms']:.2f}", f"{run['runtime_end_to_end_ms']['p99']:.2f}",
+             f"{run['robot_end_to_end_ms']['p99']:.2f}",
+             "all" if all(run["targets"].values())
+             else ", ".join(k for k, ok in run["targets"].items() if not ok) + " missed"]
+            for run in r["runs"]]
+    return table(["setup", "robot clock (ppm)", "ticks", "misses", "skipped / repeated",
+                  "policy p99 (ms)", "runtime end-to-end p99 (ms)", "robot-measured p99 (ms)",
+                  "targets"], rows, "lrrrrrrrl")
+
+
 CONTEXT_KEYS = {"benchmark", "date", "device", "machine", "versions", "config"}
 
 
@@ -376,6 +391,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("hold", None): hold,
     ("robustness", None): robustness,
     ("closed_loop_seeds", None): closed_loop_seeds,
+    ("loop_drift", None): loop_drift,
 }
 
 
@@ -444,7 +460,8 @@ def layout_block() -> str:
     for package, folder in package_dir.items():  # pyproject lists them floor by floor
         lines += _wrapped(f"{folder + '/':<10}  {package:<13}", _modules(ROOT / folder))
     ros = ROOT / "ros2_ws" / "src" / "crl_runtime"
-    ros_items = [*_modules(ros / "crl_runtime"), "launch/", "config/", "rviz/", "test/"]
+    ros_items = [*_modules(ros / "crl_runtime"), "launch/", "config/", "controllers/", "rviz/",
+                 "test/"]
     lines += _wrapped(f"{'ros2_ws/':<10}  {'crl_runtime':<13}", ros_items)
     lines += _wrapped(f"{'bench/':<10}  {'scripts':<13}", _modules(ROOT / "bench"))
     lines += _wrapped(f"{'docs/':<10}  {'':<13}", ["*.md", "generate"])

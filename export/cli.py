@@ -3,8 +3,10 @@
     crl-export onnx --run runs/ant --out policy.onnx [--step N] [--fp16 | --int8] [--critic]
     crl-export tensorrt --onnx policy.onnx --out policy.engine [--precision fp16] [--max-batch 64]
 
-A mistake a user can make (missing run, file that is not a policy, TensorRT absent) is one line
-on stderr and exit status 2, as with every crl-* command; nothing half-written is left behind.
+Every flag is checked when the command line is parsed, before anything loads. A mistake a user
+can make (a bad flag, a missing run, a file that is not a policy, TensorRT absent) is one line on
+stderr and exit status 2, as with every crl-* command; nothing half-written is left behind.
+`crl-export --version` prints the version.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
+from crl.core import usage
 from crl.core.policy_file import PolicyFileError
 from crl.core.spec import SpecError
-from crl.core.usage import USAGE_ERROR, run_command
+from crl.core.usage import USAGE_ERROR, UsageError, run_command
 from crl.export.onnx_export import Exported, ExportError, export_actor, quantize_int8
 
 
@@ -32,8 +35,8 @@ class OnnxArgs:
     """training run directory (runs/<name>)"""
     out: Path
     """the .onnx file to write"""
-    step: int | None = None
-    """checkpoint step (default: the latest)"""
+    step: Annotated[int | None, usage.default("the latest")] = None
+    """checkpoint step (env steps)"""
     best: bool = False
     """export the checkpoint that best holds the goal under the training ranges (at the goal
     when the episode ends, then time at goal) instead of the latest"""
@@ -44,6 +47,14 @@ class OnnxArgs:
     critic: bool = False
     """add the outputs phi, psi and distance = ‖φ(s, π(s, g)) − ψ(g)‖, a reachability readout"""
 
+    def check(self) -> None:
+        if self.fp16 and self.int8:
+            raise UsageError("--fp16 and --int8: pick one precision")
+        if self.step is not None:
+            if self.best:
+                raise UsageError("--best and --step: pick one checkpoint")
+            usage.at_least("--step", self.step, 0)
+
 
 @dataclass(frozen=True)
 class TensorRTArgs:
@@ -53,17 +64,19 @@ class TensorRTArgs:
     """policy ONNX file from `crl-export onnx`"""
     out: Path
     """the engine to write; its sidecar goes to OUT.json"""
-    precision: Literal["fp32", "fp16"] | None = None
-    """engine precision (default: the ONNX's); TensorRT 11 takes fp16 only from an --fp16 export"""
+    precision: Annotated[Literal["fp32", "fp16"] | None, usage.default("the ONNX's")] = None
+    """engine precision; TensorRT 11 takes fp16 only from an --fp16 export"""
     max_batch: int = 64
     """largest batch the engine accepts (profile 1..N, tuned for batch 1)"""
-    timing_cache: Path | None = None
-    """TensorRT timing cache (default: tensorrt_timing.cache next to OUT)"""
+    timing_cache: Annotated[
+        Path | None, usage.default("tensorrt_timing.cache next to OUT")] = None
+    """TensorRT timing cache"""
+
+    def check(self) -> None:
+        usage.at_least("--max-batch", self.max_batch, 1)
 
 
 def export_onnx(args: OnnxArgs) -> Exported:
-    if args.fp16 and args.int8:
-        raise ExportError("--fp16 and --int8: pick one precision")
     try:
         from crl.train.checkpoint import CheckpointError, best_step, load_run
     except ImportError as e:
@@ -74,8 +87,6 @@ def export_onnx(args: OnnxArgs) -> Exported:
 
     setup_jax()  # XLA flags, before orbax restores the checkpoint's arrays through jax
     try:
-        if args.best and args.step is not None:
-            raise ExportError("--best and --step: pick one checkpoint")
         run = load_run(args.run, best_step(args.run) if args.best else args.step)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
@@ -89,9 +100,15 @@ def export_onnx(args: OnnxArgs) -> Exported:
 COMMANDS: dict[str, Callable[..., Any]] = {"onnx": OnnxArgs, "tensorrt": TensorRTArgs}
 
 
+DESCRIPTION = ("A training run → a policy ONNX file → a TensorRT engine on the target. "
+               "`crl-export --version` prints the version.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-export", args=argv)
+    args = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="crl-export",
+                                                description=DESCRIPTION, args=argv)
     try:
+        args.check()  # every flag, before anything loads
         if isinstance(args, OnnxArgs):
             e = export_onnx(args)
             print(f"wrote {e.path} ({e.precision}, task {e.spec.task!r}, {e.spec.network}"
@@ -104,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote {info.path} and {info.sidecar.name} ({info.precision}, TensorRT "
                   f"{info.tensorrt_version}, {info.gpu or 'GPU unknown'}, "
                   f"batch 1..{info.max_batch})")
-    except (ExportError, PolicyFileError, SpecError,
+    except (UsageError, ExportError, PolicyFileError, SpecError,
             OSError) as e:  # OSError: an --out that cannot be written
         print(f"crl-export: error: {e}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR) from None

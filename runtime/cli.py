@@ -7,7 +7,8 @@
     crl-run bench-loop --policy policy.onnx --hz 100 --seconds 60 --out loop.json
     crl-run keys --out keys/                                    # CURVE keys (--keys keys/)
 
-A user mistake is one line on stderr and exit status 2.
+Every flag is checked when the command line is parsed, before anything loads; a user mistake
+is one line on stderr and exit status 2. `crl-run --version` prints the version.
 """
 
 from __future__ import annotations
@@ -16,19 +17,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
-from crl.core import plugins
+from crl.core import plugins, usage
 from crl.core.atomic import write_json
 from crl.core.plugins import Command
 from crl.core.spec import SpecError
-from crl.core.usage import USAGE_ERROR, run_command
+from crl.core.usage import USAGE_ERROR, UsageError, run_command
 from crl.runtime.policy import PolicyError
 
 if TYPE_CHECKING:
     from crl.runtime.auth import Keys, Role
+
+PORTS = 5  # the transport's streams: robot observations, telemetry, actions, goals, status
+
 
 @dataclass(frozen=True)
 class BenchArgs:
@@ -39,6 +43,7 @@ class BenchArgs:
     out: Path
     """the JSON result to write"""
     backend: Literal["ort", "trt", "jax"] = "ort"
+    """what runs the policy: ONNX Runtime, a TensorRT engine, or jax on a training run"""
     batch: str = "1,8,64"
     """comma-separated batch sizes"""
     iterations: int = 1000
@@ -51,13 +56,18 @@ class BenchArgs:
     spin: bool = False
     """ONNX Runtime worker threads busy-wait instead of sleeping (with --threads 2 or more; they
     go on spinning for tens of ms after each call, so at a control rate those cores never rest)"""
-    providers: tuple[str, ...] = ()
-    """ONNX Runtime execution providers, best first, e.g. CUDAExecutionProvider (default: the
-    best this onnxruntime has: TensorRT, then CUDA, then CPU)"""
+    providers: Annotated[tuple[str, ...], usage.default(
+        "the best this onnxruntime has: TensorRT, then CUDA, then CPU")] = ()
+    """ONNX Runtime execution providers, best first, e.g. CUDAExecutionProvider"""
     plot: Path | None = None
-    """latency histogram PNG to write"""
+    """latency histogram to draw (.png, .svg or .pdf)"""
 
-
+    def check(self) -> None:
+        parse_batches(self.batch)
+        usage.at_least("--iterations", self.iterations, 1)
+        usage.non_negative("--rate", self.rate, "back to back")
+        usage.at_least("--threads", self.threads, 1)
+        usage.suffix("--plot", self.plot, usage.PLOT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,9 @@ class Connection:
     """CURVE keys folder (`crl-run keys`): this party's secret certificate and authorized/ peers'
     public ones; every stream is then encrypted and only authorized keys are served"""
 
+    def check(self) -> None:
+        usage.port("--port", self.port, PORTS)
+
 
 @dataclass(frozen=True)
 class KeysArgs:
@@ -83,6 +96,10 @@ class KeysArgs:
     roles: tuple[Literal["runtime", "robot", "operator"], ...] = ("runtime", "robot", "operator")
     """whose certificates to make (operator: `crl-run goal`, status and telemetry readers)"""
 
+    def check(self) -> None:
+        if not self.roles:
+            raise UsageError("--roles: name at least one of runtime, robot, operator")
+
 
 @dataclass(frozen=True)
 class ServeArgs(Connection):
@@ -92,15 +109,15 @@ class ServeArgs(Connection):
     policy: Path = tyro.MISSING
     """policy.onnx (backend ort) or policy.engine (trt)"""
     backend: Literal["ort", "trt"] = "ort"
-    robot: str = ""
-    """robot config: a shipped one by task name (reacher, ant, ...) or a YAML path (default:
-    the policy's task)"""
+    """what runs the policy: ONNX Runtime (a .onnx file) or TensorRT (a .engine)"""
+    robot: Annotated[str, usage.default("the policy's task")] = ""
+    """robot config: a shipped one by task name (reacher, ant, ...) or a YAML path"""
     rate: float = 0.0
-    """control rate in Hz (default: the policy's spec)"""
+    """control rate in Hz (0: the policy's, from its spec)"""
     speed: float = 1.0
     """run the clock this many times faster than real time (against a sim robot run as fast)"""
     seconds: float = 0.0
-    """stop after this long (0: until Ctrl-C)"""
+    """stop after this many seconds (0: run until Ctrl-C)"""
     wait: float = 30.0
     """seconds to wait for the robot's first observation"""
     spin: float = 0.0005
@@ -126,6 +143,24 @@ class ServeArgs(Connection):
     quiet: bool = False
     """no live status line"""
 
+    def check(self) -> None:
+        super().check()
+        usage.non_negative("--rate", self.rate, "the policy's rate")
+        usage.positive("--speed", self.speed)
+        usage.non_negative("--seconds", self.seconds, "until Ctrl-C")
+        usage.positive("--wait", self.wait)
+        usage.non_negative("--spin", self.spin, "no busy-waiting")
+        usage.at_least("--threads", self.threads, 1)
+        for flag, value in (("--max-observation-age", self.max_observation_age),
+                            ("--max-action-change", self.max_action_change)):
+            if value is not None:
+                usage.positive(flag, value)
+        if self.goal_margin is not None:
+            usage.non_negative("--goal-margin", self.goal_margin, "the training goal box")
+        if self.soft_start is not None:
+            usage.non_negative("--soft-start", self.soft_start, "no ramp")
+        usage.finite("--goal", self.goal)
+
 
 @dataclass(frozen=True)
 class GoalArgs(Connection):
@@ -134,16 +169,25 @@ class GoalArgs(Connection):
     values: tyro.conf.Positional[tuple[float, ...]] = ()
     """the goal: X Y [Z] in the policy's goal frame"""
     frame: str = "world"
+    """the frame the goal is given in, which must be the policy's goal frame"""
     timeout: float = 2.0
+    """seconds to wait for `crl-run serve` to answer"""
+
+    def check(self) -> None:
+        super().check()
+        if not self.values:
+            raise UsageError("goal: give the goal's coordinates, e.g. `crl-run goal 0.1 0.05`")
+        usage.finite("goal", self.values)
+        usage.positive("--timeout", self.timeout)
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
     try:
         batches = tuple(int(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise PolicyError(f"--batch: {text!r} is not a comma-separated list of integers") from None
+        raise UsageError(f"--batch: {text!r} is not a comma-separated list of integers") from None
     if not batches or min(batches) < 1:
-        raise PolicyError(f"--batch: {text!r} needs positive batch sizes, e.g. 1,8,64")
+        raise UsageError(f"--batch: {text!r} needs positive batch sizes, e.g. 1,8,64")
     return batches
 
 
@@ -164,8 +208,6 @@ def bench(args: BenchArgs) -> None:
         print(f"the hypervisor gave other guests {steal:.1f}% of this machine's CPU time "
               "meanwhile (steal): a tail that grows with it is the host's")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
-
-
 
 
 def _policy(path: Path, backend: str, threads: int = 1) -> object:
@@ -220,9 +262,10 @@ def summary_line(s: dict[str, float | int | str]) -> str:
     """The status in one line: the rate over the last second and the longest gap between
     actions since the previous status (and over the run), so a stall cannot hide."""
     return (f"{s['mode']:>10}  {s['rate_hz']:6.1f} Hz  longest gap {s['max_gap_ms']:.0f} ms "
-            f"(run {s['max_gap_run_ms']:.0f})  p99 period error "
+            f"(run {s['max_gap_run_ms']:.0f} ms)  p99 period error "
             f"{s['period_error_p99_ms']:.3f} ms  policy p99 {s['policy_latency_p99_ms']:.3f} ms  "
-            f"misses {s['misses']}  stale stops {s['stale_stops']}  robot restarts "
+            f"misses {s['misses']}  samples skipped {s['samples_skipped']} / repeated "
+            f"{s['samples_repeated']}  stale stops {s['stale_stops']}  robot restarts "
             f"{s['robot_restarts']}  goal rejections {s['goal_rejections']}  non-finite "
             f"{s['nonfinite_actions']}")
 
@@ -234,8 +277,6 @@ def _status_line(s: dict[str, float | int | str]) -> None:
 def goal_cmd(args: GoalArgs) -> None:
     from crl.runtime.transport import Endpoints, send_goal
 
-    if not args.values:
-        raise PolicyError("goal: give the goal's coordinates, e.g. `crl-run goal 0.1 0.05`")
     reply = send_goal(Endpoints(args.host, args.port), list(args.values), args.frame, args.timeout,
                       _keys(args.keys, "operator", "runtime"))
     if not reply.accepted:
@@ -246,8 +287,6 @@ def goal_cmd(args: GoalArgs) -> None:
 def keys_cmd(args: KeysArgs) -> None:
     from crl.runtime.auth import make_keys
 
-    if not args.roles:
-        raise PolicyError("--roles: name at least one of runtime, robot, operator")
     for path in make_keys(args.out, args.roles):
         print(f"wrote {path}")
 
@@ -261,6 +300,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+DESCRIPTION = "Run exported policies on a robot computer. `crl-run --version` prints the version."
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from crl.runtime.auth import AuthError
     from crl.runtime.observation import ObservationError
@@ -269,12 +311,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from crl.runtime.transport import TransportError
 
     args = tyro.extras.subcommand_cli_from_dict({n: c.args for n, c in COMMANDS.items()},
-                                                prog="crl-run", args=argv)
+                                                prog="crl-run", description=DESCRIPTION, args=argv)
     command = next(c for c in COMMANDS.values() if isinstance(args, c.args))
     mistakes: tuple[type[BaseException], ...] = (
-        PolicyError, SpecError, RobotConfigError, ObservationError, StartupError, TransportError,
-        AuthError, *command.errors, OSError)  # OSError: an unwritable --out
+        UsageError, PolicyError, SpecError, RobotConfigError, ObservationError, StartupError,
+        TransportError, AuthError, *command.errors, OSError)  # OSError: an unwritable --out
     try:
+        usage.check_flags(args)  # every flag, before anything loads
         command.run(args)
     except mistakes as e:
         print(f"crl-run: error: {e}", file=sys.stderr)

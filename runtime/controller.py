@@ -131,15 +131,17 @@ class Stats:
     commands as they go out (a test may move it by hand).
     """
 
+    # samples_repeated / samples_skipped: ticks that took no new observation, and observations
+    # no tick acted on, while the loop is locked to the robot's samples (crl.runtime.loop).
     COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "robot_restarts",
                 "nonfinite_actions", "policy_errors", "observation_rejections", "goals_accepted",
-                "goal_rejections")
+                "goal_rejections", "samples_repeated", "samples_skipped")
 
     def __init__(self, window: int = 4096, rate_hz: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         self.period_error = Window(window)  # s, actual wake-up − deadline
         self.policy_latency = Window(window)  # s, policy.act
-        self.end_to_end = Window(window)  # s, observation stamp → command published
+        self.end_to_end = Window(window)  # s, observation received → command published
         # Room for a window of actions at `rate_hz` and the one before it (jitter, a shutdown's
         # extra command: a few more), whatever `window` a benchmark keeps.
         kept = math.ceil(rate_hz * RATE_WINDOW_S) + ACTION_SLACK if rate_hz > 0 else window
@@ -184,6 +186,8 @@ class Command:
     mode: str
     obs_seq: int
     obs_time: float  # the observation's time on this process's monotonic clock
+    obs_received: float  # when it arrived here (monotonic): the runtime's latency runs from it
+    obs_stamp: float  # its own stamp, as the robot sent it (the action echoes it)
 
 
 class Controller:
@@ -219,6 +223,7 @@ class Controller:
         self.goal_high = np.asarray(spec.goal.high) + safety.goal_margin
         self.latest: Observation | None = None
         self.latest_time = -math.inf
+        self.latest_received = -math.inf
         # The reference of the rate limit and the soft start: the command last sent (physical,
         # spec action order), or where the robot was measured when that no longer applies.
         self.last_sent: Vector | None = None
@@ -230,15 +235,17 @@ class Controller:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def start(self, obs: Observation, obs_time: float) -> None:
+    def start(self, obs: Observation, obs_time: float, received: float | None = None) -> None:
         """The first observation: a robot that does not send what the policy needs is refused
-        here, naming the joint or field (ObservationError)."""
+        here, naming the joint or field (ObservationError). `obs_time`: when it was measured
+        (monotonic), for its age; `received`: when it arrived (default: `obs_time`)."""
         self.assembler.check(obs)
         self.latest, self.latest_time = obs, obs_time
+        self.latest_received = obs_time if received is None else received
         self.stats.started = self.stats.clock()
         self._resync()
 
-    def observe(self, obs: Observation, obs_time: float) -> bool:
+    def observe(self, obs: Observation, obs_time: float, received: float | None = None) -> bool:
         """Take a newer observation; one lacking a needed joint or field is refused and counted
         (the previous one ages towards the staleness limit). One from a new session is a
         restarted robot, counted: holding and the next soft start begin where it is measured."""
@@ -249,6 +256,7 @@ class Controller:
             return False
         restarted = self.latest is not None and obs.session != self.latest.session
         self.latest, self.latest_time = obs, obs_time
+        self.latest_received = obs_time if received is None else received
         if restarted:
             self.stats.counts["robot_restarts"] += 1
             self._resync()
@@ -395,4 +403,4 @@ class Controller:
         self.stats.actions.add(self.stats.clock())
         assert self.latest is not None
         return Command(self.command_joints, target[self.to_command], self.kind, safe, mode,
-                       self.latest.seq, self.latest_time)
+                       self.latest.seq, self.latest_time, self.latest_received, self.latest.stamp)

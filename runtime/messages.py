@@ -148,7 +148,8 @@ class Telemetry(Header):
     episode_length: int
     goal: Vector
     achieved_goal: Vector
-    action_latency_ms: float
+    action_latency_ms: float  # the newest action: its observation's measurement → received
+    action_applied_ms: float  # → it took effect in the physics (after the robot's own delay)
     actions_received: int
     command: Vector  # the newest command the robot took (physical units, its action joints)
 
@@ -175,7 +176,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "goal_reply": {"accepted": "bool", "reason": "str"},
     "telemetry": {"episode": "int", "step": "int", "episode_length": "int", "goal": "vec",
                   "achieved_goal": "vec", "action_latency_ms": "float?nan",
-                  "actions_received": "int", "command": "vec"},
+                  "action_applied_ms": "float?nan", "actions_received": "int", "command": "vec"},
     "status": {"stats": "stats"},
 }
 _HEADER = ("session", "seq", "stamp")

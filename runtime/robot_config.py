@@ -10,6 +10,8 @@ kept safe. One YAML file per robot (`crl.runtime.robots/<task>.yaml` ships one p
       site_pos: {forward_kinematics: fingertip}   # a site's world position from joint angles
       last_action: last_action      # the command the controller sent last, normalized
     command_joints: [shoulder, elbow]   # order of the command array (the robot's controller's)
+    command_interface: forward      # the ROS node's ros2_control controller: forward (a forward
+                                    # command controller) | trajectory (joint_trajectory_controller)
     safety:
       max_observation_age: 3        # control periods; older → safe action until fresh data
       goal_margin: 0.02             # beyond the training goal box, in the goal's units
@@ -27,6 +29,7 @@ into gigabytes) are refused, and quoted values are cut to MAX_QUOTED_CHARS.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
@@ -49,6 +52,11 @@ BASE_SOURCES = {"base_position": 3, "base_orientation": 4, "base_linear_velocity
                 "base_angular_velocity": 3, "base_gravity": 3}
 SOURCES = (*JOINT_SOURCES, *BASE_SOURCES, "forward_kinematics", "last_action")
 SAFE_ACTIONS = ("hold", "zero", "default_pose")
+# How a ROS robot takes the commands (crl_runtime's goal_reach; the ZMQ transport ignores it):
+# a ros2_control forward command controller (a Float64MultiArray in command_joints order, position
+# targets or torques) or a joint_trajectory_controller (a one-point JointTrajectory, position
+# targets only).
+COMMAND_INTERFACES = ("forward", "trajectory")
 # A robot config is a hand-written page (the shipped ones are under 1 KiB): more is not a config.
 MAX_CONFIG_BYTES = 64 * 1024
 # Mappings and lists nested deeper than a config's own (safety.default_pose.<joint> is 3) are
@@ -102,6 +110,7 @@ class RobotConfig:
     command_joints: tuple[str, ...]
     safety: Safety
     path: Path | None = None
+    command_interface: str = "forward"
 
     def model_sha256(self) -> str:
         if self.model is None:
@@ -111,8 +120,7 @@ class RobotConfig:
     def replace_safety(self, **changes: Any) -> RobotConfig:
         """This config with some safety settings overridden (command-line / ROS parameters)."""
         merged = {**self.safety.__dict__, **{k: v for k, v in changes.items() if v is not None}}
-        return RobotConfig(self.task, self.model, self.observation, self.command_joints,
-                           _safety(merged), self.path)
+        return dataclasses.replace(self, safety=_safety(merged))
 
     def check_against(self, spec: PolicySpec) -> None:
         """Refuse (naming the field) a config that does not provide what the policy needs."""
@@ -141,6 +149,9 @@ class RobotConfig:
         if sorted(self.command_joints) != sorted(spec.action.joints):
             raise RobotConfigError(f"{where}: command_joints {list(self.command_joints)} are not "
                                    f"the policy's action joints {list(spec.action.joints)}")
+        if self.command_interface == "trajectory" and spec.action.kind != "position":
+            raise RobotConfigError(f"{where}: command_interface: "
+                                   f"{trajectory_refusal(spec.action.kind)}")
         pose = self.safety.default_pose
         if self.safety.safe_action == "default_pose":
             absent = [j for j in spec.action.joints if j not in pose]
@@ -199,6 +210,12 @@ class RobotConfig:
                 raise RobotConfigError(
                     f"{where}: safety.default_pose.{j}: {value:g} rad is outside the joint's "
                     f"range [{low:g}, {high:g}] in {self.model.name}")
+
+
+def trajectory_refusal(kind: str) -> str:
+    """Why a policy of this action kind cannot command a joint_trajectory_controller."""
+    return (f"'trajectory' sends position targets to a joint_trajectory_controller, but this "
+            f"policy commands {kind} (N·m); use 'forward' (a forward_effort_controller)")
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -303,7 +320,7 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
     where = path or "robot config"
     if not isinstance(data, dict):
         raise RobotConfigError(f"{where}: expected a mapping at the top level")
-    known = {"task", "model", "observation", "command_joints", "safety"}
+    known = {"task", "model", "observation", "command_joints", "command_interface", "safety"}
     unknown = set(data) - known
     if unknown:
         raise RobotConfigError(f"{where}: unknown key(s) {quote(sorted(map(str, unknown)))}; "
@@ -333,6 +350,10 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
                                "in the robot controller's order")
     if len(set(joints)) != len(joints):
         raise RobotConfigError(f"{where}: command_joints: duplicate names in {quote(joints)}")
+    interface = data.get("command_interface", "forward")
+    if interface not in COMMAND_INTERFACES:
+        raise RobotConfigError(f"{where}: command_interface: {quote(interface)} is not one of "
+                               f"{', '.join(COMMAND_INTERFACES)}")
     safety = data.get("safety", {}) or {}
     if not isinstance(safety, dict):
         raise RobotConfigError(f"{where}: safety: expected a mapping")
@@ -345,7 +366,7 @@ def parse(data: Any, path: Path | None = None) -> RobotConfig:
         raise RobotConfigError(f"{where}: safety.default_pose: joint(s) "
                                f"{quote(unknown_joints)} are not in command_joints "
                                f"{quote(joints)}")
-    return RobotConfig(task, model, observation, tuple(joints), checked, path)
+    return RobotConfig(task, model, observation, tuple(joints), checked, path, interface)
 
 
 def _source(value: Any, where: str) -> Source:

@@ -1,18 +1,18 @@
 """`crl-run serve`: the controller on the ZMQ transport, at the control rate, until stopped.
 
-The loop is one thread: each tick takes the newest observation and any pending goals from the
-sockets (neither blocks), runs the controller and publishes its command, then sleeps to the next
-absolute deadline. The deadlines are laid on the robot's sampling grid, from its first
-observation's stamp, so ticks fall just after its samples arrive rather than at an arbitrary
-phase of its period. Inputs cannot stop or stall a tick: reads are bounded (a few goals a tick),
-and any exception from an input, or from the tick it feeds, is counted (`input_errors`,
-`tick_errors`) and the tick still publishes an action. On SIGINT/SIGTERM it publishes the safe
-action once and exits.
+The loop is one thread, locked to the robot's samples (`crl.runtime.loop.SampleLockedLoop`):
+between ticks it waits on the observation socket, and a tick fires as the observation it expects
+arrives (or at the window's end when none comes, so a silent robot still gets its safe action on
+this computer's clock). The tick takes that observation and any pending goals, runs the
+controller and publishes its command. The loop's grid follows the robot's clock, so the ticks
+stay on its samples for as long as it runs. Inputs cannot stop or stall a tick: reads are
+bounded (a few goals a tick), and any exception from an input, or from the tick it feeds, is
+counted (`input_errors`, `tick_errors`) and the tick still publishes an action. On
+SIGINT/SIGTERM it publishes the safe action once and exits.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
@@ -23,15 +23,12 @@ from types import FrameType
 
 from crl.runtime.auth import Keys
 from crl.runtime.controller import Command, Controller
-from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, open_realtime
+from crl.runtime.loop import DEFAULT_SPIN_S, SampleLockedLoop, open_realtime
 from crl.runtime.messages import Action, Goal, Observation, bounded
 from crl.runtime.observation import ObservationError
-from crl.runtime.transport import Endpoints, RuntimeLink
+from crl.runtime.transport import FINE_POLL_S, POLL_STEP_S, Endpoints, RuntimeLink
 
 STATUS_HZ = 5.0
-# After the robot's sample (at most a quarter period): the transport's time to bring it over,
-# and room for a robot that publishes a little late.
-PHASE_LEAD_S = 0.001
 
 
 class StartupError(RuntimeError):
@@ -55,19 +52,11 @@ def monotonic_stamp(obs: Observation, received: float) -> float:
 
 
 def to_message(link: RuntimeLink, cmd: Command) -> Action:
+    """The command as an action that names the observation it answers by the robot's own seq
+    and stamp: the robot measures the latency on its own clock, whatever ours reads."""
     session, seq, stamp = link.stamper.next()
-    wall_obs = cmd.obs_time + (time.time() - time.monotonic())
     return Action(session, seq, stamp, cmd.joints, cmd.values, cmd.kind, cmd.safe, cmd.obs_seq,
-                  wall_obs)
-
-
-def first_deadline(obs_time: float, period: float, now: float) -> float:
-    """The loop's first deadline: on the robot's sampling grid (its first observation's stamp
-    plus whole periods), a short lead after a sample, so each tick finds a fresh observation
-    just arrived rather than one up to a period old."""
-    lead = min(PHASE_LEAD_S, period / 4)
-    k = max(0, math.ceil((now - obs_time - lead) / period))
-    return obs_time + lead + k * period
+                  cmd.obs_stamp)
 
 
 def goal_handler(controller: Controller) -> Callable[[Goal], tuple[bool, str]]:
@@ -83,6 +72,7 @@ class Inputs:
         self.link, self.controller = link, controller
         self.handle_goal = goal_handler(controller)
         self.errors = 0
+        self.held: tuple[Observation, float] | None = None  # read between ticks, its arrival
 
     def poll_observation(self) -> Observation | None:
         try:
@@ -92,12 +82,16 @@ class Inputs:
             return None
 
     def observe(self, now: float) -> None:
-        """Hand the controller the newest observation, if one came."""
-        obs = self.poll_observation()
+        """Hand the controller the newest observation, if one came (since the loop's wait read
+        one, or now)."""
+        obs, received = self.poll_observation(), now
+        if obs is None and self.held is not None:
+            obs, received = self.held
+        self.held = None
         if obs is None:
             return
         try:
-            self.controller.observe(obs, monotonic_stamp(obs, now))
+            self.controller.observe(obs, monotonic_stamp(obs, received), received)
         except Exception:
             self.errors += 1
 
@@ -106,6 +100,45 @@ class Inputs:
             self.link.serve_goals(self.handle_goal)
         except Exception:
             self.errors += 1
+
+
+class ObservationSamples:
+    """The robot's samples for the loop (`crl.runtime.loop.Samples`): `wait` reads the
+    observation socket as messages come, so the tick acts on an observation the moment it
+    arrives and knows when that was; only good observations count (garbage wakes the wait but
+    neither ends it nor counts)."""
+
+    def __init__(self, inputs: Inputs):
+        self.inputs = inputs
+
+    @property
+    def count(self) -> int:
+        return self.inputs.link.observations_accepted
+
+    def wait(self, until: float) -> float | None:
+        while True:
+            obs = self.inputs.poll_observation()
+            if obs is not None:
+                arrival = time.monotonic()
+                self.inputs.held = (obs, arrival)
+                return arrival
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return None
+            # ZMQ's poll waits whole milliseconds: the last stretch before `until` polls
+            # without blocking, so a watchdog tick is as punctual as a deadline.
+            block_s = remaining - FINE_POLL_S
+            try:
+                if block_s >= 0.001:
+                    self.inputs.link.wait_observation(block_s)
+                else:
+                    time.sleep(min(remaining, POLL_STEP_S))
+            except Exception:  # the wait, like any input, must not stop the loop: counted
+                self.inputs.errors += 1
+                time.sleep(max(0.0, until - time.monotonic()))
+
+    def acted(self) -> None:
+        """The tick took the held observation (`Inputs.observe`)."""
 
 
 def wait_for_robot(link: RuntimeLink, controller: Controller, wait_s: float,
@@ -119,7 +152,8 @@ def wait_for_robot(link: RuntimeLink, controller: Controller, wait_s: float,
         obs = inputs.poll_observation()
         if obs is not None:
             try:
-                controller.start(obs, monotonic_stamp(obs, time.monotonic()))
+                received = time.monotonic()
+                controller.start(obs, monotonic_stamp(obs, received), received)
             except ObservationError as e:
                 raise StartupError(f"the robot does not fit the policy: {e}") from None
             return obs
@@ -146,10 +180,14 @@ def serve(controller: Controller, options: ServeOptions,
     tick_errors = 0
     try:
         wait_for_robot(link, controller, options.wait_s, stop, inputs)
+        first_arrival = time.monotonic()
         controller.warm_up()
         status(controller, link, inputs.errors, tick_errors)  # its first call's cost, not a tick's
-        loop = FixedRateLoop(controller.period, controller.stats, spin_s=options.spin_s)
-        start = first_deadline(controller.latest_time, controller.period, time.monotonic())
+        loop = SampleLockedLoop(controller.period, controller.stats, ObservationSamples(inputs),
+                                spin_s=options.spin_s)
+        # The first sample after the robot's first (on its grid: the loop steps over those that
+        # came during the warm-up).
+        start = first_arrival + controller.period
         status_every = max(1, round(controller.rate_hz / STATUS_HZ))
         end = time.monotonic() + options.seconds if options.seconds > 0 else None
 
@@ -163,7 +201,7 @@ def serve(controller: Controller, options: ServeOptions,
                 tick_errors += 1
                 cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
-            controller.stats.end_to_end.add(time.monotonic() - cmd.obs_time)
+            controller.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
             if controller.stats.counts["ticks"] % status_every == 0:
                 stats = status(controller, link, inputs.errors, tick_errors)
                 link.publish_status(stats)

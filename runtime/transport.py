@@ -28,7 +28,7 @@ import itertools
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic
 
@@ -62,6 +62,12 @@ LATEST_QUEUE = 64  # messages a "latest only" reader keeps between polls
 WIRE_LIMIT = 16 * MAX_MESSAGE_BYTES
 # A reader re-creates a dropped link at once, then at most this often (ZMQ's own reconnect pace).
 RELINK_INTERVAL_S = 0.1
+# `RobotLink.actions_until`: ZMQ's poll waits whole milliseconds, so the last FINE_POLL_S before a
+# deadline polls without blocking every POLL_STEP_S. Not a busy spin: under SCHED_FIFO that would
+# hold a core most of each period at 500 Hz, and Linux's real-time throttling (95% of each second
+# by default) then stalls the robot for tens of ms.
+FINE_POLL_S = 0.0015
+POLL_STEP_S = 50e-6
 # Goal requests answered per tick (a few: each is decoded, validated and answered), and frames
 # read per tick (a request of many frames is read across ticks rather than in one).
 MAX_GOALS_PER_TICK = 4
@@ -226,6 +232,7 @@ class Reader(Generic[M]):
         self.client = client  # CURVE keys: a re-created socket must connect with them too
         self.guard = SequenceGuard(follow_live=True)  # one sender: a robot, or the runtime
         self.counters = Counters()
+        self.accepted = 0  # good messages read (the newest of a poll and those it superseded)
         self.reconnects = 0
         self._relinked = -math.inf  # monotonic time of the last re-creation
         self._relink_at = math.inf  # when a dropped connection is re-created
@@ -289,6 +296,7 @@ class Reader(Generic[M]):
                 self.counters.drop("internal")
                 continue
             self.guard.record(msg)
+            self.accepted += 1
             return msg
         return None
 
@@ -329,23 +337,26 @@ class Writer:
 
 
 class Stamper:
-    """Session id and sequence numbers for one sender."""
+    """Session id and sequence numbers for one sender, stamps from its wall clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self.session = new_session()
         self.seq = 0
+        self.wall_clock = wall_clock
 
     def next(self) -> tuple[int, int, float]:
         self.seq += 1
-        return self.session, self.seq, time.time()
+        return self.session, self.seq, self.wall_clock()
 
 
 class RobotLink:
     """The robot's side: publishes observations and telemetry, reads the newest action."""
 
-    def __init__(self, endpoints: Endpoints, keys: Keys | None = None):
+    def __init__(self, endpoints: Endpoints, keys: Keys | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         """`keys` (the robot's): serve observations and telemetry to authorized keys only, and
-        take actions only from the runtime's key."""
+        take actions only from the runtime's key. `wall_clock` stamps what it sends (a robot's
+        own clock)."""
         self.endpoints = endpoints
         endpoints.check_binding(keys)
         client = keys.client("runtime") if keys is not None else None
@@ -359,7 +370,7 @@ class RobotLink:
             self.close()
             raise
         self._actions: Reader[Action] = Reader(self.ctx, endpoints.actions, Action, True, client)
-        self.stamper = Stamper()
+        self.stamper = Stamper(wall_clock)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -375,6 +386,20 @@ class RobotLink:
     def poll_action(self, timeout_ms: int = 0) -> Action | None:
         """The newest good action, waiting up to `timeout_ms` for one to arrive."""
         return self._actions.poll(timeout_ms)
+
+    def actions_until(self, deadline: float) -> Iterator[tuple[Action, float]]:
+        """Each good action as it arrives until `deadline` (time.monotonic), with when it came
+        (as a driver takes a command). ZMQ's poll waits whole milliseconds, so the last
+        FINE_POLL_S polls without blocking every POLL_STEP_S: an arrival is timed to about
+        0.1 ms and the deadline kept as closely."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            block_ms = int((remaining - FINE_POLL_S) * 1000)
+            if block_ms >= 1:
+                action = self.poll_action(block_ms)
+            elif (action := self.poll_action()) is None:
+                time.sleep(min(remaining, POLL_STEP_S))
+            if action is not None:
+                yield action, time.monotonic()
 
     def close(self) -> None:
         if self.server is not None:
@@ -422,9 +447,15 @@ class RuntimeLink:
     def poll_observation(self) -> Observation | None:
         return self._obs.poll()
 
+    @property
+    def observations_accepted(self) -> int:
+        """Good observations read so far (each counts, also one a newer superseded)."""
+        return self._obs.accepted
+
     def wait_observation(self, timeout_s: float) -> None:
-        """Block until an observation is pending (or the timeout): for waiting, not for a loop."""
-        self._obs.socket.poll(max(1, round(timeout_s * 1000)))
+        """Block until a message is pending on the observation socket, or the timeout (whole
+        milliseconds, at least one; none beyond it)."""
+        self._obs.socket.poll(max(1, int(timeout_s * 1000)))
 
     def serve_goals(self, handler: GoalHandler) -> None:
         """Answer pending goal requests in arrival order, each with its own reply (a REP socket

@@ -6,8 +6,9 @@
                   [--keys DIR]
 
 `robot` (the MuJoCo sim robot) is the testbed's, given to this command through the
-`crl.commands.sim` entry points (`crl.core.plugins`). Errors a user can cause (an unknown task,
-a bad path or size) print one line and exit 2.
+`crl.commands.sim` entry points (`crl.core.plugins`). Every flag is checked when the command
+line is parsed, before any work; errors a user can cause (an unknown task, a bad path or size)
+print one line and exit 2. `crl-sim --version` prints the version.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from crl.core import plugins
+from crl.core import plugins, usage
 from crl.core.plugins import Command
 from crl.core.spec import PolicySpec
 from crl.core.usage import USAGE_ERROR, run_command
 
 POLICIES = ("random",)  # later versions add run directories and ONNX files
+MIN_FRAME = 16  # pixels: the smallest frame the renderer draws
+CM_PER_M = 100
 
 
 class PolicyChoiceError(ValueError):
@@ -74,44 +77,62 @@ class Rollout:
     """Frame width in pixels (at most the model's offscreen buffer)."""
     height: int = 240
     """Frame height in pixels."""
-    camera: str | None = None
-    """A camera of the robot model by name (default: the model's first camera)."""
+    camera: Annotated[str | None, usage.default("the model's first camera")] = None
+    """A camera of the robot model by name."""
     json: bool = False
     """Print the metrics as JSON instead of a table."""
 
+    def check(self) -> None:
+        if self.policy not in POLICIES:
+            raise PolicyChoiceError(
+                f"policy: {self.policy!r} is not supported yet; accepted: {', '.join(POLICIES)}"
+            )
+        usage.at_least("--episodes", self.episodes, 1)
+        usage.seed("--seed", self.seed)
+        usage.at_least("--width", self.width, MIN_FRAME)
+        usage.at_least("--height", self.height, MIN_FRAME)
+        usage.suffix("--video", self.video, usage.VIDEO_SUFFIXES)
+        usage.suffix("--frames", self.frames, usage.IMAGE_SUFFIXES)
+
 
 def print_spec(spec: PolicySpec) -> None:
-    """The spec as a few rich tables: enough to wire a robot to the policy."""
+    """The spec as a few rich tables: enough to wire a robot to the policy. Every text is
+    escaped: square brackets in a spec (a name, a meaning, a range) are not rich markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{spec.task}[/bold]  format {spec.format}  control {spec.control_hz:g} Hz"
-                  f"  success radius {spec.success_radius:g}")
+    console.print(f"[bold]{escape(spec.task)}[/bold]  format {escape(spec.format)}  control "
+                  f"{spec.control_hz:g} Hz  success radius "
+                  f"{spec.success_radius * CM_PER_M:g} cm")
     obs = Table("observation", "slice", "frame", "meaning", "names", title="observation "
                 f"({spec.obs_dim})", title_justify="left")
     for f in spec.observation:
         s = spec.observation_slices()[f.name]
-        obs.add_row(f.name, f"{s.start}:{s.stop}", f.frame, f.meaning, " ".join(f.names))
+        obs.add_row(*map(escape, (f.name, f"{s.start}:{s.stop}", f.frame, f.meaning,
+                                  " ".join(f.names))))
     console.print(obs)
     g = spec.goal
-    goal = Table("goal", "size", "low", "high", title=f"goal ({spec.goal_dim}, frame {g.frame})",
-                 title_justify="left")
+    goal = Table("goal", "size", "meaning", "low", "high",
+                 title=escape(f"goal ({spec.goal_dim}, frame {g.frame})"), title_justify="left")
     for f in g.fields:
         s = spec.goal_slices()[f.name]
-        goal.add_row(f.name, str(f.size), _fmt(g.low[s]), _fmt(g.high[s]))
+        goal.add_row(escape(f.name), str(f.size), escape(f.meaning), _fmt(g.low[s]),
+                     _fmt(g.high[s]))
     console.print(goal)
     a = spec.action
-    act = Table("joint", "scale", "offset", "low", "high", title=f"action ({a.size}, {a.kind})",
-                title_justify="left", caption_justify="left",
-                caption="physical = offset + scale * a, clipped to [low, high]")
+    act = Table("joint", "scale", "offset", "low", "high",
+                title=escape(f"action ({a.size}, {a.kind})"), title_justify="left",
+                caption_justify="left",
+                caption=escape("physical = offset + scale * a, clipped to [low, high]"))
     for row in zip(a.joints, a.scale, a.offset, a.low, a.high, strict=True):
-        act.add_row(row[0], *(f"{v:g}" for v in row[1:]))
+        act.add_row(escape(row[0]), *(f"{v:g}" for v in row[1:]))
     console.print(act)
     p = spec.provenance
-    console.print(f"env {p.env}  robot model sha256 {p.robot_model_sha256[:16]}…")
+    console.print(escape(f"env {p.env}  robot model sha256 {p.robot_model_sha256[:16]}…"))
     if p.domain_randomization:
-        console.print("domain randomization: " + json.dumps(p.domain_randomization))
+        console.print(escape("domain randomization: " + json.dumps(p.domain_randomization)))
     if spec.network is not None:
         n = spec.network
         console.print(f"network depth {n.depth} width {n.width} repr_dim {n.repr_dim}")
@@ -125,19 +146,20 @@ def _fmt(values: Sequence[float]) -> str:
 
 def print_metrics(result: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("episode", "success", "time at goal (steps)", "final distance",
-                  title=f"{result['task']}: {len(result['episodes'])} episodes",
+    table = Table("episode", "success", "time at goal (steps)", "final distance (cm)",
+                  title=escape(f"{result['task']}: {len(result['episodes'])} episodes"),
                   title_justify="left")
     for i, m in enumerate(result["episodes"]):
         table.add_row(str(i), "yes" if m["success"] else "no", str(m["time_at_goal"]),
-                      f"{m['final_distance']:.4f}")
+                      f"{m['final_distance'] * CM_PER_M:.2f}")
     s = result["summary"]
     table.add_section()
     table.add_row("mean", f"{s['success_rate']:.0%}",
                   f"{s['time_at_goal']:.1f} ({s['time_at_goal_fraction']:.0%})",
-                  f"{s['final_distance_mean']:.4f}")
+                  f"{s['final_distance_mean'] * CM_PER_M:.2f}")
     Console().print(table)
 
 
@@ -159,10 +181,6 @@ def info(cmd: Info) -> None:
 
 
 def rollout(cmd: Rollout) -> None:
-    if cmd.policy not in POLICIES:
-        raise PolicyChoiceError(
-            f"policy: {cmd.policy!r} is not supported yet; accepted: {', '.join(POLICIES)}"
-        )
     from crl.sim import render  # before mujoco is imported: it picks the GL backend
 
     env = make_env(cmd.task, dr=cmd.dr, physics=cmd.physics)
@@ -179,16 +197,20 @@ def rollout(cmd: Rollout) -> None:
 
 
 COMMANDS = {"info": Command(Info, info), "rollout": Command(Rollout, rollout)}
+DESCRIPTION = ("Look at a task's policy spec and watch rollouts of it. `crl-sim --version` prints "
+               "the version.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = {**COMMANDS, **plugins.commands(plugins.SIM_COMMANDS)}  # robot: the testbed's
     cmd = tyro.extras.subcommand_cli_from_dict({n: c.args for n, c in commands.items()},
-                                               prog="crl-sim", args=argv)
-    from crl.sim.setup import setup_jax
-
-    setup_jax()  # XLA flags and the MJX patch, before jax compiles
+                                               prog="crl-sim", description=DESCRIPTION,
+                                               args=argv)
     try:
+        usage.check_flags(cmd)  # every flag, before any work
+        from crl.sim.setup import setup_jax
+
+        setup_jax()  # XLA flags and the MJX patch, before jax compiles
         next(c for c in commands.values() if isinstance(cmd, c.args)).run(cmd)
     except ValueError as e:
         # Our errors are ValueError subclasses with a one-line message; anything else is a bug

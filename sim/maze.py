@@ -78,6 +78,14 @@ class MazeLayout:
         """Build a layout from one string per row, e.g. ("111", "1R1", "111")."""
         return cls(tuple(tuple(row) for row in rows), float(cell_size))
 
+    def without_goal(self, cell: Cell) -> MazeLayout:
+        """This layout with the goal at `cell` made a free cell."""
+        i, j = cell
+        if self.cells[i][j] != GOAL:
+            raise ValueError(f"maze layout: cell {cell} is no goal")
+        row = (*self.cells[i][:j], FREE, *self.cells[i][j + 1:])
+        return MazeLayout((*self.cells[:i], row, *self.cells[i + 1:]), self.cell_size)
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.cells), len(self.cells[0])
@@ -242,19 +250,7 @@ HARDEST_MAZE = MazeLayout.from_rows(
 
 # The paper's own code (scaling-crl `envs/ant_maze.py`) evaluates the ant's Big Maze on one goal
 # fewer than BIG_MAZE_EVAL (JaxGCRL's, which its humanoid maze keeps): cell (2, 5) is no goal.
-ANT_BIG_MAZE_EVAL = MazeLayout.from_rows(
-    (
-        "11111111",
-        "1R011GG1",
-        "100100G1",
-        "11000111",
-        "10010001",
-        "101G01G1",
-        "10GG1GG1",
-        "11111111",
-    ),
-    4.0,
-)
+ANT_BIG_MAZE_EVAL = BIG_MAZE_EVAL.without_goal((2, 5))
 
 # The paper's longer U-mazes: the corridor from the start folds back 4 (U4) or 5 (U5) cells
 # away from where it began, so the nearest goal in space is the farthest along the corridor.

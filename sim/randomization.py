@@ -8,6 +8,7 @@ the model a closed-over constant and the batch a plain `jax.vmap` over states.
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import jax
@@ -34,6 +35,11 @@ class Draw:
     actuator_biasprm: jax.Array  # [nu, 10]
     obs_noise_std: jax.Array  # f32[len(OBSERVATION_FIELDS)], per field in registry order
     action_delay: jax.Array  # i32[], control steps
+
+
+# The `Draw` fields that are mjx model fields, swapped into the nominal model by `apply`.
+MODEL_FIELDS = ("geom_friction", "body_mass", "body_inertia", "body_subtreemass", "dof_damping",
+                "actuator_gainprm", "actuator_biasprm")
 
 
 def position_servos(m: mujoco.MjModel) -> np.ndarray:
@@ -109,18 +115,9 @@ class Randomizer:
         self._subtree = jnp.asarray(_subtree_matrix(mj_model))
 
     def nominal(self) -> Draw:
-        m = self._model
-        return Draw(
-            geom_friction=m.geom_friction,
-            body_mass=m.body_mass,
-            body_inertia=m.body_inertia,
-            body_subtreemass=m.body_subtreemass,
-            dof_damping=m.dof_damping,
-            actuator_gainprm=m.actuator_gainprm,
-            actuator_biasprm=m.actuator_biasprm,
-            obs_noise_std=jnp.zeros(len(OBSERVATION_FIELDS)),
-            action_delay=jnp.zeros((), jnp.int32),
-        )
+        return Draw(**{f: getattr(self._model, f) for f in MODEL_FIELDS},
+                    obs_noise_std=jnp.zeros(len(OBSERVATION_FIELDS)),
+                    action_delay=jnp.zeros((), jnp.int32))
 
     def sample(self, rng: jax.Array) -> Draw:
         """A fresh draw; the same rng gives the same draw. All-ones ranges give `nominal()`."""
@@ -137,24 +134,12 @@ class Randomizer:
         )
         fields = tuple(OBSERVATION_FIELDS)
         u_n = field_uniforms(k_noise, fields)
-        mass_scale = draw_from(u_m, c.body_mass)
-        mass = m.body_mass * mass_scale
-        gain_scale = draw_from(u_g, c.actuator_gain)
-        kp_in_bias = jnp.where(self._servo, gain_scale, 1.0)
         noise = jnp.stack([draw_from(u_n[i], c.noise(name)) for i, name in enumerate(fields)])
         delays = jnp.asarray(c.action_delay, jnp.int32)
         pick = jnp.minimum((u_a[0] * len(c.action_delay)).astype(jnp.int32), delays.size - 1)
-        return Draw(
-            geom_friction=m.geom_friction.at[:, 0].multiply(draw_from(u_f[0], c.friction)),
-            body_mass=mass,
-            body_inertia=m.body_inertia * mass_scale[:, None],
-            body_subtreemass=self._subtree @ mass,
-            dof_damping=m.dof_damping * draw_from(u_d, c.joint_damping),
-            actuator_gainprm=m.actuator_gainprm.at[:, 0].multiply(gain_scale),
-            actuator_biasprm=m.actuator_biasprm.at[:, 1].multiply(kp_in_bias),
-            obs_noise_std=noise,
-            action_delay=delays[pick],
-        )
+        return self._scaled(draw_from(u_f[0], c.friction), draw_from(u_m, c.body_mass),
+                            draw_from(u_d, c.joint_damping), draw_from(u_g, c.actuator_gain),
+                            noise, delays[pick])
 
     def fixed(
         self,
@@ -169,33 +154,33 @@ class Randomizer:
         the noise stds per field in registry order (None: none), a delay in control steps. The
         values may be traced, so one compiled rollout sweeps any of them (the robustness
         envelope); a delay beyond the config's longest has no command in flight to apply."""
-        m = self._model
-        mass_scale = jnp.asarray(body_mass, jnp.float32)
-        gain_scale = jnp.asarray(actuator_gain, jnp.float32)
-        mass = m.body_mass * mass_scale
         noise = (jnp.zeros(len(OBSERVATION_FIELDS)) if obs_noise_std is None
                  else jnp.asarray(obs_noise_std, jnp.float32))
+        f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+        return self._scaled(f32(friction), f32(body_mass), f32(joint_damping), f32(actuator_gain),
+                            noise, jnp.asarray(action_delay, jnp.int32))
+
+    def _scaled(self, friction: jax.Array, mass_scale: jax.Array, damping: jax.Array,
+                gain_scale: jax.Array, noise: jax.Array, action_delay: jax.Array) -> Draw:
+        """The nominal model scaled: sliding friction by one factor; masses (their inertias and
+        subtree masses with them), damping and actuator gains per body, dof and actuator, or each
+        by one factor. A position servo's kp also sits in its bias: scaled with its gain."""
+        m = self._model
+        mass_scale = jnp.broadcast_to(mass_scale, m.body_mass.shape)
+        mass = m.body_mass * mass_scale
         return Draw(
-            geom_friction=m.geom_friction.at[:, 0].multiply(jnp.asarray(friction, jnp.float32)),
+            geom_friction=m.geom_friction.at[:, 0].multiply(friction),
             body_mass=mass,
-            body_inertia=m.body_inertia * mass_scale,
+            body_inertia=m.body_inertia * mass_scale[:, None],
             body_subtreemass=self._subtree @ mass,
-            dof_damping=m.dof_damping * jnp.asarray(joint_damping, jnp.float32),
+            dof_damping=m.dof_damping * damping,
             actuator_gainprm=m.actuator_gainprm.at[:, 0].multiply(gain_scale),
             actuator_biasprm=m.actuator_biasprm.at[:, 1].multiply(
                 jnp.where(self._servo, gain_scale, 1.0)),
             obs_noise_std=noise,
-            action_delay=jnp.asarray(action_delay, jnp.int32),
+            action_delay=action_delay,
         )
 
     def apply(self, draw: Draw) -> mjx.Model:
         """The nominal mjx model with this draw's fields swapped in."""
-        return self._model.replace(
-            geom_friction=draw.geom_friction,
-            body_mass=draw.body_mass,
-            body_inertia=draw.body_inertia,
-            body_subtreemass=draw.body_subtreemass,
-            dof_damping=draw.dof_damping,
-            actuator_gainprm=draw.actuator_gainprm,
-            actuator_biasprm=draw.actuator_biasprm,
-        )
+        return self._model.replace(**{f: getattr(draw, f) for f in MODEL_FIELDS})

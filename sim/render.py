@@ -3,7 +3,9 @@
 The rollout runs on MJX like training does (one env, jitted, `lax.scan` over an episode); only
 qpos/qvel come back to the host, where plain MuJoCo recomputes the kinematics on the env's
 nominal model and `mujoco.Renderer` draws them. The goal is not part of any robot model, so it
-is drawn as a translucent marker added to the scene per frame.
+is drawn as a translucent marker added to the scene per frame. The contact sheet is labelled
+for a reader (`labelled_sheet`): a legend, each column's step, each episode's success, and a
+ring around the point that reaches for the goal (the reacher's fingertip) in every frame.
 
 MuJoCo chooses its OpenGL backend once, when it is imported, from `MUJOCO_GL`. Where the user
 has not set it, this module picks one that can render without a display: EGL (Mesa's llvmpipe on
@@ -100,6 +102,19 @@ VIDEO_FPS_MAX = 30.0  # render every k-th control step so videos stay near real 
 SHEET_FRAMES = 5  # frames per episode (one row) on the contact sheet
 SHEET_GAP = 4  # pixels between tiles
 SOFTWARE_SHADOW_SIZE = 1024  # shadow map edge on a software rasterizer (MuJoCo's default: 4096)
+# The contact sheet's labels (`labelled_sheet`), in pixels: a header of two lines of text (the
+# legend, then each column's step) above the tiles, and a column of each row's episode, its
+# success mark and figures left of them.
+SHEET_FONT_PX = 13
+SHEET_LINE = 18
+SHEET_HEADER = 2 * SHEET_LINE + 6
+SHEET_LABEL_WIDTH = 140
+ACHIEVED_RGB = (255, 140, 0)  # the ring around the point that reaches for the goal
+REACHED_RGB, MISSED_RGB = (30, 150, 60), (200, 40, 40)
+# What the goal and the arrow look like on the reacher's grey arena (the translucent marker
+# over it), for the legend.
+GOAL_SWATCH_RGB = (110, 190, 128)
+ARROW_SWATCH_RGB = tuple(round(255 * c) for c in ARROW_RGBA[:3])
 
 
 class RenderError(ValueError):
@@ -262,6 +277,8 @@ class FrameRenderer:
         check_size(model, width, height)
         self.radius = env.spec.success_radius
         self.axes = env.config.goal_axes
+        self.reacher = (env.config.goal_kind, env.config.goal_name)  # what reaches for the goal
+        self.size = (width, height)
         self.camera = choose_camera(model, camera)
         self.renderer = _renderer(model, width, height)
         if software_gl() and model.vis.quality.shadowsize > SOFTWARE_SHADOW_SIZE:
@@ -288,8 +305,36 @@ class FrameRenderer:
         frame: np.ndarray = self.renderer.render().copy()
         return frame
 
+    def achieved_pixel(self) -> tuple[float, float] | None:
+        """Where the last frame drawn shows the point that reaches for the goal (the reacher's
+        fingertip, the ant's torso): (x, y) in pixels, None when it is behind the camera."""
+        kind, name = self.reacher
+        point = (self.data.site(name) if kind == "site" else self.data.body(name)).xpos
+        scene = self.renderer.scene
+        camera = mujoco.mjv_averageCamera(scene.camera[0], scene.camera[1])  # as drawn (mono)
+        return project(camera, point, *self.size)
+
     def close(self) -> None:
         self.renderer.close()
+
+
+def project(camera: mujoco.MjvGLCamera, point: np.ndarray, width: int,
+            height: int) -> tuple[float, float] | None:
+    """Where a renderer's camera draws a world `point` in a width x height frame: (x, y) in
+    pixels from the top left, None behind the camera. As MuJoCo's renderer sets up the view:
+    the frustum's half width follows the frame's aspect ratio."""
+    forward, up = np.asarray(camera.forward, float), np.asarray(camera.up, float)
+    offset = np.asarray(point, float) - np.asarray(camera.pos, float)
+    x, y, depth = offset @ np.cross(forward, up), offset @ up, offset @ forward
+    if not camera.orthographic:
+        if depth <= 0:
+            return None
+        x, y = camera.frustum_near * x / depth, camera.frustum_near * y / depth
+    bottom, top = camera.frustum_bottom, camera.frustum_top
+    half_width = (top - bottom) / 2 * width / height
+    u = (x - camera.frustum_center + half_width) / (2 * half_width)
+    v = (y - bottom) / (top - bottom)
+    return float(u * width), float((1 - v) * height)
 
 
 def check_size(model: mujoco.MjModel, width: int, height: int) -> None:
@@ -335,6 +380,102 @@ def contact_sheet(rows: Sequence[Sequence[np.ndarray]], gap: int = SHEET_GAP) ->
     return sheet
 
 
+@dataclass(frozen=True)
+class RowLabel:
+    """What the contact sheet says of one episode (one row), left of its frames."""
+
+    title: str  # "episode 1"
+    reached: bool  # within the success radius at some step: the mark
+    lines: tuple[str, ...]  # figures under the mark
+
+
+def labelled_sheet(
+    rows: Sequence[Sequence[np.ndarray]], rings: Sequence[Sequence[tuple[float, float] | None]],
+    columns: Sequence[str], labels: Sequence[RowLabel], legend: Sequence[tuple[str, str]],
+    gap: int = SHEET_GAP,
+) -> np.ndarray:
+    """The contact sheet for a reader: `contact_sheet`'s tiles at the bottom right, a ring around
+    each frame's `rings` pixel (the point that reaches for the goal), the legend (`(kind, text)`,
+    kind "goal", "achieved" or "arrow") and each column's label in a header of SHEET_HEADER
+    pixels above, and each row's label (a mark: a green tick when the episode reached the goal,
+    a red cross when not) in a column SHEET_LABEL_WIDTH wide on the left."""
+    from PIL import Image, ImageDraw
+
+    h, w, _ = rows[0][0].shape
+    tiles = contact_sheet([[_ring(img, at) for img, at in zip(row, marks, strict=True)]
+                           for row, marks in zip(rows, rings, strict=True)], gap)
+    sheet = Image.new("RGB", (SHEET_LABEL_WIDTH + tiles.shape[1], SHEET_HEADER + tiles.shape[0]),
+                      "white")
+    sheet.paste(Image.fromarray(tiles), (SHEET_LABEL_WIDTH, SHEET_HEADER))
+    draw, font = ImageDraw.Draw(sheet), _font()
+    x, y, mid = 6, 3, 3 + SHEET_LINE // 2
+    for kind, text in legend:
+        _legend_swatch(draw, kind, x + 8, mid)
+        draw.text((x + 20, y), text, fill="black", font=font)
+        x += 20 + round(draw.textlength(text, font=font)) + 18
+    for j, text in enumerate(columns):
+        centre = SHEET_LABEL_WIDTH + j * (w + gap) + w / 2
+        draw.text((centre, y + SHEET_LINE), text, fill="black", font=font, anchor="ma")
+    for i, label in enumerate(labels):
+        top = SHEET_HEADER + i * (h + gap)
+        colour = REACHED_RGB if label.reached else MISSED_RGB
+        texts: list[tuple[str, str | tuple[int, int, int]]] = [
+            (label.title, "black"), ("reached" if label.reached else "not reached", colour),
+            *((line, "black") for line in label.lines)]
+        for k, (text, fill) in enumerate(texts):
+            line_top = top + 2 + k * SHEET_LINE
+            if line_top + SHEET_LINE > top + h:  # what does not fit a short row is left out
+                break
+            indent = 6
+            if k == 1:
+                _mark(draw, label.reached, indent + 7, line_top + SHEET_LINE // 2)
+                indent += 20
+            draw.text((indent, line_top), text, fill=fill, font=font)
+    return np.asarray(sheet)
+
+
+def _font() -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=SHEET_FONT_PX)  # Pillow >= 10.1 with FreeType
+    except (TypeError, ImportError):
+        return ImageFont.load_default()
+
+
+def _ring(image: np.ndarray, at: tuple[float, float] | None) -> np.ndarray:
+    """The frame with a ring around pixel `at` (none when None)."""
+    if at is None:
+        return image
+    from PIL import Image, ImageDraw
+
+    out = Image.fromarray(image)
+    r = max(4.0, image.shape[0] / 24)
+    ImageDraw.Draw(out).ellipse((at[0] - r, at[1] - r, at[0] + r, at[1] + r),
+                                outline=ACHIEVED_RGB, width=2)
+    return np.asarray(out)
+
+
+def _legend_swatch(draw: Any, kind: str, x: float, y: float) -> None:
+    if kind == "goal":
+        draw.ellipse((x - 7, y - 7, x + 7, y + 7), fill=GOAL_SWATCH_RGB)
+    elif kind == "achieved":
+        draw.ellipse((x - 6, y - 6, x + 6, y + 6), outline=ACHIEVED_RGB, width=2)
+    else:  # the arrow toward the goal
+        draw.line((x - 8, y, x + 6, y), fill=ARROW_SWATCH_RGB, width=3)
+        draw.polygon(((x + 8, y), (x + 2, y - 5), (x + 2, y + 5)), fill=ARROW_SWATCH_RGB)
+
+
+def _mark(draw: Any, reached: bool, x: float, y: float) -> None:
+    """A green disk with a tick, or a red one with a cross."""
+    draw.ellipse((x - 7, y - 7, x + 7, y + 7), fill=REACHED_RGB if reached else MISSED_RGB)
+    if reached:
+        draw.line(((x - 4, y), (x - 1, y + 3), (x + 4, y - 3)), fill="white", width=2)
+    else:
+        draw.line((x - 3, y - 3, x + 3, y + 3), fill="white", width=2)
+        draw.line((x - 3, y + 3, x + 3, y - 3), fill="white", width=2)
+
+
 def _check_suffix(path: Path, suffix: str, what: str) -> None:
     if path.suffix.lower() != suffix:
         raise RenderError(f"{what}: {str(path)!r} must end in {suffix}")
@@ -373,12 +514,15 @@ def render_rollout(
     width: int = 320,
     height: int = 240,
     camera: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Roll out `episodes` episodes of `env` with `policy(obs, goal) -> action in [-1, 1]`
     (None: uniform random actions), write an mp4 and/or a PNG contact sheet (one row of frames
-    per episode), and return the metrics: {"task", "episodes": [per-episode], "summary"}.
-    `camera` names a model camera (default: the model's first, see `choose_camera`).
+    per episode, labelled: `labelled_sheet`), and return the metrics: {"task", "episodes":
+    [per-episode], "summary"}. `camera` names a model camera (default: the model's first, see
+    `choose_camera`); `progress` is told each phase as it begins.
     """
+    phase = progress or (lambda description: None)
     width, height = width - width % 2, height - height % 2  # H.264 wants even sizes
     # Check what can be checked before the rollout, not after it.
     for path, suffix, what in ((video, ".mp4", "video"), (frames, ".png", "frames")):
@@ -387,6 +531,7 @@ def render_rollout(
     if video is not None or frames is not None:
         check_size(env.mj_model, width, height)
         choose_camera(env.mj_model, camera)
+    phase(f"rolling out {episodes} episode{'s' * (episodes != 1)} to render (compiling)")
     trajs = rollout(env, policy, episodes, seed)
     per_episode = [episode_metrics(t) for t in trajs]
     result = {"task": env.spec.task, "episodes": per_episode,
@@ -402,17 +547,53 @@ def render_rollout(
     try:
         clip: list[np.ndarray] = []
         rows: list[list[np.ndarray]] = []
-        for traj in trajs:
+        rings: list[list[tuple[float, float] | None]] = []
+        for i, traj in enumerate(trajs):
+            phase(f"rendering episode {i + 1}/{len(trajs)}")
             wanted = sorted(set(video_ts if video else []) | set(sheet_ts if frames else []))
-            imgs = {t: drawer.frame(traj, t) for t in wanted}
+            imgs, at = {}, {}
+            for t in wanted:
+                imgs[t] = drawer.frame(traj, t)
+                at[t] = drawer.achieved_pixel()
             if video is not None:
                 clip.extend(imgs[t] for t in video_ts)
             if frames is not None:
                 rows.append([imgs[t] for t in sheet_ts])
+                rings.append([at[t] for t in sheet_ts])
     finally:
         drawer.close()
     if video is not None:
+        phase(f"writing {video}")
         write_video(Path(video), clip, fps=env.spec.control_hz / stride)
     if frames is not None:
-        write_png(Path(frames), contact_sheet(rows))
+        phase(f"writing {frames}")
+        labels = [episode_label(i, m, steps) for i, m in enumerate(per_episode)]
+        write_png(Path(frames), labelled_sheet(rows, rings, step_labels(sheet_ts, env, width),
+                                               labels, sheet_legend(env)))
     return result
+
+
+def sheet_legend(env: Any) -> list[tuple[str, str]]:
+    """The contact sheet's legend: the goal marker, the point that reaches for it, the arrow."""
+    name = {"ee": "end effector"}.get(env.config.goal_name, env.config.goal_name)
+    return [("goal", f"goal ({_length(env.spec.success_radius)} success radius)"),
+            ("achieved", name.replace("_", " ")),
+            ("arrow", "toward the goal, while outside the radius")]
+
+
+def step_labels(steps: Sequence[int], env: Any, width: int) -> list[str]:
+    """Each column's step, with its time when that fits over a frame `width` pixels wide."""
+    timed = [f"step {t} · {t / env.spec.control_hz:.1f} s" for t in steps]
+    # about 7 px a character at SHEET_FONT_PX
+    return timed if max(len(s) for s in timed) * 7 <= width else [f"step {t}" for t in steps]
+
+
+def episode_label(index: int, metrics: dict[str, Any], steps: int) -> RowLabel:
+    """Episode `index`'s row label from its `episode_metrics`."""
+    return RowLabel(f"episode {index + 1}", metrics["success"],
+                    (f"ended {_length(metrics['final_distance'])} away",
+                     f"at goal {metrics['time_at_goal']}/{steps} steps"))
+
+
+def _length(metres: float) -> str:
+    return f"{metres * 100:.1f} cm" if metres < 1 else f"{metres:.2f} m"

@@ -3,7 +3,7 @@
 `crl-run closed-loop` (a policy scored against it), `crl-run bench-loop` (the control loop's
 timing against a loopback robot) and `crl-train robustness` (a policy's robustness envelope,
 through the runtime's backends). Their names and flags are those commands'; only the code lives
-here, above the runtime.
+here, above the runtime. Each checks its flags (`check`) when the command line is parsed.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
+from crl.core import usage
 from crl.core.atomic import write_json
 from crl.core.plugins import Command
+from crl.core.usage import UsageError
 from crl.runtime.policy import PolicyError, load_policy
 from crl.sim.cli import Task
+from crl.testbed.clock import MAX_CLOCK_PPM
 from crl.testbed.closed_loop import ClosedLoopError, run_closed_loop
-from crl.testbed.robustness import Grid, RobustnessError
+from crl.testbed.robustness import UNITS, Grid, RobustnessError
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,18 @@ class Robot:
     required for a host beyond loopback."""
     episodes: int = 0
     """Stop after this many episodes (0: run until SIGINT/SIGTERM)."""
+    clock_ppm: float = 0.0
+    """Its clock runs this many parts per million fast (negative: slow) against this
+    computer's, as a separate computer's does: paces the physics and stamps the messages."""
+
+    def check(self) -> None:
+        from crl.runtime.cli import PORTS  # here: crl-run's command table loads this module
+
+        usage.seed("--seed", self.seed)
+        usage.positive("--speed", self.speed)
+        usage.port("--port", self.port, PORTS)
+        usage.at_least("--episodes", self.episodes, 0)
+        usage.within("--clock-ppm", self.clock_ppm, -MAX_CLOCK_PPM, MAX_CLOCK_PPM)
 
 
 def sim_robot(cmd: Robot) -> None:
@@ -63,14 +78,9 @@ def sim_robot(cmd: Robot) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        from crl.testbed.robot import RobotError, SimRobot, serve
-
-        if not cmd.speed > 0 or cmd.speed == float("inf"):
-            raise RobotError(f"speed: must be a positive number, got {cmd.speed}")
-        if cmd.episodes < 0:
-            raise RobotError(f"episodes: must be >= 0, got {cmd.episodes}")
         from crl.runtime.auth import AuthError, load_keys
         from crl.runtime.transport import Endpoints, TransportError
+        from crl.testbed.robot import RobotError, SimRobot, serve
 
         try:
             endpoints = Endpoints(cmd.host, cmd.port)
@@ -85,7 +95,7 @@ def sim_robot(cmd: Robot) -> None:
             return
         try:
             stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
-                          stop=lambda: bool(stopping), keys=keys,
+                          stop=lambda: bool(stopping), keys=keys, clock_ppm=cmd.clock_ppm,
                           announce=lambda line: print(line, file=sys.stderr, flush=True))
         except TransportError as e:
             raise RobotError(str(e)) from None
@@ -101,19 +111,35 @@ class ClosedLoopArgs:
     N goals; writes per-goal results and the loop's statistics."""
 
     policy: Path
+    """policy.onnx (backend ort) or policy.engine (trt)"""
     task: str
+    """the task the sim robot plays, which must be the policy's (reacher, ant, ...)"""
     out: Path
+    """the JSON results to write: every goal's, and the loop's statistics"""
     dr: Literal["off", "train", "held-out"] = "held-out"
+    """the sim robot's domain randomization: none, the training ranges, or the held-out ones"""
     seed: int = 0
+    """seeds the goals, the sim robot's starts and its DR draws"""
     goals: int = 20
+    """goals to score, one episode each"""
     backend: Literal["ort", "trt"] = "ort"
-    robot: str = ""
-    """robot config (default: the shipped one of the task)"""
+    """what runs the policy: ONNX Runtime (a .onnx file) or TensorRT (a .engine)"""
+    robot: Annotated[str, usage.default("the shipped one of the task")] = ""
+    """robot config: a shipped one by task name or a YAML path"""
     speed: float = 1.0
     """faster than real time, for both processes"""
     keys: Path | None = None
     """a CURVE keys folder holding all three roles (`crl-run keys --out DIR`): the robot, the
     runtime and the scorer (operator) authenticate each other"""
+    clock_ppm: float = 0.0
+    """the sim robot's clock runs this many parts per million fast (negative: slow) against the
+    runtime's, as a separate computer's does"""
+
+    def check(self) -> None:
+        usage.seed("--seed", self.seed)
+        usage.at_least("--goals", self.goals, 1)
+        usage.positive("--speed", self.speed)
+        usage.within("--clock-ppm", self.clock_ppm, -MAX_CLOCK_PPM, MAX_CLOCK_PPM)
 
 
 @dataclass(frozen=True)
@@ -121,49 +147,88 @@ class BenchLoopArgs:
     """Time the control loop at a rate against a loopback robot: period error, misses, latency."""
 
     policy: Path
+    """policy.onnx (backend ort) or policy.engine (trt)"""
     out: Path
+    """the JSON results to write"""
     hz: float = 100.0
+    """the control rate to hold, in Hz"""
     seconds: float = 60.0
+    """how long to run the loop, in seconds"""
     backend: Literal["ort", "trt"] = "ort"
-    robot: str = ""
-    """robot config (default: the shipped one of the policy's task)"""
+    """what runs the policy: ONNX Runtime (a .onnx file) or TensorRT (a .engine)"""
+    robot: Annotated[str, usage.default("the shipped one of the policy's task")] = ""
+    """robot config: a shipped one by task name or a YAML path"""
     spin: float = 0.0005
+    """seconds before each deadline spent busy-waiting instead of sleeping (timer precision)"""
     realtime: bool = False
+    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit)"""
     plot: Path | None = None
-    """period-error histogram PNG"""
+    """period-error histogram to draw (.png, .svg or .pdf), over the platform baseline: the
+    same loop with empty ticks, run after it for --seconds (10 at most)"""
+
+    def check(self) -> None:
+        usage.positive("--hz", self.hz)
+        usage.positive("--seconds", self.seconds)
+        usage.non_negative("--spin", self.spin, "no busy-waiting")
+        usage.suffix("--plot", self.plot, usage.PLOT_SUFFIXES)
 
 
 def closed_loop_cmd(args: ClosedLoopArgs) -> None:
     spec = load_policy(args.policy, args.backend).spec
     if spec.task != args.task:
         raise PolicyError(f"--task {args.task!r}: the policy was trained for {spec.task!r}")
-    result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr, seed=args.seed,
-                             goals=args.goals, backend=args.backend, robot=args.robot or None,
-                             speed=args.speed, spec=spec, keys=args.keys)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("closed loop"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("goals"), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("goals", total=args.goals)
+
+        def on_goal(goal: dict[str, Any]) -> None:
+            progress.advance(bar)
+            where = "at the goal" if goal["success"] else "not at the goal"
+            progress.console.print(f"goal {progress.tasks[0].completed:.0f}/{args.goals}: "
+                                   f"{goal['final_distance'] * 100:.2f} cm, {where}",
+                                   highlight=False)
+
+        result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr,
+                                 seed=args.seed, goals=args.goals, backend=args.backend,
+                                 robot=args.robot or None, speed=args.speed, spec=spec,
+                                 keys=args.keys, clock_ppm=args.clock_ppm, on_goal=on_goal)
     write_json(args.out, result)
     rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
     print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
           f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
           f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
           f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
-          f"{e2e['p50']:.2f} / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, oscillation "
-          f"{result['oscillation']:.1%}, stale stops "
+          f"{e2e['p50']:.2f} ms / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, samples "
+          f"skipped {rt.get('samples_skipped')} / repeated {rt.get('samples_repeated')}, "
+          f"oscillation {result['oscillation']:.1%}, stale stops "
           f"{rt.get('stale_stops')}; wrote {args.out}")
 
 
 def bench_loop_cmd(args: BenchLoopArgs) -> None:
-    from crl.testbed.bench_loop import check_plot, plot_period_error, run_bench_loop
+    from crl.testbed.bench_loop import (
+        BASELINE_S,
+        LoopProgress,
+        check_plot,
+        plot_period_error,
+        run_bench_loop,
+    )
 
     check_plot(args.plot)
     result = run_bench_loop(args.policy, hz=args.hz, seconds=args.seconds, backend=args.backend,
-                            robot=args.robot or None, spin_s=args.spin, realtime=args.realtime)
+                            robot=args.robot or None, spin_s=args.spin, realtime=args.realtime,
+                            baseline_s=min(args.seconds, BASELINE_S) if args.plot else 0.0,
+                            progress=LoopProgress(args.hz, args.seconds))
     write_json(args.out, result)
     if args.plot:
         plot_period_error([result], args.plot)
     pe, e2e = result["period_error_ms"], result["end_to_end_ms"]
-    print(f"{args.hz:g} Hz for {args.seconds:g} s: period error p50 {pe['p50']:.3f} / p99 "
-          f"{pe['p99']:.3f} / max {pe['max']:.3f} ms, {result['misses']} missed deadlines; "
-          f"end-to-end p50 {e2e['p50']:.3f} / p99 {e2e['p99']:.3f} ms; wrote {args.out}"
+    print(f"{args.hz:g} Hz for {args.seconds:g} s: period error p50 {pe['p50']:.3f} ms / p99 "
+          f"{pe['p99']:.3f} ms / max {pe['max']:.3f} ms, {result['misses']} missed deadlines; "
+          f"end-to-end p50 {e2e['p50']:.3f} ms / p99 {e2e['p99']:.3f} ms; wrote {args.out}"
           + (f" and {args.plot}" if args.plot else ""))
 
 
@@ -180,17 +245,28 @@ class RobustnessArgs:
 
     run: Path | None = None
     """Training run directory (`crl-train TASK --out DIR`)."""
-    step: int | None = None
-    """With --run: the checkpoint (default: the best, as `crl-export onnx --best` takes it)."""
+    step: Annotated[
+        int | None, usage.default("the best, as `crl-export onnx --best` takes it")] = None
+    """With --run: the checkpoint (env steps)."""
     policy: Path | None = None
     """An exported ONNX policy file."""
-    task: str | None = None
-    """The task to run on (default: the policy's own)."""
+    task: Annotated[str | None, usage.default("the policy's own")] = None
+    """The task to run on."""
     out: Path = Path("robustness")
     """Folder for robustness.json and robustness.png."""
     compare: tuple[Path, ...] = ()
     """Other envelopes' robustness.json, drawn beside this one in the PNG."""
     grid: Annotated[Grid, tyro.conf.OmitArgPrefixes] = field(default_factory=Grid)
+
+    def check(self) -> None:
+        if (self.run is None) == (self.policy is None):
+            raise UsageError("give --run DIR or --policy FILE (one of them)")
+        if self.step is not None:
+            if self.run is None:
+                raise UsageError("--step picks a checkpoint of --run; a --policy file has one")
+            usage.at_least("--step", self.step, 0)
+        usage.seed("--seed", self.grid.seed)
+        self.grid.check()
 
 
 def robustness_cmd(args: RobustnessArgs) -> None:
@@ -198,11 +274,6 @@ def robustness_cmd(args: RobustnessArgs) -> None:
 
     from crl.testbed.robustness import plot_envelope, run_envelope
 
-    if (args.run is None) == (args.policy is None):
-        raise RobustnessError("give --run DIR or --policy FILE (one of them)")
-    if args.step is not None and args.run is None:
-        raise RobustnessError("--step picks a checkpoint of --run; a --policy file has one")
-    args.grid.check()
     others = []
     for path in args.compare:  # read before the long part: a bad path fails at once
         try:
@@ -227,7 +298,8 @@ def robustness_cmd(args: RobustnessArgs) -> None:
     write_json(json_path, result)
     png = plot_envelope([result, *others], args.out / "robustness.png")
     for quantity, span in result["holds"].items():
-        where = "fails at nominal" if span is None else f"holds {span[0]:g} .. {span[1]:g}"
+        unit = UNITS.get(quantity, "x nominal")
+        where = "fails at nominal" if span is None else f"holds {span[0]:g} .. {span[1]:g} {unit}"
         print(f"{quantity:>14}: {where}")
     print(f"wrote {json_path} and {png}")
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -92,15 +93,21 @@ class Process:
         if code is not None:
             raise ClosedLoopError(f"{self.name} exited with status {code}: {self.tail()}")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
+    def stop(self, timeout: float = 10.0) -> int:
+        return stop_process(self.popen, timeout)
+
+
+def stop_process(popen: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """Ctrl-C a process still running, as an operator would, and wait for it; killed if it
+    outlasts `timeout`. Its exit status."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGINT)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return int(popen.returncode)
 
 
 def start(name: str, argv: list[str], logdir: Path) -> Process:
@@ -114,9 +121,12 @@ def start(name: str, argv: list[str], logdir: Path) -> Process:
 def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
                     backend: str = "ort", robot: str | None = None, speed: float = 1.0,
                     spec: PolicySpec, serve_args: tuple[str, ...] = (),
-                    keys: Path | None = None) -> dict[str, Any]:
+                    keys: Path | None = None, clock_ppm: float = 0.0,
+                    on_goal: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the closed loop and return the result (see the module docstring). `keys`: a CURVE
-    keys folder with all three roles; the scorer is the operator."""
+    keys folder with all three roles; the scorer is the operator. `clock_ppm`: the sim robot's
+    clock runs that fast (negative: slow) against the runtime's. `on_goal` gets each goal's
+    result as it is scored."""
     host = "127.0.0.1"
     ep = Endpoints(host, free_base_port(host))
     py = sys.executable
@@ -132,7 +142,9 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
         procs = [
             start("crl-sim robot", [py, "-m", "crl.sim.cli", "robot", task, "--dr", dr,
                                     "--seed", str(seed), "--host", host, "--port", str(ep.port),
-                                    "--speed", str(speed), *key_args], logdir),
+                                    "--speed", str(speed), *key_args,
+                                    *(("--clock-ppm", str(clock_ppm)) if clock_ppm else ())],
+                  logdir),
             start("crl-run serve", [py, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
                                     "--backend", backend, "--robot", robot or task, "--host",
                                     host, "--port", str(ep.port), "--speed", str(speed),
@@ -141,27 +153,30 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
         ]
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            result = _score(ctx, ep, procs, goals, spec, operator)
+            result = _score(ctx, ep, procs, goals, spec, operator, on_goal)
         finally:
             ctx.destroy(linger=0)
             codes = {p.name: p.stop() for p in reversed(procs)}
             for p in procs:
                 p.log.close()
     result.update(task=task, dr=dr, seed=seed, policy=str(policy), backend=backend, speed=speed,
+                  clock_ppm=clock_ppm,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   exit_codes=codes)
     return result
 
 
 def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Process], goals: int,
-           spec: PolicySpec, keys: Keys | None) -> dict[str, Any]:
+           spec: PolicySpec, keys: Keys | None,
+           on_goal: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     radius, frame = spec.success_radius, spec.goal.frame
     offset, scale = np.asarray(spec.action.offset), np.asarray(spec.action.scale)
     telemetry = telemetry_reader(ctx, ep, keys)
     statuses = status_reader(ctx, ep, keys)
     episodes: dict[int, Episode] = {}
     scored: list[dict[str, Any]] = []
-    latencies: list[float] = []
+    latencies: list[float] = []  # measurement → action received, at each control step
+    applied: list[float] = []  # → taking effect (after the robot's action delay)
     last_status: dict[str, Any] | None = None
     runtime_ready = False
     started = time.monotonic()
@@ -186,6 +201,8 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
                 episodes[tel.episode] = e
             if not np.isnan(tel.action_latency_ms) and runtime_ready:
                 latencies.append(tel.action_latency_ms)
+            if not np.isnan(tel.action_applied_ms) and runtime_ready:
+                applied.append(tel.action_applied_ms)
             if tel.step >= 1:
                 before = e.distances[-1] if e.distances else np.inf
                 e.distances.append(float(np.linalg.norm(tel.achieved_goal - e.goal)))
@@ -194,8 +211,9 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
                     e.near.append(before <= NEAR_GOAL_RADII * radius)
             if tel.step == tel.episode_length and e.accepted and len(scored) < goals:
                 scored.append(_result(e, radius))
+                if on_goal is not None:
+                    on_goal(scored[-1])
     final = np.asarray([g["final_distance"] for g in scored])
-    lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
         "goals": scored,
         "oscillation": oscillation([g["flips"] for g in scored],
@@ -204,9 +222,15 @@ def _score(ctx: zmq.Context[zmq.Socket[bytes]], ep: Endpoints, procs: list[Proce
         "final_distance_median": float(np.median(final)),
         "time_at_goal_mean": float(np.mean([g["time_at_goal"] for g in scored])),
         "runtime": last_status or {},
-        "robot_end_to_end_ms": {**summarize(lat), "samples": len(latencies)},
+        "robot_end_to_end_ms": _latency(latencies),
+        "robot_applied_ms": _latency(applied),
         "wall_s": round(time.monotonic() - started, 1),
     }
+
+
+def _latency(samples_ms: list[float]) -> dict[str, Any]:
+    return {**summarize(np.asarray(samples_ms if samples_ms else [np.nan])),
+            "samples": len(samples_ms)}
 
 
 def _begin(ep: Endpoints, tel: Telemetry, frame: str, runtime_ready: bool,

@@ -26,18 +26,17 @@ from crl.runtime import robot_config
 from crl.runtime.loop import open_realtime
 from crl.runtime.messages import Observation, Telemetry
 from crl.runtime.transport import Endpoints, RobotLink
+from crl.testbed.clock import RobotClock
 
 _SCALAR = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
-# ZMQ's poll waits whole milliseconds: the last FINE_POLL_S before each sample polls without
-# blocking every POLL_STEP_S instead, which timestamps an action to about 0.1 ms. Not a busy
-# spin: under SCHED_FIFO that would hold a core most of each period at 500 Hz, and Linux's
-# real-time throttling (95% of each second by default) then stalls the robot for tens of ms.
-FINE_POLL_S = 0.0015
-POLL_STEP_S = 50e-6
 
 
 def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event,
-        report: Path | None = None, realtime: bool = False) -> dict[str, float | int]:
+        report: Path | None = None, realtime: bool = False, clock_ppm: float = 0.0
+        ) -> dict[str, float | int]:
+    """Publish at `hz` on the robot's own clock (`clock_ppm` fast or slow against this
+    computer's) until `stop`; the summary (and, with `report`, every latency) at the end."""
+    clock = RobotClock(clock_ppm)
     config = robot_config.load(config_name)
     if config.model is None:
         raise robot_config.RobotConfigError(f"{config_name}: the loopback robot needs a model")
@@ -47,46 +46,38 @@ def run(config_name: str, hz: float, endpoints: Endpoints, stop: threading.Event
     q0 = np.asarray([m.qpos0[m.jnt_qposadr[j]] for j in joints])
     floating = any(m.jnt_type[j] == int(mujoco.mjtJoint.mjJNT_FREE) for j in range(m.njnt))
     if realtime:
-        link, said = open_realtime(lambda: RobotLink(endpoints))
+        link, said = open_realtime(lambda: RobotLink(endpoints, wall_clock=clock.wall))
         print(f"loopback robot: {said}", file=sys.stderr)
     else:
-        link = RobotLink(endpoints)
+        link = RobotLink(endpoints, wall_clock=clock.wall)
     latencies: list[float] = []
     received = 0
     period = 1.0 / hz
-    offset = time.time() - time.monotonic()
     sent: dict[int, float] = {}  # obs seq → monotonic send time
     print(f"loopback robot: {len(names)} joints at {hz:g} Hz on {endpoints.observations}",
           file=sys.stderr, flush=True)
     try:
-        deadline = time.monotonic()
+        sample = clock.elapsed()  # the samples' times, on the robot's clock
         while not stop.is_set():
             t = time.monotonic()
             phase = 2 * math.pi * 0.2 * t
-            session, seq, _ = link.stamper.next()
-            obs = Observation(session, seq, t + offset, names, q0 + 0.05 * math.sin(phase),
+            session, seq, stamp = link.stamper.next()
+            obs = Observation(session, seq, stamp, names, q0 + 0.05 * math.sin(phase),
                               np.full(len(names), 0.05 * math.cos(phase)),
                               *((np.zeros(3), np.array([1.0, 0, 0, 0]), np.zeros(3), np.zeros(3))
                                 if floating else ()))
             link.publish_observation(obs)
             sent[seq] = t
-            deadline += period
-            # Wait for the action while timestamping it as it arrives, and send the next sample
-            # on time.
-            while (remaining := deadline - time.monotonic()) > 0:
-                block_ms = int((remaining - FINE_POLL_S) * 1000)
-                if block_ms >= 1:
-                    action = link.poll_action(block_ms)
-                elif (action := link.poll_action()) is None:
-                    time.sleep(min(remaining, POLL_STEP_S))
-                now = time.monotonic()
-                if action is not None and action.obs_seq in sent:
+            sample += period
+            # Take the actions as they arrive, timing each, and send the next sample on time.
+            for action, now in link.actions_until(clock.host_time(sample)):
+                if action.obs_seq in sent:
                     latencies.append(now - sent[action.obs_seq])
                     received += 1
             latency_ms = latencies[-1] * 1e3 if latencies else math.nan
             session, seq2, stamp = link.stamper.next()
             link.publish_telemetry(Telemetry(session, seq2, stamp, 0, seq, 0, np.zeros(1),
-                                             np.zeros(1), latency_ms, received,
+                                             np.zeros(1), latency_ms, math.nan, received,
                                              np.zeros(1)))
             for old in [s for s in sent if s < seq - 100]:
                 del sent[old]
@@ -111,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5560)
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--realtime", action="store_true", help="ask for SCHED_FIFO, as a driver would")
+    p.add_argument("--clock-ppm", type=float, default=0.0,
+                   help="its clock runs this many parts per million fast (negative: slow)")
     args = p.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run(args.robot, args.hz, Endpoints(args.host, args.port), stop, args.report, args.realtime)
+    run(args.robot, args.hz, Endpoints(args.host, args.port), stop, args.report, args.realtime,
+        args.clock_ppm)
     return 0
 
 

@@ -41,22 +41,18 @@ from numpy.typing import NDArray
 
 from crl.core.usage import ConfigError
 from crl.sim.config import OBSERVATION_FIELDS
-from crl.sim.randomization import Draw
+from crl.sim.randomization import MODEL_FIELDS  # the rest, noise and delay, it applies itself
+from crl.testbed.clock import RobotClock
 
 if TYPE_CHECKING:
     from crl.runtime.auth import Keys
+    from crl.runtime.messages import Action
     from crl.runtime.transport import Endpoints, RobotLink
     from crl.sim.env import GoalReachEnv
 
 Vector = NDArray[np.float64]
-# Draw fields that are model fields (the rest, noise and delay, the robot applies itself).
-MODEL_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Draw) if f.name not in ("obs_noise_std", "action_delay")
-)
 _SCALAR_JOINTS = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
 DROP_REASONS = ("joints", "command", "foreign")
-# An action's `obs_stamp` comes back through the runtime's monotonic clock: allow its rounding.
-OBS_STAMP_ROUNDING_S = 1e-3
 
 
 class RobotError(ConfigError):
@@ -164,8 +160,10 @@ class SimRobot:
         self.t = 0  # control steps taken this episode
         self.physics_steps = 0  # this episode
         self.last_command = np.zeros(len(self.action_joints))  # physical, clipped
-        self._pending: deque[tuple[int, Vector]] = deque()  # (due physics step, ctrl)
+        # (due physics step, ctrl, the caller's tag for it)
+        self._pending: deque[tuple[int, Vector, float]] = deque()
         self._rng = np.random.default_rng()
+        self._drawn: tuple[int, Episode] | None = None  # `prefetch`ed: (index, its draw)
 
     # -- episodes ---------------------------------------------------------------------------------
 
@@ -187,9 +185,17 @@ class SimRobot:
             action_delay=int(dr.action_delay),
         )
 
+    def prefetch(self, index: int) -> None:
+        """Draw episode `index` now, so that its `reset` at an episode's end only builds the
+        model (the draw runs the env's jitted reset: a few ms the robot's clock cannot spare
+        between a control step and its observation)."""
+        self._drawn = (index, self.draw(index))
+
     def reset(self, index: int) -> Episode:
         """Start episode `index`: a fresh model with its draw, its start state and hold ctrl."""
-        ep = self.draw(index)
+        drawn = self._drawn
+        ep = drawn[1] if drawn is not None and drawn[0] == index else self.draw(index)
+        self._drawn = None
         model = copy.deepcopy(self.nominal)
         for name, value in ep.model_fields.items():
             getattr(model, name)[...] = value
@@ -219,9 +225,10 @@ class SimRobot:
         index = {n: i for i, n in enumerate(joints)}
         return np.asarray(values, np.float64)[[index[n] for n in self.action_joints]]
 
-    def apply(self, physical: Vector) -> None:
+    def apply(self, physical: Vector, tag: float = math.nan) -> None:
         """Command the actuated joints (spec order, physical units): from the next physics step
-        (after the episode's action delay, in control periods) the actuators hold it."""
+        (after the episode's action delay, in control periods) the actuators hold it.
+        `step_physics` returns `tag` when it takes effect."""
         if self.episode is None:
             raise RuntimeError("SimRobot.apply before reset")
         values = np.asarray(physical, np.float64)
@@ -230,18 +237,22 @@ class SimRobot:
         ctrl = np.clip(values / self._unit, self._ctrl_low, self._ctrl_high)
         self.last_command = ctrl * self._unit
         due = self.physics_steps + self.episode.action_delay * self.substeps
-        self._pending.append((due, ctrl))
+        self._pending.append((due, ctrl, tag))
 
-    def step_physics(self) -> None:
-        """One `mj_step`, with any command that has come due taking effect first."""
+    def step_physics(self) -> float | None:
+        """One `mj_step`, with any command that has come due taking effect first; the tag of the
+        newest such command (None when none took effect)."""
+        took = None
         while self._pending and self._pending[0][0] <= self.physics_steps:
-            self.data.ctrl[self.act_ids] = self._pending.popleft()[1]
+            _, ctrl, took = self._pending.popleft()
+            self.data.ctrl[self.act_ids] = ctrl
         mujoco.mj_step(self.model, self.data)
         self.physics_steps += 1
         if self.physics_steps % self.substeps == 0:
             self.t += 1
             # Positions of this instant, as the env reads them after its control step.
             mujoco.mj_kinematics(self.model, self.data)
+        return took
 
     def step_control(self) -> None:
         """Physics steps up to the next control step (the env's substeps from a control step)."""
@@ -332,23 +343,24 @@ class ServeStats:
 
 
 class _StepClock:
-    """Absolute deadlines of the physics steps on the monotonic clock, from when it is made.
+    """Absolute deadlines of the physics steps on the robot's clock, from when it is made.
 
     A loop that falls a whole control period behind re-anchors the deadlines to now instead of
     bursting through the missed steps to catch up.
     """
 
-    def __init__(self, step_period: float, lag_limit: float):
-        self.step_period, self.lag_limit = step_period, lag_limit
-        self.start, self.steps = time.monotonic(), 0
+    def __init__(self, step_period: float, lag_limit: float, clock: RobotClock):
+        self.step_period, self.lag_limit, self.clock = step_period, lag_limit, clock
+        self.start, self.steps = clock.elapsed(), 0
 
-    def wait(self) -> bool:
-        """Sleep until the next step's deadline; True when it was too late and re-anchored."""
+    def wait(self, until: Callable[[float], None]) -> bool:
+        """`until(deadline)` (time.monotonic) to the next step's deadline, which waits for it;
+        True when it was already too late and re-anchored."""
         self.steps += 1
         deadline = self.start + self.steps * self.step_period
-        now = time.monotonic()
+        now = self.clock.elapsed()
         if now < deadline:
-            time.sleep(deadline - now)
+            until(self.clock.host_time(deadline))
         elif now - deadline > self.lag_limit:
             self.start = now - self.steps * self.step_period
             return True
@@ -357,13 +369,17 @@ class _StepClock:
 
 @dataclass
 class _ServeRun:
-    """One `serve` run: the robot, its transport, what it has counted, and the latency of the
-    newest action applied (NaN until one carries its observation's stamp)."""
+    """One `serve` run: the robot, its clock and transport, what it has counted, and the latency
+    of the newest action: from its observation's measurement to the action's arrival
+    (`latency_ms`) and to its taking effect in the physics (`applied_ms`, after the episode's
+    action delay); NaN until an action carries its observation's stamp."""
 
     robot: SimRobot
     link: RobotLink
     stats: ServeStats
+    clock: RobotClock
     latency_ms: float = math.nan
+    applied_ms: float = math.nan
     first_stamp: float = math.inf  # of this robot's first observation
 
     def publish(self, final: bool = False) -> None:
@@ -384,29 +400,44 @@ class _ServeRun:
             session, seq, _ = link.stamper.next()  # the same stamp pairs the two
         link.publish_telemetry(Telemetry(
             session, seq, stamp, ep.index, robot.t, robot.episode_length, ep.goal,
-            robot.achieved_goal(), self.latency_ms, self.stats.actions_received,
-            robot.last_command,
+            robot.achieved_goal(), self.latency_ms, self.applied_ms,
+            self.stats.actions_received, robot.last_command,
         ))
 
-    def take_action(self) -> None:
-        """Apply the newest action received, if any, from the next physics step; one the robot
-        cannot execute is counted by its reason and dropped. So is one that answers no
-        observation of this robot ("foreign"): what a runtime sent a previous robot (before a
-        restart: its safe hold, its last target) is for another pose."""
-        action = self.link.poll_action()
-        if action is None:
-            return
-        if action.obs_stamp < self.first_stamp - OBS_STAMP_ROUNDING_S:
+    def take_action(self, action: Action, received: float) -> None:
+        """Apply an action as it arrives (at `received`, time.monotonic): from the next physics
+        step. One the robot cannot execute is counted by its reason and dropped. So is one that
+        answers no observation of this robot ("foreign"): what a runtime sent a previous robot
+        (before a restart: its safe hold, its last target) is for another pose."""
+        if action.obs_stamp < self.first_stamp:
             self.stats.dropped["foreign"] += 1
             return
+        measured = action.obs_stamp if action.obs_seq >= 0 and action.obs_stamp > 0 else math.nan
         try:
-            self.robot.apply(self.robot.order(action.joints, action.values, action.command))
+            self.robot.apply(self.robot.order(action.joints, action.values, action.command),
+                             tag=measured)
         except ActionError as e:
             self.stats.dropped[e.reason] += 1
             return
         self.stats.actions_received += 1
-        if action.obs_seq >= 0 and action.obs_stamp > 0:
-            self.latency_ms = (time.time() - action.obs_stamp) * 1000.0
+        if math.isfinite(measured):
+            self.latency_ms = (self.clock.wall(received) - measured) * 1000.0
+
+    def take_actions(self, deadline: float) -> None:
+        """Take each action as it arrives until `deadline` (time.monotonic)."""
+        for action, received in self.link.actions_until(deadline):
+            self.take_action(action, received)
+
+    def take_pending(self) -> None:
+        """Take what arrived since the wait ended, as the physics step begins."""
+        action = self.link.poll_action()
+        if action is not None:
+            self.take_action(action, time.monotonic())
+
+    def step_physics(self) -> None:
+        measured = self.robot.step_physics()
+        if measured is not None and math.isfinite(measured):
+            self.applied_ms = (self.clock.wall() - measured) * 1000.0
 
     def end_control_step(self, episodes: int) -> bool:
         """Publish the control step just reached; at an episode's end, its final telemetry and
@@ -422,10 +453,11 @@ class _ServeRun:
             return True
         assert robot.episode is not None
         robot.reset(robot.episode.index + 1)
-        # The clock keeps its phase across a reset (a few ms of the env's jitted reset, absorbed
-        # by the next sleep): a runtime whose ticks are aligned to this robot's samples stays
-        # aligned, as it would with a real robot's driver.
+        # The clock keeps its phase across a reset (the model's rebuild, under a millisecond for
+        # the reacher; the next draw was made ahead): a runtime whose ticks are locked to this
+        # robot's samples stays locked, as it would with a real robot's driver.
         self.publish()
+        robot.prefetch(robot.episode.index + 1)  # before the next physics step is due
         return False
 
 
@@ -440,39 +472,46 @@ def serve(
     link: RobotLink | None = None,
     stats: ServeStats | None = None,
     keys: Keys | None = None,
+    clock_ppm: float = 0.0,
 ) -> ServeStats:
     """Run `robot` in real time on the transport until `stop()` or `episodes` episodes (0: no
-    end). Observations and telemetry go out at each control step; the newest action is applied
-    at the next physics step. Deadlines are absolute on the monotonic clock; a loop that falls a
-    whole control period behind re-anchors (counted as `late`) instead of bursting to catch up.
-    A new episode's reset (a few ms of the env's jitted reset) keeps the clock's phase.
-    `stats`, if given, is filled as it runs (a caller can watch it); `link` replaces the
-    transport (it is then the caller's to close); `keys`: the robot's CURVE keys.
+    end). Observations and telemetry go out at each control step; each action is taken as it
+    arrives and applied from the next physics step. Deadlines are absolute on the robot's clock
+    (`clock_ppm` fast or slow against this computer's: `RobotClock`, which also stamps the
+    messages); a loop that falls a whole control period behind re-anchors (counted as `late`)
+    instead of bursting to catch up. A new episode's reset (a few ms of the env's jitted reset)
+    keeps the clock's phase. `stats`, if given, is filled as it runs (a caller can watch it);
+    `link` replaces the transport (it is then the caller's to close); `keys`: the robot's CURVE
+    keys.
     """
     from crl.runtime.transport import RobotLink
 
     if not (math.isfinite(speed) and speed > 0):
         raise RobotError(f"speed: must be a positive number, got {speed}")
+    clock = RobotClock(clock_ppm)
     stats = ServeStats() if stats is None else stats
     own = link is None
-    link = RobotLink(endpoints, keys) if link is None else link
+    link = RobotLink(endpoints, keys, wall_clock=clock.wall) if link is None else link
     if robot.episode is None:
         robot.reset(0)
-    run = _ServeRun(robot, link, stats)
+    assert robot.episode is not None
+    robot.prefetch(robot.episode.index + 1)
+    run = _ServeRun(robot, link, stats, clock)
     lag_limit = robot.control_period / speed
     try:
         announce(
             f"crl-sim robot: {robot.task} publishing on {endpoints.observations} (observations; "
             f"telemetry {endpoints.telemetry}, actions from {endpoints.actions}), "
             f"{1 / lag_limit:g} Hz, dr {robot.env.dr_mode}, seed {robot.seed}, speed {speed:g}"
+            + (f", clock {clock_ppm:+g} ppm" if clock_ppm else "")
         )
         run.publish()
-        clock = _StepClock(robot.timestep / speed, lag_limit)
+        steps = _StepClock(robot.timestep / speed, lag_limit, clock)
         while not stop():
-            if clock.wait():
+            if steps.wait(run.take_actions):
                 stats.late += 1
-            run.take_action()
-            robot.step_physics()
+            run.take_pending()
+            run.step_physics()
             at_control_step = robot.physics_steps % robot.substeps == 0
             if at_control_step and run.end_control_step(episodes):
                 break

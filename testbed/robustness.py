@@ -61,6 +61,7 @@ class Grid:
     episodes: int = 256
     """Episodes per point (the same starts and goals at every point)."""
     seed: int = 0
+    """Seeds the episodes' starts and goals, the same at every point."""
     threshold: float = 0.9
     """At-the-end success at or above which a point holds."""
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +70,14 @@ def fingertip(q: tuple[float, float]) -> np.ndarray:
     a, b = q
     return np.array([LINK1 * np.cos(a) + LINK2 * np.cos(a + b),
                      LINK1 * np.sin(a) + LINK2 * np.sin(a + b), SHOULDER_Z])
+
+
+def interrupt(*procs: subprocess.Popen[Any] | None, timeout: float = 60) -> tuple[Any, Any]:
+    """Ctrl-C each process in turn (None: none) and wait for it to exit; the first one's stdout
+    and stderr."""
+    outputs = []
+    for proc in procs:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            outputs.append(proc.communicate(timeout=timeout))
+    return outputs[0] if outputs else (None, None)

@@ -7,7 +7,6 @@ walls skipped); and the command end to end on a reacher run of two iterations.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -18,8 +17,10 @@ import pytest
 
 jax = pytest.importorskip("jax", reason="crl-train analyze needs the train extra")
 
+from jax_helpers import small_quick_reacher  # noqa: E402
+
 from crl.train import analyze, cli  # noqa: E402
-from crl.train.config import PRESETS, EvalConfig, NetworkConfig, TrainConfig  # noqa: E402
+from crl.train.config import TrainConfig  # noqa: E402
 
 
 def _position_critic(columns: slice) -> tuple[analyze.PhiPi, analyze.Psi]:
@@ -124,17 +125,8 @@ def test_a_robot_of_neither_kind_gets_no_grid() -> None:
 
 def tiny_reacher_config() -> TrainConfig:
     """The quick preset at a test's size: two iterations of 8 envs x 16 steps."""
-    quick = PRESETS["quick"]
-    return dataclasses.replace(
-        quick,
-        task="reacher",
-        total_steps=8 * 16 * 2,
-        network=NetworkConfig(depth=4, width=32, repr_dim=16),
-        algo=dataclasses.replace(quick.algo, batch_size=32),
-        replay=dataclasses.replace(quick.replay, num_envs=8, min_replay_steps=16,
-                                   buffer_steps=64),
-        eval=EvalConfig(eval_every=8 * 16 * 2, eval_episodes=4, held_out=False),
-    )
+    return small_quick_reacher(num_envs=8, iterations=2, eval_every=2, eval_episodes=4,
+                               buffer_steps=64, min_replay_steps=16)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from robot_fixtures import export_policy, observation
+from robot_fixtures import export_policy, interrupt, observation
 from zmq.auth.certs import load_certificate
 
 from crl.runtime import cli
@@ -220,8 +220,7 @@ def test_serve_answers_authorized_goals_only(keys: Path, stranger: Path,
             assert time.monotonic() < deadline, "the refusal was not counted"
         assert status.stats["goal_received"] == 1  # only the operator's goal got through
     finally:
-        proc.send_signal(2)
-        _, err = proc.communicate(timeout=30)
+        _, err = interrupt(proc, timeout=30)
         robot.close()
         ctx.destroy(linger=0)
     assert proc.returncode == 0, err

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ pytest.importorskip("jax", reason="the sim robot draws its dynamics with the MJX
                                   "train extra, not in the robot's install)")
 
 import zmq
-from robot_fixtures import export_policy
+from robot_fixtures import export_policy, interrupt
 
 from crl.runtime import robot_config
 from crl.runtime.messages import Action
@@ -50,19 +51,25 @@ def demo_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "reacher.onnx"
 
 
+def closed_loop(policy: Path, out: Path, *flags: str) -> dict[str, Any]:
+    """`crl-run closed-loop` on the reacher with `flags`; its JSON result."""
+    r = subprocess.run(
+        [sys.executable, "-m", "crl.runtime.cli", "closed-loop", "--policy", str(policy),
+         "--task", "reacher", *flags, "--out", str(out)], capture_output=True, text=True,
+        timeout=900)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
 @pytest.mark.slow
 def test_quickstart_policy_reaches_held_out_goals_in_the_closed_loop(demo_policy: Path,
                                                                      tmp_path: Path) -> None:
     """20 goals under held-out dynamics (unseen masses, gains, damping, noise, delays), each
     held for one episode: at least 90% end within the success radius."""
-    out = tmp_path / "closed_loop.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "crl.runtime.cli", "closed-loop", "--policy", str(demo_policy),
-         "--task", "reacher", "--dr", "held-out", "--seed", "0", "--goals", "20", "--out",
-         str(out)], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr
-    result = json.loads(out.read_text())
-    print(r.stdout)
+    result = closed_loop(demo_policy, tmp_path / "closed_loop.json", "--dr", "held-out",
+                         "--seed", "0", "--goals", "20")
     assert len(result["goals"]) == 20
     assert result["success_rate"] >= 0.9, result["goals"]
     assert result["exit_codes"] == {"crl-run serve": 0, "crl-sim robot": 0}
@@ -73,6 +80,26 @@ def test_quickstart_policy_reaches_held_out_goals_in_the_closed_loop(demo_policy
     # The oscillation figure from the commands the robot took: every goal had steps near it.
     assert 0.0 <= result["oscillation"] <= 1.0
     assert sum(g["flip_chances"] for g in result["goals"]) > 0
+
+
+@pytest.mark.slow
+def test_the_loop_stays_on_the_samples_of_a_robot_whose_clock_drifts(
+        demo_policy: Path, tmp_path: Path) -> None:
+    """The sim robot's clock 1% fast (the most `--clock-ppm` takes; a crystal's 100 ppm takes a
+    hundred times longer to drift as far): in 16 s it runs 160 ms, four control periods, ahead.
+    A loop whose phase was set once would act on samples ever older, through every phase of the
+    period (a median age of half a period, 20 ms); this one follows the robot's clock, so each
+    action answers a sample just taken, and no sample slips past unseen or is used twice."""
+    result = closed_loop(demo_policy, tmp_path / "closed_loop.json", "--dr", "off", "--goals",
+                         "8", "--clock-ppm", "10000")
+    assert result["clock_ppm"] == 10000
+    runtime, period_ms = result["runtime"], 1000 / 25
+    # The robot's own measurement: its sample's stamp → the answering action's arrival.
+    assert result["robot_end_to_end_ms"]["p50"] < period_ms / 4, result["robot_end_to_end_ms"]
+    assert runtime["end_to_end_p50_ms"] < period_ms / 4, runtime
+    # A slip (a watchdog tick, then two samples in one tick) needs a robot stalled beyond the
+    # window; a shared CI VM may do that once or twice, never at each of four periods' drift.
+    assert runtime["samples_skipped"] + runtime["samples_repeated"] <= 2, runtime
 
 
 def _start(argv: list[str]) -> subprocess.Popen[str]:
@@ -158,12 +185,7 @@ def test_killing_the_sim_robot_sends_the_safe_action_and_a_new_one_resumes(
         _, m = _collect(actions, statuses, 1.0)
         assert "soft_start" in modes | m
     finally:
-        serve.send_signal(signal.SIGINT)
-        out, err = serve.communicate(timeout=60)
-        for p in (robot, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                p.communicate(timeout=60)
+        out, err = interrupt(serve, robot, second)
         ctx.destroy(linger=0)
     assert serve.returncode == 0, err
     assert "stale stops 1" in out, out

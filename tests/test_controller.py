@@ -451,3 +451,12 @@ def test_bench_loop_times_the_loop_against_a_loopback_robot(policy_path: Path,
     if Path("/proc/stat").exists():
         assert result["host"]["steal_s"] >= 0 and result["host"]["load_average_1min"] >= 0
     assert plot.stat().st_size > 0 if plotting else not plot.exists()
+    # Progress on stderr (stdout keeps the one summary line); --plot runs the platform
+    # baseline after the loop, as long as it (10 s at most), and records it.
+    assert r.stdout.count("\n") == 1 and "bench-loop: 2/2 s, " in r.stderr
+    if plotting:
+        baseline = result["platform_baseline"]
+        assert (baseline["hz"], baseline["ticks"]) == (100.0, 200)
+        assert len(baseline["period_error_samples_ms"]) == 200
+    else:
+        assert "platform_baseline" not in result

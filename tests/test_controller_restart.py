@@ -18,7 +18,7 @@ pytest.importorskip("jax", reason="the sim robot draws its dynamics with the MJX
                                   "train extra, not in the robot's install)")
 
 import zmq
-from robot_fixtures import export_policy
+from robot_fixtures import export_policy, interrupt
 
 from crl.runtime.messages import Action, MessageError, Observation, Status, decode
 from crl.runtime.transport import Endpoints, action_reader
@@ -156,12 +156,7 @@ def test_a_robot_restarted_in_another_pose_is_never_commanded_a_jump(tmp_path: P
         _wait(watch, resumed, "the policy acting on the new robot", [second, serve], 180)
         watch.collect(1.5)  # the soft start (1 s) and beyond
     finally:
-        serve.send_signal(signal.SIGINT)
-        out, err = serve.communicate(timeout=60)
-        for p in (first, second):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGINT)
-                p.communicate(timeout=60)
+        out, err = interrupt(serve, first, second)
         watch.close()
     assert serve.returncode == 0, err
     assert "stale stops 1" in out and "robot restarts 1" in out, out

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 import pytest
+from jax_helpers import host_numpy, trees_equal
 
 from crl.core.spec import PolicySpec
 from crl.sim.env import GoalReachEnv, State, compiler_options
@@ -81,24 +82,8 @@ def task(request: pytest.FixtureRequest) -> Compiled:
     return compiled(request.param)
 
 
-def _numpy(tree: Any) -> Any:
-    """Host copies (keys as their raw data): comparing on the host avoids one XLA compile per
-    leaf shape that eager jnp comparisons would cost."""
-
-    def host(x: jax.Array) -> np.ndarray:
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        return np.asarray(x)
-
-    return jax.tree.map(host, tree)
-
-
 def _row(tree: Any, i: int) -> Any:
-    return jax.tree.map(lambda x: x[i], _numpy(tree))
-
-
-def _trees_equal(a: Any, b: Any) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(np.array_equal, _numpy(a), _numpy(b))))
+    return jax.tree.map(lambda x: x[i], host_numpy(tree))
 
 
 def test_shapes_match_spec(task: Compiled) -> None:
@@ -282,7 +267,7 @@ def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:
     done = np.array([True, False, True, False])
     out = task.reset_if_done(state.replace(done=done))
     for i in (1, 3):  # not done: untouched
-        assert _trees_equal(_row(out, i), _row(state.replace(done=done), i))
+        assert trees_equal(_row(out, i), _row(state.replace(done=done), i))
     for i in (0, 2):  # done: a new episode with a new goal, start and DR draw
         fresh, old = _row(out, i), _row(state, i)
         assert int(fresh.t) == 0 and not bool(fresh.done)
@@ -292,7 +277,7 @@ def test_reset_if_done_gives_a_fresh_episode(task: Compiled) -> None:
         assert not np.array_equal(fresh.dr.body_mass, old.dr.body_mass)
         assert not np.array_equal(fresh.rng, old.rng)
     # The auto-reset draws from the state's rng, so it is reproducible.
-    assert _trees_equal(out, task.reset_if_done(state.replace(done=done)))
+    assert trees_equal(out, task.reset_if_done(state.replace(done=done)))
 
 
 def _fresh_python(code: str, timeout: float) -> str:
@@ -351,8 +336,8 @@ def test_setup_after_jax_started_warns() -> None:
 def test_reset_if_done_on_blank_equals_reset() -> None:
     task = compiled("reacher")
     keys = jax.random.split(jax.random.key(10), N_ENVS)
-    via_reset = _numpy(test_compile(jax.vmap(task.env.reset))(keys))
-    via_rid = _numpy(task.fresh(10))
+    via_reset = host_numpy(test_compile(jax.vmap(task.env.reset))(keys))
+    via_rid = host_numpy(task.fresh(10))
     # Two separately compiled programs: the same draws and integers exactly, the same floats up
     # to the rounding of XLA's fusion choices (which the CPU scheduler flag changes, ~1e-9).
     assert jax.tree.structure(via_reset) == jax.tree.structure(via_rid)
@@ -373,8 +358,8 @@ def test_evaluation_resets_draw_the_evaluation_goals() -> None:
     far = jnp.asarray([-0.15, 0.05], jnp.float32)
     env.sample_eval_goal = lambda rng: far  # type: ignore[method-assign]  # a one-goal eval set
     key = jax.random.key(4)
-    evaluated = _numpy(test_compile(lambda k: reset_episodes(env, k, N_ENVS))(key))
-    trained = _numpy(test_compile(jax.vmap(env.reset))(jax.random.split(key, N_ENVS)))
+    evaluated = host_numpy(test_compile(lambda k: reset_episodes(env, k, N_ENVS))(key))
+    trained = host_numpy(test_compile(jax.vmap(env.reset))(jax.random.split(key, N_ENVS)))
     np.testing.assert_array_equal(evaluated.goal, np.broadcast_to(np.asarray(far), (N_ENVS, 2)))
     assert not np.isclose(trained.goal, np.asarray(far)).all(axis=-1).any()
     np.testing.assert_array_equal(evaluated.data.qpos, trained.data.qpos)

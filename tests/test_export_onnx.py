@@ -297,7 +297,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, toy_policy: tuple[PolicySp
     (run / CONFIG_FILE).write_text(json.dumps({"task": "toy"}))
     ckpt = Checkpointer(run, keep=2)
     ckpt.save(500, {"x": np.zeros(1)}, params, {"step": 500, "spec": spec.to_dict()},
-              {"time_at_goal": 0.5})
+              {"final_success_rate": 0.5, "time_at_goal_fraction": 0.5})
     ckpt.close()
     return run, spec, params
 

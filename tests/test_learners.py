@@ -17,13 +17,14 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from jax_helpers import small_quick_reacher
 
 from crl.core.usage import ConfigError
 from crl.train import agent as agent_module
 from crl.train import cli, replay
 from crl.train.agent import init_state, make_iteration, make_setup
 from crl.train.checkpoint import prepare_run_dir
-from crl.train.config import PRESETS, EvalConfig, NetworkConfig, TrainConfig, validate
+from crl.train.config import TrainConfig, validate
 from crl.train.trainer import make_envs, train
 
 
@@ -31,19 +32,9 @@ def learners_config(**changes: Any) -> TrainConfig:
     """The quick preset at a test's size: 16 envs × 16 steps an iteration, 8 SGD steps of batch
     32 from the second iteration on (the first only fills the buffer), 4 iterations, evaluations
     at 0, 512 and 1024 steps."""
-    quick = PRESETS["quick"]
-    config = dataclasses.replace(
-        quick,
-        task="reacher",
-        total_steps=16 * 16 * 4,
-        network=NetworkConfig(depth=4, width=32, repr_dim=16),
-        algo=dataclasses.replace(quick.algo, batch_size=32),
-        replay=dataclasses.replace(quick.replay, num_envs=16, buffer_steps=128,
-                                   min_replay_steps=32),
-        eval=EvalConfig(eval_every=16 * 16 * 2, eval_episodes=8, held_out=False),
-        learners=(4, 8),
-    )
-    return dataclasses.replace(config, **changes)
+    config = small_quick_reacher(num_envs=16, iterations=4, eval_every=2, eval_episodes=8,
+                                 buffer_steps=128, min_replay_steps=32)
+    return dataclasses.replace(config, **{"learners": (4, 8), **changes})
 
 
 def _digest(*arrays: Any) -> str:

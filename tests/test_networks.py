@@ -387,7 +387,7 @@ def test_a_checkpoint_from_before_block_scan_loads_and_computes_the_same(tmp_pat
     checkpointer = Checkpointer(tmp_path, keep=1)
     try:
         checkpointer.save(100, {"params": legacy}, legacy, {"spec": spec.to_dict()},
-                          {"time_at_goal": 0.0})
+                          {"final_success_rate": 0.0, "time_at_goal_fraction": 0.0})
         fresh = {"params": {
             "actor": _init(Actor(config, spec.act_dim), obs, goal),
             "sa_encoder": _init(Encoder(config), sa),

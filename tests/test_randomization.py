@@ -12,9 +12,9 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax_helpers import host_numpy, trees_equal
 
 from crl.sim.config import (
     DR_OFF,
@@ -84,31 +84,18 @@ def _keys(seed: int) -> jax.Array:
     return jax.random.split(jax.random.key(seed), N_ENVS)
 
 
-def _numpy(tree: Any) -> Any:
-    def host(x: jax.Array) -> np.ndarray:
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        return np.asarray(x)
-
-    return jax.tree.map(host, tree)
-
-
-def _trees_equal(a: Any, b: Any) -> bool:
-    return all(jax.tree.leaves(jax.tree.map(np.array_equal, _numpy(a), _numpy(b))))
-
-
 def _broadcast(state: State, i: int) -> State:
     """N copies of env i's state (same data, goal, rng and draw)."""
-    host = _numpy(state)
+    host = host_numpy(state)
     copies = jax.tree.map(lambda x: np.repeat(x[i : i + 1], N_ENVS, axis=0), host)
     return copies.replace(rng=jax.random.wrap_key_data(copies.rng))
 
 
 def test_same_seed_same_draws(wide: Compiled) -> None:
     a, b = wide.reset(_keys(0)), wide.reset(_keys(0))
-    assert _trees_equal(a, b)
+    assert trees_equal(a, b)
     action = np.full((N_ENVS, wide.env.spec.act_dim), 0.3, np.float32)
-    assert _trees_equal(wide.step(a, action), wide.step(b, action))
+    assert trees_equal(wide.step(a, action), wide.step(b, action))
 
 
 def test_a_fields_noise_draw_does_not_move_when_fields_are_added() -> None:
@@ -124,8 +111,8 @@ def test_a_fields_noise_draw_does_not_move_when_fields_are_added() -> None:
 
 
 def test_draws_differ_between_episodes_and_stay_in_range(wide: Compiled) -> None:
-    draw = _numpy(wide.reset(_keys(1)).dr)
-    nominal = _numpy(wide.env.randomizer.nominal())
+    draw = host_numpy(wide.reset(_keys(1)).dr)
+    nominal = host_numpy(wide.env.randomizer.nominal())
     for field in ("body_mass", "dof_damping", "actuator_gainprm"):
         values = getattr(draw, field)
         assert not np.allclose(values[0], values[1]), f"{field} drawn identically twice"
@@ -159,8 +146,8 @@ def test_draws_differ_between_episodes_and_stay_in_range(wide: Compiled) -> None
 
 
 def test_position_servo_kp_is_scaled_in_gain_and_bias(wide: Compiled) -> None:
-    draw = _numpy(wide.reset(_keys(2)).dr)
-    nominal = _numpy(wide.env.randomizer.nominal())
+    draw = host_numpy(wide.reset(_keys(2)).dr)
+    nominal = host_numpy(wide.env.randomizer.nominal())
     gain = draw.actuator_gainprm[..., 0] / nominal.actuator_gainprm[:, 0]
     bias = draw.actuator_biasprm[..., 1] / nominal.actuator_biasprm[:, 1]
     np.testing.assert_allclose(gain, bias, rtol=1e-6)  # kp stays one number: -bias[1] == gain[0]
@@ -178,7 +165,7 @@ def test_same_state_and_action_differ_across_draws(wide: Compiled) -> None:
         "obs_noise_std": np.zeros((N_ENVS, len(FIELDS)), np.float32),
     }
     same = start.replace(dr=start.dr.replace(**quiet))  # one draw, N times
-    varied = start.replace(dr=_numpy(state.dr).replace(**quiet))  # N draws
+    varied = start.replace(dr=host_numpy(state.dr).replace(**quiet))  # N draws
     action = np.full((N_ENVS, wide.env.spec.act_dim), 0.8, np.float32)
     for _ in range(4):
         same, varied = wide.step(same, action), wide.step(varied, action)
@@ -330,8 +317,8 @@ def test_held_out_draws_are_never_training_conditions(task: str) -> None:
     train, held_out = env.config.dr_train, env.config.dr_held_out
     assert env.dr_config == held_out
     keys = jax.random.split(jax.random.key(0), 4096)
-    draws = _numpy(jax.jit(jax.vmap(env.randomizer.sample))(keys))
-    nominal = _numpy(env.randomizer.nominal())
+    draws = host_numpy(jax.jit(jax.vmap(env.randomizer.sample))(keys))
+    nominal = host_numpy(env.randomizer.nominal())
     scales = {
         "friction": _scales(draws.geom_friction[..., 0], nominal.geom_friction[:, 0]),
         "body_mass": _scales(draws.body_mass, nominal.body_mass),
@@ -396,7 +383,7 @@ def test_contact_friction_follows_the_training_range_on_the_ant() -> None:
         touched = np.zeros(N_ENVS, bool)
         for _ in range(6):  # 0.3 s: the ant lands on its feet
             state = ant.step(state, zero)
-            c = _numpy(_contacts(state.data))
+            c = host_numpy(_contacts(state.data))
             g1, g2 = c.geom[..., 0], c.geom[..., 1]
             touching = c.dist < 0
             assert (m.geom_bodyid[g1[touching]] == 0).all()  # the floor, a world geom
@@ -445,10 +432,10 @@ def test_friction_draws_change_how_the_ant_moves() -> None:
     each episode draws new friction, and the same start and actions end elsewhere under it."""
     ant = ant_on_the_floor()
     env, step = ant.env, ant.step
-    sliding = _numpy(jax.vmap(env.randomizer.sample)(_keys(5))).geom_friction[..., 0]
+    sliding = host_numpy(jax.vmap(env.randomizer.sample)(_keys(5))).geom_friction[..., 0]
     assert len({row.tobytes() for row in sliding}) == N_ENVS
     start = _broadcast(ant.reset(_keys(6)), 0)
-    nominal = _numpy(env.randomizer.nominal()).geom_friction
+    nominal = host_numpy(env.randomizer.nominal()).geom_friction
     scale = np.array([0.1, 0.1, 2.0, 2.0], np.float32)[:, None]
     friction = np.repeat(nominal[None], N_ENVS, axis=0)
     friction[..., 0] *= scale

@@ -60,6 +60,7 @@ def test_info_prints_the_spec(task: str, capsys: pytest.CaptureFixture[str]):
     for name in [f.name for f in spec.observation] + list(spec.action.joints):
         assert name in pretty
     assert spec.goal.frame in pretty
+    assert "clipped to [low, high]" in " ".join(pretty.split())  # text, not rich markup
 
 
 def test_unknown_task_is_one_line_and_exit_2():
@@ -85,7 +86,7 @@ def test_rollout_unknown_task(capsys: pytest.CaptureFixture[str]):
         (["--policy", "runs/reacher"], "accepted: random"),
         (["--video", "out.avi"], "must end in .mp4"),
         (["--frames", "out.jpg"], "must end in .png"),
-        (["--episodes", "0"], "episodes: must be at least 1"),
+        (["--episodes", "0"], "--episodes 0: must be at least 1"),
         (["--width", "4000", "--frames", "x.png"], "size: 4000x240"),
         (["--camera", "side", "--frames", "x.png"], "camera: 'side' is not in the model (its "
          "cameras: top)"),
@@ -145,8 +146,7 @@ def test_rollout_writes_video_and_contact_sheet(tmp_path: Path,
     assert np.std(frames[0]) > 5  # a picture, not a blank buffer
 
     image = imageio.imread(sheet)
-    gap = render.SHEET_GAP
-    assert image.shape == (episodes * (h + gap) - gap, render.SHEET_FRAMES * (w + gap) - gap, 3)
+    assert image.shape == sheet_shape(episodes, w, h)
     # Atomic writes leave no temp files behind.
     assert sorted(p.name for p in video.parent.iterdir()) == ["reacher.mp4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "reacher.png"]
@@ -159,7 +159,7 @@ def test_rollout_with_a_policy_renders_it(reacher, tmp_path: Path, monkeypatch):
     import jax.numpy as jnp
 
     monkeypatch.chdir(tmp_path)
-    calls = []
+    calls, phases = [], []
 
     def policy(obs, goal):  # "hold the home pose"
         calls.append((obs.shape, goal.shape))
@@ -168,15 +168,19 @@ def test_rollout_with_a_policy_renders_it(reacher, tmp_path: Path, monkeypatch):
     w, h = 64, 48
     sheet = tmp_path / "eval" / "sheet.png"
     result = render.render_rollout(reacher, policy, episodes=2, seed=0, frames=sheet, width=w,
-                                   height=h)
+                                   height=h, progress=phases.append)
     assert calls and calls[0] == ((reacher.spec.obs_dim,), (reacher.spec.goal_dim,))
     first, second = result["episodes"]
     assert first["final_distance"] != second["final_distance"]  # new start and goal each
     assert result["summary"]["episodes"] == 2
+    # Each phase told as it begins (`crl-train eval` shows them).
+    assert phases == ["rolling out 2 episodes to render (compiling)", "rendering episode 1/2",
+                      "rendering episode 2/2", f"writing {sheet}"]
     image = imageio.imread(sheet)
     gap = render.SHEET_GAP
-    assert image.shape == (2 * (h + gap) - gap, render.SHEET_FRAMES * (w + gap) - gap, 3)
-    rows = image[:h], image[h + gap:]
+    assert image.shape == sheet_shape(2, w, h)
+    tiles = image[render.SHEET_HEADER:, render.SHEET_LABEL_WIDTH:]
+    rows = tiles[:h], tiles[h + gap:]
     assert all(r.std() > 5 for r in rows)  # pictures, not blank buffers
     assert np.abs(rows[0].astype(int) - rows[1].astype(int)).sum() > 0  # two different episodes
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
@@ -252,6 +256,78 @@ def test_goal_point_axes():
     np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0]), "xy"), [1, 2, 0])
     np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0, 3.0]), "xyz"), [1, 2, 3])
     np.testing.assert_array_equal(render.goal_point(np.array([1.0, 2.0]), "xz"), [1, 0, 2])
+
+
+def sheet_shape(episodes: int, w: int, h: int) -> tuple[int, int, int]:
+    """The labelled contact sheet's shape: the header above and the label column left of
+    `episodes` rows of SHEET_FRAMES tiles of w x h."""
+    gap = render.SHEET_GAP
+    return (render.SHEET_HEADER + episodes * (h + gap) - gap,
+            render.SHEET_LABEL_WIDTH + render.SHEET_FRAMES * (w + gap) - gap, 3)
+
+
+def test_achieved_pixel_is_where_the_frame_shows_the_fingertip(reacher):
+    """The ring on the contact sheet goes where the renderer drew the point that reaches for
+    the goal: the reacher's fingertip, a red sphere, wherever the arm is."""
+    drawer = render.FrameRenderer(reacher, 160, 120)
+    try:
+        for qpos in ([0.0, 0.0], [1.2, -0.8], [-2.5, 1.9]):
+            traj = still_trajectory(reacher, 0, np.array([0.5, 0.5]))  # goal out of the way
+            traj.qpos[0, :2] = qpos
+            image = drawer.frame(traj, 0)
+            at = drawer.achieved_pixel()
+            assert at is not None
+            x, y = round(at[0]), round(at[1])
+            r, g, b = image[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).astype(int).mean(0)
+            assert r > 200 and g < 140 and b < 140, (qpos, at, (r, g, b))  # the red fingertip
+    finally:
+        drawer.close()
+
+
+def test_project_behind_the_camera_is_none():
+    camera = mujoco.MjvGLCamera()
+    camera.pos, camera.forward, camera.up = (0, 0, 1), (0, 0, -1), (0, 1, 0)
+    camera.frustum_near, camera.frustum_bottom, camera.frustum_top = 0.1, -0.05, 0.05
+    assert render.project(camera, np.array([0.0, 0.0, 2.0]), 40, 20) is None
+    assert render.project(camera, np.array([0.0, 0.0, 0.0]), 40, 20) == (20.0, 10.0)  # centre
+    x, y = render.project(camera, np.array([0.25, 0.5, 0.0]), 40, 20)
+    assert (x, y) == (pytest.approx(25.0), pytest.approx(0.0))  # right, and the top edge
+
+
+def test_labelled_sheet_has_legend_steps_marks_and_rings():
+    """The tiles as `contact_sheet` lays them out at the bottom right; a ring at each frame's
+    point; each row's mark green (reached) or red (not); text in the header and the labels."""
+    h, w, gap = 48, 64, render.SHEET_GAP
+    grey = np.full((h, w, 3), 90, np.uint8)
+    rows = [[grey] * 3, [grey] * 3]
+    rings = [[None, (32.0, 24.0), None], [None] * 3]
+    labels = [render.RowLabel("episode 1", True, ("ended 1.0 cm away",)),
+              render.RowLabel("episode 2", False, ("ended 9.0 cm away",))]
+    legend = [("goal", "goal (2.0 cm success radius)"), ("achieved", "fingertip"),
+              ("arrow", "toward the goal")]
+    sheet = render.labelled_sheet(rows, rings, ["step 0", "step 25", "step 50"], labels, legend)
+    tiles = render.contact_sheet(rows)
+    assert sheet.shape == (render.SHEET_HEADER + tiles.shape[0],
+                           render.SHEET_LABEL_WIDTH + tiles.shape[1], 3)
+    drawn = sheet[render.SHEET_HEADER:, render.SHEET_LABEL_WIDTH:]
+    untouched = np.ones(tiles.shape[:2], bool)
+    untouched[:h, w + gap:2 * w + gap] = False  # the ringed tile
+    np.testing.assert_array_equal(drawn[untouched], tiles[untouched])
+    ringed = drawn[:h, w + gap:2 * w + gap].reshape(-1, 3)
+    assert (ringed == render.ACHIEVED_RGB).all(axis=1).sum() > 20  # an orange ring
+    assert (ringed == 90).all(axis=1).sum() > 0.8 * h * w  # around the frame, not over it
+
+    def colour_near_mark(row: int) -> np.ndarray:
+        """The mark sits on the second text line of a row's label."""
+        y = render.SHEET_HEADER + row * (h + gap) + 2 + render.SHEET_LINE + render.SHEET_LINE // 2
+        return sheet[y - 3:y + 4, 10:17].reshape(-1, 3)
+
+    assert (colour_near_mark(0) == render.REACHED_RGB).all(axis=1).sum() > 10
+    assert (colour_near_mark(1) == render.MISSED_RGB).all(axis=1).sum() > 10
+    header = sheet[:render.SHEET_HEADER]
+    assert (header < 100).all(axis=2).sum() > 200  # the legend's and the steps' text
+    label_column = sheet[render.SHEET_HEADER:, :render.SHEET_LABEL_WIDTH]
+    assert (label_column < 100).all(axis=2).sum() > 200  # the episodes' text
 
 
 def test_contact_sheet_tiles_rows():

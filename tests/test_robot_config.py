@@ -103,6 +103,32 @@ def test_the_staleness_limit_takes_up_to_its_maximum_and_overrides_are_checked_t
     refused(lambda: config.replace_safety(max_observation_age=1e12), "max_observation_age")
 
 
+def test_the_command_interface_is_forward_unless_the_config_says_trajectory() -> None:
+    """The ROS node's controller: a forward command controller, or a joint_trajectory_controller
+    for position targets only (torques are refused, naming the key)."""
+    assert robot_config.parse(BASE).command_interface == "forward"
+    config = robot_config.parse({**BASE, "command_interface": "trajectory"})
+    assert config.command_interface == "trajectory"
+    config.check_against(reacher_spec())
+    # An override of the safety settings keeps it.
+    assert config.replace_safety(soft_start=0.5).command_interface == "trajectory"
+    refused(lambda: robot_config.parse({**BASE, "command_interface": "velocity"}),
+            "command_interface")
+    spec = reacher_spec()
+    effort = spec.replace(action=ActionSpec(2, JOINTS, "effort", (1.0, 1.0), (0.0, 0.0),
+                                            (-1.0, -1.0), (1.0, 1.0)))
+    torque = robot_config.parse({**BASE, "command_interface": "trajectory",
+                                 "safety": {"safe_action": "zero"}})
+    message = refused(lambda: torque.check_against(effort), "command_interface")
+    assert "forward_effort_controller" in message and len(message) < SHORT, message
+    robot_config.parse({**BASE, "safety": {"safe_action": "zero"}}).check_against(effort)
+    # The shipped configs say which; the arm's is a trajectory controller, torques go forward.
+    shipped = {t: robot_config.load(t).command_interface
+               for t in ("reacher", "arm_reach", "ant", "ant_u_maze", "humanoid")}
+    assert shipped == {"reacher": "forward", "arm_reach": "trajectory", "ant": "forward",
+                       "ant_u_maze": "forward", "humanoid": "forward"}
+
+
 def test_a_yaml_alias_bomb_is_refused_at_once_in_a_short_line(tmp_path: Path) -> None:
     """The 'billion laughs': a few hundred bytes of aliases that expand to gigabytes."""
     rows = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']

@@ -32,6 +32,7 @@ from crl.sim import tasks
 from crl.sim.config import OBSERVATION_FIELDS
 from crl.sim.env import GoalReachEnv, jit
 from crl.sim.mjx import mjx
+from crl.testbed.clock import ClockError, RobotClock
 from crl.testbed.robot import (
     MODEL_FIELDS,
     ActionError,
@@ -467,7 +468,7 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         for t in range(REACHER_STEPS + 1):
             assert tel[t].episode_length == REACHER_STEPS and tel[t].actions_received == 0
             assert tel[t].command.shape == (2,)
-            assert math.isnan(tel[t].action_latency_ms)
+            assert math.isnan(tel[t].action_latency_ms) and math.isnan(tel[t].action_applied_ms)
             np.testing.assert_array_equal(tel[t].goal, lock.goal)
             np.testing.assert_allclose(tel[t].achieved_goal, lockstep.achieved_goal(), atol=1e-12)
             if t < REACHER_STEPS:
@@ -505,6 +506,9 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         q = dict(zip(o.joint_names, o.joint_pos, strict=True))
         assert t.actions_received > 0 and math.isfinite(t.action_latency_ms)
         assert t.action_latency_ms >= 0
+        # Taken as it arrived, applied from the next physics step after the episode's delay.
+        assert math.isfinite(t.action_applied_ms)
+        assert t.action_applied_ms >= t.action_latency_ms
         # Telemetry carries the command the robot took (the closed loop's oscillation figure).
         np.testing.assert_allclose(t.command, list(target.values()))
         for name, value in target.items():
@@ -520,3 +524,18 @@ def test_cli_robot_end_to_end_on_loopback() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_robot_clock_runs_its_ppm_fast_or_slow() -> None:
+    """`crl-sim robot --clock-ppm`: its clock (physics pace and stamps) against this computer's;
+    a minute at +100 ppm is 6 ms ahead, at -100 ppm 6 ms behind."""
+    for ppm in (100.0, -100.0):
+        clock = RobotClock(ppm)
+        minute_later = clock.host_start + 60.0
+        assert clock.elapsed(minute_later) == pytest.approx(60.0 + ppm * 60e-6, abs=1e-9)
+        assert clock.wall(minute_later) - clock.wall_start == pytest.approx(
+            60.0 + ppm * 60e-6, abs=1e-6)
+        assert clock.host_time(clock.elapsed(minute_later)) == pytest.approx(minute_later)
+    for bad in (math.nan, math.inf, 20_000.0, -20_000.0):
+        with pytest.raises(ClockError, match="clock ppm"):
+            RobotClock(bad)

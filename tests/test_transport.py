@@ -3,13 +3,14 @@ real sockets on loopback (a runtime process fed garbage, goals, and a robot that
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from robot_fixtures import export_policy, observation
+from robot_fixtures import export_policy, interrupt, observation
 
 from crl.runtime import robot_config
 from crl.runtime.controller import Controller
@@ -244,13 +245,24 @@ def wait_for(poll: Callable[[], T | None], timeout_s: float, what: str) -> T:
     return got
 
 
-def test_multipart_observations_are_read_whole_and_refused() -> None:
+@contextlib.contextmanager
+def observation_link() -> Iterator[tuple[RobotLink, Reader[Observation]]]:
+    """A robot's link and the runtime's observation reader, connected: an observation went
+    through."""
     ep = Endpoints(port=free_base_port())
     robot = RobotLink(ep)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         reader: Reader[Observation] = Reader(ctx, ep.observations, Observation, True)
         wait_for(lambda: publish(robot, observation()) and reader.poll(), 10, "no link")
+        yield robot, reader
+    finally:
+        robot.close()
+        ctx.destroy(linger=0)
+
+
+def test_multipart_observations_are_read_whole_and_refused() -> None:
+    with observation_link() as (robot, reader):
         time.sleep(0.05)
         reader.poll()  # what was still on its way
         robot._obs.socket.send_multipart([encode(observation()), encode(observation())])
@@ -259,30 +271,19 @@ def test_multipart_observations_are_read_whole_and_refused() -> None:
         got = wait_for(reader.poll, 5, "the observation after the multipart ones")
         assert got.seq == good.seq
         assert reader.counts()["dropped_multipart"] == 2
-    finally:
-        robot.close()
-        ctx.destroy(linger=0)
 
 
 def test_a_link_heals_after_an_oversized_message_observations() -> None:
     """ZMQ drops a connection that carried a message over WIRE_LIMIT and never reconnects it
     (measured: the runtime was blind until restarted): the reader re-creates its socket, counted,
     and takes valid messages again within a second."""
-    ep = Endpoints(port=free_base_port())
-    robot = RobotLink(ep)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        reader: Reader[Observation] = Reader(ctx, ep.observations, Observation, True)
-        wait_for(lambda: publish(robot, observation()) and reader.poll(), 10, "no link")
+    with observation_link() as (robot, reader):
         robot._obs.socket.send(b"\x00" * (WIRE_LIMIT + 1))
         time.sleep(0.05)
         t0 = time.monotonic()
         wait_for(lambda: publish(robot, observation()) and reader.poll(), 1.0,
                  "no observation within 1 s of an oversized one")
         assert reader.counts()["reconnects"] == 1, time.monotonic() - t0
-    finally:
-        robot.close()
-        ctx.destroy(linger=0)
 
 
 def test_a_link_heals_after_an_oversized_message_actions() -> None:
@@ -408,8 +409,7 @@ def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_s
             resumed += actions.drain(0)
         assert any(not a.safe for a in resumed)
     finally:
-        proc.send_signal(2)
-        out, err = proc.communicate(timeout=30)
+        out, err = interrupt(proc, timeout=30)
         robot.close()
         ctx.destroy(linger=0)
     assert proc.returncode == 0, err
@@ -630,8 +630,7 @@ def test_no_message_stops_blocks_or_blinds_serve(controller_policy: Path) -> Non
     finally:
         robot.stop.set()
         robot.join(10)
-        proc.send_signal(2)
-        _, err = proc.communicate(timeout=30)
+        _, err = interrupt(proc, timeout=30)
         ctx.destroy(linger=0)
     assert proc.returncode == 0, err
     assert stats["goal_dropped_multipart"] == 1 and stats["goal_dropped_schema"] == 1
@@ -670,8 +669,7 @@ def test_goal_command_reports_acceptance_and_rejection(controller_policy: Path) 
         again = send_goal(ep, [0.0, 0.15], "world")
         assert again.accepted
     finally:
-        proc.send_signal(2)
-        proc.communicate(timeout=30)
+        interrupt(proc, timeout=30)
         robot.close()
 
 

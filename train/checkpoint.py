@@ -160,9 +160,10 @@ class Checkpointer:
         state: Any,
         params: dict[str, Any],
         meta: dict[str, Any],
-        metrics: dict[str, float],
+        evaluation: dict[str, Any],
     ) -> Path:
-        """Checkpoint `step`: `state` and `params` (orbax), `meta` with the format added."""
+        """Checkpoint `step`: `state` and `params` (orbax), `meta` with the format added, ranked
+        among the kept ones by `best_score` of `evaluation` (under the training ranges)."""
         meta = {**meta, "format": CHECKPOINT_FORMAT}
         self._manager.save(
             step,
@@ -171,7 +172,7 @@ class Checkpointer:
                 params=ocp.args.StandardSave(params),
                 meta=ocp.args.JsonSave(meta),
             ),
-            metrics=metrics,
+            metrics={BEST_METRIC: best_score(evaluation)},
         )
         self._manager.wait_until_finished()
         return self.path(step)

@@ -17,7 +17,7 @@ import tyro
 from tyro.constructors import PrimitiveConstructorSpec
 
 from crl.core.spec import BLOCK_LAYERS
-from crl.core.usage import ConfigError
+from crl.core.usage import ConfigError, default
 
 PresetName = Literal["paper", "quick"]
 # What a run trains under, in the modes of `crl.sim.tasks.make(task, dr=...)`: the nominal robot
@@ -72,18 +72,20 @@ class NetworkConfig:
     width: int = 256
     """Hidden width of the actor and the critic."""
     repr_dim: int = 64
+    """Size of the critic's representations φ(s, a) and ψ(g)."""
     residual: bool = True
+    """Residual connections around each block of Dense layers (the paper's networks)."""
     dtype: DType = "fp32"
     """Compute dtype of matmuls and activations (`bf16`: mixed precision; parameters, LayerNorm
     statistics and the networks' outputs stay float32)."""
-    actor_depth: int | None = None
-    """The actor's depth (default: --depth)."""
-    actor_width: int | None = None
-    """The actor's width (default: --width)."""
-    critic_depth: int | None = None
-    """Depth of both critic encoders (default: --depth)."""
-    critic_width: int | None = None
-    """Width of both critic encoders (default: --width)."""
+    actor_depth: Annotated[int | None, default("--depth")] = None
+    """The actor's depth."""
+    actor_width: Annotated[int | None, default("--width")] = None
+    """The actor's width."""
+    critic_depth: Annotated[int | None, default("--depth")] = None
+    """Depth of both critic encoders."""
+    critic_width: Annotated[int | None, default("--width")] = None
+    """Width of both critic encoders."""
 
     # `Actor` builds from `.actor` and `Encoder` from `.critic`, so every builder can pass the
     # whole config.
@@ -135,8 +137,11 @@ class AlgoConfig:
     entropy_scale: float = 0.5
     """Target entropy of the α auto-tuning is -entropy_scale · action size."""
     actor_lr: float = 3e-4
+    """Learning rate of the actor's Adam."""
     critic_lr: float = 3e-4
+    """Learning rate of the critic encoders' Adam."""
     alpha_lr: float = 3e-4
+    """Learning rate of the entropy coefficient α's Adam."""
     action_rate_penalty: float = 0.0
     """Weight of mean ‖π(s, g) − last action‖² in the actor loss (0: the paper's loss); needs the
     task's `last_action` observation field."""
@@ -187,6 +192,7 @@ class TrainConfig:
     task: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="TASK")]
     """Task to train (crl.sim.tasks.TASKS)."""
     seed: int = 0
+    """Seeds the networks' initialization, the envs' draws and every evaluation."""
     total_steps: int = 100_000_000
     """Env steps to train for, prefill included."""
     dr: DrSetting = "train"
@@ -202,7 +208,7 @@ class TrainConfig:
     """Most recent checkpoints kept (the best one by evaluation is kept as well)."""
     log_every: int = 20
     """Training iterations between console / TensorBoard updates."""
-    learners: Depths = ()
+    learners: Annotated[Depths, default("none")] = ()
     """Depths of learner agents that never act: each trains on the very batches of the run's own
     agent (the collector, sized by --depth) and is evaluated beside it (learners.json), the
     paper's exploration-versus-expressivity experiment."""
@@ -448,8 +454,10 @@ def _check_algo(a: AlgoConfig) -> None:
                          ("spatial_sigma", a.spatial_sigma)):
         if not (math.isfinite(weight) and weight >= 0):
             _fail(name, f"must be >= 0 and finite, got {weight}")
-    if a.logsumexp_penalty < 0 or a.entropy_scale < 0:
-        _fail("logsumexp_penalty/entropy_scale", "must not be negative")
+    for name, weight in (("logsumexp_penalty", a.logsumexp_penalty),
+                         ("entropy_scale", a.entropy_scale)):
+        if not (math.isfinite(weight) and weight >= 0):
+            _fail(name, f"must be >= 0 and finite, got {weight}")
 
 
 def _check_replay(r: ReplayConfig) -> None:

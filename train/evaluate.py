@@ -123,23 +123,31 @@ def evaluate_run(
     video: Path | None = None,
     frames: Path | None = None,
     render_episodes: int = 2,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint; `dr` is "off", "train" or "held-out" (None: as trained).
 
     With `video` / `frames`, also renders episodes of the same policy through
-    `crl.sim.render.render_rollout`.
+    `crl.sim.render.render_rollout`. `progress` is told each phase as it begins (loading,
+    compiling, evaluating, rendering: `crl.train.progress.Phases` shows them).
     """
     from crl.sim import tasks
     from crl.train.checkpoint import load_run
 
+    phase = progress or (lambda description: None)
+    phase(f"loading {run_dir}")
     run = load_run(run_dir, step)
     dr = dr or run.config["dr"]
     env = tasks.make(run.config["task"], dr=dr)
     net = run.spec.network
     assert net is not None  # the trainer always writes it
     actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)
-    evaluator = make_evaluator(env, actor, episodes)
-    per_episode = evaluator(run.params["actor"], jax.random.PRNGKey(seed))
+    evaluator: Any = make_evaluator(env, actor, episodes)
+    params, key = run.params["actor"], jax.random.PRNGKey(seed)
+    phase(f"compiling the evaluator ({episodes} episodes of {env.episode_length} steps)")
+    compiled = evaluator.lower(params, key).compile()
+    phase(f"evaluating {episodes} episodes (dr {dr})")
+    per_episode = compiled(params, key)
     result: dict[str, Any] = {
         "run": str(run_dir),
         "task": run.config["task"],
@@ -153,9 +161,8 @@ def evaluate_run(
 
         actor_params = run.params["actor"]
         policy = jax.jit(lambda obs, goal: deterministic_action(actor, actor_params, obs, goal))
-        rendered = render_rollout(
-            env, policy, episodes=render_episodes, seed=seed, video=video, frames=frames
-        )
+        rendered = render_rollout(env, policy, episodes=render_episodes, seed=seed, video=video,
+                                  frames=frames, progress=phase)
         result["rendered"] = _jsonable(rendered)
     return result
 

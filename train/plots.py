@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from crl.train.checkpoint import CheckpointError
 
 CURVE_FILE = "learning_curve.png"
 LEARNERS_FILE = "learners.json"  # a run with learners: every agent's evaluations side by side
 LEARNERS_CURVE_FILE = "learners.png"
+# The nominal target a run is read against: at least 90% success on fresh goals (the CPU
+# quickstart's, bench/quickstart.py's SUCCESS_TARGET; docs/benchmarks.md#quickstart).
+SUCCESS_TARGET = 0.9
 
 
 def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
-    """Success against env steps, reached (solid) and at the goal when the episode ends
-    (dashed); time at goal; median final distance; and how much the actions alternate near the
-    goal (`crl.core.oscillation`): each under the training env, and under the
-    held-out ranges where the run evaluates them (monitoring only: they never pick a
-    checkpoint)."""
-    import matplotlib
+    """Draw `learning_curve_figure` to `out` (default: the run's learning_curve.png; .png, .svg
+    or .pdf)."""
+    fig = learning_curve_figure(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / CURVE_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def learning_curve_figure(run_dir: Path) -> Any:
+    """Success against env steps, reached (solid) and at the goal when the episode ends
+    (dashed), with the target (SUCCESS_TARGET) as a line; time at goal; median final distance
+    with the success radius; and how much the actions alternate near the goal
+    (`crl.core.oscillation`): each under the training env, and under the held-out ranges where
+    the run evaluates them (monitoring only: they never pick a checkpoint)."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
     run_dir = Path(run_dir)
@@ -36,7 +47,8 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
     spec_path = run_dir / "spec.json"
     radius = json.loads(spec_path.read_text())["success_radius"] if spec_path.is_file() else None
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(17, 3.6), layout="constrained")
+    axes = fig.subplots(1, 4)
     panels = (
         ("success", (("success_rate", "-", "reached"), ("final_success_rate", "--", "at the end")),
          100.0, "%"),
@@ -57,17 +69,15 @@ def plot_learning_curve(run_dir: Path, out: Path | None = None) -> Path:
         ax.set_xlabel("env steps")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
+    axes[0].axhline(SUCCESS_TARGET * 100.0, color="k", ls=":", lw=1.3,
+                    label=f"target: ≥ {SUCCESS_TARGET:.0%} success")
     axes[0].set_ylim(-2, 102)
     axes[0].legend(loc="lower right", fontsize=8)
     if radius is not None:
         axes[2].axhline(radius * 100.0, color="gray", ls="--", lw=1, label="success radius")
         axes[2].legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{data.get('task', '')}: deterministic actor on fresh goals")
-    out = Path(out) if out is not None else run_dir / CURVE_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def plot_learners(run_dir: Path, out: Path | None = None) -> Path:

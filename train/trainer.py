@@ -4,8 +4,9 @@
 their programs and the evaluators at once, and runs the iterations. Around them, plain Python:
 evaluation every `eval_every` env steps (deterministic actor, fresh goals, optionally held-out
 domain randomization) and a checkpoint at each (`RunRecorder`), TensorBoard and a progress bar
-(`_Logger`), and a finiteness check that stops a diverged run before it is saved. Evaluation
-draws from its own key, so a resumed run evaluates what the uninterrupted one would have.
+(`crl.train.progress.RunLogger`), and a finiteness check that stops a diverged run before it is
+saved. Evaluation draws from its own key, so a resumed run evaluates what the uninterrupted one
+would have.
 """
 
 from __future__ import annotations
@@ -39,16 +40,11 @@ from crl.train.agent import (
     run_spec,
     state_shardings,
 )
-from crl.train.checkpoint import (
-    BEST_METRIC,
-    SPEC_FILE,
-    Checkpointer,
-    best_score,
-    prepare_run_dir,
-)
+from crl.train.checkpoint import SPEC_FILE, Checkpointer, prepare_run_dir
 from crl.train.config import TrainConfig, validate, validate_devices
 from crl.train.evaluate import evaluation_key, paper_score, summarize
 from crl.train.plots import LEARNERS_FILE, plot_learners, plot_learning_curve
+from crl.train.progress import RunLogger
 
 EVAL_FILE = "eval.json"
 
@@ -160,7 +156,7 @@ class RunRecorder:
         self, run_dir: Path, setup: Setup, checkpointer: Checkpointer,
         evaluators: dict[str, dict[str, Any]], eval_key: jax.Array,
         evaluations: list[dict[str, Any]], learner_evaluations: list[dict[str, Any]],
-        started: float, logger: _Logger,
+        started: float, logger: RunLogger,
     ):
         """`evaluators`: every agent's by name, then split; `evaluations` and
         `learner_evaluations`: eval.json's and learners.json's rows a resumed run keeps."""
@@ -221,7 +217,7 @@ class RunRecorder:
         # The parameters as plain (replicated) arrays: `load_run` reads them on any machine.
         path = self.checkpointer.save(
             env_steps, state, jax.device_get(state.agent.params), meta,
-            {BEST_METRIC: best_score(record["train"])},
+            record["train"],
         )
         if self.primary:
             write_json(self.run_dir / SPEC_FILE, spec.to_dict(), sort_keys=True)
@@ -294,7 +290,7 @@ def train(
     start = int(state.iteration)
     env_steps = start * config.env_steps_per_iteration
     primary = jax.process_index() == 0
-    logger = _Logger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
+    logger = RunLogger(run_dir, config, env_steps, int(state.sgd_steps), progress, primary)
     try:
         iteration_fn, learning_fn, evaluators = compile_all(
             make_iteration(setup, mesh),
@@ -344,112 +340,3 @@ def _read_evaluations(run_dir: Path, name: str = EVAL_FILE) -> list[dict[str, An
     if not path.is_file():
         return []
     return list(json.loads(path.read_text()).get("evaluations", []))
-
-
-class _NullWriter:
-    """TensorBoard's writer for the processes that write nothing."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Logger:
-    """Console progress bar and TensorBoard scalars."""
-
-    def __init__(
-        self, run_dir: Path, config: TrainConfig, env_steps: int, sgd_steps: int, show: bool,
-        primary: bool = True,
-    ) -> None:
-        """Only the `primary` process of a multi-process run shows progress and writes events."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from tensorboardX import SummaryWriter
-
-        self._writer: Any = (
-            SummaryWriter(str(run_dir / "tb"), purge_step=env_steps or None) if primary
-            else _NullWriter()
-        )
-        self._last = (time.monotonic(), env_steps, sgd_steps)
-        self._progress = Progress(
-            TextColumn(f"[bold]{config.task}[/] {{task.description}}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rates]}"),
-            TextColumn("success {task.fields[success]}"),
-            TimeRemainingColumn(),
-            disable=not (show and primary),
-        )
-        self._task = self._progress.add_task(
-            "compiling", total=config.iterations * config.env_steps_per_iteration,
-            completed=env_steps, rates="", success="-",
-        )
-        self._progress.start()
-
-    def compiled(self, seconds: float) -> None:
-        """Rates count from here; the console says how long the compile took."""
-        _, env_steps, sgd_steps = self._last
-        self._last = (time.monotonic(), env_steps, sgd_steps)
-        self._progress.update(self._task, description="")
-        self._progress.console.print(f"set up and compiled in {seconds:.1f} s", soft_wrap=True)
-
-    def training(self, env_steps: int, sgd_steps: int, metrics: dict[str, Any]) -> None:
-        now = time.monotonic()
-        t, steps, sgd = self._last
-        dt = max(now - t, 1e-9)
-        sps, sgd_rate = (env_steps - steps) / dt, (sgd_steps - sgd) / dt
-        self._last = (now, env_steps, sgd_steps)
-        self._progress.update(
-            self._task, completed=env_steps, rates=f"{sps:,.0f} SPS  {sgd_rate:,.0f} SGD/s"
-        )
-        w = self._writer
-        w.add_scalar("perf/sps", sps, env_steps)
-        w.add_scalar("perf/sgd_steps_per_s", sgd_rate, env_steps)
-        if bool(metrics["trained"]):
-            for name, value in metrics.items():
-                if not name.startswith("finite/") and name != "trained":
-                    w.add_scalar(f"train/{name}", float(value), env_steps)
-
-    def evaluation(self, record: dict[str, Any]) -> None:
-        for split in ("train", "held_out"):
-            for name, value in record.get(split, {}).items():
-                self._writer.add_scalar(f"eval_{split}/{name}", value, record["env_steps"])
-        self._writer.flush()
-        s = record["train"]
-        self._progress.update(self._task, success=f"{s['success_rate']:.0%}")
-        self._progress.console.print(
-            f"eval @ {record['env_steps']:>11,} steps: success {s['success_rate']:6.1%}  "
-            f"time at goal {s['time_at_goal']:7.1f}  median final distance "
-            f"{s['final_distance_median']:.4f}"
-            + (f"  (held-out DR: success {record['held_out']['success_rate']:.1%})"
-               if "held_out" in record else ""),
-            soft_wrap=True,  # one line per evaluation, also in logs piped to a file
-        )
-
-    def learners(self, row: dict[str, Any]) -> None:
-        """Each learner's figures beside the collector's (one console line per evaluation)."""
-        names = [name for name in row if name.startswith("learner_")]
-        for name in names:
-            for split, figures in row[name].items():
-                for key, value in figures.items():
-                    self._writer.add_scalar(f"eval_{split}_{name}/{key}", value, row["env_steps"])
-        self._writer.flush()
-        self._progress.console.print(
-            f"learners @ {row['env_steps']:>9,} steps: time at goal "
-            + "  ".join(f"{name} {row[name]['train']['time_at_goal']:.1f}" for name in names),
-            soft_wrap=True,
-        )
-
-    def close(self) -> None:
-        self._progress.stop()
-        self._writer.close()

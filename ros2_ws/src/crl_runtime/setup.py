@@ -1,4 +1,4 @@
-"""Install crl_runtime: the nodes into lib/crl_runtime, launch/config/rviz under share/."""
+"""Install crl_runtime: nodes in lib/crl_runtime; launch, config, controllers, rviz in share/."""
 
 from glob import glob
 
@@ -15,6 +15,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/controllers", glob("controllers/*.yaml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
     ],
     install_requires=["setuptools"],

@@ -49,6 +49,27 @@ class BaseState:
     ang_vel: Vector
 
 
+def quat_multiply(a: Vector, b: Vector) -> Vector:
+    """Hamilton product a * b of quaternions (w, x, y, z): rotate by b, then by a."""
+    aw, av, bw, bv = a[0], a[1:], b[0], b[1:]
+    return np.concatenate([[aw * bw - av @ bv], aw * bv + bw * av + np.cross(av, bv)])
+
+
+def transform_base(base: BaseState, transform: Any) -> BaseState:
+    """
+    Bring a base pose into another frame with a geometry_msgs/Transform (target <- source).
+
+    The pose moves; the twist does not, since REP-105 odometry gives it in the base frame
+    (the child frame), which a change of the pose's frame leaves as it is.
+    """
+    r = transform.rotation
+    q = np.array([r.w, r.x, r.y, r.z], dtype=np.float64)
+    q /= np.linalg.norm(q)
+    quat = quat_multiply(q, base.quat)
+    return BaseState(base.stamp, apply_transform(transform, base.pos), quat / np.linalg.norm(quat),
+                     base.lin_vel, base.ang_vel)
+
+
 def odometry_to_base(msg: Any, received: float) -> BaseState:
     """Read nav_msgs/Odometry; an unset stamp means the receive time (node clock, s)."""
     p, q = msg.pose.pose.position, msg.pose.pose.orientation
@@ -186,3 +207,49 @@ def goal_frame_error(frame: str, goal_frame: str, why: str) -> str:
     """Describe, in one log line, a goal that could not be brought into the goal frame."""
     return (f"goal rejected: it is in frame {frame or '(empty)'!r}, the policy takes goals in "
             f"{goal_frame!r}, and {why}")
+
+
+def duration(seconds: float) -> tuple[int, int]:
+    """Split seconds into a builtin_interfaces/Duration's (sec, nanosec)."""
+    ns = round(seconds * 1e9)
+    return ns // 1_000_000_000, ns % 1_000_000_000
+
+
+def trajectory_positions(msg: Any, joints: Sequence[str]) -> Vector:
+    """
+    Read a trajectory_msgs/JointTrajectory's target for `joints`, in that order.
+
+    A joint_trajectory_controller ends where the last point is: that point's positions,
+    matched by joint name, are the target. A trajectory without points, whose joint names are
+    not exactly `joints` (in any order), or whose last point does not give one finite position
+    a joint is refused.
+    """
+    names = list(msg.joint_names)
+    if not msg.points:
+        raise ConversionError("malformed", "a trajectory without points")
+    if sorted(names) != sorted(joints) or len(set(names)) != len(names):
+        raise ConversionError("malformed", f"trajectory joints {names}, expected {list(joints)}")
+    pos = np.asarray(msg.points[-1].positions, dtype=np.float64)
+    if pos.shape != (len(names),):
+        raise ConversionError("malformed", f"{len(pos)} positions for {len(names)} joints")
+    if not np.isfinite(pos).all():
+        raise ConversionError("nonfinite", "non-finite trajectory positions")
+    index = {n: i for i, n in enumerate(names)}
+    return np.asarray(pos[[index[j] for j in joints]])
+
+
+def box_edges(low: Sequence[float], high: Sequence[float],
+              axes: str) -> list[tuple[Vector, Vector]]:
+    """
+    Edges of the goal box in 3-D, as pairs of end points.
+
+    The goal's axes span the box (a segment, a rectangle or a cuboid); the other axes are 0.
+    """
+    corners = []
+    for bits in range(1 << len(axes)):
+        corner = np.zeros(3)
+        for i, axis in enumerate(axes):
+            corner[AXES.index(axis)] = high[i] if bits >> i & 1 else low[i]
+        corners.append((bits, corner))
+    return [(a, b) for i, a in corners for j, b in corners
+            if i < j and bin(i ^ j).count("1") == 1]

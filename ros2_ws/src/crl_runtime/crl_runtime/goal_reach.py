@@ -2,14 +2,23 @@
 ROS 2 node `goal_reach`: the runtime's controller with ROS messages in and out.
 
 Joint states (and odometry) become the controller's observation, goals from RViz become its
-goal, and each tick's command goes to a ros2_control forward command controller. Everything
-that decides what the robot does (staleness, goal box, soft start, safe action, rate limits)
-is the controller's, so a robot behaves the same under `crl-run serve` and under ROS.
+goal, and each tick's command goes to a ros2_control controller: a forward command controller
+(Float64MultiArray) or a joint_trajectory_controller (a one-point JointTrajectory), as the
+robot config's command_interface says. Everything that decides what the robot does
+(staleness, goal box, soft start, safe action, rate limits) is the controller's, so a robot
+behaves the same under `crl-run serve` and under ROS.
+
+Frames (REP-103/105): the policy's world frame is `world_frame` of the robot's tf tree (a
+floating base's odom). Goals and odometry in it are taken as they are; in another frame they
+are transformed through tf2 when tf2_ros is installed, and refused (counted, logged) without it.
 
 Threads: the executor spins the subscriptions in the main thread; the control loop runs in a
-dedicated thread on absolute deadlines (crl.runtime.loop.FixedRateLoop, as `crl-run serve`),
-which measured lower period jitter than an rclpy timer (test/measure_jitter.py). A joint state
-callback converts its message and hands it to the controller at once; a tick uses the newest.
+dedicated thread, locked to the robot's joint states as `crl-run serve` is to its observations
+(crl.runtime.loop.SampleLockedLoop: a tick fires as the joint state it expects arrives, the
+loop's grid following the robot's clock, with a watchdog on this computer's clock when they
+stop); a dedicated thread measured lower period jitter than an rclpy timer
+(test/measure_jitter.py). A joint state callback converts its message, hands it to the
+controller and signals the loop at once; a tick uses the newest.
 On SIGINT/SIGTERM the node publishes the safe action once and exits.
 """
 
@@ -27,17 +36,18 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PointStamped, PoseStamped
+from geometry_msgs.msg import Point, PointStamped, PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
 from crl.runtime import robot_config
 from crl.runtime.controller import STALL_PERIODS, Command, Controller
-from crl.runtime.loop import FixedRateLoop, set_realtime
+from crl.runtime.loop import ArrivalSignal, SampleLockedLoop, set_realtime
 from crl.runtime.messages import new_session
 from crl.runtime.observation import ObservationError
 from crl.runtime.policy import PolicyError, load_policy
@@ -46,22 +56,30 @@ from crl_runtime.convert import (
     ConversionError,
     JointVelocities,
     apply_transform,
+    box_edges,
+    duration,
     goal_axes,
     goal_frame_error,
     goal_values,
     joint_state_to_observation,
     odometry_to_base,
     point_of,
+    transform_base,
 )
 from crl_runtime.kinematics import GoalPoint
-from crl_runtime.node_runner import NodeStartupError, default_controller, run_node
+from crl_runtime.node_runner import (
+    NodeStartupError,
+    command_topic,
+    default_controller,
+    run_node,
+)
 from crl_runtime.parameters import GOAL_REACH, declare
 
 # Newest message only, and both best-effort (sensor data) and reliable publishers match.
 SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
 COUNTERS = ("joint_states_received", "observation_malformed", "observation_nonfinite",
-            "observation_no_velocity", "odometry_nonfinite")
+            "observation_no_velocity", "odometry_nonfinite", "odometry_wrong_frame")
 WAIT_LOG_S = 5.0
 # The control thread waits for the GIL while the executor thread runs Python code; the default
 # switch interval (5 ms) would let that wait reach 5 ms (test/measure_jitter.py).
@@ -86,7 +104,12 @@ class GoalReach(Node):
         self.controller = self._controller(p)
         c = self.controller
         spec = c.spec
-        self.goal_frame = spec.goal.frame
+        self.goal_frame = spec.goal.frame  # the spec's name for the policy's world frame
+        self.world_frame = p["world_frame"] or self.goal_frame  # the tf tree's name for it
+        self.interface = p["command_interface"] or c.config.command_interface
+        if self.interface == "trajectory" and c.kind != "position":
+            raise NodeStartupError(f"parameter command_interface: "
+                                   f"{robot_config.trajectory_refusal(c.kind)}")
         try:
             self.axes = goal_axes(spec.goal.fields, p["goal_axes"])
         except ValueError as e:
@@ -97,6 +120,8 @@ class GoalReach(Node):
         self.seq = 0
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.started = threading.Event()  # the controller has its first observation
+        self.arrivals = ArrivalSignal()  # joint states the controller took, for the loop
+        self.first_arrival = math.nan  # time.monotonic of the one that started the controller
         self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
         self.velocities = JointVelocities()  # for joint states that carry positions only
         self.base: BaseState | None = None
@@ -106,9 +131,12 @@ class GoalReach(Node):
         self.goal_point = self._goal_point()
         self.exit_code = 0
 
-        controller = p["controller"] or default_controller(c.kind)
-        self.command_topic = p["command_topic"] or f"/{controller}/commands"
-        self.command_pub = self.create_publisher(Float64MultiArray, self.command_topic, 1)
+        controller = p["controller"] or default_controller(c.kind, self.interface)
+        self.command_topic = p["command_topic"] or command_topic(controller, self.interface)
+        self.trajectory = self.interface == "trajectory"
+        self.time_from_start = duration(c.period)  # of a trajectory point: one control period
+        self.command_pub = self.create_publisher(
+            JointTrajectory if self.trajectory else Float64MultiArray, self.command_topic, 1)
         self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], 10)
         self.marker_pub = self.create_publisher(MarkerArray, p["markers_topic"], 1)
         self.create_subscription(JointState, p["joint_states_topic"], self._on_joint_state,
@@ -121,11 +149,16 @@ class GoalReach(Node):
         self.tf_goals: queue.Queue[Any] = queue.Queue(maxsize=8)
         if self.tf_buffer is not None:
             threading.Thread(target=self._tf_worker, name="crl-goal-tf", daemon=True).start()
+        frames = (f"{self.world_frame!r}" if self.world_frame == self.goal_frame else
+                  f"{self.world_frame!r} (the policy's {self.goal_frame!r})")
+        frames += (", other frames through tf2" if self.tf_buffer is not None else
+                   " only (tf2_ros is not installed: no other frame can be transformed)")
         self.get_logger().info(
             f"policy {p['policy']} ({c.policy.backend}, sha256 {self.policy_sha256[:12]}), "
-            f"task {spec.task}, {c.rate_hz:g} Hz, goals in {self.goal_frame!r} ({self.axes}) "
-            f"on {p['goal_pose_topic']} and {p['clicked_point_topic']}, commands on "
-            f"{self.command_topic} for joints {list(c.command_joints)}")
+            f"task {spec.task}, {c.rate_hz:g} Hz, goals in {frames} ({self.axes}) "
+            f"on {p['goal_pose_topic']} and {p['clicked_point_topic']}, commands "
+            f"({self.interface}, {c.kind}) on {self.command_topic} for joints "
+            f"{list(c.command_joints)}")
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -200,27 +233,60 @@ class GoalReach(Node):
         obs_time = received_mono - max(0.0, received_ros - obs.stamp)
         with self.lock:
             if self.started.is_set():
-                self.controller.observe(obs, obs_time)
+                self.controller.observe(obs, obs_time, received_mono)
+                self.arrivals.note(received_mono)
                 return
             try:
-                self.controller.start(obs, obs_time)
+                self.controller.start(obs, obs_time, received_mono)
             except ObservationError as e:
                 self.waiting_for = f"the robot's joint states do not fit the policy: {e}"
                 return
+        self.first_arrival = received_mono
         self.started.set()
 
     def _on_odometry(self, msg: Odometry) -> None:
-        base = odometry_to_base(msg, self.now_s())
+        base: BaseState | None = odometry_to_base(msg, self.now_s())
+        frame = msg.header.frame_id
+        if frame != self.world_frame:
+            base = self._base_in_world(frame, base)
+            if base is None:
+                return
         values = (base.pos, base.quat, base.lin_vel, base.ang_vel)
         if not all(np.isfinite(v).all() for v in values):
             self.counts["odometry_nonfinite"] += 1
             return
         self.base = base
 
+    def _base_in_world(self, frame: str, base: BaseState) -> BaseState | None:
+        """
+        Bring odometry stamped in another frame into world_frame, or refuse it (None).
+
+        The newest transform is taken without waiting (this is the executor thread); a refusal
+        is counted and logged, throttled, naming both frames.
+        """
+        if self.tf_buffer is None:
+            why = "tf2_ros is not installed to transform it"
+        else:
+            from rclpy.time import Time
+
+            try:
+                t = self.tf_buffer.lookup_transform(self.world_frame, frame, Time())
+                return transform_base(base, t.transform)
+            except Exception as e:  # tf2's lookup, connectivity and extrapolation errors
+                why = f"there is no transform ({type(e).__name__}: {e})"
+        self.counts["odometry_wrong_frame"] += 1
+        reason = (f"its pose is in frame {frame or '(empty)'!r}, the policy's base pose is in "
+                  f"{self.world_frame!r} (world_frame), and {why}")
+        if not self.started.is_set():
+            self.waiting_for = (f"odometry arrives on {self.params['odom_topic']} but is "
+                                f"refused ({reason})")
+        self.get_logger().warning(f"odometry refused: {reason}", throttle_duration_sec=WAIT_LOG_S)
+        return None
+
     def _on_goal(self, msg: PoseStamped | PointStamped) -> None:
         frame = msg.header.frame_id
         point = point_of(msg)
-        if frame == self.goal_frame or self.tf_buffer is None:
+        if frame in (self.goal_frame, self.world_frame) or self.tf_buffer is None:
             why = "tf2_ros is not installed to transform it"
             self._set_goal(frame, point, why)
             return
@@ -238,23 +304,30 @@ class GoalReach(Node):
             frame, point = self.tf_goals.get()
             try:
                 t = self.tf_buffer.lookup_transform(
-                    self.goal_frame, frame, Time(),
+                    self.world_frame, frame, Time(),
                     timeout=Duration(seconds=self.params["tf_timeout"]))
             except Exception as e:  # tf2's lookup, connectivity and extrapolation errors
                 self._set_goal(frame, point, f"no transform within "
                                f"{self.params['tf_timeout']:g} s ({type(e).__name__}: {e})")
                 continue
-            self._set_goal(self.goal_frame, apply_transform(t.transform, point), "")
+            self._set_goal(self.world_frame, apply_transform(t.transform, point), "")
 
     def _set_goal(self, frame: str, point: np.ndarray, why: str) -> None:
+        """
+        Hand a goal to the controller: in the policy's world frame, or refused for its frame.
+
+        world_frame is the policy's goal frame under the tf tree's name; a goal in any other
+        frame reaches the controller with that frame, which refuses and counts it.
+        """
         values = goal_values(point, self.axes)
+        in_world = frame in (self.goal_frame, self.world_frame)
         with self.lock:
-            ok, reason = self.controller.set_goal(frame, values)
+            ok, reason = self.controller.set_goal(self.goal_frame if in_world else frame, values)
         log = self.get_logger()
         if ok:
             log.info(f"goal {np.round(values, 4).tolist()} in {frame!r} accepted")
-        elif frame != self.goal_frame:
-            log.warning(goal_frame_error(frame, self.goal_frame, why))
+        elif not in_world:
+            log.warning(goal_frame_error(frame, self.world_frame, why))
         else:
             log.warning(f"goal {np.round(values, 4).tolist()} rejected: {reason}")
 
@@ -296,7 +369,7 @@ class GoalReach(Node):
             with self.lock:
                 cmd = c.tick(now)
             self.publish_command(cmd)
-            c.stats.end_to_end.add(time.monotonic() - cmd.obs_time)
+            c.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
             if cmd.mode != last_mode:
                 self._log_mode(cmd.mode, last_mode)
                 last_mode = cmd.mode
@@ -306,7 +379,8 @@ class GoalReach(Node):
             if ticks % marker_every == 0:
                 self.marker_pub.publish(self.markers(cmd))
 
-        FixedRateLoop(c.period, c.stats, spin_s=p["spin_s"]).run(on_tick, stop)
+        loop = SampleLockedLoop(c.period, c.stats, self.arrivals, spin_s=p["spin_s"])
+        loop.run(on_tick, stop, start=self.first_arrival + c.period)
 
     def _log_mode(self, mode: str, previous: str) -> None:
         log = self.get_logger()
@@ -320,10 +394,20 @@ class GoalReach(Node):
             log.info("policy acting")
 
     def publish_command(self, cmd: Command) -> None:
-        """Send a command in the controller's command_joints order."""
-        msg = Float64MultiArray()
-        msg.data = [float(v) for v in cmd.values]
-        self.command_pub.publish(msg)
+        """
+        Send a command in the controller's command_joints order.
+
+        forward: the values (rad or N·m) as a Float64MultiArray. trajectory: one point whose
+        positions (rad) are reached one control period after the controller receives it (an
+        unset header stamp means "on receipt"); the next tick's trajectory replaces it.
+        """
+        values = [float(v) for v in cmd.values]
+        if not self.trajectory:
+            self.command_pub.publish(Float64MultiArray(data=values))
+            return
+        point = JointTrajectoryPoint(positions=values)
+        point.time_from_start.sec, point.time_from_start.nanosec = self.time_from_start
+        self.command_pub.publish(JointTrajectory(joint_names=list(cmd.joints), points=[point]))
 
     def shutdown(self) -> None:
         """Leave the robot with the safe action (once), not the policy's last command."""
@@ -370,7 +454,7 @@ class GoalReach(Node):
         return msg
 
     def markers(self, cmd: Command) -> MarkerArray:
-        """Draw the goal (success radius), the achieved goal and the critic's reachability."""
+        """Draw the goal (success radius), the goal box, the achieved goal and reachability."""
         c = self.controller
         stamp = self.get_clock().now().to_msg()
         out = MarkerArray()
@@ -385,8 +469,9 @@ class GoalReach(Node):
                                         (0.1, 0.8, 0.2, 0.6)))
         out.markers.append(self._sphere(1, "achieved_goal", stamp, achieved, 0.5 * diameter,
                                         (0.2, 0.4, 1.0, 0.9)))
+        out.markers.append(self._goal_box(stamp))
         text = Marker(ns="reachability", id=2, type=Marker.TEXT_VIEW_FACING)
-        text.header.frame_id, text.header.stamp = self.goal_frame, stamp
+        text.header.frame_id, text.header.stamp = self.world_frame, stamp
         distance = self._critic_distance() if self.critic and cmd.mode == "running" else None
         if goal is None or distance is None:
             text.action = Marker.DELETE
@@ -421,10 +506,24 @@ class GoalReach(Node):
             point["xyz".index(axis)] = float(goal[i])
         return point
 
+    def _goal_box(self, stamp: Any) -> Marker:
+        """Outline the training goal box: where the policy learned to reach (a line list)."""
+        goal = self.controller.spec.goal
+        m = Marker(ns="goal_box", id=3, type=Marker.LINE_LIST, action=Marker.ADD)
+        m.header.frame_id, m.header.stamp = self.world_frame, stamp
+        m.pose.orientation.w = 1.0
+        size = max(float(h - lo) for lo, h in zip(goal.low, goal.high, strict=True))
+        m.scale.x = max(size * 0.005, 0.001)  # line width
+        m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 0.8, 0.1, 0.8
+        for a, b in box_edges(goal.low, goal.high, self.axes):
+            m.points += [Point(x=float(a[0]), y=float(a[1]), z=float(a[2])),
+                         Point(x=float(b[0]), y=float(b[1]), z=float(b[2]))]
+        return m
+
     def _sphere(self, marker_id: int, ns: str, stamp: Any, position: np.ndarray | None,
                 diameter: float, rgba: tuple[float, float, float, float]) -> Marker:
         m = Marker(ns=ns, id=marker_id, type=Marker.SPHERE)
-        m.header.frame_id, m.header.stamp = self.goal_frame, stamp
+        m.header.frame_id, m.header.stamp = self.world_frame, stamp
         if position is None:
             m.action = Marker.DELETE
             return m

@@ -27,9 +27,16 @@ class NodeStartupError(RuntimeError):
     """The node cannot run (policy, robot config, parameters); one line saying what to fix."""
 
 
-def default_controller(kind: str) -> str:
-    """Name the ros2_control forward command controller for an action kind."""
+def default_controller(kind: str, interface: str = "forward") -> str:
+    """Name the ros2_control controller for an action kind and a command interface."""
+    if interface == "trajectory":
+        return "joint_trajectory_controller"
     return f"forward_{kind}_controller"
+
+
+def command_topic(controller: str, interface: str) -> str:
+    """Name the topic a ros2_control controller takes commands on."""
+    return f"/{controller}/" + ("joint_trajectory" if interface == "trajectory" else "commands")
 
 
 def run_node(make: Callable[[], Any], args: list[str] | None = None) -> int:

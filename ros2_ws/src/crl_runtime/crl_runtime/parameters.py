@@ -33,28 +33,40 @@ GOAL_REACH: tuple[Param, ...] = (
     Param("robot_config", "", "crl.runtime robot config: a shipped name (reacher, ant, ...; "
           "crl's runtime/robots/<name>.yaml) or a path to a YAML file. Empty: the shipped config "
           "of the policy's task."),
-    Param("controller", "", "ros2_control forward command controller that takes the commands "
-          "(published on /<controller>/commands in the robot config's command_joints order). "
-          "Empty: forward_position_controller or forward_effort_controller, by the policy's "
-          "action kind."),
-    Param("command_topic", "", "Command topic (std_msgs/Float64MultiArray); empty: "
-          "/<controller>/commands."),
+    Param("command_interface", "", "How the robot's ros2_control controller takes the "
+          "commands: forward (a forward command controller: std_msgs/Float64MultiArray on "
+          "/<controller>/commands in command_joints order, position targets or torques) or "
+          "trajectory (a joint_trajectory_controller: a one-point trajectory_msgs/"
+          "JointTrajectory on /<controller>/joint_trajectory, time_from_start one control "
+          "period, position policies only). Empty: the robot config's command_interface.",
+          ("", "forward", "trajectory")),
+    Param("controller", "", "ros2_control controller that takes the commands. Empty: "
+          "forward_position_controller or forward_effort_controller by the policy's action kind "
+          "(forward), joint_trajectory_controller (trajectory)."),
+    Param("command_topic", "", "Command topic; empty: /<controller>/commands (forward) or "
+          "/<controller>/joint_trajectory (trajectory)."),
     Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState input (joints by name, "
           "any order; best-effort and reliable publishers both match)."),
-    Param("odom_topic", "/odom", "nav_msgs/Odometry input: base pose (world) and twist (base "
-          "frame); read only when the robot config has base sources."),
+    Param("odom_topic", "/odom", "nav_msgs/Odometry input: base pose in world_frame (its "
+          "header.frame_id is checked; another frame is transformed through tf2 when tf2_ros "
+          "is installed, else refused and counted) and twist in the base frame (REP-105's "
+          "child_frame_id); read only when the robot config has base sources."),
+    Param("world_frame", "", "The frame of this robot's tf tree that is the policy's world "
+          "frame (the spec's goal frame, world): goals, odometry and markers are in it (a "
+          "floating base: odom, REP-105). Empty: the spec's goal frame's name."),
     Param("goal_pose_topic", "/goal_pose", "geometry_msgs/PoseStamped goals (RViz's 2D Goal "
           "Pose tool); the position's goal axes are used."),
     Param("clicked_point_topic", "/clicked_point", "geometry_msgs/PointStamped goals (RViz's "
           "Publish Point tool), for 3-D goals."),
     Param("diagnostics_topic", "/diagnostics", "diagnostic_msgs/DiagnosticArray output: rate, "
           "latency, misses, stale stops, rejections, backend, policy sha256."),
-    Param("markers_topic", "~/markers", "visualization_msgs/MarkerArray output: the goal, the "
+    Param("markers_topic", "~/markers", "visualization_msgs/MarkerArray output, in "
+          "world_frame: the goal (a sphere of the success radius), the training goal box, the "
           "achieved goal and the critic's reachability when the policy exports it."),
     Param("goal_axes", "", "Which position axes make the goal (e.g. xy); empty: from the "
           "policy's goal field names (fingertip_xy -> xy)."),
     Param("tf_timeout", 0.1, "Seconds to wait for a transform of a goal in another frame than "
-          "the policy's goal frame (tf2_ros only)."),
+          "world_frame (tf2_ros only; odometry takes the newest transform without waiting)."),
     Param("max_observation_age", KEEP, "Safety override: staleness limit in control periods; "
           "negative keeps the robot config's value."),
     Param("goal_margin", KEEP, "Safety override: how far beyond the training goal box a goal is "
@@ -82,11 +94,15 @@ SIM_BRIDGE: tuple[Param, ...] = (
     Param("dr", "off", "Domain randomization of the simulated robot: off, train or held-out.",
           ("off", "train", "held-out")),
     Param("seed", 0, "Seed of the episodes' starts, goals and randomization draws."),
-    Param("controller", "", "Forward command controller whose /<controller>/commands topic is "
-          "read; empty: forward_position_controller or forward_effort_controller by the task's "
-          "action kind."),
-    Param("command_topic", "", "Command topic (std_msgs/Float64MultiArray); empty: "
-          "/<controller>/commands."),
+    Param("command_interface", "", "The controller the sim plays: forward (Float64MultiArray "
+          "on /<controller>/commands) or trajectory (JointTrajectory on "
+          "/<controller>/joint_trajectory, each trajectory's last point applied as a target). "
+          "Empty: the robot config's command_interface.", ("", "forward", "trajectory")),
+    Param("controller", "", "Controller whose topic is read; empty: forward_position_controller "
+          "or forward_effort_controller by the task's action kind (forward), "
+          "joint_trajectory_controller (trajectory)."),
+    Param("command_topic", "", "Command topic; empty: /<controller>/commands (forward) or "
+          "/<controller>/joint_trajectory (trajectory)."),
     Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState output, every hinge "
           "and slide joint, with the draw's sensor noise."),
     Param("odom_topic", "/odom", "nav_msgs/Odometry output for a floating-base robot."),
@@ -96,11 +112,18 @@ SIM_BRIDGE: tuple[Param, ...] = (
           "does).", ("physics", "control")),
     Param("telemetry_topic", "~/telemetry", "std_msgs/Float64MultiArray for scoring only: "
           "[episode, step, episode_length, goal..., true achieved goal...] each control step."),
-    Param("world_frame", "world", "Frame of the odometry pose and of the TF parent."),
-    Param("base_frame", "base_link", "Child frame of the odometry and of the TF to the base."),
+    Param("odom_frame", "odom", "Frame of the odometry pose and parent of the base's TF "
+          "(REP-105's odom; the sim's world)."),
+    Param("base_frame", "base_link", "Child frame of the odometry (its twist's frame) and of the "
+          "TF odom -> base (REP-105's base_link)."),
+    Param("map_frame", "map", "Parent of the identity transform map -> odom the sim publishes "
+          "as a static transform (tf2_ros only): the sim's localization is perfect."),
     Param("publish_clock", False, "Publish the simulated time on /clock (for nodes run with "
           "use_sim_time) and stamp messages with it."),
     Param("episodes", 0, "Stop after this many episodes; 0 runs until shut down."),
+    Param("clock_ppm", 0.0, "The simulated robot's clock (its physics pace) runs this many parts "
+          "per million fast, or slow if negative, against this computer's, as a separate "
+          "computer's crystal does: to test a controller against drift (within ±10000)."),
 )
 
 

@@ -2,8 +2,10 @@
 ROS 2 node `sim_bridge`: the MuJoCo sim robot (crl.testbed.robot.SimRobot) speaking ROS.
 
 It stands in for a robot's drivers and ros2_control: joint states (with the randomization
-draw's sensor noise), odometry and TF for a floating base, and a forward command controller's
-command topic, applied from the next physics step after the draw's action delay. Physics runs
+draw's sensor noise), odometry and TF for a floating base (REP-105: odom -> base_link, and
+map -> odom as a static identity, the sim's perfect localization), and the command topic of a
+forward command controller or a joint_trajectory_controller (each trajectory's last point is
+the target), applied from the next physics step after the draw's action delay. Physics runs
 in real time on absolute deadlines in its own thread; episodes restart every episode length,
 as `crl-sim robot` does, and each control step's true achieved goal goes out on a telemetry
 topic for scoring (a real robot has no such topic).
@@ -22,9 +24,16 @@ from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
 
 from crl.runtime import robot_config
-from crl_runtime.node_runner import NodeStartupError, default_controller, run_node
+from crl_runtime.convert import ConversionError, trajectory_positions
+from crl_runtime.node_runner import (
+    NodeStartupError,
+    command_topic,
+    default_controller,
+    run_node,
+)
 from crl_runtime.parameters import SIM_BRIDGE, declare
 
 
@@ -36,8 +45,10 @@ class SimBridge(Node):
         self.params = p = declare(self, SIM_BRIDGE)
         try:
             config = robot_config.load(p["robot_config"])
+            from crl.testbed.clock import RobotClock
             from crl.testbed.robot import SimRobot
 
+            self.clock = RobotClock(p["clock_ppm"])
             self.get_logger().info(f"{config.task}: building the sim robot (jax compiles the "
                                    "env's reset; this takes a while on a small CPU)")
             self.robot = SimRobot(config.task, dr=p["dr"], seed=p["seed"])
@@ -52,8 +63,11 @@ class SimBridge(Node):
                                    f"{list(self.command_joints)} are not the task's actuated "
                                    f"joints {list(self.robot.action_joints)}")
         kind = self.robot.action_kind
-        self.command_topic = p["command_topic"] or \
-            f"/{p['controller'] or default_controller(kind)}/commands"
+        self.interface = p["command_interface"] or config.command_interface
+        if self.interface == "trajectory" and kind != "position":
+            raise NodeStartupError(f"command_interface: {robot_config.trajectory_refusal(kind)}")
+        controller = p["controller"] or default_controller(kind, self.interface)
+        self.command_topic = p["command_topic"] or command_topic(controller, self.interface)
         self.floating = self.robot.true_reading().base_pos is not None
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], 10)
         self.odom_pub = (self.create_publisher(Odometry, p["odom_topic"], 10)
@@ -62,17 +76,38 @@ class SimBridge(Node):
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
         self.tf = self._tf_broadcaster() if self.floating else None
         self.command: np.ndarray | None = None
-        self.create_subscription(Float64MultiArray, self.command_topic, self._on_command, 1)
+        if self.interface == "trajectory":
+            self.create_subscription(JointTrajectory, self.command_topic, self._on_trajectory, 1)
+        else:
+            self.create_subscription(Float64MultiArray, self.command_topic, self._on_command, 1)
         self.counts = {"commands": 0, "dropped": 0, "late": 0, "episodes": 0}
         self.sim_steps = 0  # physics steps since start, for /clock
         self.exit_code = 0
 
     def _tf_broadcaster(self) -> Any:
+        """Broadcast odom -> base_link; publish map -> odom (identity) once, as a static one."""
         try:
-            from tf2_ros import TransformBroadcaster
+            from tf2_ros import StaticTransformBroadcaster, TransformBroadcaster
         except ImportError:
+            self.get_logger().info("tf2_ros is not installed: no TF (odometry only)")
             return None
+        from geometry_msgs.msg import TransformStamped
+
+        p = self.params
+        identity = TransformStamped()
+        identity.header.stamp = self.get_clock().now().to_msg()  # static: any time holds
+        identity.header.frame_id, identity.child_frame_id = p["map_frame"], p["odom_frame"]
+        identity.transform.rotation.w = 1.0
+        self.static_tf = StaticTransformBroadcaster(self)
+        self.static_tf.sendTransform(identity)
         return TransformBroadcaster(self)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            self.command = trajectory_positions(msg, self.command_joints)
+        except ConversionError as e:
+            self.counts["dropped"] += 1
+            self.get_logger().warning(f"command dropped: {e}", throttle_duration_sec=5.0)
 
     def _on_command(self, msg: Float64MultiArray) -> None:
         values = np.asarray(msg.data, dtype=np.float64)
@@ -123,7 +158,7 @@ class SimBridge(Node):
     def _publish_base(self, r: Any, stamp: Any) -> None:
         p = self.params
         odom = Odometry()
-        odom.header.stamp, odom.header.frame_id = stamp, p["world_frame"]
+        odom.header.stamp, odom.header.frame_id = stamp, p["odom_frame"]
         odom.child_frame_id = p["base_frame"]
         pos, q = odom.pose.pose.position, odom.pose.pose.orientation
         pos.x, pos.y, pos.z = (float(v) for v in r.base_pos)
@@ -147,7 +182,7 @@ class SimBridge(Node):
         """Step physics in real time until `stop` or the episode budget is spent."""
         from crl.testbed.robot import ActionError
 
-        robot, p = self.robot, self.params
+        robot, p, clock = self.robot, self.params, self.clock
         robot.reset(0)
         period, lag_limit = robot.timestep, robot.control_period
         every_step = p["state_rate"] == "physics"
@@ -155,16 +190,18 @@ class SimBridge(Node):
             f"{robot.task}: publishing {p['joint_states_topic']}"
             + (f" and {p['odom_topic']}" if self.floating else "")
             + f" at {1 / (period if every_step else lag_limit):g} Hz, commands from "
-            f"{self.command_topic} ({robot.action_kind}, joints {list(self.command_joints)}), "
-            f"dr {p['dr']}, seed {p['seed']}")
+            f"{self.command_topic} ({self.interface}, {robot.action_kind}, joints "
+            f"{list(self.command_joints)}), "
+            f"dr {p['dr']}, seed {p['seed']}"
+            + (f", clock {clock.ppm:+g} ppm" if clock.ppm else ""))
         self.publish()
-        start, n = time.monotonic(), 0
+        start, n = clock.elapsed(), 0  # physics deadlines on the robot's clock
         while not stop.is_set():
             n += 1
             deadline = start + n * period
-            now = time.monotonic()
+            now = clock.elapsed()
             if now < deadline:
-                time.sleep(deadline - now)
+                time.sleep(max(0.0, clock.host_time(deadline) - time.monotonic()))
             elif now - deadline > lag_limit:  # a whole control period behind: re-anchor
                 start = now - n * period
                 self.counts["late"] += 1
@@ -190,7 +227,7 @@ class SimBridge(Node):
                 assert robot.episode is not None
                 robot.reset(robot.episode.index + 1)
                 self.publish()
-                start = time.monotonic() - n * period  # a reset is not a missed deadline
+                start = clock.elapsed() - n * period  # a reset is not a missed deadline
                 continue
             self.publish()
         self.get_logger().info(", ".join(f"{k} {v}" for k, v in self.counts.items()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from crl.testbed.closed_loop import stop_process
 
 PACKAGE = Path(__file__).resolve().parents[1]
 REPO = PACKAGE.parents[2]
@@ -105,6 +106,61 @@ def reacher_spec() -> Any:
     )
 
 
+def effort_spec() -> Any:
+    """Build the reacher's spec with torque actions (N·m), as an effort-controlled arm's."""
+    from crl.core.spec import ActionSpec
+
+    spec = reacher_spec()
+    return spec.replace(action=ActionSpec(2, spec.action.joints, "effort", (1.0, 1.0),
+                                          (0.0, 0.0), (-1.0, -1.0), (1.0, 1.0)))
+
+
+ANT_JOINTS = ("hip_1", "ankle_1", "hip_2", "ankle_2", "hip_3", "ankle_3", "hip_4", "ankle_4")
+
+
+def ant_spec() -> Any:
+    """Build the ant's policy spec by hand (a floating base: its pose and twist from odometry)."""
+    from crl.core.spec import ActionSpec, Field, GoalSpec, NetworkSpec, PolicySpec, Provenance
+    from crl.runtime import robot_config
+
+    xml = robot_config.ASSETS / "ant.xml"
+    j = ANT_JOINTS
+    return PolicySpec(
+        task="ant",
+        observation=(Field("base_pos", 3, "", "world"), Field("base_quat", 4, "", "world"),
+                     Field("joint_pos", 8, "", "", j), Field("base_lin_vel", 3, "", "base"),
+                     Field("base_ang_vel", 3, "", "base"), Field("joint_vel", 8, "", "", j)),
+        goal=GoalSpec((Field("torso_xy", 2, "", "world"),), "world", (-10.0, -10.0),
+                      (10.0, 10.0)),
+        action=ActionSpec(8, j, "position", (0.5, 0.4) * 4, (0.0,) * 8, (-0.5, -0.4) * 4,
+                          (0.5, 0.4) * 4),
+        control_hz=20.0,
+        success_radius=0.5,
+        provenance=Provenance("ant", hashlib.sha256(xml.read_bytes()).hexdigest()),
+        network=NetworkSpec(4, 32, 16),
+    )
+
+
+def export_random(spec: Any, path: Path, critic: bool = False) -> Path:
+    """Export a random-weights policy for `spec` (no jax)."""
+    from crl.export.onnx_export import export_actor, random_params
+
+    export_actor(random_params(spec, seed=0, critic=critic), spec, path, critic=critic)
+    return path
+
+
+@pytest.fixture(scope="session")
+def effort_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Export a random-weights reacher policy commanding torques."""
+    return export_random(effort_spec(), tmp_path_factory.mktemp("policy") / "effort.onnx")
+
+
+@pytest.fixture(scope="session")
+def ant_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Export a random-weights ant policy (reads odometry)."""
+    return export_random(ant_spec(), tmp_path_factory.mktemp("policy") / "ant_random.onnx")
+
+
 @pytest.fixture(scope="session")
 def random_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Export a random-weights reacher policy with the critic outputs (reachability marker)."""
@@ -141,14 +197,7 @@ class Proc:
         return self.path.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return int(self.popen.returncode)
+        return stop_process(self.popen, timeout)
 
 
 @pytest.fixture

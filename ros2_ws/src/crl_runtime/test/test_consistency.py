@@ -3,11 +3,14 @@ The package's files agree: parameter files, declared parameters, docs, RViz and 
 
 Parameter names are only checked by ROS at run time, where an unknown one is silently ignored;
 these tests catch a misspelt parameter, an undocumented one, a launch argument the ROS 2 doc
-(docs/ros2.md) does not describe and an RViz topic nobody publishes, before a robot user does.
+(docs/ros2.md) does not describe, an RViz topic nobody publishes or a view of the wrong size or
+frame, and a controller example that does not take what the robot config sends, before a robot
+user does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -18,6 +21,7 @@ import yaml
 
 from crl.runtime import robot_config
 from crl_runtime.launch_plan import ARGUMENTS
+from crl_runtime.node_runner import default_controller
 from crl_runtime.parameters import GOAL_REACH, SIM_BRIDGE, by_name
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -25,6 +29,24 @@ REPO = PACKAGE.parents[2]
 NODES = {"goal_reach": GOAL_REACH, "sim_bridge": SIM_BRIDGE}
 BUILTIN = {"use_sim_time"}  # every rclpy node declares it
 CONFIGS = sorted((PACKAGE / "config").glob("*.yaml"))
+# What `crl-sim info TASK` says (docs/tasks.md): the action kind and the training goal box's
+# largest side and centre (m).
+KINDS = {"reacher": "position", "arm_reach": "position", "ant": "position",
+         "ant_u_maze": "position", "humanoid": "effort"}
+BOXES = {"reacher": (0.4, (0.0, 0.0)), "arm_reach": (0.7, (0.45, 0.0)), "ant": (20.0, (0.0, 0.0)),
+         "ant_u_maze": (8.0, (8.0, 8.0)), "humanoid": (10.0, (0.0, 0.0))}
+
+
+def ros_params(task: str) -> dict[str, dict[str, object]]:
+    """Read a shipped ROS parameter file: node -> its parameters."""
+    data = yaml.safe_load((PACKAGE / "config" / f"{task}.yaml").read_text())
+    return {node: section["ros__parameters"] for node, section in data.items()}
+
+
+def floating(task: str) -> bool:
+    """Say whether the robot has a floating base (its config reads odometry)."""
+    config = robot_config.load(task)
+    return any(s.kind in robot_config.BASE_SOURCES for s in config.observation.values())
 
 
 def test_there_is_a_parameter_file_for_every_shipped_robot_config() -> None:
@@ -98,8 +120,84 @@ def rviz_topics(node: object) -> list[str]:
     return found
 
 
-def test_the_rviz_config_uses_the_nodes_topics_and_the_goal_frame() -> None:
-    rviz = yaml.safe_load((PACKAGE / "rviz" / "goal_reach.rviz").read_text())
+def test_the_shipped_robots_use_rep_105_frames() -> None:
+    """A floating base: the policy's world is odom; sim_bridge gives map -> odom -> base_link."""
+    assert set(KINDS) == set(BOXES) == {p.stem for p in CONFIGS}
+    for task in KINDS:
+        params = ros_params(task)
+        if floating(task):
+            assert params["goal_reach"]["world_frame"] == "odom", task
+            sim = params["sim_bridge"]
+            assert (sim["odom_frame"], sim["base_frame"], sim["map_frame"]) == (
+                "odom", "base_link", "map"), task
+        else:
+            assert params["goal_reach"]["world_frame"] == "world", task
+            assert not {"odom_frame", "base_frame", "map_frame"} & set(params["sim_bridge"])
+    defaults = {p.name: p.default for p in SIM_BRIDGE}
+    assert (defaults["odom_frame"], defaults["base_frame"], defaults["map_frame"]) == (
+        "odom", "base_link", "map")
+
+
+@pytest.mark.parametrize("task", sorted(KINDS))
+def test_each_robot_has_a_ros2_control_example_that_takes_its_commands(task: str) -> None:
+    """
+    controllers/<task>.yaml declares the controller config/<task>.yaml commands.
+
+    Of the type the robot config's command_interface needs, for command_joints in their order,
+    on the interface the policy's actions are (position targets or torques).
+    """
+    config = robot_config.load(task)
+    params = ros_params(task)
+    name = params["goal_reach"]["controller"]
+    assert params["sim_bridge"]["controller"] == name
+    assert name == default_controller(KINDS[task], config.command_interface)
+    data = yaml.safe_load((PACKAGE / "controllers" / f"{task}.yaml").read_text())
+    manager = data["controller_manager"]["ros__parameters"]
+    assert manager["joint_state_broadcaster"]["type"] == (
+        "joint_state_broadcaster/JointStateBroadcaster")
+    controller = data[name]["ros__parameters"]
+    assert controller["joints"] == list(config.command_joints)
+    if config.command_interface == "trajectory":
+        assert KINDS[task] == "position"
+        assert manager[name]["type"] == "joint_trajectory_controller/JointTrajectoryController"
+        assert controller["command_interfaces"] == ["position"]
+        assert {"position", "velocity"} <= set(controller["state_interfaces"])
+    else:
+        assert manager[name]["type"] == "forward_command_controller/ForwardCommandController"
+        assert controller["interface_name"] == KINDS[task]
+
+
+def rviz_view(task: str) -> dict[str, object]:
+    return yaml.safe_load((PACKAGE / "rviz" / f"{task}.rviz").read_text())
+
+
+def test_there_is_an_rviz_view_for_every_shipped_robot() -> None:
+    assert {p.stem for p in (PACKAGE / "rviz").glob("*.rviz")} == {p.stem for p in CONFIGS}
+
+
+@pytest.mark.parametrize("task", sorted(KINDS))
+def test_each_rviz_view_is_sized_for_its_robot_in_its_frames(task: str) -> None:
+    """The grid spans the goal box at a readable cell size; the camera sees it whole."""
+    manager = rviz_view(task)["Visualization Manager"]
+    # A fixed base: the policy's world; a floating base: map, above odom (REP-105).
+    world = ros_params(task)["goal_reach"]["world_frame"]
+    assert manager["Global Options"]["Fixed Frame"] == ("map" if world == "odom" else world)
+    grid = next(d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/Grid")
+    side, centre = BOXES[task]
+    cell, span = grid["Cell Size"], grid["Cell Size"] * grid["Plane Cell Count"]
+    assert side <= span and cell <= side / 4, (cell, span, side)
+    offset = grid["Offset"]
+    assert math.dist((offset["X"], offset["Y"]), centre) <= cell, offset
+    view = manager["Views"]["Current"]
+    assert side <= view["Distance"] <= 4 * side, view
+    markers = next(d for d in manager["Displays"]
+                   if d["Class"] == "rviz_default_plugins/MarkerArray")
+    assert set(markers["Namespaces"]) == {"goal", "goal_box", "achieved_goal", "reachability"}
+
+
+@pytest.mark.parametrize("task", sorted(KINDS))
+def test_the_rviz_views_use_the_nodes_topics(task: str) -> None:
+    rviz = rviz_view(task)
     defaults = {p.name: p.default for p in GOAL_REACH}
     node_topics = {defaults["goal_pose_topic"], defaults["clicked_point_topic"],
                    str(defaults["markers_topic"]).replace("~", "/goal_reach")}
@@ -109,8 +207,6 @@ def test_the_rviz_config_uses_the_nodes_topics_and_the_goal_frame() -> None:
     tools = {t["Class"]: t.get("Topic", {}).get("Value") for t in manager["Tools"]}
     assert tools["rviz_default_plugins/SetGoal"] == defaults["goal_pose_topic"]
     assert tools["rviz_default_plugins/PublishPoint"] == defaults["clicked_point_topic"]
-    # Every task's goals are in the world frame (crl.sim.config.GOAL_FRAMES).
-    assert manager["Global Options"]["Fixed Frame"] == "world"
 
 
 def test_package_xml_declares_every_runtime_dependency() -> None:
@@ -118,7 +214,10 @@ def test_package_xml_declares_every_runtime_dependency() -> None:
     assert root.get("format") == "3"
     deps = {e.text for e in root.iter("exec_depend")}
     assert {"rclpy", "sensor_msgs", "nav_msgs", "geometry_msgs", "std_msgs", "diagnostic_msgs",
-            "visualization_msgs", "tf2_ros", "launch", "launch_ros", "rviz2"} <= deps
+            "visualization_msgs", "trajectory_msgs", "tf2_ros", "tf2_ros_py", "launch",
+            "launch_ros"} <= deps
+    # RViz is optional: a robot computer runs the nodes without it.
+    assert "rviz2" not in deps
     assert root.find("export/build_type").text == "ament_python"
 
 
@@ -130,7 +229,9 @@ def test_the_install_has_the_nodes_and_the_shared_files(share: Path) -> None:
     # The tests import the installed package, not the source tree.
     assert Path(crl_runtime.__file__).resolve().is_relative_to(share.parents[1].resolve())
     assert (share / "launch" / "goal_reach.launch.py").is_file()
-    assert (share / "rviz" / "goal_reach.rviz").is_file()
     assert {p.name for p in (share / "config").glob("*.yaml")} == {p.name for p in CONFIGS}
+    # Each robot's view and controllers (an older build may have left other files).
+    assert {p.stem for p in (share / "rviz").glob("*.rviz")} >= {p.stem for p in CONFIGS}
+    assert {p.name for p in (share / "controllers").glob("*.yaml")} >= {p.name for p in CONFIGS}
     lib = share.parents[1] / "lib" / "crl_runtime"
     assert {p.name for p in lib.iterdir()} >= {"goal_reach", "sim_bridge"}

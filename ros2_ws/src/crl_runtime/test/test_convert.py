@@ -10,6 +10,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PointStamped, PoseStamped, Transform
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from crl.runtime import robot_config
 from crl.runtime.messages import Observation
@@ -17,11 +18,15 @@ from crl_runtime.convert import (
     ConversionError,
     JointVelocities,
     apply_transform,
+    box_edges,
+    duration,
     goal_axes,
     goal_values,
     joint_state_to_observation,
     odometry_to_base,
     point_of,
+    trajectory_positions,
+    transform_base,
 )
 from crl_runtime.kinematics import GoalPoint
 
@@ -190,3 +195,70 @@ def test_the_achieved_goal_is_forward_kinematics_of_the_goal_site() -> None:
     assert point.position(Observation(1, 1, 0.0, ("shoulder",), np.zeros(1), np.zeros(1))) is None
     with pytest.raises(ValueError, match="neither a site nor a body"):
         GoalPoint(str(robot_config.ASSETS / "reacher.xml"), "nowhere")
+
+
+def test_odometry_in_another_frame_moves_its_pose_and_keeps_its_twist() -> None:
+    """A pose in odom brought into a frame 90 degrees about z and 1 m along x from it."""
+    odom = Odometry()
+    odom.pose.pose.position.x, odom.pose.pose.position.z = 2.0, 0.5
+    q = odom.pose.pose.orientation
+    q.w = q.z = math.sqrt(0.5)  # the base turned 90 degrees left in odom
+    odom.twist.twist.linear.x, odom.twist.twist.angular.z = 0.3, -0.2
+    base = odometry_to_base(odom, received=5.0)
+    t = Transform()
+    t.translation.x = 1.0
+    t.rotation.w = t.rotation.z = math.sqrt(0.5)
+    moved = transform_base(base, t)
+    np.testing.assert_allclose(moved.pos, [1.0, 2.0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(moved.quat, [0.0, 0.0, 0.0, 1.0], atol=1e-12)  # 180 degrees
+    # The twist is in the base frame (REP-105's child frame): a new parent leaves it alone.
+    assert moved.lin_vel.tolist() == [0.3, 0.0, 0.0] and moved.ang_vel.tolist() == [0, 0, -0.2]
+    assert moved.stamp == base.stamp == 5.0
+
+
+def test_a_trajectory_point_lasts_one_control_period() -> None:
+    assert duration(0.04) == (0, 40_000_000)
+    assert duration(1 / 3) == (0, 333_333_333)
+    assert duration(2.5) == (2, 500_000_000)
+
+
+def trajectory(names: list[str], *points: list[float]) -> JointTrajectory:
+    return JointTrajectory(joint_names=names,
+                           points=[JointTrajectoryPoint(positions=p) for p in points])
+
+
+def test_a_trajectorys_last_point_is_the_target_by_joint_name() -> None:
+    joints = ("shoulder", "elbow")
+    target = trajectory_positions(trajectory(["elbow", "shoulder"], [0.1, 0.2], [0.3, 0.4]),
+                                  joints)
+    assert target.tolist() == [0.4, 0.3]
+
+
+@pytest.mark.parametrize(("msg", "reason", "text"), [
+    (trajectory(["shoulder", "elbow"]), "malformed", "without points"),
+    (trajectory(["shoulder"], [0.1]), "malformed", "expected ['shoulder', 'elbow']"),
+    (trajectory(["shoulder", "wrist"], [0.1, 0.2]), "malformed", "trajectory joints"),
+    (trajectory(["shoulder", "shoulder"], [0.1, 0.2]), "malformed", "trajectory joints"),
+    (trajectory(["shoulder", "elbow"], [0.1]), "malformed", "1 positions for 2 joints"),
+    (trajectory(["shoulder", "elbow"], [0.1, math.nan]), "nonfinite", "non-finite"),
+])
+def test_a_trajectory_the_robot_cannot_take_is_refused(msg: JointTrajectory, reason: str,
+                                                       text: str) -> None:
+    with pytest.raises(ConversionError, match=text.replace("[", r"\[")) as e:
+        trajectory_positions(msg, ("shoulder", "elbow"))
+    assert e.value.reason == reason
+
+
+def test_the_goal_box_outline_spans_the_goal_axes() -> None:
+    square = box_edges((-0.2, -0.1), (0.2, 0.1), "xy")
+    assert len(square) == 4
+    corners = {tuple(p) for edge in square for p in edge}
+    assert corners == {(-0.2, -0.1, 0.0), (0.2, -0.1, 0.0), (-0.2, 0.1, 0.0), (0.2, 0.1, 0.0)}
+    for a, b in square:  # each edge runs along one axis
+        assert np.count_nonzero(a != b) == 1
+    cuboid = box_edges((0.25, -0.35, 0.15), (0.65, 0.35, 0.65), "xyz")
+    assert len(cuboid) == 12
+    lengths = sorted(float(np.linalg.norm(a - b)) for a, b in cuboid)
+    np.testing.assert_allclose(lengths, [0.4] * 4 + [0.5] * 4 + [0.7] * 4)
+    xz = box_edges((1.0, 2.0), (3.0, 4.0), "xz")
+    assert {tuple(p) for edge in xz for p in edge} == {(1, 0, 2), (3, 0, 2), (1, 0, 4), (3, 0, 4)}

@@ -3,7 +3,7 @@ goal_reach.launch.py's logic, through the plain function it wraps (no `launch` n
 
 CI cannot install `launch`/`launch_ros`, so the launch file is kept to a declaration of
 launch_plan.ARGUMENTS and a call of launch_plan.plan; these tests cover plan and check the
-file's text for exactly that.
+file's text for exactly that. RViz is optional: where a test needs it, it says it is installed.
 """
 
 from __future__ import annotations
@@ -15,9 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crl_runtime.launch_plan import ARGUMENTS, LaunchError, NodeSpec, plan
+from crl.runtime import robot_config
+from crl_runtime.launch_plan import ARGUMENTS, LaunchError, NodeSpec, installed, plan
 
 PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def with_rviz(package: str) -> bool:
+    """Say every package is installed, RViz included."""
+    return True
+
+
+def without_rviz(package: str) -> bool:
+    """Say rviz2 is not installed (it is optional)."""
+    return package != "rviz2"
 
 
 def args(**changes: str) -> dict[str, str]:
@@ -40,17 +51,61 @@ def test_a_robot_runs_goal_reach_alone_with_the_robot_parameter_file() -> None:
 
 
 def test_sim_adds_the_sim_robot_and_rviz_by_default() -> None:
-    nodes = by_name(plan(args(sim="true", robot="ant", backend="trt"), PACKAGE))
+    nodes = by_name(plan(args(sim="true", robot="ant", backend="trt"), PACKAGE, with_rviz))
     assert list(nodes) == ["sim_bridge", "goal_reach", "rviz2"]
     assert nodes["sim_bridge"].parameters[0].endswith("config/ant.yaml")
-    assert nodes["rviz2"].arguments == ["-d", str(PACKAGE / "rviz" / "goal_reach.rviz")]
-    no_rviz = plan(args(sim="true", rviz="false"), PACKAGE)
+    assert nodes["rviz2"].arguments == ["-d", str(PACKAGE / "rviz" / "ant.rviz")]
+    no_rviz = plan(args(sim="true", rviz="false"), PACKAGE, with_rviz)
     assert list(by_name(no_rviz)) == ["sim_bridge", "goal_reach"]
-    assert list(by_name(plan(args(rviz="true"), PACKAGE))) == ["goal_reach", "rviz2"]
+    assert list(by_name(plan(args(rviz="true"), PACKAGE, with_rviz))) == ["goal_reach", "rviz2"]
+
+
+def test_rviz_is_optional_the_sim_comes_up_without_it_and_asking_for_it_says_why() -> None:
+    nodes = by_name(plan(args(sim="true"), PACKAGE, without_rviz))
+    assert list(nodes) == ["sim_bridge", "goal_reach"]
+    with pytest.raises(LaunchError, match=r"rviz:=true: rviz2 is not installed.*optional"):
+        plan(args(rviz="true"), PACKAGE, without_rviz)
+    # The default asks the ament index, which knows no rviz2 here unless it is installed.
+    assert installed("rviz2") in (True, False)
+    assert not installed("no_such_package_crl")
+
+
+@pytest.mark.parametrize("robot", sorted(p.stem for p in (PACKAGE / "config").glob("*.yaml")))
+def test_each_shipped_robot_gets_its_own_rviz_view(robot: str) -> None:
+    nodes = by_name(plan(args(sim="true", robot=robot), PACKAGE, with_rviz))
+    assert nodes["rviz2"].arguments == ["-d", str(PACKAGE / "rviz" / f"{robot}.rviz")]
+
+
+def test_a_robot_file_of_either_kind_gets_the_view_of_its_task(tmp_path: Path) -> None:
+    mine = tmp_path / "my_ant.yaml"
+    mine.write_text(robot_config.shipped("ant").read_text())
+    nodes = by_name(plan(args(robot=str(mine), rviz="true"), PACKAGE, with_rviz))
+    assert nodes["rviz2"].arguments[1] == str(PACKAGE / "rviz" / "ant.rviz")
+    ros = tmp_path / "ros.yaml"
+    ros.write_text(yaml.safe_dump({"goal_reach": {"ros__parameters": {"robot_config": "ant"}}}))
+    nodes = by_name(plan(args(robot=str(ros), rviz="true"), PACKAGE, with_rviz))
+    assert nodes["rviz2"].arguments[1] == str(PACKAGE / "rviz" / "ant.rviz")
+    ros.write_text(yaml.safe_dump({"goal_reach": {"ros__parameters": {
+        "robot_config": str(mine)}}}))
+    nodes = by_name(plan(args(robot=str(ros), rviz="true"), PACKAGE, with_rviz))
+    assert nodes["rviz2"].arguments[1] == str(PACKAGE / "rviz" / "ant.rviz")
+    # A file that does not say its task: RViz needs a view named, the rest does not.
+    ros.write_text(yaml.safe_dump({"goal_reach": {"ros__parameters": {"policy": "p.onnx"}}}))
+    assert list(by_name(plan(args(robot=str(ros)), PACKAGE, with_rviz))) == ["goal_reach"]
+    with pytest.raises(LaunchError, match=r"no view for a robot whose task cannot be told.*"
+                                          r"rviz_config:="):
+        plan(args(robot=str(ros), rviz="true"), PACKAGE, with_rviz)
+    view = tmp_path / "mine.rviz"
+    view.write_text("Panels: []\n")
+    nodes = by_name(plan(args(robot=str(ros), rviz="true", rviz_config=str(view)), PACKAGE,
+                         with_rviz))
+    assert nodes["rviz2"].arguments == ["-d", str(view.resolve())]
+    with pytest.raises(LaunchError, match=r"rviz_config:=.*: no such file"):
+        plan(args(rviz="true", rviz_config=str(tmp_path / "none.rviz")), PACKAGE, with_rviz)
 
 
 def test_sim_time_makes_the_sim_publish_the_clock() -> None:
-    nodes = by_name(plan(args(sim="true", use_sim_time="true"), PACKAGE))
+    nodes = by_name(plan(args(sim="true", use_sim_time="true"), PACKAGE, with_rviz))
     assert nodes["sim_bridge"].parameters[-1] == {"publish_clock": True}
     assert nodes["goal_reach"].parameters[-1]["use_sim_time"] is True
     assert nodes["rviz2"].parameters == [{"use_sim_time": True}]

@@ -1,8 +1,10 @@
 """
 sim_bridge from the install: a floating-base robot's joint states, odometry and clock over ROS.
 
-The reacher's path (joint states, commands, telemetry) is covered by the closed loop; here the
-ant, whose base pose and twist go out as odometry, with the simulated clock on /clock.
+The reacher's path (joint states, forward commands, telemetry) is covered by the closed loop;
+here the ant, whose base pose and twist go out as odometry in REP-105's frames (odom ->
+base_link), with the simulated clock on /clock, and the reacher playing a
+joint_trajectory_controller.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ def test_sim_bridge_publishes_odometry_and_the_sim_clock_and_drops_bad_commands(
     topic = "/forward_position_controller/commands"
     commands = peer.node.create_publisher(Float64MultiArray, topic, 1)
     sim = start_node(executables["sim_bridge"], {"robot_config": "ant", "dr": "off",
-                                                 "publish_clock": True, "base_frame": "torso"})
+                                                 "publish_clock": True})
     wait_for(lambda: len(odom.messages) >= 5 and len(states.messages) >= 5, 180,
              "joint states and odometry", sim)
     joints = robot_config.load("ant").command_joints
     js = states.last()
     assert set(joints) <= set(js.name) and len(js.velocity) == len(js.name)
     o = odom.last()
-    assert (o.header.frame_id, o.child_frame_id) == ("world", "torso")
+    assert (o.header.frame_id, o.child_frame_id) == ("odom", "base_link")
     q = o.pose.pose.orientation
     assert abs(np.linalg.norm([q.w, q.x, q.y, q.z]) - 1.0) < 1e-6
     # Stamps are the simulated time that /clock carries.
@@ -61,6 +63,53 @@ def test_sim_bridge_publishes_odometry_and_the_sim_clock_and_drops_bad_commands(
              "the short command dropped", sim)
     for _ in range(5):
         published_until(good, lambda: None)
+    assert sim.stop() == 0
+    last = sim.text().strip().splitlines()[-1]
+    counts = dict(item.split(" ") for item in last.split(": ", 1)[1].split(", "))
+    assert int(counts["dropped"]) >= 1 and int(counts["commands"]) >= 1, last
+
+
+def test_sim_bridge_plays_a_joint_trajectory_controller(
+        executables: dict[str, Path], start_node: Any, peer: Peer,
+        ros_env: dict[str, str]) -> None:
+    """
+    command_interface trajectory: the last point's positions, by joint name, are the target.
+
+    A trajectory naming other joints is dropped, saying why; one that lists the reacher's
+    joints in reverse order drives each joint to its own position.
+    """
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    ros_env["JAX_PLATFORMS"] = "cpu"
+    states = peer.record(JointState, "/joint_states")
+    trajectories = peer.node.create_publisher(
+        JointTrajectory, "/joint_trajectory_controller/joint_trajectory", 1)
+    sim = start_node(executables["sim_bridge"], {"robot_config": "reacher", "dr": "off",
+                                                 "command_interface": "trajectory"})
+    wait_for(lambda: len(states.messages) >= 5, 180, "joint states", sim)
+    target = {"shoulder": -0.8, "elbow": 0.5}
+
+    def send(names: list[str]) -> None:
+        point = JointTrajectoryPoint(positions=[target.get(n, 0.0) for n in names])
+        point.time_from_start.nanosec = 40_000_000
+        trajectories.publish(JointTrajectory(joint_names=names, points=[point]))
+        time.sleep(0.04)
+
+    def dropped() -> bool:
+        send(["shoulder", "wrist"])
+        return "command dropped" in sim.text()
+
+    wait_for(dropped, 10, "the trajectory for other joints dropped", sim)
+    assert "trajectory joints ['shoulder', 'wrist']" in sim.text()
+
+    def reached() -> bool:
+        send(["elbow", "shoulder"])
+        js = states.last()
+        q = dict(zip(js.name, js.position, strict=True))
+        return all(abs(q[j] - v) < 0.05 for j, v in target.items())
+
+    wait_for(reached, 10, "the joints at the trajectory's positions", sim)
     assert sim.stop() == 0
     last = sim.text().strip().splitlines()[-1]
     counts = dict(item.split(" ") for item in last.split(": ", 1)[1].split(", "))
