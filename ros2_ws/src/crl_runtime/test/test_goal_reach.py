@@ -136,7 +136,7 @@ def stamp(msg: Any) -> float:
 
 
 def diag_status(diags: Any) -> Callable[[], dict[str, str]]:
-    """The newest diagnostics' values, read afresh at each call ({} before the first)."""
+    """Return a reader of the newest diagnostics' values ({} before the first)."""
     def status() -> dict[str, str]:
         last = diags.last()
         return diag_values(last) if last is not None else {}
