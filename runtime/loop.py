@@ -97,13 +97,17 @@ class FixedRateLoop:
             self.stats.period_error.add(now - deadline)
             on_tick(deadline, now)
             ticks += 1
-            deadline += self.period
-            late = self.clock() - deadline
-            if late >= 0:  # this tick's command went out after the next deadline: a miss
-                self.stats.counts["misses"] += 1
-                behind = int(late // self.period)  # whole periods gone: skip, do not burst
-                self.stats.counts["misses"] += behind
-                deadline += behind * self.period
+            deadline = self.count_misses(deadline + self.period)
+
+    def count_misses(self, deadline: float) -> float:
+        """The next deadline, counting a miss when this tick's command went out after it: then
+        the whole periods gone are skipped (each a miss too), not run back to back in a burst."""
+        late = self.clock() - deadline
+        if late >= 0:
+            behind = int(late // self.period)
+            self.stats.counts["misses"] += 1 + behind
+            deadline += behind * self.period
+        return deadline
 
 
 # The sample-locked loop (`SampleLockedLoop`). A tick may fire this far (a fraction of a period)
@@ -286,9 +290,4 @@ class SampleLockedLoop(FixedRateLoop):
                 expected = (self.next_expected(expected, arrival) if locked
                             else expected + self.period)
             locked = self.locked
-            late = self.clock() - expected
-            if late >= 0:  # busy when the next sample was due: a miss, whole periods skipped
-                counts["misses"] += 1
-                behind = int(late // self.period)
-                counts["misses"] += behind
-                expected += behind * self.period
+            expected = self.count_misses(expected)  # busy when the next sample was due
