@@ -195,6 +195,7 @@ class SimBridge(Node):
             f"dr {p['dr']}, seed {p['seed']}"
             + (f", clock {clock.ppm:+g} ppm" if clock.ppm else ""))
         self.publish()
+        robot.prefetch(1)  # the next episode's draw, ahead of its reset (as crl-sim robot does)
         start, n = clock.elapsed(), 0  # physics deadlines on the robot's clock
         while not stop.is_set():
             n += 1
@@ -228,6 +229,7 @@ class SimBridge(Node):
                 robot.reset(robot.episode.index + 1)
                 self.publish()
                 start = clock.elapsed() - n * period  # a reset is not a missed deadline
+                robot.prefetch(robot.episode.index + 1)  # from the next step's wait
                 continue
             self.publish()
         self.get_logger().info(", ".join(f"{k} {v}" for k, v in self.counts.items()))
