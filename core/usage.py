@@ -62,6 +62,8 @@ SEEDS = 2**32  # jax's PRNG keys hold 32 bits of a seed: beyond them seeds repea
 PORTS = 65535
 
 
+CM_PER_M = 100  # distances are metres in code and files, centimetres where printed
+
 def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -29,13 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crl.core.usage import CM_PER_M
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 BLOCK = re.compile(r"<!-- generated: (\S+)(?: (\S+))? -->\n(.*?)<!-- end generated -->\n",
                    re.DOTALL)
 TASKS_SOURCE = "crl.sim.tasks"
 LAYOUT_SOURCE = "layout"
-CM_PER_M = 100
 MS_PER_S = 1000
 BYTES_PER_MB = 1e6
 BYTES_PER_GB = 1e9

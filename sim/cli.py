@@ -26,11 +26,10 @@ import tyro
 from crl.core import plugins, usage
 from crl.core.plugins import Command
 from crl.core.spec import PolicySpec
-from crl.core.usage import USAGE_ERROR, run_command
+from crl.core.usage import CM_PER_M, USAGE_ERROR, run_command
 
 POLICIES = ("random",)  # later versions add run directories and ONNX files
 MIN_FRAME = 16  # pixels: the smallest frame the renderer draws
-CM_PER_M = 100
 
 
 class PolicyChoiceError(ValueError):

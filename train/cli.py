@@ -36,11 +36,10 @@ import tyro
 
 from crl.core import plugins, usage
 from crl.core.plugins import Command
-from crl.core.usage import USAGE_ERROR, ConfigError, run_command
+from crl.core.usage import CM_PER_M, USAGE_ERROR, ConfigError, run_command
 from crl.train.config import PRESETS, PresetName, TrainConfig, preset, validate
 
 PROG = "crl-train"
-CM_PER_M = 100
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
+from crl.core.usage import CM_PER_M
 from crl.train.config import TrainConfig
 
 
@@ -120,7 +121,7 @@ class RunLogger:
         self._progress.console.print(
             f"eval @ {record['env_steps']:>11,} steps: success {s['success_rate']:6.1%}  "
             f"time at goal {s['time_at_goal']:7.1f}  median final distance "
-            f"{s['final_distance_median']:.4f}"
+            f"{s['final_distance_median'] * CM_PER_M:.2f} cm"
             + (f"  (held-out DR: success {record['held_out']['success_rate']:.1%})"
                if "held_out" in record else ""),
             soft_wrap=True,  # one line per evaluation, also in logs piped to a file
