@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +48,21 @@ def learner_run(tmp_path_factory):
     (`jax.debug.callback`, traced in only for the learners: the collector's program is left as a
     run without learners compiles it)."""
     batches: dict[str, list[str]] = collections.defaultdict(list)
-    agent: list[str] = []  # the agent whose `sgd_step` is being traced
+    # The agent whose `sgd_step` is being traced, per thread: `compile_all` traces the learners'
+    # program in a worker thread while the main thread traces the collector's iteration.
+    tracing = threading.local()
     sgd_step, sample = agent_module.sgd_step, replay.sample
 
     def traced_sgd_step(setup, *args):
-        agent.append(setup.name)
+        previous, tracing.agent = getattr(tracing, "agent", None), setup.name
         try:
             return sgd_step(setup, *args)
         finally:
-            agent.pop()
+            tracing.agent = previous
 
     def recorded_sample(*args):
         batch, offset = sample(*args)
-        name = agent[-1]
+        name = tracing.agent
         if name != agent_module.COLLECTOR:
             jax.debug.callback(lambda *xs: batches[name].append(_digest(*xs)), *batch)
         return batch, offset
