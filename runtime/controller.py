@@ -195,11 +195,13 @@ class Controller:
 
     `rate_hz` overrides the spec's control rate (benchmarks); `speed` runs the clock that many
     times faster than real time (a faster-than-real-time sim robot): periods and the staleness
-    limit shrink with it, while the soft start keeps its length in ticks.
+    limit shrink with it, while the soft start keeps its length in ticks. `clock` is the loop's
+    (a simulator's under ROS use_sim_time): the statistics' rates and gaps are in its time.
     """
 
     def __init__(self, policy: Policy, config: RobotConfig, *, rate_hz: float | None = None,
-                 speed: float = 1.0, window: int = 4096):
+                 speed: float = 1.0, window: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
         spec: PolicySpec = policy.spec
         self.policy, self.spec, self.config = policy, spec, config
         self.assembler = ObservationAssembler(spec, config)  # checks config against spec
@@ -217,7 +219,7 @@ class Controller:
         self.command_joints = config.command_joints
         self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
         self.max_change = safety.max_action_change
-        self.stats = Stats(window, rate_hz=self.rate_hz * speed)
+        self.stats = Stats(window, rate_hz=self.rate_hz * speed, clock=clock)
         self.goal: NDArray[np.float32] | None = None
         self.goal_low = np.asarray(spec.goal.low) - safety.goal_margin
         self.goal_high = np.asarray(spec.goal.high) + safety.goal_margin

@@ -9,6 +9,12 @@ burst: a controller that is late must act on fresh data once, not catch up sever
 The wait sleeps until shortly before the deadline and spins the rest (`spin_s`): the kernel's
 sleep overshoots by tens to hundreds of microseconds, more on a busy machine, and a robot's
 control loop can afford a fraction of a core to remove it. `spin_s=0` sleeps all the way.
+
+A loop can also run on a clock that is not this computer's: a simulator's (ROS `/clock` under
+`use_sim_time`), which may run at any pace and steps back when the simulation resets. The loop
+then reads it every `max_sleep_s` of real time instead of sleeping a whole wait, and reads it
+through a `SteppedClock`, which never goes back, so a reset neither stalls the grid nor ages
+what the controller holds.
 """
 
 from __future__ import annotations
@@ -27,6 +33,32 @@ from crl.runtime.controller import Stats
 Clock = Callable[[], float]
 L = TypeVar("L")
 DEFAULT_SPIN_S = 0.0005
+# How often (real seconds) a loop on a simulator's clock reads it while it waits: a tenth of a
+# 100 Hz period, so a tick is late by at most that in real time, whatever the simulator's pace.
+SIM_CLOCK_POLL_S = 0.001
+
+
+class SteppedClock:
+    """A clock that may step back (a simulator's, reset), seen as one that never does: a step
+    back is taken out, so this view stands still at the step and goes on from there at the
+    clock's pace. Read from any thread."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._offset = 0.0
+        self._last = -math.inf
+        self.steps_back = 0
+
+    def __call__(self) -> float:
+        with self._lock:
+            now = self.clock() + self._offset
+            if now < self._last:
+                self._offset += self._last - now
+                self.steps_back += 1
+                now = self._last
+            self._last = now
+            return now
 
 
 REALTIME_PRIORITY = 50
@@ -64,17 +96,22 @@ class FixedRateLoop:
     """Calls `on_tick(deadline, now)` once per period until `stop` is set."""
 
     def __init__(self, period: float, stats: Stats, *, clock: Clock = time.monotonic,
-                 spin_s: float = DEFAULT_SPIN_S):
+                 spin_s: float = DEFAULT_SPIN_S, max_sleep_s: float = math.inf):
+        """`max_sleep_s`: the longest real sleep between two readings of `clock` (finite for a
+        clock that is not this computer's, e.g. SIM_CLOCK_POLL_S)."""
         if not (math.isfinite(period) and period > 0):
             raise ValueError(f"period: must be positive, got {period}")
+        if not max_sleep_s > 0:
+            raise ValueError(f"max_sleep_s: must be positive, got {max_sleep_s}")
         self.period, self.stats, self.clock = period, stats, clock
-        self.spin_s = max(0.0, spin_s)
+        self.spin_s, self.max_sleep_s = max(0.0, spin_s), max_sleep_s
 
     def wait_until(self, deadline: float) -> float:
         """Sleep, then spin, until `deadline`; returns the time woken."""
-        remaining = deadline - self.clock() - self.spin_s
-        if remaining > 0:
-            time.sleep(remaining)
+        while (remaining := deadline - self.clock() - self.spin_s) > 0:
+            time.sleep(min(remaining, self.max_sleep_s))
+            if self.max_sleep_s == math.inf:
+                break
         now = self.clock()
         while now < deadline:
             now = self.clock()
@@ -154,8 +191,8 @@ class ArrivalSignal:
     """`Samples` handed over by another thread: `note` each usable sample as it is taken (a ROS
     subscription callback), the loop's thread `wait`s for them."""
 
-    def __init__(self, clock: Clock = time.monotonic):
-        self.clock = clock
+    def __init__(self, clock: Clock = time.monotonic, max_sleep_s: float = math.inf):
+        self.clock, self.max_sleep_s = clock, max_sleep_s  # as FixedRateLoop's
         self._cond = threading.Condition()
         self._count = 0
         self._reported = 0
@@ -177,7 +214,7 @@ class ArrivalSignal:
                 remaining = until - self.clock()
                 if remaining <= 0:
                     return None
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, self.max_sleep_s))
             self._reported = self._count
             return self._last
 
@@ -204,8 +241,9 @@ class SampleLockedLoop(FixedRateLoop):
     """
 
     def __init__(self, period: float, stats: Stats, samples: Samples, *,
-                 clock: Clock = time.monotonic, spin_s: float = DEFAULT_SPIN_S):
-        super().__init__(period, stats, clock=clock, spin_s=spin_s)
+                 clock: Clock = time.monotonic, spin_s: float = DEFAULT_SPIN_S,
+                 max_sleep_s: float = math.inf):
+        super().__init__(period, stats, clock=clock, spin_s=spin_s, max_sleep_s=max_sleep_s)
         self.samples = samples
         self.window = WINDOW * period
         self.rate_period = period  # the robot's period as the loop estimates it

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from crl.runtime.controller import Stats
-from crl.runtime.loop import LOCK_TICKS, WINDOW, ArrivalSignal, SampleLockedLoop
+from crl.runtime.loop import (
+    LOCK_TICKS,
+    SIM_CLOCK_POLL_S,
+    WINDOW,
+    ArrivalSignal,
+    FixedRateLoop,
+    SampleLockedLoop,
+    SteppedClock,
+)
 
 PERIOD = 0.04  # 25 Hz, the reacher's rate
 
@@ -219,3 +227,71 @@ def test_arrival_signal_reports_each_sample_once_across_threads() -> None:
     signal.note(5.0)
     signal.acted()
     assert signal.wait(time.monotonic() + 0.01) is None
+
+
+# -- a simulator's clock (ROS /clock under use_sim_time) ------------------------------------
+
+
+class PacedClock:
+    """A simulator's clock: `speed` × real time from its start, stepped back by `back` seconds
+    after `reset_after` seconds of its own time; counts its readings."""
+
+    def __init__(self, speed: float, reset_after: float = float("inf"), back: float = 0.0):
+        self.start, self.speed = time.monotonic(), speed
+        self.reset_after, self.back = reset_after, back
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        t = (time.monotonic() - self.start) * self.speed
+        return t - self.back if t > self.reset_after else t
+
+
+def test_a_stepped_clock_never_goes_back_and_keeps_the_clocks_pace() -> None:
+    """A simulator reset steps its clock back; the loop's view stands still at the step and goes
+    on from there at the clock's pace, and counts the step."""
+    raw = iter([1.0, 2.0, 3.0, 0.5, 0.6, 0.7, 0.2, 0.4])
+    view = SteppedClock(lambda: next(raw))
+    seen = [view() for _ in range(8)]
+    assert seen == pytest.approx([1.0, 2.0, 3.0, 3.0, 3.1, 3.2, 3.2, 3.4])
+    assert view.steps_back == 2
+
+
+def test_a_wait_on_a_slower_clock_ends_on_that_clock_and_does_not_spin() -> None:
+    """At half real time, 60 ms of the simulator's clock take 120 ms of real time: the wait
+    ends no earlier than the deadline on the simulator's clock, reading it about once a
+    millisecond (SIM_CLOCK_POLL_S), not spinning on it, nor sleeping 60 ms of real time and
+    reading it once."""
+    start = time.monotonic()  # before the simulator's clock starts
+    clock = PacedClock(speed=0.5)
+    loop = FixedRateLoop(PERIOD, Stats(clock=clock), clock=clock, spin_s=0.0,
+                         max_sleep_s=SIM_CLOCK_POLL_S)
+    woken = loop.wait_until(0.06)
+    assert woken >= 0.06 and time.monotonic() - start >= 0.12
+    assert 10 < clock.reads < 0.5 / SIM_CLOCK_POLL_S  # a spin reads it millions of times
+
+
+def test_an_arrival_wait_on_a_slower_clock_times_out_on_that_clock() -> None:
+    start = time.monotonic()
+    clock = PacedClock(speed=0.5)
+    samples = ArrivalSignal(clock, max_sleep_s=SIM_CLOCK_POLL_S)
+    assert samples.wait(0.03) is None
+    assert clock() >= 0.03 and time.monotonic() - start >= 0.06
+    samples.note(clock())
+    assert samples.wait(0.0) is not None and samples.count == 1
+
+
+def test_the_sample_locked_loop_ticks_on_through_a_simulator_reset() -> None:
+    """A 25 Hz loop on a simulator's clock that steps back 10 s after 0.3 s (a reset), seen
+    through a SteppedClock: 25 ticks span 24 periods of the simulator's time, as without the
+    step; read directly, the loop would wait out the 10 s (its grid is ahead of the clock)."""
+    clock = PacedClock(speed=1.0, reset_after=0.3, back=10.0)
+    view = SteppedClock(clock)
+    stats = Stats(clock=view)
+    loop = SampleLockedLoop(PERIOD, stats, ArrivalSignal(view, SIM_CLOCK_POLL_S), clock=view,
+                            spin_s=0.0, max_sleep_s=SIM_CLOCK_POLL_S)
+    ticks: list[float] = []
+    loop.run(lambda _deadline, now: ticks.append(now), threading.Event(), max_ticks=25)
+    assert view.steps_back >= 1
+    span = ticks[-1] - ticks[0]
+    assert 23 * PERIOD <= span < 24 * PERIOD + 2.0  # the grid kept; the 10 s not waited out

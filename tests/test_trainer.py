@@ -280,6 +280,26 @@ def test_presets_are_valid_and_paper_is_table_2() -> None:
     assert (p.network.width, p.network.repr_dim, p.network.residual) == (256, 64, True)
 
 
+def test_lr_decay_is_a_cosine_over_the_runs_sgd_steps() -> None:
+    """lr_decay 1 keeps the paper's constant rate (no schedule in the optimiser); below 1 the
+    actor's and critic's rates fall along a cosine from the rate at the first SGD step to that
+    fraction of it at the run's last, counted by the optimiser (so a resume keeps its place)."""
+    from crl.train.agent import learning_rate
+
+    config = preset("quick", "reacher", total_steps=1_200_000)
+    assert learning_rate(3e-4, config) == 3e-4
+    assert config.sgd_steps_total == (config.iterations - config.prefill_iterations) * 64
+    config = dataclasses.replace(config, algo=dataclasses.replace(config.algo, lr_decay=0.1))
+    schedule = learning_rate(3e-4, config)
+    assert callable(schedule)
+    rates = [float(schedule(k)) for k in np.linspace(0, config.sgd_steps_total, 9)]
+    assert rates[0] == pytest.approx(3e-4) and rates[-1] == pytest.approx(3e-5)
+    assert rates[4] == pytest.approx(0.5 * (3e-4 + 3e-5))  # halfway down a cosine
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    with pytest.raises(ConfigError, match="lr_decay: must be in"):
+        validate(dataclasses.replace(config, algo=dataclasses.replace(config.algo, lr_decay=0.0)))
+
+
 # The paper's env steps per task (Figure 1's x-axes; Table 7: "100M-400M, varying across
 # tasks"); tasks outside its ten get its code's default, 100M.
 PAPER_BUDGETS = {
@@ -325,6 +345,7 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
             "actor_lr": 3e-4,
             "critic_lr": 3e-4,
             "alpha_lr": 3e-4,
+            "lr_decay": 1.0,
             "action_rate_penalty": 0.0,
             "temporal_penalty": 0.0,
             "spatial_penalty": 0.0,

@@ -107,11 +107,19 @@ def _agent_setup(config: TrainConfig, env: Any, name: str) -> Setup:
         config=config,
         env=env,
         nets=make_networks(config.network, env.spec.act_dim),
-        actor_tx=optax.adam(a.actor_lr),
-        critic_tx=optax.adam(a.critic_lr),
+        actor_tx=optax.adam(learning_rate(a.actor_lr, config)),
+        critic_tx=optax.adam(learning_rate(a.critic_lr, config)),
         alpha_tx=optax.adam(a.alpha_lr),
         name=name,
     )
+
+
+def learning_rate(rate: float, config: TrainConfig) -> float | optax.Schedule:
+    """`rate`, constant, or along a cosine to `lr_decay` of it at the run's last SGD step (the
+    schedule counts the optimiser's own updates, so it is checkpointed and resumes with it)."""
+    if config.algo.lr_decay == 1.0:
+        return rate  # the paper's constant rate: no schedule state in the optimiser
+    return optax.cosine_decay_schedule(rate, config.sgd_steps_total, alpha=config.algo.lr_decay)
 
 
 def learner_config(config: TrainConfig, depth: int) -> TrainConfig:

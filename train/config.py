@@ -142,6 +142,10 @@ class AlgoConfig:
     """Learning rate of the critic encoders' Adam."""
     alpha_lr: float = 3e-4
     """Learning rate of the entropy coefficient α's Adam."""
+    lr_decay: float = 1.0
+    """The actor's and critic's learning rates fall along a cosine to this fraction of their
+    value at the run's last SGD step (1.0: constant, the paper's): a run trained longer ends
+    steadier, not still moving at full rate."""
     action_rate_penalty: float = 0.0
     """Weight of mean ‖π(s, g) − last action‖² in the actor loss (0: the paper's loss); needs the
     task's `last_action` observation field."""
@@ -232,6 +236,11 @@ class TrainConfig:
         min_replay_steps per env."""
         return math.ceil(self.replay.min_replay_steps / self.replay.unroll_length) - 1
 
+    @property
+    def sgd_steps_total(self) -> int:
+        """SGD steps over the whole run: every iteration from the one that ends the prefill."""
+        return max(1, self.iterations - self.prefill_iterations) * self.sgd_steps_per_iteration
+
     def to_dict(self) -> dict[str, Any]:
         """config.json's form: the format, every field, and the sizes derived from them."""
         out = {"format": RUN_FORMAT, **dataclasses.asdict(self)}
@@ -241,6 +250,7 @@ class TrainConfig:
             "sgd_steps_per_iteration": self.sgd_steps_per_iteration,
             "iterations": self.iterations,
             "prefill_iterations": self.prefill_iterations,
+            "sgd_steps_total": self.sgd_steps_total,
         }
         return out
 
@@ -454,6 +464,8 @@ def _check_algo(a: AlgoConfig) -> None:
                          ("spatial_sigma", a.spatial_sigma)):
         if not (math.isfinite(weight) and weight >= 0):
             _fail(name, f"must be >= 0 and finite, got {weight}")
+    if not (math.isfinite(a.lr_decay) and 0.0 < a.lr_decay <= 1.0):
+        _fail("lr_decay", f"must be in (0, 1], got {a.lr_decay}")
     for name, weight in (("logsumexp_penalty", a.logsumexp_penalty),
                          ("entropy_scale", a.entropy_scale)):
         if not (math.isfinite(weight) and weight >= 0):

@@ -19,6 +19,11 @@ loop's grid following the robot's clock, with a watchdog on this computer's cloc
 stop); a dedicated thread measured lower period jitter than an rclpy timer
 (test/measure_jitter.py). A joint state callback converts its message, hands it to the
 controller and signals the loop at once; a tick uses the newest.
+
+Time: the loop, the staleness limit and the latency figures run on this computer's monotonic
+clock; under `use_sim_time` they all run on the node clock (the simulator's /clock, read every
+millisecond of real time, a reset's step back taken out), so a simulator slower or faster than
+real time gets the policy's control rate in its own time.
 On SIGINT/SIGTERM the node publishes the safe action once and exits.
 """
 
@@ -47,7 +52,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from crl.runtime import robot_config
 from crl.runtime.controller import STALL_PERIODS, Command, Controller
-from crl.runtime.loop import ArrivalSignal, SampleLockedLoop, set_realtime
+from crl.runtime.loop import (
+    SIM_CLOCK_POLL_S,
+    ArrivalSignal,
+    SampleLockedLoop,
+    SteppedClock,
+    set_realtime,
+)
 from crl.runtime.messages import new_session
 from crl.runtime.observation import ObservationError
 from crl.runtime.policy import PolicyError, load_policy
@@ -101,6 +112,11 @@ class GoalReach(Node):
     def __init__(self) -> None:
         super().__init__("goal_reach")
         self.params = p = declare(self, GOAL_REACH)
+        # The loop's time base: this computer's monotonic clock, or under use_sim_time the
+        # node clock, read often (it may run at any pace) and never going back (a reset).
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
+        self.loop_clock = SteppedClock(self.now_s) if self.sim_time else time.monotonic
+        self.max_sleep_s = SIM_CLOCK_POLL_S if self.sim_time else math.inf
         self.controller = self._controller(p)
         c = self.controller
         spec = c.spec
@@ -120,8 +136,8 @@ class GoalReach(Node):
         self.seq = 0
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.started = threading.Event()  # the controller has its first observation
-        self.arrivals = ArrivalSignal()  # joint states the controller took, for the loop
-        self.first_arrival = math.nan  # time.monotonic of the one that started the controller
+        self.arrivals = ArrivalSignal(self.loop_clock, self.max_sleep_s)  # for the loop
+        self.first_arrival = math.nan  # loop_clock of the one that started the controller
         self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
         self.velocities = JointVelocities()  # for joint states that carry positions only
         self.base: BaseState | None = None
@@ -155,7 +171,9 @@ class GoalReach(Node):
                    " only (tf2_ros is not installed: no other frame can be transformed)")
         self.get_logger().info(
             f"policy {p['policy']} ({c.policy.backend}, sha256 {self.policy_sha256[:12]}), "
-            f"task {spec.task}, {c.rate_hz:g} Hz, goals in {frames} ({self.axes}) "
+            f"task {spec.task}, {c.rate_hz:g} Hz"
+            f"{' of simulated time (use_sim_time: /clock)' if self.sim_time else ''}, "
+            f"goals in {frames} ({self.axes}) "
             f"on {p['goal_pose_topic']} and {p['clicked_point_topic']}, commands "
             f"({self.interface}, {c.kind}) on {self.command_topic} for joints "
             f"{list(c.command_joints)}")
@@ -175,7 +193,7 @@ class GoalReach(Node):
                           "soft_start")}
             overrides["safe_action"] = p["safe_action"] or None
             config = config.replace_safety(**overrides)
-            return Controller(policy, config)
+            return Controller(policy, config, clock=self.loop_clock)
         except (PolicyError, robot_config.RobotConfigError, ObservationError) as e:
             raise NodeStartupError(str(e)) from None
 
@@ -210,12 +228,12 @@ class GoalReach(Node):
 
         Refusing here, before the controller holds it, means a bad message never displaces a
         good one the next tick has not used yet. Its age is measured on the node clock (stamp
-        against the clock at arrival) and carried onto the monotonic clock the loop runs on,
-        never later than its arrival. A message without velocities gets them by finite
+        against the clock at arrival) and carried onto the clock the loop runs on, never later
+        than its arrival. A message without velocities gets them by finite
         differences over the stamps (`JointVelocities`); the first such one has no previous
         position, so the controller starts on the second.
         """
-        received_mono, received_ros = time.monotonic(), self.now_s()
+        received, received_ros = self.loop_clock(), self.now_s()
         self.counts["joint_states_received"] += 1
         self.seq += 1
         try:
@@ -230,18 +248,18 @@ class GoalReach(Node):
             self.get_logger().warning(f"joint state refused: {e}",
                                       throttle_duration_sec=WAIT_LOG_S)
             return
-        obs_time = received_mono - max(0.0, received_ros - obs.stamp)
+        obs_time = received - max(0.0, received_ros - obs.stamp)
         with self.lock:
             if self.started.is_set():
-                self.controller.observe(obs, obs_time, received_mono)
-                self.arrivals.note(received_mono)
+                self.controller.observe(obs, obs_time, received)
+                self.arrivals.note(received)
                 return
             try:
-                self.controller.start(obs, obs_time, received_mono)
+                self.controller.start(obs, obs_time, received)
             except ObservationError as e:
                 self.waiting_for = f"the robot's joint states do not fit the policy: {e}"
                 return
-        self.first_arrival = received_mono
+        self.first_arrival = received
         self.started.set()
 
     def _on_odometry(self, msg: Odometry) -> None:
@@ -369,7 +387,7 @@ class GoalReach(Node):
             with self.lock:
                 cmd = c.tick(now)
             self.publish_command(cmd)
-            c.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
+            c.stats.end_to_end.add(self.loop_clock() - cmd.obs_received)
             if cmd.mode != last_mode:
                 self._log_mode(cmd.mode, last_mode)
                 last_mode = cmd.mode
@@ -379,7 +397,9 @@ class GoalReach(Node):
             if ticks % marker_every == 0:
                 self.marker_pub.publish(self.markers(cmd))
 
-        loop = SampleLockedLoop(c.period, c.stats, self.arrivals, spin_s=p["spin_s"])
+        loop = SampleLockedLoop(c.period, c.stats, self.arrivals, clock=self.loop_clock,
+                                spin_s=0.0 if self.sim_time else p["spin_s"],
+                                max_sleep_s=self.max_sleep_s)
         loop.run(on_tick, stop, start=self.first_arrival + c.period)
 
     def _log_mode(self, mode: str, previous: str) -> None:
@@ -426,7 +446,9 @@ class GoalReach(Node):
         c = self.controller
         return {**c.stats.to_dict(), **self.counts, "backend": c.policy.backend,
                 "policy_hz": c.rate_hz, "policy": self.params["policy"],
-                "policy_sha256": self.policy_sha256, "command_topic": self.command_topic}
+                "policy_sha256": self.policy_sha256, "command_topic": self.command_topic,
+                "clock": "sim" if self.sim_time else "steady",
+                "clock_steps_back": getattr(self.loop_clock, "steps_back", 0)}
 
     def diagnostics(self) -> DiagnosticArray:
         """

@@ -9,6 +9,7 @@ with the sim only where rviz2 is installed; `rviz:=true` without it is refused, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "rviz_config": ("", "RViz view (.rviz); empty: the package's rviz/<task>.rviz for the "
                     "robot."),
     "use_sim_time": ("false", "Run the nodes on /clock (the sim_bridge then publishes it)."),
+    "real_time_factor": ("1.0", "With sim: the simulation's pace against real time (0.5: half "
+                         "real time); other than 1 needs use_sim_time:=true."),
 }
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off")
@@ -122,6 +125,27 @@ def robot_parameters(robot: str, share: Path) -> tuple[list[Any], str]:
                       "...) nor a crl.runtime robot config (task: ...)")
 
 
+def real_time_factor(value: str, sim: bool, sim_time: bool) -> float:
+    """
+    Read real_time_factor: a positive number, other than 1 only for the sim on sim time.
+
+    A node on this computer's clock would run the policy at its rate of real time, not of the
+    simulation's.
+    """
+    try:
+        speed = float(value)
+    except ValueError:
+        speed = math.nan
+    if not (math.isfinite(speed) and speed > 0):
+        raise LaunchError(f"real_time_factor:={value}: expected a positive number")
+    if speed != 1.0 and not sim:
+        raise LaunchError(f"real_time_factor:={value}: only the sim (sim:=true) has a pace")
+    if speed != 1.0 and not sim_time:
+        raise LaunchError(f"real_time_factor:={value}: needs use_sim_time:=true, else the "
+                          "policy runs at its rate in real time, not in the simulation's")
+    return speed
+
+
 def rviz_view(args: dict[str, str], share: Path, task: str) -> str:
     """Pick the RViz view: rviz_config, else the package's view of the robot's task."""
     if args["rviz_config"]:
@@ -156,6 +180,7 @@ def plan(args: dict[str, str], share: Path,
     sim = flag(args, "sim")
     rviz = flag({"rviz": args["rviz"] or args["sim"]}, "rviz")
     sim_time = flag(args, "use_sim_time")
+    speed = real_time_factor(args["real_time_factor"], sim, sim_time)
     files, task = robot_parameters(args["robot"], share)
     if rviz and not is_installed("rviz2"):
         if args["rviz"]:
@@ -168,7 +193,7 @@ def plan(args: dict[str, str], share: Path,
     nodes = []
     if sim:
         nodes.append(NodeSpec("crl_runtime", "sim_bridge", "sim_bridge",
-                              [*files, {"publish_clock": sim_time}]))
+                              [*files, {"publish_clock": sim_time, "real_time_factor": speed}]))
     nodes.append(NodeSpec("crl_runtime", "goal_reach", "goal_reach", [*files, overrides]))
     if rviz:
         nodes.append(NodeSpec("rviz2", "rviz2", "rviz2", [{"use_sim_time": sim_time}],

@@ -118,8 +118,12 @@ SIM_BRIDGE: tuple[Param, ...] = (
           "TF odom -> base (REP-105's base_link)."),
     Param("map_frame", "map", "Parent of the identity transform map -> odom the sim publishes "
           "as a static transform (tf2_ros only): the sim's localization is perfect."),
-    Param("publish_clock", False, "Publish the simulated time on /clock (for nodes run with "
-          "use_sim_time) and stamp messages with it."),
+    Param("publish_clock", False, "Publish the simulated time on /clock at every physics step "
+          "(for nodes run with use_sim_time) and stamp messages with it."),
+    Param("real_time_factor", 1.0, "Pace of the simulation against real time: 0.5 runs it at "
+          "half real time (a slower simulator), 2 at twice; within (0, 10]. A node that "
+          "controls it then needs use_sim_time and publish_clock, or its control rate is "
+          "wrong in the simulation's time."),
     Param("episodes", 0, "Stop after this many episodes; 0 runs until shut down."),
     Param("clock_ppm", 0.0, "The simulated robot's clock (its physics pace) runs this many parts "
           "per million fast, or slow if negative, against this computer's, as a separate "

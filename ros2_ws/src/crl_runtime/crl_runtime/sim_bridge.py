@@ -6,13 +6,16 @@ draw's sensor noise), odometry and TF for a floating base (REP-105: odom -> base
 map -> odom as a static identity, the sim's perfect localization), and the command topic of a
 forward command controller or a joint_trajectory_controller (each trajectory's last point is
 the target), applied from the next physics step after the draw's action delay. Physics runs
-in real time on absolute deadlines in its own thread; episodes restart every episode length,
+on absolute deadlines in its own thread, in real time or `real_time_factor` times it (a slower
+or faster simulator; with `publish_clock`, /clock carries the simulated time at every physics
+step, for nodes run with use_sim_time); episodes restart every episode length,
 as `crl-sim robot` does, and each control step's true achieved goal goes out on a telemetry
 topic for scoring (a real robot has no such topic).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -36,6 +39,9 @@ from crl_runtime.node_runner import (
 )
 from crl_runtime.parameters import SIM_BRIDGE, declare
 
+# Faster than this, the physics thread of a small computer cannot keep up anyway.
+MAX_REAL_TIME_FACTOR = 10.0
+
 
 class SimBridge(Node):
     """The node; `run` is the physics thread's body."""
@@ -49,6 +55,7 @@ class SimBridge(Node):
             from crl.testbed.robot import SimRobot
 
             self.clock = RobotClock(p["clock_ppm"])
+            self.speed = real_time_factor(p["real_time_factor"])
             self.get_logger().info(f"{config.task}: building the sim robot (jax compiles the "
                                    "env's reset; this takes a while on a small CPU)")
             self.robot = SimRobot(config.task, dr=p["dr"], seed=p["seed"])
@@ -130,11 +137,14 @@ class SimBridge(Node):
         ns = round(self.sim_steps * self.robot.timestep * 1e9)
         return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
+    def publish_clock(self) -> None:
+        """Publish the simulated time on /clock (every physics step, when asked to)."""
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=self.stamp()))
+
     def measure(self) -> None:
         """Publish the measurements: joint states and, for a floating base, odometry and TF."""
         stamp = self.stamp()
-        if self.clock_pub is not None:
-            self.clock_pub.publish(Clock(clock=stamp))
         r = self.robot.observation()
         js = JointState(name=list(r.joint_names), position=r.joint_pos.tolist(),
                         velocity=r.joint_vel.tolist())
@@ -184,7 +194,8 @@ class SimBridge(Node):
 
         robot, p, clock = self.robot, self.params, self.clock
         robot.reset(0)
-        period, lag_limit = robot.timestep, robot.control_period
+        # Physics deadlines on the robot's clock: a step of simulated time every period.
+        period, lag_limit = robot.timestep / self.speed, robot.control_period / self.speed
         every_step = p["state_rate"] == "physics"
         self.get_logger().info(
             f"{robot.task}: publishing {p['joint_states_topic']}"
@@ -193,7 +204,10 @@ class SimBridge(Node):
             f"{self.command_topic} ({self.interface}, {robot.action_kind}, joints "
             f"{list(self.command_joints)}), "
             f"dr {p['dr']}, seed {p['seed']}"
-            + (f", clock {clock.ppm:+g} ppm" if clock.ppm else ""))
+            + (f", clock {clock.ppm:+g} ppm" if clock.ppm else "")
+            + (f", {self.speed:g}x real time" if self.speed != 1.0 else "")
+            + (", simulated time on /clock" if self.clock_pub is not None else ""))
+        self.publish_clock()
         self.publish()
         robot.prefetch(1)  # the next episode's draw, ahead of its reset (as crl-sim robot does)
         start, n = clock.elapsed(), 0  # physics deadlines on the robot's clock
@@ -216,6 +230,7 @@ class SimBridge(Node):
                     self.get_logger().warning(f"command dropped: {e}", throttle_duration_sec=5.0)
             robot.step_physics()
             self.sim_steps += 1
+            self.publish_clock()
             if robot.physics_steps % robot.substeps:
                 if every_step:
                     self.measure()
@@ -237,6 +252,14 @@ class SimBridge(Node):
 
     def shutdown(self) -> None:
         """Nothing to leave behind: the simulated robot stops with the process."""
+
+
+def real_time_factor(value: float) -> float:
+    """Check the simulation's pace against real time; refuse one no simulator runs at."""
+    if not (math.isfinite(value) and 0.0 < value <= MAX_REAL_TIME_FACTOR):
+        raise NodeStartupError(f"parameter real_time_factor: must be in (0, "
+                               f"{MAX_REAL_TIME_FACTOR:g}], got {value}")
+    return value
 
 
 def main(args: list[str] | None = None) -> int:

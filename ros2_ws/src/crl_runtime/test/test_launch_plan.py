@@ -106,9 +106,16 @@ def test_a_robot_file_of_either_kind_gets_the_view_of_its_task(tmp_path: Path) -
 
 def test_sim_time_makes_the_sim_publish_the_clock() -> None:
     nodes = by_name(plan(args(sim="true", use_sim_time="true"), PACKAGE, with_rviz))
-    assert nodes["sim_bridge"].parameters[-1] == {"publish_clock": True}
+    assert nodes["sim_bridge"].parameters[-1] == {"publish_clock": True, "real_time_factor": 1.0}
     assert nodes["goal_reach"].parameters[-1]["use_sim_time"] is True
     assert nodes["rviz2"].parameters == [{"use_sim_time": True}]
+
+
+def test_a_slower_sim_runs_on_sim_time_only() -> None:
+    nodes = by_name(plan(args(sim="true", use_sim_time="true", real_time_factor="0.5"), PACKAGE))
+    assert nodes["sim_bridge"].parameters[-1] == {"publish_clock": True, "real_time_factor": 0.5}
+    with pytest.raises(LaunchError, match="needs use_sim_time:=true"):
+        plan(args(sim="true", real_time_factor="0.5"), PACKAGE)
 
 
 def test_robot_may_be_a_crl_robot_config_or_a_ros_parameter_file(tmp_path: Path) -> None:
@@ -128,6 +135,10 @@ def test_robot_may_be_a_crl_robot_config_or_a_ros_parameter_file(tmp_path: Path)
     ({"sim": "maybe"}, "sim:=maybe: expected true or false"),
     ({"robot": "walker"}, "not a shipped robot (ant, ant_u_maze, arm_reach, humanoid, reacher)"),
     ({"robot": "/nonexistent/robot.yaml"}, "no such file"),
+    ({"real_time_factor": "0"}, "real_time_factor:=0: expected a positive number"),
+    ({"real_time_factor": "nan"}, "real_time_factor:=nan: expected a positive number"),
+    ({"real_time_factor": "fast"}, "real_time_factor:=fast: expected a positive number"),
+    ({"real_time_factor": "2", "use_sim_time": "true"}, "only the sim"),
 ])
 def test_bad_arguments_say_which_and_why(changes: dict[str, str], message: str) -> None:
     with pytest.raises(LaunchError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import Peer, wait_for
+from conftest import Peer, diag_values, wait_for
 
 from crl.runtime import robot_config
+
+RATE = 25.0  # the reacher policy's control rate, Hz
 
 
 def test_sim_bridge_publishes_odometry_and_the_sim_clock_and_drops_bad_commands(
@@ -114,3 +116,45 @@ def test_sim_bridge_plays_a_joint_trajectory_controller(
     last = sim.text().strip().splitlines()[-1]
     counts = dict(item.split(" ") for item in last.split(": ", 1)[1].split(", "))
     assert int(counts["dropped"]) >= 1 and int(counts["commands"]) >= 1, last
+
+
+def test_goal_reach_on_sim_time_keeps_its_rate_in_a_simulation_at_half_real_time(
+        executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer,
+        ros_env: dict[str, str]) -> None:
+    """
+    Run goal_reach with use_sim_time on a sim_bridge at half real time.
+
+    The policy's 25 Hz hold in the simulation's time (/clock), which is 12.5 commands a second
+    of real time; on this computer's clock it would be 25 a real second, 50 a simulated one.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import Float64MultiArray
+
+    ros_env["JAX_PLATFORMS"] = "cpu"
+    commands = peer.record(Float64MultiArray, "/forward_position_controller/commands")
+    clock = peer.record(Clock, "/clock")
+    diags = peer.record(DiagnosticArray, "/diagnostics")
+    node = start_node(executables["goal_reach"], {"policy": random_policy,
+                                                  "robot_config": "reacher",
+                                                  "use_sim_time": True})
+    sim = start_node(executables["sim_bridge"], {"robot_config": "reacher", "dr": "off",
+                                                 "publish_clock": True, "real_time_factor": 0.5})
+    wait_for(lambda: len(commands.messages) >= 25, 240, "commands on sim time", node)
+
+    def now() -> tuple[float, int, float]:
+        sim_time = clock.last().clock
+        return time.monotonic(), len(commands.messages), sim_time.sec + 1e-9 * sim_time.nanosec
+
+    real0, count0, sim0 = now()
+    time.sleep(6.0)
+    real1, count1, sim1 = now()
+    sent = count1 - count0
+    per_sim_s, per_real_s = sent / (sim1 - sim0), sent / (real1 - real0)
+    said = (f"{sent} commands in {sim1 - sim0:.2f} s simulated, {real1 - real0:.2f} s real\n"
+            f"{node.text()[-1500:]}\n{sim.text()[-1500:]}")
+    assert 0.85 * RATE <= per_sim_s <= 1.15 * RATE, said
+    assert per_real_s <= 0.65 * RATE, said  # the simulation's pace, not this computer's
+    status = diag_values(wait_for(diags.last, 10, "diagnostics", node))
+    assert status["clock"] == "sim", status
+    assert 0.8 * RATE <= float(status["rate_hz"]) <= 1.2 * RATE, status
