@@ -29,8 +29,9 @@ from crl.runtime.bench import device_info
 from crl.sim.setup import setup_jax
 from crl.train.checkpoint import best_step, checkpoint_steps
 
-RECIPE_FIELDS = ("action_rate_penalty", "temporal_penalty", "spatial_penalty", "spatial_sigma",
-                 "gamma")
+# The recipe's fields, each with its value in a run that predates it.
+RECIPE_FIELDS = {"action_rate_penalty": 0.0, "temporal_penalty": 0.0, "spatial_penalty": 0.0,
+                 "spatial_sigma": 0.0, "gamma": 0.0, "lr_decay": 1.0}
 
 
 def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, An
         "run": str(run_dir),
         "seed": config["seed"],
         "total_steps": config["total_steps"],
-        "recipe": {k: config["algo"].get(k, 0.0) for k in RECIPE_FIELDS},
+        "recipe": {k: config["algo"].get(k, old) for k, old in RECIPE_FIELDS.items()},
         "action_scale": spec["action"]["scale"],
         "best_step": best_step(run_dir),
         "checkpoints": [

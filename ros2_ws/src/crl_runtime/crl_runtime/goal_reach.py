@@ -90,8 +90,12 @@ from crl_runtime.parameters import GOAL_REACH, declare
 SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
 COUNTERS = ("joint_states_received", "observation_malformed", "observation_nonfinite",
-            "observation_no_velocity", "odometry_nonfinite", "odometry_wrong_frame")
+            "observation_no_velocity", "odometry_nonfinite", "odometry_wrong_frame",
+            "sim_clock_stalls")
 WAIT_LOG_S = 5.0
+# Under use_sim_time: real seconds without /clock moving before the node says the loop waits
+# on a stopped simulator (or on none: a real robot's node started with use_sim_time:=true).
+SIM_CLOCK_STALL_S = 2.0
 # The control thread waits for the GIL while the executor thread runs Python code; the default
 # switch interval (5 ms) would let that wait reach 5 ms (test/measure_jitter.py).
 SWITCH_INTERVAL_S = 0.0005
@@ -165,6 +169,12 @@ class GoalReach(Node):
         self.tf_goals: queue.Queue[Any] = queue.Queue(maxsize=8)
         if self.tf_buffer is not None:
             threading.Thread(target=self._tf_worker, name="crl-goal-tf", daemon=True).start()
+        if self.sim_time:  # on this computer's clock: the node clock may stand still
+            from rclpy.clock import Clock, ClockType
+
+            self.sim_clock_seen = (time.monotonic(), self.now_s())
+            self.create_timer(SIM_CLOCK_STALL_S / 2, self._check_sim_clock,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         frames = (f"{self.world_frame!r}" if self.world_frame == self.goal_frame else
                   f"{self.world_frame!r} (the policy's {self.goal_frame!r})")
         frames += (", other frames through tf2" if self.tf_buffer is not None else
@@ -349,6 +359,27 @@ class GoalReach(Node):
         else:
             log.warning(f"goal {np.round(values, 4).tolist()} rejected: {reason}")
 
+    def _check_sim_clock(self) -> None:
+        """
+        Say so (log, diagnostics WARN) while /clock stands still under use_sim_time.
+
+        The loop then waits on it and sends no command, which is right for a paused simulator
+        and wrong for a real robot started with use_sim_time:=true.
+        """
+        now, sim_now = time.monotonic(), self.now_s()
+        seen, sim_seen = self.sim_clock_seen
+        if sim_now != sim_seen:
+            self.sim_clock_seen = (now, sim_now)
+            return
+        if now - seen < SIM_CLOCK_STALL_S:
+            return
+        self.counts["sim_clock_stalls"] += 1
+        why = (f"use_sim_time: /clock has not moved for {now - seen:.0f} s (it reads "
+               f"{sim_now:.3f} s): the control loop runs on the simulator's time and sends no "
+               "command until it moves (a real robot runs with use_sim_time:=false)")
+        self.get_logger().warning(why, throttle_duration_sec=WAIT_LOG_S)
+        self.diag_pub.publish(self.diagnostics(warning=why))
+
     # -- the control thread ----------------------------------------------------------------
 
     def wait_for_robot(self, stop: threading.Event) -> bool:
@@ -450,9 +481,9 @@ class GoalReach(Node):
                 "clock": "sim" if self.sim_time else "steady",
                 "clock_steps_back": getattr(self.loop_clock, "steps_back", 0)}
 
-    def diagnostics(self) -> DiagnosticArray:
+    def diagnostics(self, warning: str = "") -> DiagnosticArray:
         """
-        Build the diagnostics message; WARN while the safe action is sent for a fault or stall.
+        Build the diagnostics message; WARN for a fault, a stall, or with `warning`.
 
         A stall: no command for over STALL_PERIODS control periods since the last diagnostics
         (`max_gap_ms`, the longest gap between commands; `rate_hz` is over the last second).
@@ -467,6 +498,8 @@ class GoalReach(Node):
             level, message = DiagnosticStatus.WARN, f"stalled: no command for {gap_ms:.0f} ms"
         if mode in ("stale", "fault"):
             level, message = DiagnosticStatus.WARN, f"safe action: {mode}"
+        if warning:
+            level, message = DiagnosticStatus.WARN, warning
         status = DiagnosticStatus(level=level, name="crl_runtime: goal_reach",
                                   message=message, hardware_id=self.controller.spec.task)
         status.values = [KeyValue(key=k, value=_text(v)) for k, v in stats.items()]

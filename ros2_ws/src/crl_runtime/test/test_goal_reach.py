@@ -592,3 +592,29 @@ def test_odometry_and_goals_in_another_frame_are_refused_without_tf2(
     finally:
         robot.close()
     assert node.stop() == 0, node.text()[-2000:]
+
+
+def test_goal_reach_on_sim_time_without_a_clock_says_so_and_sends_nothing(
+        executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
+    """
+    Start goal_reach with use_sim_time on a robot that publishes no /clock.
+
+    Its time stands still, so the loop sends no command: the node says why, in its log and as a
+    diagnostics warning, rather than idling in silence.
+    """
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    diags = peer.record(DiagnosticArray, "/diagnostics")
+    robot = ServoRobot(peer)
+    node: Proc = start_node(executables["goal_reach"], {
+        "policy": random_policy, "robot_config": "reacher", "use_sim_time": True})
+    try:
+        warning = wait_for(lambda: next((m for m in diags.since(0.0)
+                                         if m.status[0].level == DiagnosticStatus.WARN), None),
+                           60, "a diagnostics warning", node)
+        assert "/clock has not moved" in warning.status[0].message, warning
+        assert "/clock has not moved" in node.text()
+        assert not robot.commands.messages
+    finally:
+        robot.close()
+    assert node.stop() == 0, node.text()[-2000:]
