@@ -25,13 +25,19 @@ class BenchConfigError(ValueError):
     """A benchmark setting that cannot work; the message names it."""
 
 
-def result_header(benchmark: str, device: dict[str, Any], versions: dict[str, str],
-                  config: Any, out: Path) -> dict[str, Any]:
-    """What a benchmark's JSON opens with: its name, the date (UTC), the machine, the versions
-    of what ran, and the config (a dataclass) with the output path it wrote."""
+def result_context(benchmark: str, device: dict[str, Any],
+                   versions: dict[str, str]) -> dict[str, Any]:
+    """What every benchmark's JSON opens with: its name, the date (UTC), the machine and the
+    versions of what ran."""
     return {"benchmark": benchmark,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "device": device, "versions": versions,
+            "device": device, "versions": versions}
+
+
+def result_header(benchmark: str, device: dict[str, Any], versions: dict[str, str],
+                  config: Any, out: Path) -> dict[str, Any]:
+    """`result_context`, then the config (a dataclass) with the output path it wrote."""
+    return {**result_context(benchmark, device, versions),
             "config": {**dataclasses.asdict(config), "out": str(out)}}
 
 

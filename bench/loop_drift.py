@@ -19,19 +19,19 @@ than the drift requires (PPM · ticks), 0 misses.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench_cli import result_context
 from loop_latency import reacher_spec
 
 from crl.core.atomic import write_json
-from crl.core.spec import NetworkSpec
+from crl.core.spec import NetworkSpec, PolicySpec
 from crl.runtime.bench import device_info, versions
-from crl.runtime.policy import load_policy
+from crl.runtime.onnx_file import read_spec
 from crl.testbed.bench_loop import run_bench_loop
 from crl.testbed.closed_loop import run_closed_loop
 
@@ -53,8 +53,7 @@ def targets(ppm: float, ticks: int, misses: int, skipped: int, repeated: int,
     }
 
 
-def closed_loop_run(policy: Path, ppm: float, seconds: float) -> dict[str, Any]:
-    spec = load_policy(policy, "ort").spec
+def closed_loop_run(policy: Path, spec: PolicySpec, ppm: float, seconds: float) -> dict[str, Any]:
     goals = max(1, round(seconds / EPISODE_S))
     r = run_closed_loop(policy=policy, task=spec.task, dr="held-out", seed=0, goals=goals,
                         spec=spec, clock_ppm=ppm)
@@ -104,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.seconds > 0 and args.ppm >= 0 and args.hz > 0 and args.depth >= 4):
         p.error("--seconds and --hz must be positive, --ppm at least 0, --depth at least 4")
     loop_s = args.loopback_seconds or args.seconds
+    policy_spec = read_spec(args.policy)
     runs = []
     with tempfile.TemporaryDirectory(prefix="crl-loop-drift-") as tmp:
         from crl.export.onnx_export import export_actor, random_params
@@ -113,14 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         deep = Path(tmp) / f"reacher_d{args.depth}.onnx"
         export_actor(random_params(spec, critic=False), spec, deep)
         for ppm in (args.ppm, -args.ppm):
-            runs.append(closed_loop_run(args.policy, ppm, args.seconds))
+            runs.append(closed_loop_run(args.policy, policy_spec, ppm, args.seconds))
             print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
             runs.append(loopback_run(deep, ppm, loop_s, args.hz))
             print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
     write_json(args.out, {
-        "benchmark": "loop_drift",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_info(), "versions": versions(),
+        **result_context("loop_drift", device_info(), versions()),
         "policy": str(args.policy), "ppm": args.ppm, "runs": runs,
         "targets_met": all(all(r["targets"].values()) for r in runs),
     })

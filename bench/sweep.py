@@ -23,7 +23,6 @@ parameters too). `bench/width_vs_depth.py` puts a depth and a width sweep on one
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import math
 import shlex
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import tyro
-from bench_cli import BenchConfigError, run_cli
+from bench_cli import BenchConfigError, result_context, run_cli
 
 from crl.core.atomic import write_atomic, write_json
 from crl.runtime.bench import device_info, versions
@@ -287,9 +286,7 @@ def result_header(benchmark: str, config: Any, folder: Path) -> dict[str, Any]:
     """What a sweep tool's JSON opens with: the benchmark, date, machine, versions, the config
     it ran (paths as strings) and its folder."""
     return {
-        "benchmark": benchmark,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_info(), "versions": versions(),
+        **result_context(benchmark, device_info(), versions()),
         **{k: (str(v) if isinstance(v, Path) else v)
            for k, v in dataclasses.asdict(config).items()},
         "out": str(folder),

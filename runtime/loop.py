@@ -110,8 +110,6 @@ class FixedRateLoop:
         """Sleep, then spin, until `deadline`; returns the time woken."""
         while (remaining := deadline - self.clock() - self.spin_s) > 0:
             time.sleep(min(remaining, self.max_sleep_s))
-            if self.max_sleep_s == math.inf:
-                break
         now = self.clock()
         while now < deadline:
             now = self.clock()
@@ -321,11 +319,12 @@ class SampleLockedLoop(FixedRateLoop):
                 counts["samples_repeated"] += 1
             elif locked and taken > 1:
                 counts["samples_skipped"] += taken - 1
-            if locked and not self.locked:  # lock lost: the fixed grid goes on from this tick
+            still_locked = self.locked
+            if locked and not still_locked:  # lock lost: the fixed grid goes on from this tick
                 self.rate_period = self.period
                 expected = now + self.period
             else:
                 expected = (self.next_expected(expected, arrival) if locked
                             else expected + self.period)
-            locked = self.locked
+            locked = still_locked
             expected = self.count_misses(expected)  # busy when the next sample was due

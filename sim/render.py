@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from crl.core.atomic import write_atomic
+from crl.core.usage import CM_PER_M
 
 # A context and one real frame: creating a context alone can succeed where rendering fails.
 _PROBE = (
@@ -596,4 +597,4 @@ def episode_label(index: int, metrics: dict[str, Any], steps: int) -> RowLabel:
 
 
 def _length(metres: float) -> str:
-    return f"{metres * 100:.1f} cm" if metres < 1 else f"{metres:.2f} m"
+    return f"{metres * CM_PER_M:.1f} cm" if metres < 1 else f"{metres:.2f} m"

@@ -189,7 +189,7 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
             progress.advance(bar)
             where = "at the goal" if goal["success"] else "not at the goal"
             progress.console.print(f"goal {progress.tasks[0].completed:.0f}/{args.goals}: "
-                                   f"{goal['final_distance'] * 100:.2f} cm, {where}",
+                                   f"{goal['final_distance'] * usage.CM_PER_M:.2f} cm, {where}",
                                    highlight=False)
 
         result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr,
@@ -200,7 +200,8 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
     rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
     print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "
           f"{result['success_rate']:.0%} of {len(result['goals'])} goals, median final distance "
-          f"{result['final_distance_median'] * 100:.2f} cm; loop {rt.get('rate_hz', 0):.1f} Hz, "
+          f"{result['final_distance_median'] * usage.CM_PER_M:.2f} cm; "
+          f"loop {rt.get('rate_hz', 0):.1f} Hz, "
           f"policy p99 {rt.get('policy_latency_p99_ms', float('nan')):.3f} ms, end-to-end p50 "
           f"{e2e['p50']:.2f} ms / p99 {e2e['p99']:.2f} ms, misses {rt.get('misses')}, samples "
           f"skipped {rt.get('samples_skipped')} / repeated {rt.get('samples_repeated')}, "

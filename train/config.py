@@ -469,15 +469,13 @@ def _check_algo(a: AlgoConfig) -> None:
     for name, weight in (("action_rate_penalty", a.action_rate_penalty),
                          ("temporal_penalty", a.temporal_penalty),
                          ("spatial_penalty", a.spatial_penalty),
-                         ("spatial_sigma", a.spatial_sigma)):
+                         ("spatial_sigma", a.spatial_sigma),
+                         ("logsumexp_penalty", a.logsumexp_penalty),
+                         ("entropy_scale", a.entropy_scale)):
         if not (math.isfinite(weight) and weight >= 0):
             _fail(name, f"must be >= 0 and finite, got {weight}")
     if not (math.isfinite(a.lr_decay) and 0.0 < a.lr_decay <= 1.0):
         _fail("lr_decay", f"must be in (0, 1], got {a.lr_decay}")
-    for name, weight in (("logsumexp_penalty", a.logsumexp_penalty),
-                         ("entropy_scale", a.entropy_scale)):
-        if not (math.isfinite(weight) and weight >= 0):
-            _fail(name, f"must be >= 0 and finite, got {weight}")
 
 
 def _check_replay(r: ReplayConfig) -> None:

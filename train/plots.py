@@ -12,7 +12,7 @@ CURVE_FILE = "learning_curve.png"
 LEARNERS_FILE = "learners.json"  # a run with learners: every agent's evaluations side by side
 LEARNERS_CURVE_FILE = "learners.png"
 # The nominal target a run is read against: at least 90% success on fresh goals (the CPU
-# quickstart's, bench/quickstart.py's SUCCESS_TARGET; docs/benchmarks.md#quickstart).
+# quickstart's, which bench/quickstart.py imports from here; docs/benchmarks.md#quickstart).
 SUCCESS_TARGET = 0.9
 
 

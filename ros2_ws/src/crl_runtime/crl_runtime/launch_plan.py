@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crl.runtime import robot_config
+from crl_runtime.parameters import MAX_REAL_TIME_FACTOR
 
 # name -> (default, description); the launch file declares exactly these.
 ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -136,8 +137,9 @@ def real_time_factor(value: str, sim: bool, sim_time: bool) -> float:
         speed = float(value)
     except ValueError:
         speed = math.nan
-    if not (math.isfinite(speed) and speed > 0):
-        raise LaunchError(f"real_time_factor:={value}: expected a positive number")
+    if not (math.isfinite(speed) and 0 < speed <= MAX_REAL_TIME_FACTOR):
+        raise LaunchError(f"real_time_factor:={value}: expected a positive number up to "
+                          f"{MAX_REAL_TIME_FACTOR:g}")
     if speed != 1.0 and not sim:
         raise LaunchError(f"real_time_factor:={value}: only the sim (sim:=true) has a pace")
     if speed != 1.0 and not sim_time:

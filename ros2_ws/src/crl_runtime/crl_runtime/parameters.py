@@ -13,6 +13,9 @@ from typing import Any
 
 # Safety overrides: a negative number (or an empty string) keeps the robot config's value.
 KEEP = -1.0
+# sim_bridge's fastest pace (the launch file's real_time_factor too): faster, the physics thread
+# of a small computer cannot keep up anyway.
+MAX_REAL_TIME_FACTOR = 10.0
 
 
 @dataclass(frozen=True)

@@ -30,17 +30,14 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from crl.runtime import robot_config
-from crl_runtime.convert import ConversionError, trajectory_positions
+from crl_runtime.convert import ConversionError, duration, trajectory_positions
 from crl_runtime.node_runner import (
     NodeStartupError,
     command_topic,
     default_controller,
     run_node,
 )
-from crl_runtime.parameters import SIM_BRIDGE, declare
-
-# Faster than this, the physics thread of a small computer cannot keep up anyway.
-MAX_REAL_TIME_FACTOR = 10.0
+from crl_runtime.parameters import MAX_REAL_TIME_FACTOR, SIM_BRIDGE, declare
 
 
 class SimBridge(Node):
@@ -134,8 +131,8 @@ class SimBridge(Node):
             return self.get_clock().now().to_msg()
         from builtin_interfaces.msg import Time
 
-        ns = round(self.sim_steps * self.robot.timestep * 1e9)
-        return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+        sec, nanosec = duration(self.sim_steps * self.robot.timestep)
+        return Time(sec=sec, nanosec=nanosec)
 
     def publish_clock(self) -> None:
         """Publish the simulated time on /clock (every physics step, when asked to)."""

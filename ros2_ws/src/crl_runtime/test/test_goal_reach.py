@@ -398,10 +398,7 @@ def test_commands_reach_the_controller_by_name_in_order_in_rad_at_the_rate(
     node: Proc = start_node(executables["goal_reach"], {
         "policy": random_policy, "robot_config": "reacher", "command_interface": interface,
         "diagnostics_hz": RATE, "startup_timeout": 60.0})
-
-    def status() -> dict[str, str]:
-        last = diags.last()
-        return diag_values(last) if last is not None else {}
+    status = diag_status(diags)
 
     def positions(msg: Any) -> list[float]:
         if interface == "forward":

@@ -138,6 +138,8 @@ def test_robot_may_be_a_crl_robot_config_or_a_ros_parameter_file(tmp_path: Path)
     ({"real_time_factor": "0"}, "real_time_factor:=0: expected a positive number"),
     ({"real_time_factor": "nan"}, "real_time_factor:=nan: expected a positive number"),
     ({"real_time_factor": "fast"}, "real_time_factor:=fast: expected a positive number"),
+    ({"real_time_factor": "11", "sim": "true", "use_sim_time": "true"},
+     "real_time_factor:=11: expected a positive number up to 10"),
     ({"real_time_factor": "2", "use_sim_time": "true"}, "only the sim"),
 ])
 def test_bad_arguments_say_which_and_why(changes: dict[str, str], message: str) -> None:
