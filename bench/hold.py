@@ -1,12 +1,12 @@
 """Does a recipe hold the goal under unseen dynamics at every checkpoint? (issue: the hold)
 
-Evaluates every kept checkpoint of one or more finished reacher runs (label=DIR, each trained
-with `crl-train reacher --preset quick --keep-checkpoints 8 [recipe flags]`) under the held-out
-ranges on one set of fresh episodes, and writes, per run: its recipe (the actor-loss terms and
-the shoulder's range from the spec), and per checkpoint the at-the-end success (inside the
-radius when the episode ends: what a robot needs), reach success, median final distance and the
-oscillation figure (`crl.core.oscillation`), beside the trainer's own evaluation under the
-training ranges, which `--best` picks by.
+Evaluates every kept checkpoint of one or more finished runs of one task (label=DIR, each
+trained with `crl-train TASK --preset quick --keep-checkpoints 8 [recipe flags]`) under the
+held-out ranges on one set of fresh episodes, and writes, per run: its recipe (the actor-loss
+terms and the first joint's range from the spec), and per checkpoint the at-the-end success
+(inside the radius when the episode ends: what a robot needs), reach success, median final
+distance and the oscillation figure (`crl.core.oscillation`), beside the trainer's own
+evaluation under the training ranges, which `--best` picks by.
 
     python bench/hold.py old=runs/reacher-a new=runs/reacher-b --out bench/results/hold_cpu.json
 """
@@ -39,7 +39,7 @@ def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, An
     spec = json.loads((run_dir / "spec.json").read_text())
     steps = checkpoint_steps(run_dir)
     held_out = evaluate_checkpoints(run_dir, steps, "held-out", episodes, seed)
-    trainer = {e["env_steps"]: e["train"] for e in
+    trainer = {e["env_steps"]: e for e in
                json.loads((run_dir / "eval.json").read_text())["evaluations"]}
     return {
         "label": label,
@@ -50,7 +50,10 @@ def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, An
         "action_scale": spec["action"]["scale"],
         "best_step": best_step(run_dir),
         "checkpoints": [
-            {"env_steps": s, "held_out": held_out[s], "train_dr_trainer": trainer.get(s)}
+            {"env_steps": s, "held_out": held_out[s],
+             "train_dr_trainer": trainer[s]["train"] if s in trainer else None,
+             # the run's wall time to this evaluation, its set-up and compile included
+             "wall_s": trainer[s].get("wall_s") if s in trainer else None}
             for s in steps
         ],
     }
@@ -70,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not (Path(path) / "config.json").is_file():
             p.error(f"{item!r}: give LABEL=RUN_DIR of a finished run")
         pairs.append((label, Path(path)))
+    task_of = {label: json.loads((path / "config.json").read_text())["task"]
+               for label, path in pairs}
+    if len(set(task_of.values())) != 1:
+        p.error(f"runs of one task only, got {task_of}")
     result = {
         "benchmark": "hold",
-        "task": "reacher",
+        "task": next(iter(task_of.values())),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device_info(),
         "versions": {"python": platform.python_version(),

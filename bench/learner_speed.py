@@ -10,11 +10,18 @@ and `seconds` have passed. On a shared machine load comes and goes: alternation 
 variant see the same load, and medians (of the times and of the per-round ratios) discard the
 rounds it spiked in. The load average is recorded with every depth.
 
+Every update compiles as the trainer compiles its learning program (`learner_jit`: XLA's
+default options); `shipped_env_options` is the shipped loop under the env's options
+(`crl.sim.env.jit`, fusion emitters off), how the trainer compiled its updates when one program
+held the env and the learner.
+
 Per depth it also times the JAX inference backend's `act` (the jitted deterministic actor,
-batch 1) under the same choices, alternating likewise. Optionally it compiles one whole
-training iteration (collect, insert, SGD; the trainer's
-`make_iteration`) at `--iteration-depth`. Results: bench/results/learner_speed_<device>.json
-and .png (per-update, compile and inference time against depth).
+batch 1) under the same choices, alternating likewise. Then, in situ, whole training iterations
+(the paper preset's unroll and UTD, `--iteration-envs` envs, at `--iteration-depth`): the
+trainer's two programs (`make_iteration`: collection under the env's options, learning under
+XLA's) against the same iteration as one program under the env's options, alternating. Results:
+bench/results/learner_speed_<device>.json and .png (per-update, compile and inference time
+against depth).
 
     python bench/learner_speed.py                       # ant sizes, depths 4 16 64 256, + 1024
     python bench/learner_speed.py --candidates 2:dots 1:none   # more choices in the same rounds
@@ -48,6 +55,7 @@ from crl.sim import tasks
 from crl.sim.env import jit as env_jit
 from crl.sim.setup import setup_jax
 from crl.train import losses
+from crl.train.agent import learner_jit
 from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
 from crl.train.networks import (
     UNROLLED,
@@ -63,6 +71,8 @@ from crl.train.networks import (
 RESULTS = Path(__file__).parent / "results"
 PACKAGES = ("jax", "jaxlib", "flax", "optax")
 SHIPPED, REFERENCE = "shipped", "unrolled"
+ENV_OPTIONS = "shipped_env_options"  # the shipped loop compiled as env code
+SPLIT, ONE_PROGRAM = "two_programs", "one_program"  # the in-situ iteration's variants
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,16 @@ class Config:
     """Least seconds of alternating batch-1 `act` calls per depth (the JAX backend's)."""
     unrolled_max_depth: int = 256
     """Deeper than this, the unrolled reference is not compiled (its compile takes minutes)."""
-    iteration_depth: int = 1024
-    """Also compile one whole training iteration at this depth (0: skip)."""
+    iteration_depth: int = 64
+    """Time whole training iterations at this depth (0: skip)."""
+    iteration_envs: int = 256
+    iteration_rounds: int = 2
+    """Timed iterations of each variant, after its untimed prefill."""
     seed: int = 0
     out: Path | None = None
     """Output JSON, the plot beside it (.png); default bench/results/learner_speed_<device>.json."""
     quick: bool = False
-    """Smoke test: reacher, depths 4 and 8, width 32, batch 32, a few rounds, no iteration."""
+    """Smoke test: reacher, depths 4 and 8, width 32, batch 32, a few rounds, 4-env iterations."""
 
 
 def parse_block_scan(text: str) -> BlockScan:
@@ -154,7 +167,7 @@ class Variant:
 
 
 def build(scan: BlockScan, network: NetworkConfig, dims: tuple[int, int, int], batch: losses.Batch,
-          key: jax.Array) -> Variant:
+          key: jax.Array, compile_as: Callable[..., Any] = learner_jit) -> Variant:
     obs_dim, act_dim, goal_dim = dims
     nets = Networks(
         Actor(network, act_dim, scan), Encoder(network, scan), Encoder(network, scan)
@@ -172,7 +185,7 @@ def build(scan: BlockScan, network: NetworkConfig, dims: tuple[int, int, int], b
     critic = {"sa_encoder": params["sa_encoder"], "g_encoder": params["g_encoder"]}
     log_alpha = jnp.zeros((), jnp.float32)
     state = (params, log_alpha, tx.init(params["actor"]), tx.init(critic), tx.init(log_alpha))
-    fn = env_jit(make_update(nets, tx), donate_argnums=0)
+    fn = compile_as(make_update(nets, tx), donate_argnums=0)
     t = time.perf_counter()
     compiled = fn.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t
@@ -201,6 +214,7 @@ def summary(v: Variant) -> dict[str, Any]:
 
 def measure_depth(config: Config, depth: int, dims: tuple[int, int, int],
                   scans: dict[str, BlockScan]) -> dict[str, Any]:
+    """Every variant's update at `depth` in alternating rounds; `ENV_OPTIONS` beside them."""
     network = NetworkConfig(depth=depth, width=config.width)
     rng = np.random.default_rng(config.seed)
     obs_dim, act_dim, goal_dim = dims
@@ -213,10 +227,11 @@ def measure_depth(config: Config, depth: int, dims: tuple[int, int, int],
     key = jax.random.PRNGKey(config.seed)
     load_before = load()
     variants: dict[str, Variant] = {}
-    for name, scan in scans.items():
+    for name, scan in {**scans, ENV_OPTIONS: scans[SHIPPED]}.items():
         if name == REFERENCE and depth > config.unrolled_max_depth:
             continue
-        variants[name] = build(scan, network, dims, batch, key)
+        variants[name] = build(scan, network, dims, batch, key,
+                               env_jit if name == ENV_OPTIONS else learner_jit)
         print(f"depth {depth:>5} {name:>9} ({label(scan)}): compiled in "
               f"{variants[name].compile_s:.1f} s", flush=True)
     names = list(variants)
@@ -296,16 +311,17 @@ def measure_inference(config: Config, network: NetworkConfig, dims: tuple[int, i
 
 
 def iteration_config(config: Config, depth: int) -> TrainConfig:
-    """The paper preset on the CPU bench's sizes (bench/train_throughput.py's): 32 envs, 16-step
-    unrolls, 4 SGD steps an iteration, the bench's batch and width."""
-    num_envs, unroll = 32, 16
-    replay = dataclasses.replace(
-        PAPER.replay, num_envs=num_envs, unroll_length=unroll,
-        env_steps_per_update=num_envs * unroll / 4, buffer_steps=4 * unroll,
-        min_replay_steps=unroll + 1,
-    )
+    """The paper preset (its unroll and UTD) on `iteration_envs` envs, training from its second
+    iteration (a buffer of 4 unrolls: the sizes of what an SGD step reads do not depend on it)."""
+    envs, unroll = config.iteration_envs, PAPER.replay.unroll_length
+    if config.quick:
+        unroll = 8  # 4 envs: a batch of 32 fits the buffer from the second iteration
+    replay = dataclasses.replace(PAPER.replay, num_envs=envs, unroll_length=unroll,
+                                 buffer_steps=4 * unroll, min_replay_steps=unroll + 1)
+    if config.quick:
+        replay = dataclasses.replace(replay, env_steps_per_update=envs * unroll / 2)
     train = dataclasses.replace(
-        PAPER, task=config.task, total_steps=2 * num_envs * unroll,
+        PAPER, task=config.task, total_steps=(2 + config.iteration_rounds) * envs * unroll,
         network=NetworkConfig(depth=depth, width=config.width),
         algo=dataclasses.replace(PAPER.algo, batch_size=config.batch_size), replay=replay,
         eval=dataclasses.replace(PAPER.eval, held_out=False),
@@ -314,28 +330,73 @@ def iteration_config(config: Config, depth: int) -> TrainConfig:
     return train
 
 
+def one_program(setup: Any) -> Any:
+    """The iteration as one program under the env's options, as the trainer built it before
+    it split collection from learning."""
+    from crl.train.agent import iteration_steps
+
+    collect_and_insert, learn = iteration_steps(setup)
+
+    def whole(state: Any) -> tuple[Any, dict[str, Any]]:
+        state, collected = collect_and_insert(state)
+        state, learned = learn(state)
+        return state, {**collected, **learned}
+
+    return env_jit(whole, donate_argnums=0)
+
+
 def measure_iteration(config: Config, depth: int) -> dict[str, Any]:
-    """Compile time of one whole training iteration (shipped BlockScan) at `depth`."""
+    """Whole training iterations at `depth`: the trainer's two programs against one program,
+    each compiled (timed) and run once untimed (the prefill, collection only), then called in
+    alternating rounds, each of which trains."""
     from crl.train.agent import init_state, make_iteration, make_setup
 
     train = iteration_config(config, depth)
     setup = make_setup(train, tasks.make(config.task, dr="train"))
-    state = jax.block_until_ready(init_state(setup))
+    iteration = make_iteration(setup)
     load_before = load()
-    t = time.perf_counter()
-    make_iteration(setup).lower(state).compile()
-    compile_s = time.perf_counter() - t
+    compiled, states, compile_s = {}, {}, {}
+    for name in (SPLIT, ONE_PROGRAM):
+        state = jax.block_until_ready(init_state(setup))
+        t = time.perf_counter()
+        compiled[name] = (iteration.compile(state) if name == SPLIT
+                          else one_program(setup).lower(state).compile())
+        compile_s[name] = time.perf_counter() - t
+        states[name], metrics = compiled[name](state)  # the prefill: collection only
+        assert not bool(jax.device_get(metrics["trained"]))
+        print(f"iteration at depth {depth} ({name}): compiled in {compile_s[name]:.1f} s",
+              flush=True)
+    times: dict[str, list[float]] = {name: [] for name in compiled}
+    for r in range(config.iteration_rounds):
+        for name in list(compiled) if r % 2 == 0 else list(compiled)[::-1]:
+            t = time.perf_counter()
+            states[name], metrics = compiled[name](states[name])
+            jax.block_until_ready(metrics)
+            times[name].append(time.perf_counter() - t)
+            assert bool(jax.device_get(metrics["trained"]))
+    env_steps = train.env_steps_per_iteration
+    variants = {name: {"compile_s": round(compile_s[name], 2),
+                       "iteration_s": round(statistics.median(t), 3),
+                       "iteration_s_all": [round(x, 3) for x in t],
+                       "env_steps_per_s": round(env_steps / statistics.median(t), 1)}
+                for name, t in times.items()}
+    paired = [a / b for a, b in zip(times[SPLIT], times[ONE_PROGRAM], strict=True)]
+    variants[SPLIT]["paired_time_ratio_to_one_program"] = round(statistics.median(paired), 3)
     row = {
         "depth": depth,
         "block_scan": dataclasses.asdict(default_block_scan()),
-        "compile_s": round(compile_s, 2),
         "num_envs": train.replay.num_envs,
         "unroll_length": train.replay.unroll_length,
+        "env_steps_per_iteration": env_steps,
         "sgd_steps_per_iteration": train.sgd_steps_per_iteration,
+        "rounds": config.iteration_rounds,
+        "variants": variants,
         "load_before": load_before,
         "load_after": load(),
     }
-    print(f"iteration at depth {depth}: compiled in {compile_s:.1f} s", flush=True)
+    print(f"iteration at depth {depth}: " + ", ".join(
+        f"{n} {v['iteration_s']:.2f} s ({v['env_steps_per_s']:,.0f} env steps/s)"
+        for n, v in variants.items()), flush=True)
     return row
 
 
@@ -381,11 +442,12 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         text = f"{name} ({scan['unroll']}:{scan['remat']})"
         ax_t.plot(depths, [r["variants"][name]["update_ms"] for r in rows], label=text, **style)
         ax_c.plot(depths, [r["variants"][name]["compile_s"] for r in rows], label=text, **style)
-        ax_i.plot(depths, [r["inference"]["variants"][name]["act_ms"] for r in rows], label=text,
-                  **style)
+        if name in rows[0]["inference"]["variants"]:  # inference runs no env options
+            ax_i.plot(depths, [r["inference"]["variants"][name]["act_ms"] for r in rows],
+                      label=text, **style)
     if it := payload.get("iteration"):
-        ax_c.plot([it["depth"]], [it["compile_s"]], "k*", ms=12,
-                  label=f"whole training iteration ({SHIPPED})")
+        ax_c.plot([it["depth"]], [it["variants"][SPLIT]["compile_s"]], "k*", ms=12,
+                  label=f"whole training iteration ({SPLIT}, {SHIPPED})")
     for ax, ylabel in ((ax_t, "ms per SGD update (median)"), (ax_c, "compile time (s)"),
                        (ax_i, "ms per JAX-backend act, batch 1 (median)")):
         ax.set_xscale("log", base=2)
@@ -412,12 +474,14 @@ def main(config: Config) -> dict[str, Any]:
     if config.quick:
         config = dataclasses.replace(
             config, task="reacher", depths=(4, 8), width=32, batch_size=32, rounds=3,
-            seconds=0.0, inference_seconds=0.0, iteration_depth=0,
+            seconds=0.0, inference_seconds=0.0, iteration_depth=4, iteration_envs=4,
+            iteration_rounds=1,
         )
     if config.task not in tasks.TASKS:
         raise BenchConfigError(f"task: unknown {config.task!r}; choose from "
                                f"{', '.join(tasks.TASKS)}")
-    require_at_least_one(config, "width", "batch_size", "rounds", "max_rounds")
+    require_at_least_one(config, "width", "batch_size", "rounds", "max_rounds", "iteration_envs",
+                         "iteration_rounds")
     for depth in (*config.depths, *([config.iteration_depth] if config.iteration_depth else [])):
         try:
             NetworkConfig(depth=depth).num_blocks  # noqa: B018

@@ -94,7 +94,7 @@ class Runner:
         setup = make_setup(config, env)
         self.state = init_state(setup, mesh)
         t = time.perf_counter()
-        self.step = make_iteration(setup, mesh).lower(self.state).compile()
+        self.step = make_iteration(setup, mesh).compile(self.state)
         self.compile_s = time.perf_counter() - t
         self.state, metrics = self.step(self.state)  # the prefill, then SGD every iteration
         jax.block_until_ready(metrics)

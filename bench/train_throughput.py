@@ -90,7 +90,7 @@ def measure(config: TrainConfig, env: object) -> dict:
     state = jax.block_until_ready(init_state(setup))
     iteration = make_iteration(setup)
     t = time.perf_counter()
-    compiled = iteration.lower(state).compile()
+    compiled = iteration.compile(state)
     compile_s = time.perf_counter() - t
 
     t = time.perf_counter()

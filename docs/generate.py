@@ -190,26 +190,33 @@ def policy_latency(r: dict[str, Any]) -> str:
 
 
 def learner_speed(r: dict[str, Any]) -> str:
-    """The shipped block loop against the unrolled network, one SGD update and one `act`."""
+    """One SGD update as the trainer compiles it (the shipped block loop, the unrolled network,
+    the shipped loop under the env's options), one `act`, and whole iterations in situ."""
     rows = []
     for row in r["results"]:
         v = row["variants"]
-        s, u = v["shipped"], v["unrolled"]
+        s, u, e = v["shipped"], v["unrolled"], v["shipped_env_options"]
         act = row["inference"]["variants"]
         ratios = f"{s['time_ratio_to_unrolled']:.2f} / {s['paired_time_ratio_to_unrolled']:.2f}"
         rows.append([str(row["depth"]), f"{s['update_ms']:,.1f}", f"{u['update_ms']:,.1f}", ratios,
-                     f"{s['compile_s']:.1f} / {u['compile_s']:.1f}",
+                     f"{e['update_ms']:,.1f}", f"{s['compile_s']:.1f} / {u['compile_s']:.1f}",
                      f"{act['shipped']['act_ms']:.3g} / {act['unrolled']['act_ms']:.3g}"])
     shipped = r["shipped"]
     header = ["depth", f"shipped ({shipped['unroll']}:{shipped['remat']}) ms", "unrolled ms",
-              "shipped ÷ unrolled (medians / paired rounds)", "compile shipped / unrolled (s)",
-              "JAX `act`, batch 1, shipped / unrolled (ms)"]
-    text = table(header, rows, "rrrrrr")
+              "shipped ÷ unrolled (medians / paired rounds)", "shipped, env options ms",
+              "compile shipped / unrolled (s)", "JAX `act`, batch 1, shipped / unrolled (ms)"]
+    text = table(header, rows, "rrrrrrr")
     it = r.get("iteration")
-    if it and it.get("depth"):
-        text += (f"\nOne whole training iteration at depth {it['depth']} ({it['num_envs']} envs, "
-                 f"{it['sgd_steps_per_iteration']} SGD steps) compiled in "
-                 f"{it['compile_s']:.1f} s.\n")
+    if it:
+        two, one = it["variants"]["two_programs"], it["variants"]["one_program"]
+        text += (f"\nWhole training iterations at depth {it['depth']} ({it['num_envs']} envs × "
+                 f"{it['unroll_length']} steps, {it['sgd_steps_per_iteration']} SGD steps, median "
+                 f"of {it['rounds']}): the trainer's two programs {two['iteration_s']:,.1f} s "
+                 f"({two['env_steps_per_s']:,.0f} env steps/s, compiled in "
+                 f"{two['compile_s']:.1f} s), one program under the env's options "
+                 f"{one['iteration_s']:,.1f} s ({one['env_steps_per_s']:,.0f} env steps/s, "
+                 f"{one['compile_s']:.1f} s); paired ratio "
+                 f"{two['paired_time_ratio_to_one_program']:.3f}.\n")
     return text
 
 
@@ -314,6 +321,29 @@ def hold(r: dict[str, Any]) -> str:
             + f"\n{r['episodes']:,} held-out episodes a checkpoint, the same for every run.\n")
 
 
+def hold_by_split(r: dict[str, Any]) -> str:
+    """Per run and kept checkpoint: at-the-end success under the training ranges (the
+    trainer's own evaluation) and under the held-out ranges, with reach and the final distance."""
+    rows = []
+    for run in r["runs"]:
+        for c in run["checkpoints"]:
+            train, held = c["train_dr_trainer"], c["held_out"]
+            wall = c.get("wall_s")
+            rows.append([run["label"], str(run["seed"]), thousands(c["env_steps"]),
+                         f"{wall:.0f}" if wall is not None else "–",
+                         pct(train["final_success_rate"]) if train else "–",
+                         pct(held["final_success_rate"]), pct(held["success_rate"]),
+                         f"{100 * held['final_distance_median']:.1f}",
+                         f"{held['oscillation']:.2f}"])
+    header = ["recipe", "seed", "checkpoint", "wall time (s)",
+              "training ranges: at the goal at the end",
+              "held-out: at the end", "held-out: reached", "held-out: median final (cm)",
+              "held-out: oscillation"]
+    return (table(header, rows, "lrrrrrrrr")
+            + f"\n`{r['task']}`: {r['episodes']:,} held-out episodes a checkpoint; the training "
+            "ranges' figures are the trainer's own evaluation (its episodes).\n")
+
+
 def robustness(r: dict[str, Any]) -> str:
     """Per quantity: the ranges, where the policy holds, and its worst point on the grid."""
     def spans(s: list[list[float]]) -> str:
@@ -390,6 +420,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("msgspec_messages", None): msgspec_messages,
     ("soak", None): soak,
     ("hold", None): hold,
+    ("hold", "by_split"): hold_by_split,
     ("robustness", None): robustness,
     ("closed_loop_seeds", None): closed_loop_seeds,
     ("loop_drift", None): loop_drift,

@@ -46,11 +46,32 @@ class ClosedLoopError(RuntimeError):
     """A closed-loop run that could not finish; the message names the process and its last words."""
 
 
+LOWEST_PORT = 20000  # above the registered services a robot computer commonly runs
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LINUX_EPHEMERAL_RANGE = (32768, 60999)  # the kernel's default, where the file cannot be read
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel draws a connecting socket's local port from (inclusive)."""
+    try:
+        low, high = (int(v) for v in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return LINUX_EPHEMERAL_RANGE
+    return low, high
+
+
 def free_base_port(host: str = "127.0.0.1", count: int = 5, tries: int = 200) -> int:
-    """A base port whose `count` consecutive ports are free now on `host`."""
+    """A base port whose `count` consecutive ports are free now on `host`, outside the ephemeral
+    range: there, any connecting socket on the machine may take one of them before the server
+    binds it, and a ZMQ peer that retries a connect to a port nobody listens on yet can connect
+    to itself, holding the port the server is about to bind."""
+    low, high = ephemeral_ports()
+    spans = [(a, b) for a, b in ((LOWEST_PORT, low - count), (high + 1, 65536 - count)) if a < b]
+    if not spans:
+        spans = [(LOWEST_PORT, 65536 - count)]  # an ephemeral range over everything: draw anyway
     rng = random.Random()
     for _ in range(tries):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(*rng.choice(spans))
         socks = []
         try:
             for p in range(base, base + count):

@@ -109,7 +109,9 @@ def _wait(watch: Watch, until: Callable[[], bool], what: str,
     while not until():
         watch.collect(0.1)
         dead = [p for p in procs if p.poll() is not None]
-        assert not dead and time.monotonic() < deadline, f"{what}: {dead and dead[0].stderr}"
+        assert not dead, f"{what}: {dead[0].args[2:4]} exited {dead[0].returncode}: " \
+            f"{dead[0].stderr.read() if dead[0].stderr else ''}"
+        assert time.monotonic() < deadline, f"{what}: not within {seconds} s"
 
 
 def test_a_robot_restarted_in_another_pose_is_never_commanded_a_jump(tmp_path: Path) -> None:

@@ -45,6 +45,20 @@ def test_quick_mode_compares_the_shipped_loop_with_the_unrolled_network(tmp_path
         assert shipped["time_ratio_to_unrolled"] == pytest.approx(ratio, rel=0.02)
         inference = row["inference"]["variants"]
         assert inference["shipped"]["act_ms"] > 0 and inference["unrolled"]["act_ms"] > 0
+        # the shipped loop also under the env's options (how one program compiled the learner)
+        env_options = row["variants"]["shipped_env_options"]
+        assert env_options["block_scan"] == shipped["block_scan"]
+        assert env_options["calls"] == row["rounds"] and env_options["update_ms"] > 0
+    # in situ: the trainer's two programs against one, each timed after it trained once
+    it = data["iteration"]
+    assert it["depth"] == 4 and it["num_envs"] == 4 and it["rounds"] == 1
+    assert it["env_steps_per_iteration"] == 4 * it["unroll_length"]
+    for name in ("two_programs", "one_program"):
+        v = it["variants"][name]
+        assert v["compile_s"] > 0 and len(v["iteration_s_all"]) == 1
+        assert v["env_steps_per_s"] == pytest.approx(it["env_steps_per_iteration"]
+                                                     / v["iteration_s"], rel=0.2)
+    assert it["variants"]["two_programs"]["paired_time_ratio_to_one_program"] > 0
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from crl.testbed.closed_loop import free_base_port
 
 pytest.importorskip("jax")
 
@@ -131,16 +132,10 @@ def _jax_action(run, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return np.asarray(deterministic_action(actor, run.params["actor"], obs, goal))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_processes_on_localhost_agree(tmp_path: Path) -> None:
     """jax.distributed over 127.0.0.1: 2 processes × 2 CPU devices, each holding its own 4 envs,
     train one run through gloo's CPU collectives and end with the same parameters."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_base_port(count=1)}"  # outside the ephemeral range
     run = tmp_path / "run"
     procs = [
         subprocess.Popen([sys.executable, str(WORKER), "process", str(run),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from crl.sim.config import OBSERVATION_FIELDS
 from crl.sim.env import GoalReachEnv, jit
 from crl.sim.mjx import mjx
 from crl.testbed.clock import ClockError, RobotClock
+from crl.testbed.closed_loop import free_base_port
 from crl.testbed.robot import (
     MODEL_FIELDS,
     ActionError,
@@ -324,26 +324,6 @@ def test_actions_for_other_joints_or_kinds_are_refused(reacher_off: GoalReachEnv
 
 
 # -- the real-time server on loopback --------------------------------------------------------------
-
-
-def free_base_port() -> int:
-    """A base port P with P..P+4 free on 127.0.0.1 right now."""
-    rng = np.random.default_rng()
-    for _ in range(200):
-        port = int(rng.integers(20000, 60000))
-        socks = []
-        try:
-            for p in range(port, port + 5):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no 5 free consecutive ports")
 
 
 class FakeRuntime:

@@ -695,3 +695,21 @@ def test_stamper_numbers_in_order() -> None:
     (a_session, a, _), (b_session, b, _) = s.next(), s.next()
     assert a_session == b_session and b == a + 1
     assert Endpoints().is_loopback and not Endpoints(host="0.0.0.0").is_loopback
+
+
+def test_test_ports_are_drawn_outside_the_ephemeral_range(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base port in the kernel's ephemeral range can be taken before the server binds it (by
+    any connecting socket, or by a peer's retried connect reaching itself): every draw, and all
+    five ports from it, fall outside the range the machine reports."""
+    from crl.testbed import closed_loop
+
+    range_file = tmp_path / "ip_local_port_range"
+    range_file.write_text("21000\t64000\n")
+    monkeypatch.setattr(closed_loop, "EPHEMERAL_RANGE_FILE", range_file)
+    for _ in range(50):
+        base = free_base_port()
+        assert base >= closed_loop.LOWEST_PORT and (base + 4 < 21000 or base > 64000)
+        assert base + 4 <= 65535
+    range_file.write_text("not a range")  # unreadable: the kernel's default range
+    assert all(not 32768 - 5 < free_base_port() <= 60999 for _ in range(50))

@@ -1,10 +1,14 @@
 """Deep residual Contrastive RL (Wang et al., 2025): one agent's state and its training iteration.
 
-One training iteration is one jitted call (`make_iteration`):
-  1. `collect` `unroll_length` steps in `num_envs` environments with the stochastic actor and
-     append them to the on-device trajectory buffer;
-  2. once the buffer holds `min_replay_steps`, run `sgd_steps_per_iteration` `sgd_step`s; each
-     samples a relabeled batch, updates the actor and α, then the critic, on that same batch.
+One training iteration (`make_iteration`) is two jitted programs, each compiled with the XLA
+options that suit it, run one after the other with the state left on the device:
+  1. `collect`: `unroll_length` steps in `num_envs` environments with the stochastic actor,
+     appended to the on-device trajectory buffer, compiled as env code (`crl.sim.env.jit`:
+     MJX's kinematics need XLA:CPU's fusion emitters off);
+  2. `learn`: once the buffer holds `min_replay_steps`, `sgd_steps_per_iteration` `sgd_step`s;
+     each samples a relabeled batch, updates the actor and α, then the critic, on that same
+     batch. Compiled with XLA's defaults (`learner_jit`): the env's workaround costs dense
+     layers ~9% at depth 64 (bench/learner_speed.py).
 The host loop around it (evaluation, checkpoints, logging) is `crl.train.trainer`.
 
 Data parallel: on a `Mesh` of N devices (`make_mesh`) the iteration is one SPMD program. The
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +51,7 @@ COLLECTOR = "collector"  # the agent that acts, beside the learners (learners.js
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 # The one mesh axis: data parallelism over environments and batch rows.
 DATA_AXIS = "data"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @struct.dataclass
@@ -392,15 +397,40 @@ def sgd_steps(
     return result
 
 
-def make_iteration(
-    setup: Setup, mesh: Mesh | None = None
-) -> Callable[[TrainState], tuple[TrainState, dict[str, Any]]]:
-    """The jitted training iteration: `collect`, insert, and (after prefill) `sgd_step`s.
+def learner_jit(fn: F, **kwargs: Any) -> F:
+    """`jax.jit` with XLA's default options, for programs that only learn (no env step):
+    `crl.sim.env.jit`'s options are a workaround for MJX's contact and kinematics code."""
+    return cast(F, jax.jit(fn, **kwargs))
 
-    It takes and returns a state without learners: they train in `learners.make_learning`'s
-    program. With a mesh it takes and returns `state_shardings` (metrics replicated), and each
-    SGD batch is split by rows across the devices.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class Iteration:
+    """A training iteration: the `collect` program, then the `learn` program, on one state.
+    Both take and return a whole state without learners (donated), so the host only dispatches
+    them: nothing crosses to the host between the two."""
+
+    collect: Any  # jitted, or compiled by `compile`: state -> (state, metrics)
+    learn: Any
+
+    def __call__(self, state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        state, collected = self.collect(state)
+        state, learned = self.learn(state)
+        return state, {**collected, **learned}
+
+    def compile(self, state: TrainState) -> Iteration:
+        """Both programs compiled ahead of time for states shaped as `state` (`collect` returns
+        one of the same shapes and shardings)."""
+        return Iteration(self.collect.lower(state).compile(), self.learn.lower(state).compile())
+
+
+Step = Callable[[TrainState], tuple[TrainState, dict[str, Any]]]
+
+
+def iteration_steps(setup: Setup, mesh: Mesh | None = None) -> tuple[Step, Step]:
+    """The iteration's two functions, not yet compiled: collect then insert, and (after
+    prefill) the `sgd_step`s. The iteration's keys come from the state's key in both
+    (`iteration_keys`), so they are those of one function; the second moves the state's key
+    and counters on."""
     c = setup.config
     if c.algo.action_rate_penalty > 0 and "last_action" not in setup.spec.observation_slices():
         raise ConfigError(
@@ -408,32 +438,42 @@ def make_iteration(
             "`last_action` observation field); set it to 0"
         )
 
-    def iteration(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        key, k_collect, k_sgd = iteration_keys(state.key)
-        env_state, unroll, collect_metrics = collect(setup, state.agent.params["actor"],
-                                                     state.env_state, k_collect)
+    def collect_and_insert(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        _, k_collect, _ = iteration_keys(state.key)
+        env_state, unroll, metrics = collect(setup, state.agent.params["actor"],
+                                             state.env_state, k_collect)
         buffer = replay.insert(state.buffer, constrain(unroll, P(None, DATA_AXIS), mesh))
-        trains = replay.size(buffer) >= c.replay.min_replay_steps
-        agent, sgd_metrics = sgd_steps(setup, mesh, state.agent, buffer, k_sgd, trains)
+        return dataclasses.replace(state, env_state=env_state, buffer=buffer), metrics
+
+    def learn(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        key, _, k_sgd = iteration_keys(state.key)
+        trains = replay.size(state.buffer) >= c.replay.min_replay_steps
+        agent, metrics = sgd_steps(setup, mesh, state.agent, state.buffer, k_sgd, trains)
         state = dataclasses.replace(
             state,
             agent=agent,
-            env_state=env_state,
-            buffer=buffer,
             key=key,
             iteration=state.iteration + 1,
             sgd_steps=state.sgd_steps + jnp.where(trains, c.sgd_steps_per_iteration, 0),
         )
-        metrics = {**collect_metrics, **sgd_metrics, "trained": trains, **finite_flags(agent)}
-        return state, metrics
+        return state, {**metrics, "trained": trains, **finite_flags(agent)}
 
-    if mesh is None:
-        return env_jit(iteration, donate_argnums=0)
-    collector = dataclasses.replace(setup, learners=())
-    shardings = state_shardings(jax.eval_shape(lambda: fresh_state(collector)), mesh)
-    return env_jit(
-        iteration,
-        donate_argnums=0,
-        in_shardings=(shardings,),
-        out_shardings=(shardings, NamedSharding(mesh, P())),
-    )
+    return collect_and_insert, learn
+
+
+def make_iteration(setup: Setup, mesh: Mesh | None = None) -> Iteration:
+    """The training iteration: `iteration_steps`' collection compiled as env code, its learning
+    with XLA's defaults.
+
+    It takes and returns a state without learners: they train in `learners.make_learning`'s
+    program. With a mesh it takes and returns `state_shardings` (metrics replicated), and each
+    SGD batch is split by rows across the devices.
+    """
+    collect_and_insert, learn = iteration_steps(setup, mesh)
+    placement: dict[str, Any] = {"donate_argnums": 0}
+    if mesh is not None:
+        collector = dataclasses.replace(setup, learners=())
+        shardings = state_shardings(jax.eval_shape(lambda: fresh_state(collector)), mesh)
+        placement |= {"in_shardings": (shardings,),
+                      "out_shardings": (shardings, NamedSharding(mesh, P()))}
+    return Iteration(env_jit(collect_and_insert, **placement), learner_jit(learn, **placement))

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from crl.sim.env import jit as env_jit
 from crl.train import replay
 from crl.train.agent import (
     COLLECTOR,
@@ -31,6 +30,7 @@ from crl.train.agent import (
     fresh_state,
     host_local,
     iteration_keys,
+    learner_jit,
     sgd_steps,
     state_shardings,
 )
@@ -69,10 +69,10 @@ def make_learning(setup: Setup, mesh: Mesh | None = None) -> Learning:
         return tuple(updated), metrics
 
     if mesh is None:
-        return env_jit(learn, donate_argnums=0)
+        return learner_jit(learn, donate_argnums=0)
     replicated = NamedSharding(mesh, P())
     shardings = state_shardings(jax.eval_shape(lambda: fresh_state(setup)), mesh)
-    return env_jit(
+    return learner_jit(
         learn,
         donate_argnums=0,
         in_shardings=(shardings.learners, shardings.buffer, replicated),

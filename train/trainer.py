@@ -30,6 +30,7 @@ from crl.train import learners
 from crl.train.agent import (
     COLLECTOR,
     EVAL_STREAM,
+    Iteration,
     Setup,
     TrainState,
     host_local,
@@ -71,18 +72,20 @@ def check_finite(metrics: dict[str, Any], env_steps: int, last_checkpoint: str) 
 
 
 def compile_all(
-    iteration: Any, learning: Any | None, state: TrainState,
+    iteration: Iteration, learning: Any | None, state: TrainState,
     evaluators: dict[str, dict[str, Any]], actors: dict[str, dict[str, Any]], eval_key: jax.Array,
-) -> tuple[Any, Any | None, dict[str, dict[str, Any]]]:
-    """Compile the iteration, the learners' program and the evaluators at once: XLA compiles
-    outside the GIL, so on a multi-core CPU the others' compile hides behind the iteration's.
+) -> tuple[Iteration, Any | None, dict[str, dict[str, Any]]]:
+    """Compile the iteration's two programs, the learners' program and the evaluators at once:
+    XLA compiles outside the GIL, so on a multi-core CPU the others' compiles hide behind the
+    collection's (the env's is the longest).
 
     `evaluators[agent]` (by split) is lowered with `actors[agent]`, that agent's actor
     parameters; an evaluator that agents of one actor shape share compiles once.
     """
     jobs = {id(f): (f, actors[agent]) for agent, splits in evaluators.items()
             for f in splits.values()}
-    with ThreadPoolExecutor(max_workers=len(jobs) + 1) as pool:
+    collector = dataclasses.replace(state, learners=())
+    with ThreadPoolExecutor(max_workers=len(jobs) + 2) as pool:
 
         def compile_evaluator(f: Any, actor_params: dict[str, Any]) -> Any:
             return f.lower(actor_params, eval_key).compile()
@@ -90,11 +93,16 @@ def compile_all(
         def compile_learning(f: Any) -> Any:
             return f.lower(state.learners, state.buffer, state.key).compile()
 
+        def compile_learn() -> Any:
+            return iteration.learn.lower(collector).compile()
+
         futures = {i: pool.submit(compile_evaluator, *job) for i, job in jobs.items()}
         learned = None if learning is None else pool.submit(compile_learning, learning)
-        compiled = iteration.lower(dataclasses.replace(state, learners=())).compile()
+        learn = pool.submit(compile_learn)
+        collect = iteration.collect.lower(collector).compile()
         done = {i: future.result() for i, future in futures.items()}
         learning = None if learned is None else learned.result()
+        compiled = Iteration(collect, learn.result())
     return compiled, learning, {agent: {split: done[id(f)] for split, f in splits.items()}
                                 for agent, splits in evaluators.items()}
 

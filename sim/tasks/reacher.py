@@ -11,25 +11,15 @@ own last command (`last_action`): under a random action delay the servo targets 
 otherwise invisible to it, and the policy chases its own lag around the goal.
 """
 
-import dataclasses
-
 from crl.sim.config import (
-    DR_HELD_OUT,
-    DR_TRAIN,
+    DR_HELD_OUT_ENCODERS,
+    DR_TRAIN_ENCODERS,
     AnnulusSampler,
-    Ranges,
     StartSampler,
     TaskConfig,
-    held_out_noise,
 )
 from crl.sim.env import GoalReachEnv
 
-# Observation noise std in each field's units: rad, rad/s, m.
-TRAIN_NOISE: dict[str, Ranges] = {
-    "joint_pos": ((0.0, 0.002),),
-    "joint_vel": ((0.0, 0.03),),
-    "site_pos": ((0.0, 0.002),),
-}
 CONFIG = TaskConfig(
     name="reacher",
     model_file="reacher.xml",
@@ -44,9 +34,7 @@ CONFIG = TaskConfig(
     success_radius=0.02,
     start=StartSampler(joint_noise=2.0, vel_noise=0.1),
     # Fields the reacher does not observe keep the shared noise (a variant that observes them).
-    dr_train=dataclasses.replace(DR_TRAIN, obs_noise={**DR_TRAIN.obs_noise, **TRAIN_NOISE}),
-    dr_held_out=dataclasses.replace(
-        DR_HELD_OUT, obs_noise={**DR_HELD_OUT.obs_noise, **held_out_noise(TRAIN_NOISE)}
-    ),
+    dr_train=DR_TRAIN_ENCODERS,
+    dr_held_out=DR_HELD_OUT_ENCODERS,
 )
 ENV = GoalReachEnv

@@ -1,27 +1,30 @@
 """
-The reacher demo policy reaching goals over ROS: sim_bridge and goal_reach from the install.
+Trained policies reaching goals over ROS: sim_bridge and goal_reach from the install.
 
 Two processes, as on a robot: sim_bridge (the MuJoCo robot under held-out randomization)
 publishes joint states and takes commands; goal_reach runs the policy. This test plays the
 user at RViz: at each episode's start it publishes that episode's goal as a PoseStamped on
-/goal_pose, and at the episode's end it reads the true fingertip position from the sim's
-telemetry. The policy comes from $CRL_ROS_POLICY (else `make demo`'s demo/reacher.onnx); the
-test skips, saying so, without one.
+/goal_pose, and at the episode's end it reads the true tool position from the sim's telemetry.
+The reacher's policy comes from $CRL_ROS_POLICY (else `make demo`'s demo/reacher.onnx), the
+7-DoF arm's (over joint_trajectory_controller) from $CRL_ROS_ARM_POLICY; each test skips,
+saying so, without its policy.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import Peer, diag_values, wait_for
 
 GOALS = 10
-SUCCESS_RADIUS = 0.02  # the reacher spec's
-RATE = 25.0
+SUCCESS_RADIUS = {"reacher": 0.02, "arm_reach": 0.05}  # the specs'
+RATE = 25.0  # both robots'
 
 
 class Scorer:
@@ -49,7 +52,9 @@ class Scorer:
             if episode not in self.sent and step <= 1 and matched:
                 pose = self.PoseStamped()
                 pose.header.frame_id = "world"
-                pose.pose.position.x, pose.pose.position.y = float(goal[0]), float(goal[1])
+                position = pose.pose.position
+                position.x, position.y = float(goal[0]), float(goal[1])
+                position.z = float(goal[2]) if goal.size == 3 else 0.0
                 pose.pose.orientation.w = 1.0
                 self.goals.publish(pose)
                 self.sent[episode] = goal
@@ -64,20 +69,39 @@ class Scorer:
 def test_demo_policy_reaches_goals_sent_over_ros_under_held_out_dr(
         executables: dict[str, Path], demo_policy: Path, start_node: Any, peer: Peer,
         ros_env: dict[str, str]) -> None:
+    """The reacher (forward_position_controller): 9 of 10 held-out goals or more."""
+    closed_loop("reacher", executables, demo_policy, start_node, peer, ros_env)
+
+
+def test_arm_policy_reaches_goals_over_ros_through_a_trajectory_controller(
+        executables: dict[str, Path], start_node: Any, peer: Peer,
+        ros_env: dict[str, str]) -> None:
+    """The 7-DoF arm (a one-point JointTrajectory a tick): 9 of 10 held-out goals or more."""
+    given = os.environ.get("CRL_ROS_ARM_POLICY", "")
+    if not given or not Path(given).is_file():
+        pytest.skip("no trained arm_reach policy: set CRL_ROS_ARM_POLICY=/path/arm_reach.onnx "
+                    "(CI trains none: the arm's CPU training is docs/benchmarks.md's)")
+    closed_loop("arm_reach", executables, Path(given), start_node, peer, ros_env)
+
+
+def closed_loop(robot: str, executables: dict[str, Path], policy: Path, start_node: Any,
+                peer: Peer, ros_env: dict[str, str]) -> None:
+    """Run `robot`'s policy on its sim over ROS for GOALS scored goals and check the outcome."""
     from diagnostic_msgs.msg import DiagnosticArray
 
     ros_env["JAX_PLATFORMS"] = "cpu"
     diags = peer.record(DiagnosticArray, "/diagnostics")
     scorer = Scorer(peer)
-    node = start_node(executables["goal_reach"], {"policy": demo_policy, "robot_config": "reacher",
+    node = start_node(executables["goal_reach"], {"policy": policy, "robot_config": robot,
                                                   "startup_timeout": 300.0})
-    sim = start_node(executables["sim_bridge"], {"robot_config": "reacher", "dr": "held-out",
+    sim = start_node(executables["sim_bridge"], {"robot_config": robot, "dr": "held-out",
                                                  "seed": 7})
     wait_for(lambda: len(scorer.scored()) >= GOALS, 300.0, f"{GOALS} scored episodes", sim)
     distances = scorer.scored()[:GOALS]
     s = diag_values(diags.last())
-    successes = sum(d <= SUCCESS_RADIUS for d in distances)
-    print(f"closed loop over ROS: {successes}/{GOALS} within {SUCCESS_RADIUS} m; final distances "
+    radius = SUCCESS_RADIUS[robot]
+    successes = sum(d <= radius for d in distances)
+    print(f"{robot} closed loop over ROS: {successes}/{GOALS} within {radius} m; final distances "
           f"(cm) {[round(100 * d, 1) for d in distances]}; rate {float(s['rate_hz']):.2f} Hz, "
           f"misses {s['misses']} of {s['ticks']} ticks, period error p99 "
           f"{float(s['period_error_p99_ms']):.2f} ms, end-to-end p99 "
