@@ -7,11 +7,11 @@ options that suit it, run one after the other with the state left on the device:
      MJX's kinematics need XLA:CPU's fusion emitters off);
   2. `learn`: once the buffer holds `min_replay_steps`, `sgd_steps_per_iteration` `sgd_step`s;
      each samples a relabeled batch, updates the actor and α, then the critic, on that same
-     batch. Compiled with XLA's defaults (`learner_jit`): the env's workaround costs dense
-     layers ~9% at depth 64 (bench/learner_speed.py).
+     batch. Compiled with XLA's defaults (`learner_jit`): under the env's options an update
+     is 12-15% slower (bench/results/learner_speed_cpu.json).
 The host loop around it (evaluation, checkpoints, logging) is `crl.train.trainer`.
 
-Data parallel: on a `Mesh` of N devices (`make_mesh`) the iteration is one SPMD program. The
+Data parallel: on a `Mesh` of N devices (`make_mesh`) each of the two is one SPMD program. The
 environments and the replay buffer's env columns are split across the devices, parameters,
 optimiser state and the RNG key are replicated, and each SGD batch is split along its rows; XLA
 inserts the collectives (the batch gather from the sharded buffer, the all-gather of ψ for the
@@ -20,8 +20,8 @@ global InfoNCE negatives, the gradient all-reduce). Every random draw is the sin
 rounding. In a multi-process run (`init_distributed`) each process holds its devices' envs.
 
 Resume is exact: the state holds everything the next iteration reads (parameters, Adam moments,
-α, buffer, env states, RNG), and every iteration is the same compiled program, so a resumed run
-reproduces the uninterrupted one bit for bit on CPU.
+α, buffer, env states, RNG), and every iteration runs the same two compiled programs, so a
+resumed run reproduces the uninterrupted one bit for bit on CPU.
 """
 
 from __future__ import annotations
