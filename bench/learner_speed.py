@@ -23,7 +23,7 @@ XLA's) against the same iteration as one program under the env's options, altern
 bench/results/learner_speed_<device>.json and .png (per-update, compile and inference time
 against depth).
 
-    python bench/learner_speed.py                       # ant sizes, depths 4 16 64 256, + 1024
+    python bench/learner_speed.py                       # ant sizes, depths 4..256, iterations at 64
     python bench/learner_speed.py --candidates 2:dots 1:none   # more choices in the same rounds
     python bench/learner_speed.py --quick               # smoke test: seconds, tiny sizes
 """
@@ -55,7 +55,7 @@ from crl.sim import tasks
 from crl.sim.env import jit as env_jit
 from crl.sim.setup import setup_jax
 from crl.train import losses
-from crl.train.agent import learner_jit
+from crl.train.agent import Iteration, iteration_steps, learner_jit
 from crl.train.config import PAPER, NetworkConfig, TrainConfig, validate
 from crl.train.networks import (
     UNROLLED,
@@ -333,16 +333,7 @@ def iteration_config(config: Config, depth: int) -> TrainConfig:
 def one_program(setup: Any) -> Any:
     """The iteration as one program under the env's options, as the trainer built it before
     it split collection from learning."""
-    from crl.train.agent import iteration_steps
-
-    collect_and_insert, learn = iteration_steps(setup)
-
-    def whole(state: Any) -> tuple[Any, dict[str, Any]]:
-        state, collected = collect_and_insert(state)
-        state, learned = learn(state)
-        return state, {**collected, **learned}
-
-    return env_jit(whole, donate_argnums=0)
+    return env_jit(Iteration(*iteration_steps(setup)), donate_argnums=0)
 
 
 def measure_iteration(config: Config, depth: int) -> dict[str, Any]:
