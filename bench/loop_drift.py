@@ -12,7 +12,9 @@ clock), misses, and the samples skipped or repeated, and checks them against the
 runtime p99 ≤ policy p99 + 0.5 ms, robot p99 ≤ policy p99 + 1.5 ms, skipped + repeated no more
 than the drift requires (PPM · ticks), 0 misses.
 
-    python bench/loop_drift.py --policy build/demo/reacher.onnx --seconds 600 \
+With `--realtime` the runtime and the robot (sim or loopback) ask for SCHED_FIFO, as on a robot.
+
+    python bench/loop_drift.py --policy build/demo/reacher.onnx --seconds 600 --realtime \
         --out bench/results/loop_drift_cpu.json
 """
 
@@ -53,12 +55,14 @@ def targets(ppm: float, ticks: int, misses: int, skipped: int, repeated: int,
     }
 
 
-def closed_loop_run(policy: Path, spec: PolicySpec, ppm: float, seconds: float) -> dict[str, Any]:
+def closed_loop_run(policy: Path, spec: PolicySpec, ppm: float, seconds: float,
+                    realtime: bool) -> dict[str, Any]:
     goals = max(1, round(seconds / EPISODE_S))
     r = run_closed_loop(policy=policy, task=spec.task, dr="held-out", seed=0, goals=goals,
-                        spec=spec, clock_ppm=ppm)
+                        spec=spec, clock_ppm=ppm, realtime=realtime)
     rt = r["runtime"]
-    row = {"setup": "closed loop, reacher 25 Hz", "clock_ppm": ppm, "goals": goals,
+    row = {"setup": "closed loop, reacher 25 Hz", "clock_ppm": ppm, "realtime": realtime,
+           "goals": goals,
            "success_rate": r["success_rate"], "wall_s": r["wall_s"], "ticks": rt["ticks"],
            "misses": rt["misses"], "samples_skipped": rt["samples_skipped"],
            "samples_repeated": rt["samples_repeated"],
@@ -73,11 +77,13 @@ def closed_loop_run(policy: Path, spec: PolicySpec, ppm: float, seconds: float) 
     return row
 
 
-def loopback_run(policy: Path, ppm: float, seconds: float, hz: float) -> dict[str, Any]:
-    r = run_bench_loop(policy, hz=hz, seconds=seconds, clock_ppm=ppm)
+def loopback_run(policy: Path, ppm: float, seconds: float, hz: float,
+                 realtime: bool) -> dict[str, Any]:
+    r = run_bench_loop(policy, hz=hz, seconds=seconds, clock_ppm=ppm, realtime=realtime)
     rt = r["runtime_status"]
     row = {"setup": f"loopback robot {hz:g} Hz, depth {r['policy']['depth']}",
-           "clock_ppm": ppm, "seconds": seconds, "ticks": r["ticks"], "misses": r["misses"],
+           "clock_ppm": ppm, "realtime": realtime, "seconds": seconds, "ticks": r["ticks"],
+           "misses": r["misses"],
            "samples_skipped": r["samples_skipped"], "samples_repeated": r["samples_repeated"],
            "policy_p99_ms": r["policy_latency_ms"]["p99"],
            "runtime_end_to_end_ms": {"p50": rt["end_to_end_p50_ms"],
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="each 100 Hz run (default: --seconds)")
     p.add_argument("--hz", type=float, default=100.0, help="the loopback runs' rate")
     p.add_argument("--depth", type=int, default=64, help="the loopback runs' policy depth")
+    p.add_argument("--realtime", action="store_true",
+                   help="the runtime and the robots ask for SCHED_FIFO, as on a robot")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if not (args.seconds > 0 and args.ppm >= 0 and args.hz > 0 and args.depth >= 4):
@@ -113,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         deep = Path(tmp) / f"reacher_d{args.depth}.onnx"
         export_actor(random_params(spec, critic=False), spec, deep)
         for ppm in (args.ppm, -args.ppm):
-            runs.append(closed_loop_run(args.policy, policy_spec, ppm, args.seconds))
+            runs.append(closed_loop_run(args.policy, policy_spec, ppm, args.seconds,
+                                        args.realtime))
             print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
-            runs.append(loopback_run(deep, ppm, loop_s, args.hz))
+            runs.append(loopback_run(deep, ppm, loop_s, args.hz, args.realtime))
             print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
     write_json(args.out, {
         **result_context("loop_drift", device_info(), versions()),
-        "policy": str(args.policy), "ppm": args.ppm, "runs": runs,
+        "policy": str(args.policy), "ppm": args.ppm, "realtime": args.realtime, "runs": runs,
         "targets_met": all(all(r["targets"].values()) for r in runs),
     })
     print(f"wrote {args.out}")

@@ -375,7 +375,8 @@ def closed_loop_seeds(r: dict[str, Any]) -> str:
 def loop_drift(r: dict[str, Any]) -> str:
     """Each run against a robot whose clock drifts: latency against the policy's, slips, misses
     and whether every target held."""
-    rows = [[run["setup"], f"{run['clock_ppm']:+g}", f"{run['ticks']:,}", str(run["misses"]),
+    rows = [[run["setup"] + (", SCHED_FIFO" if run.get("realtime") else ""),
+             f"{run['clock_ppm']:+g}", f"{run['ticks']:,}", str(run["misses"]),
              f"{run['samples_skipped']} / {run['samples_repeated']}",
              f"{run['policy_p99_ms']:.2f}", f"{run['runtime_end_to_end_ms']['p99']:.2f}",
              f"{run['robot_end_to_end_ms']['p99']:.2f}",

@@ -58,6 +58,9 @@ class Robot:
     clock_ppm: float = 0.0
     """Its clock runs this many parts per million fast (negative: slow) against this
     computer's, as a separate computer's does: paces the physics and stamps the messages."""
+    realtime: bool = False
+    """Ask for SCHED_FIFO for the physics loop and its transport's I/O threads, as a robot's
+    driver runs (needs CAP_SYS_NICE or an rtprio limit; refused, it says so and runs)."""
 
     def check(self) -> None:
         from crl.runtime.cli import PORTS  # here: crl-run's command table loads this module
@@ -96,6 +99,7 @@ def sim_robot(cmd: Robot) -> None:
         try:
             stats = serve(sim, endpoints, speed=cmd.speed, episodes=cmd.episodes,
                           stop=lambda: bool(stopping), keys=keys, clock_ppm=cmd.clock_ppm,
+                          realtime=cmd.realtime,
                           announce=lambda line: print(line, file=sys.stderr, flush=True))
         except TransportError as e:
             raise RobotError(str(e)) from None
@@ -134,6 +138,9 @@ class ClosedLoopArgs:
     clock_ppm: float = 0.0
     """the sim robot's clock runs this many parts per million fast (negative: slow) against the
     runtime's, as a separate computer's does"""
+    realtime: bool = False
+    """the sim robot and the runtime ask for SCHED_FIFO, as on a robot (needs CAP_SYS_NICE or an
+    rtprio limit; refused, each says so and runs)"""
 
     def check(self) -> None:
         usage.seed("--seed", self.seed)
@@ -195,7 +202,8 @@ def closed_loop_cmd(args: ClosedLoopArgs) -> None:
         result = run_closed_loop(policy=args.policy, task=args.task, dr=args.dr,
                                  seed=args.seed, goals=args.goals, backend=args.backend,
                                  robot=args.robot or None, speed=args.speed, spec=spec,
-                                 keys=args.keys, clock_ppm=args.clock_ppm, on_goal=on_goal)
+                                 keys=args.keys, clock_ppm=args.clock_ppm,
+                                 realtime=args.realtime, on_goal=on_goal)
     write_json(args.out, result)
     rt, e2e = result["runtime"], result["robot_end_to_end_ms"]
     print(f"closed loop ({args.task}, dr {args.dr}, seed {args.seed}): success "

@@ -142,12 +142,12 @@ def start(name: str, argv: list[str], logdir: Path) -> Process:
 def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
                     backend: str = "ort", robot: str | None = None, speed: float = 1.0,
                     spec: PolicySpec, serve_args: tuple[str, ...] = (),
-                    keys: Path | None = None, clock_ppm: float = 0.0,
+                    keys: Path | None = None, clock_ppm: float = 0.0, realtime: bool = False,
                     on_goal: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the closed loop and return the result (see the module docstring). `keys`: a CURVE
     keys folder with all three roles; the scorer is the operator. `clock_ppm`: the sim robot's
-    clock runs that fast (negative: slow) against the runtime's. `on_goal` gets each goal's
-    result as it is scored."""
+    clock runs that fast (negative: slow) against the runtime's. `realtime`: the robot and the
+    runtime ask for SCHED_FIFO. `on_goal` gets each goal's result as it is scored."""
     host = "127.0.0.1"
     ep = Endpoints(host, free_base_port(host))
     py = sys.executable
@@ -164,12 +164,14 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
             start("crl-sim robot", [py, "-m", "crl.sim.cli", "robot", task, "--dr", dr,
                                     "--seed", str(seed), "--host", host, "--port", str(ep.port),
                                     "--speed", str(speed), *key_args,
-                                    *(("--clock-ppm", str(clock_ppm)) if clock_ppm else ())],
+                                    *(("--clock-ppm", str(clock_ppm)) if clock_ppm else ()),
+                                    *(("--realtime",) if realtime else ())],
                   logdir),
             start("crl-run serve", [py, "-m", "crl.runtime.cli", "serve", "--policy", str(policy),
                                     "--backend", backend, "--robot", robot or task, "--host",
                                     host, "--port", str(ep.port), "--speed", str(speed),
-                                    "--wait", str(STARTUP_S), "--quiet", *key_args, *serve_args],
+                                    "--wait", str(STARTUP_S), "--quiet", *key_args,
+                                    *(("--realtime",) if realtime else ()), *serve_args],
                   logdir),
         ]
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -181,7 +183,7 @@ def run_closed_loop(*, policy: Path, task: str, dr: str, seed: int, goals: int,
             for p in procs:
                 p.log.close()
     result.update(task=task, dr=dr, seed=seed, policy=str(policy), backend=backend, speed=speed,
-                  clock_ppm=clock_ppm,
+                  clock_ppm=clock_ppm, realtime=realtime,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   exit_codes=codes)
     return result

@@ -188,8 +188,22 @@ class SimRobot:
     def prefetch(self, index: int) -> None:
         """Draw episode `index` now, so that its `reset` at an episode's end only builds the
         model (the draw runs the env's jitted reset: a few ms the robot's clock cannot spare
-        between a control step and its observation)."""
+        between a control step and its observation). `prefetch_if_due` picks the moment."""
         self._drawn = (index, self.draw(index))
+
+    def prefetch_if_due(self) -> bool:
+        """Draw the next episode if it is not drawn and now is the quiet moment for it: a
+        physics step between two control steps, past the episode's first. Right after an
+        observation goes out (an episode's first too) the runtime's answer is on its way, and a
+        robot busy drawing takes it a few ms late: once an episode, 2% of a 50-step episode's
+        answers, enough to set the robot-measured latency's 99th percentile. A physics step
+        later that answer has come, and the next observation is most of a period away. True
+        when it drew."""
+        if (self._drawn is not None or self.episode is None
+                or self.physics_steps <= self.substeps or self.physics_steps % self.substeps == 0):
+            return False
+        self.prefetch(self.episode.index + 1)
+        return True
 
     def reset(self, index: int) -> Episode:
         """Start episode `index`: a fresh model with its draw, its start state and hold ctrl."""
@@ -457,7 +471,6 @@ class _ServeRun:
         # the reacher; the next draw was made ahead): a runtime whose ticks are locked to this
         # robot's samples stays locked, as it would with a real robot's driver.
         self.publish()
-        robot.prefetch(robot.episode.index + 1)  # before the next physics step is due
         return False
 
 
@@ -473,6 +486,7 @@ def serve(
     stats: ServeStats | None = None,
     keys: Keys | None = None,
     clock_ppm: float = 0.0,
+    realtime: bool = False,
 ) -> ServeStats:
     """Run `robot` in real time on the transport until `stop()` or `episodes` episodes (0: no
     end). Observations and telemetry go out at each control step; each action is taken as it
@@ -482,8 +496,11 @@ def serve(
     instead of bursting to catch up. A new episode's reset (a few ms of the env's jitted reset)
     keeps the clock's phase. `stats`, if given, is filled as it runs (a caller can watch it);
     `link` replaces the transport (it is then the caller's to close); `keys`: the robot's CURVE
-    keys.
+    keys. `realtime`: this thread asks for SCHED_FIFO and its own transport's I/O threads one
+    level above (`crl.runtime.loop.open_realtime`), as a robot's driver runs; refused, it runs
+    with normal priority and says so.
     """
+    from crl.runtime.loop import open_realtime
     from crl.runtime.transport import RobotLink
 
     if not (math.isfinite(speed) and speed > 0):
@@ -491,11 +508,14 @@ def serve(
     clock = RobotClock(clock_ppm)
     stats = ServeStats() if stats is None else stats
     own = link is None
+    scheduling = ""
+    if link is None and realtime:
+        link, said = open_realtime(lambda: RobotLink(endpoints, keys, wall_clock=clock.wall))
+        scheduling = f", {said}"
     link = RobotLink(endpoints, keys, wall_clock=clock.wall) if link is None else link
     if robot.episode is None:
         robot.reset(0)
     assert robot.episode is not None
-    robot.prefetch(robot.episode.index + 1)
     run = _ServeRun(robot, link, stats, clock)
     lag_limit = robot.control_period / speed
     try:
@@ -503,7 +523,7 @@ def serve(
             f"crl-sim robot: {robot.task} publishing on {endpoints.observations} (observations; "
             f"telemetry {endpoints.telemetry}, actions from {endpoints.actions}), "
             f"{1 / lag_limit:g} Hz, dr {robot.env.dr_mode}, seed {robot.seed}, speed {speed:g}"
-            + (f", clock {clock_ppm:+g} ppm" if clock_ppm else "")
+            + (f", clock {clock_ppm:+g} ppm" if clock_ppm else "") + scheduling
         )
         run.publish()
         steps = _StepClock(robot.timestep / speed, lag_limit, clock)
@@ -515,6 +535,7 @@ def serve(
             at_control_step = robot.physics_steps % robot.substeps == 0
             if at_control_step and run.end_control_step(episodes):
                 break
+            robot.prefetch_if_due()  # the next episode's draw, between two observations
     finally:
         stats.link = dict(link.counters)
         if own:

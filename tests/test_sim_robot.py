@@ -36,6 +36,7 @@ from crl.testbed.closed_loop import free_base_port
 from crl.testbed.robot import (
     MODEL_FIELDS,
     ActionError,
+    Episode,
     ServeStats,
     SimRobot,
     episode_key,
@@ -413,18 +414,21 @@ def _messages(runtime: FakeRuntime) -> Iterator[tuple[list[Observation], list[Te
 def test_cli_robot_end_to_end_on_loopback() -> None:
     """`crl-sim robot` as a process: an action-free episode is, value for value, the lockstep
     robot's (true achieved goal in telemetry, the same noisy observations); actions sent move
-    the joints to their targets; SIGTERM stops it with exit 0."""
+    the joints to their targets; SIGTERM stops it with exit 0. It runs with `--realtime`, as
+    a robot's driver does, and says what scheduling it got."""
     port = free_base_port()
     ep = Endpoints("127.0.0.1", port)
     seed, speed = 1, 5.0
     cmd = [sys.executable, "-m", "crl.sim.cli", "robot", "reacher", "--dr", "held-out",
-           "--seed", str(seed), "--speed", str(speed), "--port", str(port)]
+           "--seed", str(seed), "--speed", str(speed), "--port", str(port), "--realtime"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     runtime: FakeRuntime | None = None
     try:
         line = _ready_line(proc)
         assert f"reacher publishing on tcp://127.0.0.1:{port}" in line
+        assert ("running with SCHED_FIFO priority 50 (its transport's I/O threads 51)" in line
+                or "real-time scheduling refused" in line), line
         runtime = FakeRuntime(ep)
         # Phase 1, no actions: wait for an episode seen whole, observations paired with
         # telemetry by their shared stamp.
@@ -519,3 +523,27 @@ def test_the_robot_clock_runs_its_ppm_fast_or_slow() -> None:
     for bad in (math.nan, math.inf, 20_000.0, -20_000.0):
         with pytest.raises(ClockError, match="clock ppm"):
             RobotClock(bad)
+
+
+def test_the_next_draw_is_made_between_two_observations(reacher_off: GoalReachEnv) -> None:
+    """The next episode's draw (a few ms of the env's jitted reset) is made at the first physics
+    step between two control steps past the episode's first, not as an observation goes out
+    (when the runtime's answer is on its way); the reset then uses it, drawing nothing."""
+    robot = SimRobot("reacher", dr="off", seed=0, env=reacher_off)
+    robot.reset(0)
+    want = robot.draw(1)
+    drawn = []
+    for _ in range(3 * robot.substeps):
+        robot.step_physics()
+        if robot.prefetch_if_due():
+            drawn.append(robot.physics_steps)
+    assert drawn == [robot.substeps + 1]
+
+    def no_draw(index: int) -> Episode:
+        raise AssertionError(f"episode {index} drawn at its reset")
+
+    robot.draw = no_draw  # type: ignore[method-assign]
+    ep = robot.reset(1)
+    np.testing.assert_array_equal(ep.qpos, want.qpos)
+    np.testing.assert_array_equal(ep.goal, want.goal)
+    assert not robot.prefetch_if_due()  # a new episode: nothing due before its first step

@@ -378,14 +378,23 @@ def test_the_paper_preset_covers_every_paper_task() -> None:
         assert preset("paper", task).total_steps == PAPER_BUDGETS[task], task
 
 
-def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(monkeypatch, tmp_path) -> None:
-    seen = []
+@pytest.fixture
+def configs_trained(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """The configs `crl-train` would train, in order: its trainer is replaced by one that
+    records the config and stops as Ctrl-C does (exit 130)."""
+    seen: list[TrainConfig] = []
 
     def fake_train(config, out, resume=False, devices=None):
         seen.append(config)
         raise KeyboardInterrupt
 
     monkeypatch.setattr("crl.train.trainer.train", fake_train)
+    return seen
+
+
+def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(
+        configs_trained, tmp_path) -> None:
+    seen = configs_trained
     out = ["--out", str(tmp_path / "r")]
     assert cli.main(["paper_ant_u5_maze", *out]) == 130  # --preset paper is the default
     assert cli.main(["--total-steps", "1000000", "paper_ant_u5_maze", "--dr", "train", *out]) == 130
@@ -393,6 +402,41 @@ def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(monkeypatch
     assert (paper.total_steps, paper.eval.eval_every, paper.dr) == (400_000_000, 4_000_000, "off")
     assert paper == preset("paper", "paper_ant_u5_maze")
     assert (changed.total_steps, changed.dr) == (1_000_000, "train")
+
+
+def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp_path,
+                                                            capsys) -> None:
+    """`arm_reach`'s quick preset has its own spatial weight (TASK_PRESET_CHANGES), the
+    reacher keeps the preset's; a flag still wins, and `crl-train arm_reach --preset quick
+    --help` shows the arm's default, `--help` without a task the preset's."""
+    from crl.train.config import TASK_PRESET_CHANGES
+
+    arm = preset("quick", "arm_reach")
+    assert TASK_PRESET_CHANGES[("quick", "arm_reach")] == {"algo": {"spatial_penalty": 100.0}}
+    assert arm == dataclasses.replace(
+        PRESETS["quick"], task="arm_reach",
+        algo=dataclasses.replace(PRESETS["quick"].algo, spatial_penalty=100.0))
+    assert preset("quick", "reacher") == dataclasses.replace(PRESETS["quick"], task="reacher")
+    assert preset("quick", "arm_reach", total_steps=1_200_000).algo.spatial_penalty == 100.0
+    validate(preset("quick", "arm_reach"), ("arm_reach",))
+    seen = configs_trained
+    out = ["--out", str(tmp_path / "r")]
+    assert cli.main(["arm_reach", "--preset", "quick", *out]) == 130
+    assert cli.main(["arm_reach", "--preset", "quick", "--spatial-penalty", "5", *out]) == 130
+    arm, changed = seen
+    assert arm == preset("quick", "arm_reach") and changed.algo.spatial_penalty == 5.0
+
+    def default_shown(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        out = capsys.readouterr().out
+        assert e.value.code == 0, out
+        flag = out[out.index("--spatial-penalty"):]
+        return re.search(r"\(default: ([\d.]+)\)", flag).group(1)
+
+    assert default_shown(["arm_reach", "--preset", "quick", "--help"]) == "100.0"
+    assert default_shown(["--help", "--preset", "quick", "reacher"]) == "10.0"
+    assert default_shown(["--preset", "quick", "--help"]) == "10.0"
 
 
 def test_held_out_is_no_training_dr() -> None:

@@ -23,7 +23,9 @@ before any work; mistakes a user can make print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -171,6 +173,22 @@ def _parse(argv: Sequence[str], preset_name: str, default_config: TrainConfig) -
     return args
 
 
+def _task_of(argv: Sequence[str], preset_name: str) -> str | None:
+    """The task `argv` names, parsed against the preset's defaults with any --help taken out
+    (so the help that follows shows that task's own defaults); None when --help is asked for
+    and no task is given (a usage error without --help exits as tyro reports it)."""
+    helps = ("-h", "--help")
+    asks_help = any(a in helps for a in argv)
+    rest = [a for a in argv if a not in helps]
+    if not asks_help:
+        return _parse(rest, preset_name, PRESETS[preset_name]).config.task
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return _parse(rest, preset_name, PRESETS[preset_name]).config.task
+    except SystemExit:
+        return None
+
+
 def init_distributed(
     coordinator_address: str | None, num_processes: int | None, process_id: int | None
 ) -> bool:
@@ -216,8 +234,11 @@ def _train(argv: Sequence[str]) -> int:
     else:
         # A preset can depend on the task (the paper's step budget does): parse once for the
         # task, then against that task's preset, so flags given still override it.
-        task = _parse(argv, pre.preset, PRESETS[pre.preset]).config.task
-        default_config = dataclasses.replace(preset(pre.preset, task), task=tyro.MISSING)
+        task = _task_of(argv, pre.preset)
+        if task is not None:
+            default_config = dataclasses.replace(preset(pre.preset, task), task=tyro.MISSING)
+        else:  # --help without a task: the preset's defaults for any task
+            default_config = dataclasses.replace(PRESETS[pre.preset], task=tyro.MISSING)
     args = _parse(argv, pre.preset, default_config)
     args.check()  # every flag, before any work
     c = args.config

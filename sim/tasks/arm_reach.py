@@ -11,7 +11,8 @@ to 10 mrad on each of 7 joints, up to ~1 cm at the tool each, a fifth of the suc
 In training: joint angles up to 2 mrad, velocities 0.03 rad/s, the tool 2 mm; held out,
 1.25-2x those (`crl.sim.config.ENCODER_NOISE`). Both changes were made and measured together:
 the quick preset's run ends 94.5% of episodes at the goal under the training ranges, where it
-ended fewer without them (docs/benchmarks.md, "The second robot").
+ended fewer without them (docs/benchmarks.md, "The second robot"). The arm's quick preset has
+its own spatial smoothness weight (`crl.train.config.TASK_PRESET_CHANGES`).
 """
 
 from crl.sim.config import (

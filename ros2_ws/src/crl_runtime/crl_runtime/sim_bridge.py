@@ -206,7 +206,6 @@ class SimBridge(Node):
             + (", simulated time on /clock" if self.clock_pub is not None else ""))
         self.publish_clock()
         self.publish()
-        robot.prefetch(1)  # the next episode's draw, ahead of its reset (as crl-sim robot does)
         start, n = clock.elapsed(), 0  # physics deadlines on the robot's clock
         while not stop.is_set():
             n += 1
@@ -231,6 +230,8 @@ class SimBridge(Node):
             if robot.physics_steps % robot.substeps:
                 if every_step:
                     self.measure()
+                # The next episode's draw, between two observations (as crl-sim robot does).
+                robot.prefetch_if_due()
                 continue
             if robot.done:
                 self.publish(observe=False)
@@ -241,7 +242,6 @@ class SimBridge(Node):
                 robot.reset(robot.episode.index + 1)
                 self.publish()
                 start = clock.elapsed() - n * period  # a reset is not a missed deadline
-                robot.prefetch(robot.episode.index + 1)  # from the next step's wait
                 continue
             self.publish()
         self.get_logger().info(", ".join(f"{k} {v}" for k, v in self.counts.items()))
