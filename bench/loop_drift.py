@@ -8,9 +8,10 @@ Two setups, each with the robot's clock at +PPM and at -PPM against this compute
 
 Per run it records the runtime's end-to-end latency (observation received → action published)
 and policy latency, the robot-measured latency (measurement → action received, on the robot's
-clock), misses, and the samples skipped or repeated, and checks them against the targets:
-runtime p99 ≤ policy p99 + 0.5 ms, robot p99 ≤ policy p99 + 1.5 ms, skipped + repeated no more
-than the drift requires (PPM · ticks), 0 misses.
+clock), misses, the samples skipped or repeated, and the runtime's stale stops and safe ticks,
+and checks them against the targets: runtime p99 ≤ policy p99 + 0.5 ms, robot p99 ≤ policy p99
++ 1.5 ms, skipped + repeated no more than the drift requires (PPM · ticks), 0 misses, and no
+stale stop (the robot never stops sending, so its data must never read stale).
 
 With `--realtime` the runtime and the robot (sim or loopback) ask for SCHED_FIFO, as on a robot.
 
@@ -43,9 +44,12 @@ EPISODE_S = 2.0  # a reacher episode: 50 steps at 25 Hz
 
 
 def targets(ppm: float, ticks: int, misses: int, skipped: int, repeated: int,
-            policy_p99: float, runtime_p99: float, robot_p99: float) -> dict[str, bool]:
+            policy_p99: float, runtime_p99: float, robot_p99: float,
+            stale_stops: int) -> dict[str, bool]:
     slips = math.ceil(abs(ppm) * 1e-6 * ticks)  # samples the drift alone would slip past
     return {
+        # a robot that keeps sending is never judged stale, whatever its clock reads
+        "no_stale_stops": stale_stops == 0,
         f"runtime_p99_le_policy_p99_plus_{RUNTIME_MARGIN_MS}ms":
             runtime_p99 <= policy_p99 + RUNTIME_MARGIN_MS,
         f"robot_p99_le_policy_p99_plus_{ROBOT_MARGIN_MS}ms":
@@ -70,10 +74,12 @@ def closed_loop_run(policy: Path, spec: PolicySpec, ppm: float, seconds: float,
            "runtime_end_to_end_ms": {"p50": rt["end_to_end_p50_ms"],
                                      "p99": rt["end_to_end_p99_ms"]},
            "robot_end_to_end_ms": r["robot_end_to_end_ms"],
-           "robot_applied_ms": r["robot_applied_ms"]}
+           "robot_applied_ms": r["robot_applied_ms"],
+           "stale_stops": rt["stale_stops"], "safe_ticks": rt["safe_ticks"]}
     row["targets"] = targets(ppm, rt["ticks"], rt["misses"], rt["samples_skipped"],
                              rt["samples_repeated"], rt["policy_latency_p99_ms"],
-                             rt["end_to_end_p99_ms"], r["robot_end_to_end_ms"]["p99"])
+                             rt["end_to_end_p99_ms"], r["robot_end_to_end_ms"]["p99"],
+                             rt["stale_stops"])
     return row
 
 
@@ -88,10 +94,12 @@ def loopback_run(policy: Path, ppm: float, seconds: float, hz: float,
            "policy_p99_ms": r["policy_latency_ms"]["p99"],
            "runtime_end_to_end_ms": {"p50": rt["end_to_end_p50_ms"],
                                      "p99": rt["end_to_end_p99_ms"]},
-           "robot_end_to_end_ms": r["end_to_end_ms"], "host": r["host"]}
+           "robot_end_to_end_ms": r["end_to_end_ms"], "host": r["host"],
+           "stale_stops": rt["stale_stops"], "safe_ticks": r["safe_ticks"]}
     row["targets"] = targets(ppm, r["ticks"], r["misses"], r["samples_skipped"],
                              r["samples_repeated"], r["policy_latency_ms"]["p99"],
-                             rt["end_to_end_p99_ms"], r["end_to_end_ms"]["p99"])
+                             rt["end_to_end_p99_ms"], r["end_to_end_ms"]["p99"],
+                             rt["stale_stops"])
     return row
 
 

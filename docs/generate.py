@@ -380,12 +380,23 @@ def loop_drift(r: dict[str, Any]) -> str:
              f"{run['samples_skipped']} / {run['samples_repeated']}",
              f"{run['policy_p99_ms']:.2f}", f"{run['runtime_end_to_end_ms']['p99']:.2f}",
              f"{run['robot_end_to_end_ms']['p99']:.2f}",
+             f"{run['stale_stops']} / {run['safe_ticks']:,}" if "stale_stops" in run else "–",
              "all" if all(run["targets"].values())
              else ", ".join(k for k, ok in run["targets"].items() if not ok) + " missed"]
             for run in r["runs"]]
     return table(["setup", "robot clock (ppm)", "ticks", "misses", "skipped / repeated",
                   "policy p99 (ms)", "runtime end-to-end p99 (ms)", "robot-measured p99 (ms)",
-                  "targets"], rows, "lrrrrrrrl")
+                  "stale stops / safe ticks", "targets"], rows, "lrrrrrrrrl")
+
+
+def transport_floor(r: dict[str, Any]) -> str:
+    """Each variant's round trip (and crl's two legs) with no policy between."""
+    names = {"zmq": "bare pyzmq PUB/SUB", "crl": "crl's RobotLink / RuntimeLink"}
+    rows = [[names[variant], leg.replace("_", " "), f"{v['p50']:.3f}", f"{v['p90']:.3f}",
+             f"{v['p99']:.3f}", f"{v['max']:.2f}", f"{v['samples']:,}"]
+            for variant, legs in r["variants"].items() for leg, v in legs.items()]
+    return table(["transport", "span", "p50 (ms)", "p90 (ms)", "p99 (ms)", "max (ms)",
+                  "samples"], rows, "llrrrrr")
 
 
 CONTEXT_KEYS = {"benchmark", "date", "device", "machine", "versions", "config"}
@@ -425,6 +436,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("robustness", None): robustness,
     ("closed_loop_seeds", None): closed_loop_seeds,
     ("loop_drift", None): loop_drift,
+    ("transport_floor", None): transport_floor,
 }
 
 

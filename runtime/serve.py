@@ -26,6 +26,7 @@ from crl.runtime.controller import Command, Controller
 from crl.runtime.loop import DEFAULT_SPIN_S, SampleLockedLoop, open_realtime
 from crl.runtime.messages import Action, Goal, Observation, bounded
 from crl.runtime.observation import ObservationError
+from crl.runtime.stamps import StampAges
 from crl.runtime.transport import FINE_POLL_S, POLL_STEP_S, Endpoints, RuntimeLink
 
 STATUS_HZ = 5.0
@@ -43,12 +44,6 @@ class ServeOptions:
     realtime: bool = False
     seconds: float = 0.0  # stop after this long (0: until a signal)
     keys: Keys | None = None  # the runtime's CURVE keys (crl.runtime.auth); required off loopback
-
-
-def monotonic_stamp(obs: Observation, received: float) -> float:
-    """The observation's wall-clock stamp on this process's monotonic clock, never later than
-    its arrival (a robot clock ahead of ours must not make old data look fresh)."""
-    return min(obs.stamp - (time.time() - time.monotonic()), received)
 
 
 def to_message(link: RuntimeLink, cmd: Command) -> Action:
@@ -73,6 +68,13 @@ class Inputs:
         self.handle_goal = goal_handler(controller)
         self.errors = 0
         self.held: tuple[Observation, float] | None = None  # read between ticks, its arrival
+        self.ages = StampAges()
+
+    def observation_time(self, obs: Observation, received: float) -> float:
+        """When `obs` was measured, on this process's monotonic clock: its arrival (`received`)
+        less its age, the robot clock's offset from ours taken out (`StampAges`)."""
+        lag = received + (time.time() - time.monotonic()) - obs.stamp
+        return received - self.ages.age(obs.session, lag, received)
 
     def poll_observation(self) -> Observation | None:
         try:
@@ -91,7 +93,7 @@ class Inputs:
         if obs is None:
             return
         try:
-            self.controller.observe(obs, monotonic_stamp(obs, received), received)
+            self.controller.observe(obs, self.observation_time(obs, received), received)
         except Exception:
             self.errors += 1
 
@@ -153,7 +155,7 @@ def wait_for_robot(link: RuntimeLink, controller: Controller, wait_s: float,
         if obs is not None:
             try:
                 received = time.monotonic()
-                controller.start(obs, monotonic_stamp(obs, received), received)
+                controller.start(obs, inputs.observation_time(obs, received), received)
             except ObservationError as e:
                 raise StartupError(f"the robot does not fit the policy: {e}") from None
             return obs

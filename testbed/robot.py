@@ -356,10 +356,16 @@ class ServeStats:
         )
 
 
-class _StepClock:
-    """Absolute deadlines of the physics steps on the robot's clock, from when it is made.
+def sleep_until(deadline: float) -> None:
+    """Sleep to `deadline` (time.monotonic)."""
+    time.sleep(max(0.0, deadline - time.monotonic()))
 
-    A loop that falls a whole control period behind re-anchors the deadlines to now instead of
+
+class StepClock:
+    """Absolute deadlines of the physics steps on the robot's clock, from when it is made (the
+    real-time loops of `crl-sim robot` and the ROS package's `sim_bridge`).
+
+    A loop that falls more than `lag_limit` behind re-anchors the deadlines to now instead of
     bursting through the missed steps to catch up.
     """
 
@@ -367,18 +373,22 @@ class _StepClock:
         self.step_period, self.lag_limit, self.clock = step_period, lag_limit, clock
         self.start, self.steps = clock.elapsed(), 0
 
-    def wait(self, until: Callable[[float], None]) -> bool:
-        """`until(deadline)` (time.monotonic) to the next step's deadline, which waits for it;
-        True when it was already too late and re-anchored."""
+    def wait(self, until: Callable[[float], None] = sleep_until) -> bool:
+        """`until(deadline)` (time.monotonic) to the next step's deadline, which waits for it
+        (by default, a sleep); True when it was already too late and re-anchored."""
         self.steps += 1
         deadline = self.start + self.steps * self.step_period
         now = self.clock.elapsed()
         if now < deadline:
             until(self.clock.host_time(deadline))
         elif now - deadline > self.lag_limit:
-            self.start = now - self.steps * self.step_period
+            self.reanchor()
             return True
         return False
+
+    def reanchor(self) -> None:
+        """The current step's deadline is now: what ran past it (a reset) is not a lag."""
+        self.start = self.clock.elapsed() - self.steps * self.step_period
 
 
 @dataclass
@@ -526,7 +536,7 @@ def serve(
             + (f", clock {clock_ppm:+g} ppm" if clock_ppm else "") + scheduling
         )
         run.publish()
-        steps = _StepClock(robot.timestep / speed, lag_limit, clock)
+        steps = StepClock(robot.timestep / speed, lag_limit, clock)
         while not stop():
             if steps.wait(run.take_actions):
                 stats.late += 1

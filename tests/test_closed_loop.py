@@ -83,16 +83,20 @@ def test_quickstart_policy_reaches_held_out_goals_in_the_closed_loop(demo_policy
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ppm", [10000, -10000])
 def test_the_loop_stays_on_the_samples_of_a_robot_whose_clock_drifts(
-        demo_policy: Path, tmp_path: Path) -> None:
-    """The sim robot's clock 1% fast (the most `--clock-ppm` takes; a crystal's 100 ppm takes a
-    hundred times longer to drift as far): in 16 s it runs 160 ms, four control periods, ahead.
-    A loop whose phase was set once would act on samples ever older, through every phase of the
-    period (a median age of half a period, 20 ms); this one follows the robot's clock, so each
-    action answers a sample just taken, and no sample slips past unseen or is used twice."""
+        demo_policy: Path, tmp_path: Path, ppm: int) -> None:
+    """The sim robot's clock 1% fast or slow (the most `--clock-ppm` takes; a crystal's 100 ppm
+    takes a hundred times longer to drift as far): in 16 s it runs 160 ms, four control periods,
+    ahead or behind. A loop whose phase was set once would act on samples ever older, through
+    every phase of the period (a median age of half a period, 20 ms); this one follows the
+    robot's clock, so each action answers a sample just taken, and no sample slips past unseen
+    or is used twice. Behind, the robot's stamps fall 160 ms behind this computer's clock, past
+    the 120 ms staleness limit: ages at arrival take the offset out, so none reads stale."""
     result = closed_loop(demo_policy, tmp_path / "closed_loop.json", "--dr", "off", "--goals",
-                         "8", "--clock-ppm", "10000")
-    assert result["clock_ppm"] == 10000
+                         "8", "--clock-ppm", str(ppm))
+    assert result["clock_ppm"] == ppm
+    assert result["runtime"]["stale_stops"] == 0, result["runtime"]
     runtime, period_ms = result["runtime"], 1000 / 25
     # The robot's own measurement: its sample's stamp → the answering action's arrival.
     assert result["robot_end_to_end_ms"]["p50"] < period_ms / 4, result["robot_end_to_end_ms"]

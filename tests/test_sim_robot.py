@@ -39,6 +39,7 @@ from crl.testbed.robot import (
     Episode,
     ServeStats,
     SimRobot,
+    StepClock,
     episode_key,
     serve,
 )
@@ -523,6 +524,31 @@ def test_the_robot_clock_runs_its_ppm_fast_or_slow() -> None:
     for bad in (math.nan, math.inf, 20_000.0, -20_000.0):
         with pytest.raises(ClockError, match="clock ppm"):
             RobotClock(bad)
+
+
+def test_step_deadlines_are_absolute_and_a_lag_or_a_reset_reanchors_them() -> None:
+    """The physics loop's clock (`crl-sim robot`, `sim_bridge`): deadlines a step apart from its
+    start, never from the last wake-up; a loop more than the lag limit behind is re-anchored
+    (reported) rather than run through the missed steps; a reset re-anchors without a report."""
+    step, clock = 0.005, RobotClock(0.0)
+    steps = StepClock(step, lag_limit=0.1, clock=clock)
+    woken: list[float] = []
+    for _ in range(4):
+        assert not steps.wait(lambda deadline: (woken.append(deadline), time.sleep(
+            max(0.0, deadline - time.monotonic()))))
+    assert np.diff(woken) == pytest.approx([step] * 3, abs=1e-9)  # absolute, no accumulation
+    time.sleep(0.25)  # a stall of 50 steps, past the lag limit
+    stalled = time.monotonic()
+    assert steps.wait()  # re-anchored, reported
+    after: list[float] = []
+    assert not steps.wait(after.append)
+    assert after[0] > stalled  # the next deadline is ahead, not 50 steps in the past
+    time.sleep(0.03)  # an episode's reset, after which the loop re-anchors
+    reset = time.monotonic()
+    steps.reanchor()
+    after.clear()
+    assert not steps.wait(after.append)
+    assert after[0] > reset
 
 
 def test_the_next_draw_is_made_between_two_observations(reacher_off: GoalReachEnv) -> None:

@@ -62,6 +62,7 @@ from crl.runtime.loop import (
 from crl.runtime.messages import new_session
 from crl.runtime.observation import ObservationError
 from crl.runtime.policy import PolicyError, load_policy
+from crl.runtime.stamps import StampAges
 from crl_runtime.convert import (
     BaseState,
     ConversionError,
@@ -141,6 +142,7 @@ class GoalReach(Node):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.started = threading.Event()  # the controller has its first observation
         self.arrivals = ArrivalSignal(self.loop_clock, self.max_sleep_s)  # for the loop
+        self.ages = StampAges()  # joint states' ages at arrival, the robot clock's offset out
         self.first_arrival = math.nan  # loop_clock of the one that started the controller
         self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
         self.velocities = JointVelocities()  # for joint states that carry positions only
@@ -238,10 +240,10 @@ class GoalReach(Node):
 
         Refusing here, before the controller holds it, means a bad message never displaces a
         good one the next tick has not used yet. Its age is measured on the node clock (stamp
-        against the clock at arrival) and carried onto the clock the loop runs on, never later
-        than its arrival. A message without velocities gets them by finite
-        differences over the stamps (`JointVelocities`); the first such one has no previous
-        position, so the controller starts on the second.
+        against the clock at arrival, the robot clock's offset taken out: `StampAges`) and
+        carried onto the clock the loop runs on, never later than its arrival. A message without
+        velocities gets them by finite differences over the stamps (`JointVelocities`); the
+        first such one has no previous position, so the controller starts on the second.
         """
         received, received_ros = self.loop_clock(), self.now_s()
         self.counts["joint_states_received"] += 1
@@ -258,7 +260,7 @@ class GoalReach(Node):
             self.get_logger().warning(f"joint state refused: {e}",
                                       throttle_duration_sec=WAIT_LOG_S)
             return
-        obs_time = received - max(0.0, received_ros - obs.stamp)
+        obs_time = received - self.ages.age(self.session, received_ros - obs.stamp, received)
         with self.lock:
             if self.started.is_set():
                 self.controller.observe(obs, obs_time, received)

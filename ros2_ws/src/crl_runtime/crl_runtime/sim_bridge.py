@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import sys
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -187,7 +186,7 @@ class SimBridge(Node):
 
     def run(self, stop: threading.Event) -> None:
         """Step physics in real time until `stop` or the episode budget is spent."""
-        from crl.testbed.robot import ActionError
+        from crl.testbed.robot import ActionError, StepClock
 
         robot, p, clock = self.robot, self.params, self.clock
         robot.reset(0)
@@ -206,15 +205,9 @@ class SimBridge(Node):
             + (", simulated time on /clock" if self.clock_pub is not None else ""))
         self.publish_clock()
         self.publish()
-        start, n = clock.elapsed(), 0  # physics deadlines on the robot's clock
+        steps = StepClock(period, lag_limit, clock)
         while not stop.is_set():
-            n += 1
-            deadline = start + n * period
-            now = clock.elapsed()
-            if now < deadline:
-                time.sleep(max(0.0, clock.host_time(deadline) - time.monotonic()))
-            elif now - deadline > lag_limit:  # a whole control period behind: re-anchor
-                start = now - n * period
+            if steps.wait():  # a whole control period behind: re-anchored
                 self.counts["late"] += 1
             command, self.command = self.command, None
             if command is not None:
@@ -241,7 +234,7 @@ class SimBridge(Node):
                 assert robot.episode is not None
                 robot.reset(robot.episode.index + 1)
                 self.publish()
-                start = clock.elapsed() - n * period  # a reset is not a missed deadline
+                steps.reanchor()  # a reset is not a missed deadline
                 continue
             self.publish()
         self.get_logger().info(", ".join(f"{k} {v}" for k, v in self.counts.items()))

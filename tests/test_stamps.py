@@ -1,0 +1,83 @@
+"""`crl.runtime.stamps.StampAges`: an observation's age at arrival with the robot clock's offset
+and drift taken out, while data that comes with an old stamp still ages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crl.runtime.stamps import WINDOW_S, StampAges
+
+RATE_HZ = 100.0
+DELAY_S = 0.0003  # the transport's quickest delivery
+
+
+def ages(stamps: np.ndarray, arrivals: np.ndarray, session: int = 1,
+         tracker: StampAges | None = None) -> np.ndarray:
+    """Each observation's age at arrival, stamps on the robot's clock, arrivals on ours."""
+    tracker = tracker or StampAges()
+    return np.array([tracker.age(session, a - s, a) for s, a in zip(stamps, arrivals,
+                                                                   strict=True)])
+
+
+@pytest.mark.parametrize("ppm", [-100.0, 100.0, -10_000.0])
+def test_a_drifting_robot_clock_does_not_age_fresh_data(ppm: float) -> None:
+    """10 minutes at 100 Hz from a robot whose clock is 5 s behind ours and drifts: at -100 ppm
+    its stamps fall another 60 ms behind, twice a 100 Hz policy's staleness limit (3 periods).
+    Every age stays within the delivery jitter plus drift × window (the one-sided error)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(600 * RATE_HZ)) / RATE_HZ  # measurement times on our clock
+    stamps = t * (1 + ppm * 1e-6) - 5.0  # the robot's clock: behind, and drifting
+    jitter = rng.uniform(0.0, 0.0002, t.size)
+    arrivals = t + DELAY_S + jitter
+    got = ages(stamps, arrivals)
+    assert (got >= 0).all()
+    assert got.max() <= 0.0002 + abs(ppm) * 1e-6 * WINDOW_S + 1e-9
+    # what arrival - stamp alone would read: the offset, then stale for good
+    assert (arrivals - stamps).min() > 4.9
+
+
+def test_data_resent_with_an_old_stamp_ages() -> None:
+    """A frozen sensor: the robot keeps sending its last reading's stamp. The age grows with
+    the time since that stamp, past any staleness limit, however long it goes on."""
+    t = np.arange(int(60 * RATE_HZ)) / RATE_HZ
+    stamps = t - 2.0
+    frozen = t >= 20.0
+    stamps[frozen] = stamps[~frozen][-1]
+    got = ages(stamps, t + DELAY_S)
+    since = t[frozen] - t[frozen][0] + 1 / RATE_HZ  # since the last fresh reading
+    # its whole age while the fresh readings are in the window, then the window's span
+    assert (got[frozen] >= np.minimum(since, WINDOW_S - 2 / RATE_HZ) - 1e-6).all()
+    assert got[~frozen].max() < 1e-9
+
+
+def test_a_late_delivery_reads_late() -> None:
+    """One observation held up 50 ms in delivery (a stalled network) reads 50 ms old; those
+    around it do not."""
+    t = np.arange(1000) / RATE_HZ
+    arrivals = t + DELAY_S
+    arrivals[500] += 0.05
+    got = ages(t - 3.0, arrivals)
+    assert got[500] == pytest.approx(0.05)
+    assert np.delete(got, 500).max() < 1e-9
+
+
+def test_a_new_session_starts_over_with_its_own_clock() -> None:
+    """A restarted robot whose clock is 2 s further behind: its first observation is fresh, not
+    2 s old; the same offset from the old session would read stale."""
+    tracker = StampAges()
+    t = np.arange(100) / RATE_HZ
+    ages(t - 1.0, t + DELAY_S, session=1, tracker=tracker)
+    later = t + 1.0
+    assert ages(later - 3.0, later + DELAY_S, session=2, tracker=tracker).max() < 1e-9
+    stale = StampAges()
+    ages(t - 1.0, t + DELAY_S, tracker=stale)
+    assert ages(later - 3.0, later + DELAY_S, tracker=stale)[0] == pytest.approx(2.0)
+
+
+def test_a_robot_clock_ahead_of_ours_reads_fresh_never_negative() -> None:
+    t = np.arange(100) / RATE_HZ
+    got = ages(t + 0.3, t + DELAY_S)
+    assert (got >= 0).all() and got.max() < 1e-9
+    with pytest.raises(ValueError, match="window_s"):
+        StampAges(0.0)
