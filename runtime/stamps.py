@@ -11,12 +11,16 @@ it came. What a stamp is for still holds: data that keeps coming with an old sta
 sensor resending its last reading) ages as before, and a delivery late against the window's
 quickest reads as late. A drift within the window makes ages read older, never younger (by at most
 drift × window: 1 ms at 100 ppm over 10 s). A new session (a restarted robot, its clock another)
-starts over.
+starts over. A stamp more than FUTURE_TOLERANCE_S ahead of this computer's clock reads fresh
+(age 0) and leaves the window alone: one message stamped far in the future must not make every
+later observation look that much older.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+from crl.runtime.messages import FUTURE_TOLERANCE_S
 
 WINDOW_S = 10.0  # the arrivals whose smallest lag sets the clocks' offset
 
@@ -39,6 +43,8 @@ class StampAges:
         if session != self._session:
             self._session = session
             self._lags.clear()
+        if lag < -FUTURE_TOLERANCE_S:
+            return 0.0
         while self._lags and self._lags[-1][1] >= lag:
             self._lags.pop()
         self._lags.append((arrival, lag))

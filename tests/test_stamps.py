@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crl.runtime.messages import FUTURE_TOLERANCE_S
 from crl.runtime.stamps import WINDOW_S, StampAges
 
 RATE_HZ = 100.0
@@ -81,3 +82,18 @@ def test_a_robot_clock_ahead_of_ours_reads_fresh_never_negative() -> None:
     assert (got >= 0).all() and got.max() < 1e-9
     with pytest.raises(ValueError, match="window_s"):
         StampAges(0.0)
+
+
+def test_one_stamp_far_in_the_future_neither_reads_old_nor_ages_the_rest() -> None:
+    """A joint state stamped an hour ahead (a bad driver, a spoof on the topic) reads fresh, as
+    any stamp ahead of ours did, and the observations after it keep their true ages: had it
+    entered the window, each would read an hour old for the window's length."""
+    tracker = StampAges()
+    t = np.arange(200) / RATE_HZ
+    stamps = t - 1.0
+    stamps[100] = t[100] + 3600.0
+    got = ages(stamps, t + DELAY_S, tracker=tracker)
+    assert got.max() < 1e-9
+    # within the tolerance, a clock ahead is a clock ahead: its offset is learned
+    ahead = ages(t + FUTURE_TOLERANCE_S / 2, t + DELAY_S + 5.0, session=2, tracker=tracker)
+    assert ahead.max() < 1e-9
