@@ -68,13 +68,14 @@ class Inputs:
         self.handle_goal = goal_handler(controller)
         self.errors = 0
         self.held: tuple[Observation, float] | None = None  # read between ticks, its arrival
-        self.ages = StampAges()
+        # A clock step as large as half the staleness limit could age fresh data past it.
+        self.ages = StampAges(step_s=controller.max_age / 2)
 
     def observation_time(self, obs: Observation, received: float) -> float:
         """When `obs` was measured, on this process's monotonic clock: its arrival (`received`)
         less its age, the robot clock's offset from ours taken out (`StampAges`)."""
-        lag = received + (time.time() - time.monotonic()) - obs.stamp
-        return received - self.ages.age(obs.session, lag, received)
+        offset = time.time() - time.monotonic()
+        return received - self.ages.age(obs.session, obs.stamp, offset, received)
 
     def poll_observation(self) -> Observation | None:
         try:

@@ -14,11 +14,13 @@ DELAY_S = 0.0003  # the transport's quickest delivery
 
 
 def ages(stamps: np.ndarray, arrivals: np.ndarray, session: int = 1,
-         tracker: StampAges | None = None) -> np.ndarray:
-    """Each observation's age at arrival, stamps on the robot's clock, arrivals on ours."""
+         tracker: StampAges | None = None, offsets: np.ndarray | None = None) -> np.ndarray:
+    """Each observation's age at arrival, stamps on the robot's clock, arrivals on ours, our
+    stamp clock `offsets` ahead of the arrivals' (0 unless given)."""
     tracker = tracker or StampAges()
-    return np.array([tracker.age(session, a - s, a) for s, a in zip(stamps, arrivals,
-                                                                   strict=True)])
+    offsets = np.zeros(len(stamps)) if offsets is None else offsets
+    return np.array([tracker.age(session, s, o, a)
+                     for s, o, a in zip(stamps, offsets, arrivals, strict=True)])
 
 
 @pytest.mark.parametrize("ppm", [-100.0, 100.0, -10_000.0])
@@ -65,7 +67,7 @@ def test_a_late_delivery_reads_late() -> None:
 
 def test_a_new_session_starts_over_with_its_own_clock() -> None:
     """A restarted robot whose clock is 2 s further behind: its first observation is fresh, not
-    2 s old; the same offset from the old session would read stale."""
+    2 s old; the same offset from the old session reads stale (a clock step: once)."""
     tracker = StampAges()
     t = np.arange(100) / RATE_HZ
     ages(t - 1.0, t + DELAY_S, session=1, tracker=tracker)
@@ -82,6 +84,8 @@ def test_a_robot_clock_ahead_of_ours_reads_fresh_never_negative() -> None:
     assert (got >= 0).all() and got.max() < 1e-9
     with pytest.raises(ValueError, match="window_s"):
         StampAges(0.0)
+    with pytest.raises(ValueError, match="step_s"):
+        StampAges(step_s=-1.0)
 
 
 def test_one_stamp_far_in_the_future_neither_reads_old_nor_ages_the_rest() -> None:
@@ -97,3 +101,56 @@ def test_one_stamp_far_in_the_future_neither_reads_old_nor_ages_the_rest() -> No
     # within the tolerance, a clock ahead is a clock ahead: its offset is learned
     ahead = ages(t + FUTURE_TOLERANCE_S / 2, t + DELAY_S + 5.0, session=2, tracker=tracker)
     assert ahead.max() < 1e-9
+
+
+STEP_S = 0.015  # half a 100 Hz policy's staleness limit, as the controllers pass it
+
+
+@pytest.mark.parametrize("whose", ["robot's set back", "ours set forward"])
+def test_a_clock_step_ages_one_observation_not_the_window(whose: str) -> None:
+    """A robot clock set back 2 s mid-session (NTP, a reboot in under the window), or this
+    computer's set forward 2 s (chrony stepping a Jetson's clock at boot): every later lag is 2 s
+    larger. The observation that shows the step reads 2 s old, as a replayed one would; the ones
+    after it are fresh. Without the step rule each would read 2 s old for the whole window,
+    a stale stop of 10 s."""
+    t = np.arange(3000) / RATE_HZ
+    stamps, offsets = t - 1.0, np.zeros(t.size)
+    if whose == "ours set forward":
+        offsets[1500:] += 2.0
+    else:
+        stamps[1500:] -= 2.0
+    tracker = StampAges(step_s=STEP_S)
+    got = ages(stamps, t + DELAY_S, tracker=tracker, offsets=offsets)
+    assert got[1500] == pytest.approx(2.0)
+    assert np.delete(got, 1500).max() < 1e-9
+    assert tracker.steps == 1
+    no_rule = ages(stamps, t + DELAY_S, tracker=StampAges(step_s=1e9), offsets=offsets)
+    assert (no_rule[1500:2500] > 1.99).all()
+
+
+def test_old_stamps_among_fresh_ones_read_old_every_time() -> None:
+    """A second publisher replaying old joint states between the robot's (a bag, a stale
+    process), or a message misordered by a second path: each old one reads old, each fresh one
+    fresh, however they alternate."""
+    t = np.arange(400) / RATE_HZ
+    stamps = t - 1.0
+    stamps[200::2] -= 0.5  # every other one from t = 2 s is half a second old
+    got = ages(stamps, t + DELAY_S, tracker=StampAges(step_s=STEP_S))
+    assert got[200::2] == pytest.approx(np.full(100, 0.5), abs=0.011)
+    assert got[201::2].max() < 1e-9 and got[:200].max() < 1e-9
+
+
+def test_a_frozen_sensor_ages_through_jitter_in_our_clocks() -> None:
+    """Reading two clocks for one arrival can be split by a preemption: our offset jitters. Below
+    `step_s` that is no step, and a frozen sensor's stamp keeps aging."""
+    rng = np.random.default_rng(1)
+    t = np.arange(int(20 * RATE_HZ)) / RATE_HZ
+    stamps = t - 2.0
+    frozen = t >= 10.0
+    stamps[frozen] = stamps[~frozen][-1]
+    offsets = rng.uniform(0.0, 0.9 * STEP_S, t.size)
+    tracker = StampAges(step_s=STEP_S)
+    got = ages(stamps, t + DELAY_S, tracker=tracker, offsets=offsets)
+    since = t[frozen] - t[frozen][0]
+    assert (got[frozen] >= since - 0.9 * STEP_S).all()
+    assert tracker.steps == 0

@@ -418,6 +418,51 @@ def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_s
     assert "goal rejections 0" in out
 
 
+def test_serve_rides_through_a_robot_clock_set_back(controller_policy: Path) -> None:
+    """The robot's clock is set back 2 s in mid-session (NTP, a quick reboot keeping its
+    session): every later stamp's lag is 2 s larger. At most the observation that shows the step
+    reads stale; the next ones are acted on (`StampAges`: else each would read 2 s old, past the
+    150 ms limit, for the 10 s window)."""
+    port = free_base_port()
+    ep = Endpoints(port=port)
+    hz = 20.0
+    proc = start_serve(controller_policy, port, "--rate", str(hz), "--goal", "0.1", "0.1")
+    robot = RobotLink(ep)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    actions = action_reader(ctx, ep)
+
+    def send(shift: float, ticks: int) -> list[Action]:
+        got: list[Action] = []
+        for _ in range(ticks):
+            session, seq, stamp = robot.stamper.next()
+            obs = observation()
+            robot.publish_observation(Observation(session, seq, stamp + shift, obs.joint_names,
+                                                  obs.joint_pos, obs.joint_vel))
+            time.sleep(1 / hz)
+            got += actions.drain(0)
+        return got
+
+    try:
+        time.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while actions.poll(20) is None:  # the runtime starts on our first observation
+            publish(robot, observation())
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        before = send(0.0, 20)
+        assert not before[-1].safe
+        after = send(-2.0, 40)
+        stepped = [a for a in after if a.obs_stamp < time.time() - 1.0]
+        assert len(stepped) >= 30, "the stepped observations were not answered"
+        assert sum(a.safe for a in stepped) <= 2, [a.safe for a in stepped]
+        assert not stepped[-1].safe
+    finally:
+        out, err = interrupt(proc, timeout=30)
+        robot.close()
+        ctx.destroy(linger=0)
+    assert proc.returncode == 0, err
+    assert "stale stops 0" in out or "stale stops 1" in out, out
+
+
 def test_goals_are_answered_a_few_a_tick_and_a_refused_one_locks_nothing_out() -> None:
     """A runtime's goal socket (in this process, with a handler that takes |x| <= 0.2): each call
     answers at most MAX_GOALS_PER_TICK requests (20k queued goals stalled the loop 246-422 ms),

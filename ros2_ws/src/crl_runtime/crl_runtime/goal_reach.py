@@ -142,7 +142,9 @@ class GoalReach(Node):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.started = threading.Event()  # the controller has its first observation
         self.arrivals = ArrivalSignal(self.loop_clock, self.max_sleep_s)  # for the loop
-        self.ages = StampAges()  # joint states' ages at arrival, the robot clock's offset out
+        # joint states' ages at arrival, the robot clock's offset out; a clock step as large as
+        # half the staleness limit could age fresh data past it
+        self.ages = StampAges(step_s=c.max_age / 2)
         self.first_arrival = math.nan  # loop_clock of the one that started the controller
         self.waiting_for = f"no joint states on {p['joint_states_topic']} yet"
         self.velocities = JointVelocities()  # for joint states that carry positions only
@@ -260,7 +262,8 @@ class GoalReach(Node):
             self.get_logger().warning(f"joint state refused: {e}",
                                       throttle_duration_sec=WAIT_LOG_S)
             return
-        obs_time = received - self.ages.age(self.session, received_ros - obs.stamp, received)
+        obs_time = received - self.ages.age(self.session, obs.stamp, received_ros - received,
+                                            received)
         with self.lock:
             if self.started.is_set():
                 self.controller.observe(obs, obs_time, received)

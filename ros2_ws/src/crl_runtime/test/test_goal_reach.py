@@ -60,6 +60,7 @@ class ServoRobot:
         self.paused = threading.Event()
         self.stop = threading.Event()
         self.last_sent = 0.0  # node clock seconds of the last joint state's stamp
+        self.clock_shift = 0.0  # the robot's clock less the node clock, seconds
         self.clock = node.get_clock()
         self.sent = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -89,11 +90,11 @@ class ServoRobot:
                 msg.name, msg.position, msg.velocity = ["shoulder"], [self.q[0]], [0.0]
             elif fault == "malformed":
                 msg.position = [self.q[1]]
-            now = self.clock.now()
-            msg.header.stamp = now.to_msg()
+            ns = self.clock.now().nanoseconds + round(self.clock_shift * 1e9)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 10**9)
             (self.reliable if self.sent % 2 else self.best_effort).publish(msg)
             self.sent += 1
-            self.last_sent = now.nanoseconds * 1e-9
+            self.last_sent = ns * 1e-9
 
     def target(self) -> list[float] | None:
         """Read the last command's [shoulder, elbow] targets, None without a usable one."""
@@ -289,6 +290,43 @@ def test_goal_reach_acts_on_joint_states_without_velocities(
         s = status()
         assert s["mode"] == "running" and int(s["stale_stops"]) == 0, s
         assert int(s["observation_no_velocity"]) == 1 and int(s["observation_nonfinite"]) == 0, s
+    finally:
+        robot.close()
+    assert node.stop() == 0, node.text()[-2000:]
+
+
+def test_goal_reach_rides_through_a_robot_clock_set_back(
+        executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
+    """
+    The robot's clock is set back 2 s while it runs (NTP, a quick reboot): its joint states'
+    lags grow by 2 s at once. The one that shows the step reads 2 s old (at most one stale stop)
+    and the policy acts again on the next; aged against the old clock, each would read stale
+    for the whole 10 s window (`StampAges`).
+    """
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+
+    diags = peer.record(DiagnosticArray, "/diagnostics")
+    goals = peer.node.create_publisher(PoseStamped, "/goal_pose", 10)
+    robot = ServoRobot(peer)
+    node: Proc = start_node(executables["goal_reach"], {
+        "policy": random_policy, "robot_config": "reacher", "diagnostics_hz": RATE,
+        "startup_timeout": 60.0})
+    try:
+        status = diag_status(diags)
+        wait_for(lambda: status().get("mode") == "no_goal", 60, "the node holding without a goal",
+                 node)
+        wait_for(lambda: goals.get_subscription_count(), 10, "the node's goal subscription", node)
+        goals.publish(goal_pose(0.1, 0.1))
+        wait_for(lambda: status().get("mode") == "running", 5, "the policy acting", node)
+        time.sleep(0.5)
+        safe_ticks = int(status()["safe_ticks"])
+        robot.clock_shift = -2.0
+        time.sleep(1.5)  # soft start included: back to running well inside the 10 s window
+        s = status()
+        assert robot.last_sent < robot.clock.now().nanoseconds * 1e-9 - 1.0, "no step was sent"
+        assert int(s["safe_ticks"]) - safe_ticks <= 2, s
+        assert s["mode"] == "running" and int(s["stale_stops"]) <= 1, s
     finally:
         robot.close()
     assert node.stop() == 0, node.text()[-2000:]
