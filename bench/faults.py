@@ -401,7 +401,10 @@ OBS_CATEGORIES: dict[str, tuple[str, ...]] = {
     "size_mismatch": ("size",),
     "oversized": ("oversized",),
     "two_frames": ("multipart",),
-    "future_stamp": ("future",),
+    # Another sender's, stamped 5 s ahead: refused as another session while the robot sends. A
+    # stamp ahead refuses nothing on a one-sender stream (a robot's clock may be off by any
+    # amount; `crl.runtime.messages`).
+    "future_stamp": ("out_of_order",),
     "replay": ("out_of_order",),
 }
 

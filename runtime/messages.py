@@ -9,9 +9,14 @@ checks every field's type and size, and refuses non-finite numbers. Each refusal
 its text is bounded (`MAX_DETAIL_CHARS`) whatever the input, so it always fits a reply.
 
 Order (`SequenceGuard`, one per input stream): a receiver takes a message only if
-- its stamp is at most `FUTURE_TOLERANCE_S` ahead of the receiver's clock (else "future": clocks
-  must agree that closely, e.g. by NTP; a future stamp never moves what the receiver remembers,
-  and a stamp within the tolerance is remembered as the receiver's time);
+- on a stream of many senders (goals), its stamp is at most `FUTURE_TOLERANCE_S` ahead of the
+  receiver's clock (else "future": their stamps order them, so clocks must agree that closely,
+  e.g. by NTP; a future stamp never moves what the receiver remembers, and a stamp within the
+  tolerance is remembered as the receiver's time). A stream of one sender (a robot's
+  observations, the runtime's actions) is ordered by seq alone: its sender's clock may be off by
+  any amount (a robot booted without a clock battery, one set back), and how old its data is
+  comes from the stamps against the receiver's clock with the offset taken out
+  (`crl.runtime.stamps`);
 - from the session it follows: its seq is higher than the last taken (else "out_of_order");
 - from another session (a restarted or second sender), on a stream with one sender (a robot's
   observations, the runtime's actions: `follow_live=True`): only once the followed session has
@@ -330,7 +335,8 @@ def _field(raw: dict[str, Any], kind: str, name: str, rule: str) -> Any:
 
 
 class SequenceGuard:
-    """Refuses messages out of order, replayed or stamped in the future (the module's rules).
+    """Refuses messages out of order, replayed or (from many senders) stamped in the future (the
+    module's rules).
 
     `check` refuses without remembering anything; `record` remembers a message once its receiver
     has taken it, so a message refused later (a goal outside the box) cannot lock out the next.
@@ -347,7 +353,7 @@ class SequenceGuard:
     def check(self, msg: Header) -> None:
         """MessageError ("future" or "out_of_order") when `msg` may not be taken now."""
         lead = msg.stamp - time.time()
-        if lead > FUTURE_TOLERANCE_S:
+        if lead > FUTURE_TOLERANCE_S and not self.follow_live:
             raise MessageError("future", f"stamped {lead:.3g} s ahead of this clock (tolerance "
                                          f"{FUTURE_TOLERANCE_S:g} s)")
         if msg.session == self.session:

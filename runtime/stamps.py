@@ -12,27 +12,27 @@ sensor resending its last reading) ages as before, and a delivery late against t
 quickest reads as late. A drift within the window makes ages read older, never younger (by at most
 drift × window: 1 ms at 100 ppm over 10 s).
 
-The window starts over when the clocks' difference is known to have changed, so that it never
-carries an offset that no longer holds:
-- a new session (a restarted robot, its clock another);
-- a clock step: the robot's stamps going back (its clock set back: NTP, a reboot, a
+The window moves to a new clock when the clocks' difference is known to have changed, so that it
+never carries an offset that no longer holds: at once for a new session (a restarted robot, its
+clock another); for a clock step within a session, once two observations in a row agree on it.
+A step is an observation off the window's clock by more than `step_s`:
+- behind it: the robot's stamps going back (its clock set back: NTP, a reboot, a
   microcontroller's counter restarting) or this computer's stamp clock jumping ahead of the
-  window's (ours set forward, as a Jetson without a clock battery is at boot). Either makes every
-  later lag larger by the step, which without a new window reads as stale data for `window_s`.
-  The observation that shows the step is aged against the old window (one replayed or
-  misordered message with an old stamp still reads old), the ones after it against the new. A
-  step smaller than `step_s` is not told from jitter; it ages data by at most that much. Steps
-  the other way need nothing: lags fall, and the window's smallest follows at once.
-A stamp more than FUTURE_TOLERANCE_S ahead of this computer's clock reads fresh (age 0) and leaves
-the window alone: one message stamped far in the future must not make every later observation
-look that much older.
+  window's (ours set forward, as a Jetson's is at boot without a clock battery). Its lag, and
+  every later one, is larger by the step: without a new window each would read stale for
+  `window_s`. The first reads old, as a replayed message would;
+- ahead of it: the robot's clock set forward or ours set back. Its lag is smaller; it reads fresh.
+A lone observation off the clock (one replayed, misordered or stamped far ahead: a bad driver, a
+spoof) is aged against the window and moves nothing, so however such messages alternate with the
+robot's own, an old one reads old and the robot's read true. A clock ahead of ours, by any
+amount, is an offset like any other. A step smaller than `step_s` is not told from jitter; it
+ages data by at most that much.
 """
 
 from __future__ import annotations
 
 from collections import deque
-
-from crl.runtime.messages import FUTURE_TOLERANCE_S
+from dataclasses import dataclass
 
 WINDOW_S = 10.0  # the arrivals whose smallest lag sets the clocks' offset
 STEP_S = 0.01  # the default `step_s`; a controller passes half its staleness limit
@@ -46,12 +46,13 @@ class StampAges:
             if not value > 0:
                 raise ValueError(f"{name}: must be positive, got {value}")
         self.window_s, self.step_s = window_s, step_s
-        self.steps = 0  # clock steps seen (the window started over for each)
+        self.steps = 0  # clock steps followed (the window moved to a new clock)
         self._session: int | None = None
-        self._stamp = -float("inf")  # the newest stamp in the window
-        self._offset = float("inf")  # our stamp clock less the window's clock, at that arrival
         # (arrival, lag), lags increasing: the front is the window's smallest.
         self._lags: deque[tuple[float, float]] = deque()
+        self._stamp = 0.0  # the newest stamp in the window
+        self._offset = 0.0  # our stamp clock less the window's clock, at the last arrival
+        self._candidate: _Arrival | None = None  # the last one, off the window's clock
 
     def age(self, session: int, stamp: float, offset: float, arrival: float) -> float:
         """The observation's age at its arrival (≥ 0).
@@ -60,25 +61,43 @@ class StampAges:
         time); `offset` is that clock less the window's clock (`arrival`'s, monotonic) at the
         arrival, so the lag is `arrival + offset - stamp`; the age is that less the smallest lag
         of the last `window_s` of this session's arrivals."""
+        this = _Arrival(arrival, arrival + offset - stamp, stamp, offset)
         if session != self._session:
             self._session = session
             self._lags.clear()
-        lag = arrival + offset - stamp
-        if lag < -FUTURE_TOLERANCE_S:
-            return 0.0
-        stepped = bool(self._lags) and (stamp < self._stamp - self.step_s
-                                        or offset > self._offset + self.step_s)
-        while self._lags and self._lags[-1][1] >= lag:
-            self._lags.pop()
-        self._lags.append((arrival, lag))
-        while self._lags[0][0] < arrival - self.window_s:
+        while self._lags and self._lags[0][0] < arrival - self.window_s:
             self._lags.popleft()
-        age = lag - self._lags[0][1]
-        if stepped:  # this one is aged as before; the next ones against the new clock
-            self.steps += 1
-            self._lags = deque([(arrival, lag)])
-            self._stamp = stamp
-        else:
-            self._stamp = max(stamp, self._stamp)
-        self._offset = offset
-        return age
+        candidate, self._candidate = self._candidate, None
+        if not self._lags:
+            return self._start(this)
+        ahead = this.lag < self._lags[0][1] - self.step_s
+        behind = stamp < self._stamp - self.step_s or offset > self._offset + self.step_s
+        if ahead or behind:
+            if candidate is None or not candidate.agrees(this, self.step_s):
+                self._candidate = this
+                return max(0.0, this.lag - self._lags[0][1])
+            self.steps += 1  # the second in a row on another clock: the window takes it
+            self._start(candidate)
+        while self._lags and self._lags[-1][1] >= this.lag:
+            self._lags.pop()
+        self._lags.append((arrival, this.lag))
+        self._stamp, self._offset = max(stamp, self._stamp), offset
+        return this.lag - self._lags[0][1]
+
+    def _start(self, first: _Arrival) -> float:
+        """A window on `first`'s clock, holding it alone; its age, 0."""
+        self._lags = deque([(first.arrival, first.lag)])
+        self._stamp, self._offset = first.stamp, first.offset
+        return 0.0
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    arrival: float
+    lag: float
+    stamp: float
+    offset: float
+
+    def agrees(self, later: _Arrival, step_s: float) -> bool:
+        """`later` is on this one's clock: its lag within a step, its stamp not before."""
+        return abs(later.lag - self.lag) <= step_s and later.stamp >= self.stamp

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crl.runtime.messages import FUTURE_TOLERANCE_S
 from crl.runtime.stamps import WINDOW_S, StampAges
 
 RATE_HZ = 100.0
 DELAY_S = 0.0003  # the transport's quickest delivery
+STEP_S = 0.015  # half a 100 Hz policy's staleness limit, as the controllers pass it
 
 
 def ages(stamps: np.ndarray, arrivals: np.ndarray, session: int = 1,
@@ -89,21 +89,31 @@ def test_a_robot_clock_ahead_of_ours_reads_fresh_never_negative() -> None:
 
 
 def test_one_stamp_far_in_the_future_neither_reads_old_nor_ages_the_rest() -> None:
-    """A joint state stamped an hour ahead (a bad driver, a spoof on the topic) reads fresh, as
-    any stamp ahead of ours did, and the observations after it keep their true ages: had it
-    entered the window, each would read an hour old for the window's length."""
-    tracker = StampAges()
+    """A joint state stamped an hour ahead (a bad driver, a spoof on the topic) reads fresh, and
+    the observations after it keep their true ages: had it entered the window, each would read
+    an hour old for the window's length."""
+    tracker = StampAges(step_s=STEP_S)
     t = np.arange(200) / RATE_HZ
     stamps = t - 1.0
-    stamps[100] = t[100] + 3600.0
+    stamps[100::20] = t[100::20] + 3600.0  # and again every 20th
     got = ages(stamps, t + DELAY_S, tracker=tracker)
     assert got.max() < 1e-9
-    # within the tolerance, a clock ahead is a clock ahead: its offset is learned
-    ahead = ages(t + FUTURE_TOLERANCE_S / 2, t + DELAY_S + 5.0, session=2, tracker=tracker)
-    assert ahead.max() < 1e-9
+    assert tracker.steps == 0
 
 
-STEP_S = 0.015  # half a 100 Hz policy's staleness limit, as the controllers pass it
+def test_a_robot_clock_an_hour_ahead_is_an_offset_like_any_other() -> None:
+    """A robot booted without a clock battery, an hour ahead of ours: its data reads fresh, and a
+    frozen sensor on it still ages (were stamps ahead of ours read as fresh whatever they were,
+    it would never age)."""
+    t = np.arange(int(20 * RATE_HZ)) / RATE_HZ
+    stamps = t + 3600.0
+    frozen = t >= 10.0
+    stamps[frozen] = stamps[~frozen][-1]
+    got = ages(stamps, t + DELAY_S, tracker=StampAges(step_s=STEP_S))
+    assert got[~frozen].max() < 1e-9
+    since = t[frozen] - t[frozen][0]
+    assert (got[frozen] >= since - 1e-6).all()
+
 
 
 @pytest.mark.parametrize("whose", ["robot's set back", "ours set forward"])
@@ -126,6 +136,25 @@ def test_a_clock_step_ages_one_observation_not_the_window(whose: str) -> None:
     assert tracker.steps == 1
     no_rule = ages(stamps, t + DELAY_S, tracker=StampAges(step_s=1e9), offsets=offsets)
     assert (no_rule[1500:2500] > 1.99).all()
+
+
+@pytest.mark.parametrize("whose", ["robot's set forward", "ours set back"])
+def test_a_clock_step_the_other_way_reads_fresh_and_a_frozen_sensor_still_ages(
+        whose: str) -> None:
+    """The other way every lag is smaller: fresh at once. The window takes the new clock, so a
+    sensor that freezes just after still ages as it should."""
+    t = np.arange(2000) / RATE_HZ
+    stamps, offsets = t - 1.0, np.zeros(t.size)
+    if whose == "ours set back":
+        offsets[1000:] -= 2.0
+    else:
+        stamps[1000:] += 2.0
+    stamps[1200:] = stamps[1199]  # frozen 2 s after the step
+    tracker = StampAges(step_s=STEP_S)
+    got = ages(stamps, t + DELAY_S, tracker=tracker, offsets=offsets)
+    assert got[:1200].max() < 1e-9 and tracker.steps == 1
+    since = t[1200:] - t[1199]
+    assert got[1200:] == pytest.approx(since)
 
 
 def test_old_stamps_among_fresh_ones_read_old_every_time() -> None:
