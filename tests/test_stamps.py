@@ -3,8 +3,12 @@ and drift taken out, while data that comes with an old stamp still ages."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crl.runtime.stamps import WINDOW_S, StampAges
 
@@ -183,3 +187,18 @@ def test_a_frozen_sensor_ages_through_jitter_in_our_clocks() -> None:
     since = t[frozen] - t[frozen][0]
     assert (got[frozen] >= since - 0.9 * STEP_S).all()
     assert tracker.steps == 0
+
+
+@given(st.lists(st.tuples(st.floats(-1e9, 1e9), st.floats(-10.0, 10.0), st.floats(0.0, 20.0),
+                          st.integers(0, 2)), max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_any_stamps_give_ages_that_are_finite_and_never_negative(
+        arrivals: list[tuple[float, float, float, int]]) -> None:
+    """Whatever a sender stamps (far ahead, far behind, jumping about, sessions changing), an
+    age is finite, not negative, and no more than the widest lag difference seen."""
+    tracker, now, lags = StampAges(step_s=STEP_S), 0.0, []
+    for stamp, offset, gap, session in arrivals:
+        now += gap
+        lags.append(now + offset - stamp)
+        age = tracker.age(session, stamp, offset, now)
+        assert math.isfinite(age) and 0.0 <= age <= max(lags) - min(lags) + 1e-6
