@@ -298,10 +298,11 @@ def test_goal_reach_acts_on_joint_states_without_velocities(
 def test_goal_reach_rides_through_a_robot_clock_set_back(
         executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
     """
-    The robot's clock is set back 2 s while it runs (NTP, a quick reboot): its joint states'
-    lags grow by 2 s at once. The one that shows the step reads 2 s old (at most one stale stop)
-    and the policy acts again on the next; aged against the old clock, each would read stale
-    for the whole 10 s window (`StampAges`).
+    The robot's clock is set back 2 s while it runs (NTP, a quick reboot): it rides through.
+
+    Its joint states' lags grow by 2 s at once. The one that shows the step reads 2 s old (at
+    most one stale stop) and the policy acts again on the next; aged against the old clock, each
+    would read stale for the whole 10 s window (`StampAges`).
     """
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
