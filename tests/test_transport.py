@@ -359,11 +359,23 @@ def start_serve(policy: Path, port: int, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def publish(link: RobotLink, obs: Observation) -> Observation:
+def publish(link: RobotLink, obs: Observation, clock_shift: float = 0.0) -> Observation:
+    """`obs` in the link's session and order, stamped by its clock `clock_shift` s off ours."""
     session, seq, stamp = link.stamper.next()
-    msg = Observation(session, seq, stamp, obs.joint_names, obs.joint_pos, obs.joint_vel)
+    msg = Observation(session, seq, stamp + clock_shift, obs.joint_names, obs.joint_pos,
+                      obs.joint_vel)
     link.publish_observation(msg)
     return msg
+
+
+def await_first_action(robot: RobotLink, actions: Reader[Action],
+                       proc: subprocess.Popen[str]) -> None:
+    """Publish until `crl-run serve` answers: it starts on the robot's first observation."""
+    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while actions.poll(20) is None:
+        publish(robot, observation())
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
 
 
 def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_stops(
@@ -380,11 +392,7 @@ def test_runtime_drops_bad_messages_keeps_running_and_goes_safe_when_the_robot_s
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     actions = action_reader(ctx, ep)
     try:
-        time.sleep(0.3)
-        deadline = time.monotonic() + 60
-        while actions.poll(20) is None:  # the runtime starts on our first observation
-            publish(robot, observation())
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        await_first_action(robot, actions, proc)
         # Good observations at the control rate, each followed by garbage the runtime must drop.
         bad = [b"\xc1", b"", msgpack.packb({"v": 1}), encode(observation())[:-3],
                msgpack.packb({**msgpack.unpackb(VALID), "joint_pos": [math.nan, 0.0, 0.0]})]
@@ -449,20 +457,13 @@ def test_serve_rides_through_a_robot_clock_set_back(controller_policy: Path) -> 
     def send(shift: float, ticks: int) -> list[Action]:
         got: list[Action] = []
         for _ in range(ticks):
-            session, seq, stamp = robot.stamper.next()
-            obs = observation()
-            robot.publish_observation(Observation(session, seq, stamp + shift, obs.joint_names,
-                                                  obs.joint_pos, obs.joint_vel))
+            publish(robot, observation(), clock_shift=shift)
             time.sleep(1 / hz)
             got += actions.drain(0)
         return got
 
     try:
-        time.sleep(0.3)
-        deadline = time.monotonic() + 60
-        while actions.poll(20) is None:  # the runtime starts on our first observation
-            publish(robot, observation())
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        await_first_action(robot, actions, proc)
         before = send(0.0, 20)
         assert not before[-1].safe
         after = send(-2.0, 40)

@@ -144,6 +144,21 @@ def diag_status(diags: Any) -> Callable[[], dict[str, str]]:
     return status
 
 
+def acting_on_a_goal(node: Proc, diags: Any, goals: Any) -> Callable[[], dict[str, str]]:
+    """
+    Wait for the node to hold without a goal, send it one and wait for the policy to act.
+
+    Returns the reader of the node's newest diagnostics.
+    """
+    status = diag_status(diags)
+    wait_for(lambda: status().get("mode") == "no_goal", 60, "the node holding without a goal",
+             node)
+    wait_for(lambda: goals.get_subscription_count(), 10, "the node's goal subscription", node)
+    goals.publish(goal_pose(0.1, 0.1))
+    wait_for(lambda: status().get("mode") == "running", 5, "the policy acting", node)
+    return status
+
+
 def test_goal_reach_faults_are_refused_counted_and_the_rate_holds(
         executables: dict[str, Path], random_policy: Path, start_node: Any, peer: Peer) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
@@ -279,13 +294,7 @@ def test_goal_reach_acts_on_joint_states_without_velocities(
         "policy": random_policy, "robot_config": "reacher", "diagnostics_hz": RATE,
         "startup_timeout": 60.0})
     try:
-        status = diag_status(diags)
-
-        wait_for(lambda: status().get("mode") == "no_goal", 60, "the node holding without a goal",
-                 node)
-        wait_for(lambda: goals.get_subscription_count(), 10, "the node's goal subscription", node)
-        goals.publish(goal_pose(0.1, 0.1))
-        wait_for(lambda: status().get("mode") == "running", 5, "the policy acting", node)
+        status = acting_on_a_goal(node, diags, goals)
         time.sleep(0.5)
         s = status()
         assert s["mode"] == "running" and int(s["stale_stops"]) == 0, s
@@ -314,12 +323,7 @@ def test_goal_reach_rides_through_a_robot_clock_set_back(
         "policy": random_policy, "robot_config": "reacher", "diagnostics_hz": RATE,
         "startup_timeout": 60.0})
     try:
-        status = diag_status(diags)
-        wait_for(lambda: status().get("mode") == "no_goal", 60, "the node holding without a goal",
-                 node)
-        wait_for(lambda: goals.get_subscription_count(), 10, "the node's goal subscription", node)
-        goals.publish(goal_pose(0.1, 0.1))
-        wait_for(lambda: status().get("mode") == "running", 5, "the policy acting", node)
+        status = acting_on_a_goal(node, diags, goals)
         time.sleep(0.5)
         safe_ticks = int(status()["safe_ticks"])
         robot.clock_shift = -2.0
