@@ -26,7 +26,17 @@ A lone observation off the clock (one replayed, misordered or stamped far ahead:
 spoof) is aged against the window and moves nothing, so however such messages alternate with the
 robot's own, an old one reads old and the robot's read true. A clock ahead of ours, by any
 amount, is an offset like any other. A step smaller than `step_s` is not told from jitter; it
-ages data by at most that much.
+ages data by at most that much. Two observations agree on a clock only when the later one is
+new data (its stamp after the first's): a message delivered twice, or a frozen sensor, is one
+observation however often it comes, and moves nothing.
+
+A gap longer than the window (a cable pulled, a robot paused or restarted in the same session)
+leaves no arrivals to learn from, so the last window's smallest lag is held over it: the first
+observation after the gap is judged against the clock the robot had. One whose lag is more than
+`step_s` from it either way is off that clock, as above: a stale reading (a frozen sensor, a
+backlog from before the gap) reads its true age, and a clock that drifted or was stepped while
+silent costs the one observation that shows it. Without the held lag, the first observation after
+a gap would start a window of its own and read fresh, however old it was.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ class StampAges:
         self._stamp = 0.0  # the newest stamp in the window
         self._offset = 0.0  # our stamp clock less the window's clock, at the last arrival
         self._candidate: _Arrival | None = None  # the last one, off the window's clock
+        self._held: float | None = None  # the smallest lag before a gap emptied the window
 
     def age(self, session: int, stamp: float, offset: float, arrival: float) -> float:
         """The observation's age at its arrival (≥ 0).
@@ -63,21 +74,32 @@ class StampAges:
         of the last `window_s` of this session's arrivals."""
         this = _Arrival(arrival, arrival + offset - stamp, stamp, offset)
         if session != self._session:
-            self._session = session
+            self._session, self._held, self._candidate = session, None, None
+            self._lags.clear()
+        if self._lags and self._lags[-1][0] < arrival - self.window_s:  # a gap: all expired
+            self._held = self._lags[0][1]
             self._lags.clear()
         while self._lags and self._lags[0][0] < arrival - self.window_s:
             self._lags.popleft()
         candidate, self._candidate = self._candidate, None
-        if not self._lags:
+        if self._lags:
+            least = self._lags[0][1]
+            off = this.lag < least - self.step_s  # ahead of the window's clock
+        elif self._held is not None:  # the first after a gap: against the clock the robot had
+            least = self._held
+            off = abs(this.lag - least) > self.step_s
+        else:  # the session's first observation
             return self._start(this)
-        ahead = this.lag < self._lags[0][1] - self.step_s
         behind = stamp < self._stamp - self.step_s or offset > self._offset + self.step_s
-        if ahead or behind:
+        if off or behind:
             if candidate is None or not candidate.agrees(this, self.step_s):
                 self._candidate = this
-                return max(0.0, this.lag - self._lags[0][1])
+                return max(0.0, this.lag - least)
             self.steps += 1  # the second in a row on another clock: the window takes it
             self._start(candidate)
+        elif not self._lags:  # after a gap, on the clock it had: the window goes on from it
+            self._lags.append((arrival, least))
+            self._held = None
         while self._lags and self._lags[-1][1] >= this.lag:
             self._lags.pop()
         self._lags.append((arrival, this.lag))
@@ -87,7 +109,7 @@ class StampAges:
     def _start(self, first: _Arrival) -> float:
         """A window on `first`'s clock, holding it alone; its age, 0."""
         self._lags = deque([(first.arrival, first.lag)])
-        self._stamp, self._offset = first.stamp, first.offset
+        self._stamp, self._offset, self._held = first.stamp, first.offset, None
         return 0.0
 
 
@@ -99,5 +121,5 @@ class _Arrival:
     offset: float
 
     def agrees(self, later: _Arrival, step_s: float) -> bool:
-        """`later` is on this one's clock: its lag within a step, its stamp not before."""
-        return abs(later.lag - self.lag) <= step_s and later.stamp >= self.stamp
+        """`later` is new data on this one's clock: its lag within a step, its stamp after."""
+        return abs(later.lag - self.lag) <= step_s and later.stamp > self.stamp

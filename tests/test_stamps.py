@@ -202,3 +202,55 @@ def test_any_stamps_give_ages_that_are_finite_and_never_negative(
         lags.append(now + offset - stamp)
         age = tracker.age(session, stamp, offset, now)
         assert math.isfinite(age) and 0.0 <= age <= max(lags) - min(lags) + 1e-6
+
+
+def test_after_a_gap_longer_than_the_window_stale_data_still_reads_old() -> None:
+    """The robot goes silent for 15 s (a cable pulled, its driver paused), longer than the
+    window, and comes back resending its last reading, or with a backlog from before the gap.
+    Each such observation reads its true age, the first included: a window started afresh on
+    it would read it fresh, and the resent ones fresh for as long as the staleness limit."""
+    t = np.arange(int(5 * RATE_HZ)) / RATE_HZ
+    tracker = StampAges(step_s=STEP_S)
+    assert ages(t - 1.0, t + DELAY_S, tracker=tracker).max() < 1e-9
+    back = t[-1] + 15.0 + np.arange(50) / RATE_HZ  # 0.5 s of the last reading, resent
+    got = ages(np.full(back.size, t[-1] - 1.0), back + DELAY_S, tracker=tracker)
+    assert (got >= back - t[-1] - 1e-6).all()
+    backlog = StampAges(step_s=STEP_S)
+    ages(t - 1.0, t + DELAY_S, tracker=backlog)
+    stamps = back - 1.0
+    stamps[0] -= 13.0  # the backlog's newest, from 13 s before the robot came back
+    got = ages(stamps, back + DELAY_S, tracker=backlog)
+    assert got[0] == pytest.approx(13.0)
+    assert got[1:].max() < 1e-9
+    assert tracker.steps == 0 and backlog.steps == 0
+
+
+@pytest.mark.parametrize("drift_s", [0.0, 0.005, 0.3, -0.3])
+def test_after_a_gap_a_robot_back_on_its_clock_reads_fresh(drift_s: float) -> None:
+    """Back after a minute's silence on the clock it had (within `step_s` of it: fresh at once),
+    or on one that drifted or was stepped meanwhile: the first observation shows the step and
+    reads its lag's difference (old when behind), the rest fresh."""
+    t = np.arange(int(5 * RATE_HZ)) / RATE_HZ
+    tracker = StampAges(step_s=STEP_S)
+    ages(t - 1.0, t + DELAY_S, tracker=tracker)
+    back = t[-1] + 60.0 + np.arange(int(5 * RATE_HZ)) / RATE_HZ
+    got = ages(back - 1.0 - drift_s, back + DELAY_S, tracker=tracker)
+    if abs(drift_s) <= STEP_S:
+        assert got.max() <= max(drift_s, 0.0) + 1e-9 and tracker.steps == 0
+    else:
+        assert got[0] == pytest.approx(max(drift_s, 0.0))
+        assert got[1:].max() < 1e-9 and tracker.steps == 1
+
+
+def test_a_message_delivered_twice_is_one_observation() -> None:
+    """An old joint state replayed twice in a row (or a frozen sensor's two copies) does not
+    agree with itself on a clock: both copies read old, and the robot's next reads fresh. Were
+    a duplicate taken as a second observation, the window would move to the old clock and the
+    second copy read fresh."""
+    t = np.arange(400) / RATE_HZ
+    stamps = t - 1.0
+    stamps[[200, 201]] = stamps[100]
+    tracker = StampAges(step_s=STEP_S)
+    got = ages(stamps, t + DELAY_S, tracker=tracker)
+    assert got[[200, 201]] == pytest.approx([1.0, 1.01])
+    assert np.delete(got, [200, 201]).max() < 1e-9 and tracker.steps == 0
