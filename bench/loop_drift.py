@@ -103,6 +103,17 @@ def loopback_run(policy: Path, ppm: float, seconds: float, hz: float,
     return row
 
 
+def summary(row: dict[str, Any]) -> str:
+    """One run's figures and the targets it missed, for the log."""
+    missed = [k for k, ok in row["targets"].items() if not ok]
+    return (f"{row['setup']}, {row['clock_ppm']:+g} ppm: {row['ticks']} ticks, misses "
+            f"{row['misses']}, skipped {row['samples_skipped']}, repeated "
+            f"{row['samples_repeated']}, stale stops {row['stale_stops']}; p99 ms: policy "
+            f"{row['policy_p99_ms']:.2f}, runtime {row['runtime_end_to_end_ms']['p99']:.2f}, "
+            f"robot {row['robot_end_to_end_ms']['p99']:.2f}; "
+            + (f"missed: {', '.join(missed)}" if missed else "targets met"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", type=Path, required=True, help="the reacher policy (ONNX)")
@@ -120,7 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds and --hz must be positive, --ppm at least 0, --depth at least 4")
     loop_s = args.loopback_seconds or args.seconds
     policy_spec = read_spec(args.policy)
-    runs = []
+    runs: list[dict[str, Any]] = []
+
+    def save(done: bool) -> None:
+        """The runs so far (a 10-minute set takes an hour: a stopped one keeps what it did)."""
+        write_json(args.out, {
+            **result_context("loop_drift", device_info(), versions()),
+            "policy": str(args.policy), "ppm": args.ppm, "realtime": args.realtime,
+            "complete": done, "runs": runs,
+            "targets_met": done and all(all(r["targets"].values()) for r in runs),
+        })
+
     with tempfile.TemporaryDirectory(prefix="crl-loop-drift-") as tmp:
         from crl.export.onnx_export import export_actor, random_params
 
@@ -131,14 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         for ppm in (args.ppm, -args.ppm):
             runs.append(closed_loop_run(args.policy, policy_spec, ppm, args.seconds,
                                         args.realtime))
-            print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
+            save(done=False)
+            print(summary(runs[-1]), flush=True)
             runs.append(loopback_run(deep, ppm, loop_s, args.hz, args.realtime))
-            print(runs[-1]["setup"], runs[-1]["clock_ppm"], runs[-1]["targets"], flush=True)
-    write_json(args.out, {
-        **result_context("loop_drift", device_info(), versions()),
-        "policy": str(args.policy), "ppm": args.ppm, "realtime": args.realtime, "runs": runs,
-        "targets_met": all(all(r["targets"].values()) for r in runs),
-    })
+            save(done=False)
+            print(summary(runs[-1]), flush=True)
+    save(done=True)
     print(f"wrote {args.out}")
     return 0
 
