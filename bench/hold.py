@@ -46,7 +46,9 @@ def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, An
         "run": str(run_dir),
         "seed": config["seed"],
         "total_steps": config["total_steps"],
-        "recipe": {k: config["algo"].get(k, old) for k, old in RECIPE_FIELDS.items()},
+        "recipe": {**{k: config["algo"].get(k, old) for k, old in RECIPE_FIELDS.items()},
+                   # the task's command filter (the spec's; 1, none, in a run before it)
+                   "action_lowpass": spec["action"].get("lowpass", 1.0)},
         "action_scale": spec["action"]["scale"],
         "best_step": best_step(run_dir),
         "checkpoints": [

@@ -59,6 +59,12 @@ class ActionSpec:
 
     physical = offset + scale * a, then clipped to [low, high] (joint targets in rad for
     `position`, torques in N·m for `effort`).
+
+    `lowpass`: the command filter the policy was trained behind, a first-order low-pass on the
+    physical commands: each command moves this share of the way from the previous command to
+    the policy's (command = previous + lowpass · (physical − previous)); 1 is no filter. It is
+    part of the robot the policy learned to drive (the env applies it before the action delay;
+    the runtime before its safety checks), so a runtime must apply it exactly as trained.
     """
 
     size: int
@@ -68,6 +74,7 @@ class ActionSpec:
     offset: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
+    lowpass: float = 1.0
 
     def to_physical(self, normalized: Sequence[float]) -> list[float]:
         """Map a normalized action to physical units and clip it to the limits."""
@@ -215,6 +222,7 @@ class PolicySpec:
                     offset=_floats(action["offset"]),
                     low=_floats(action["low"]),
                     high=_floats(action["high"]),
+                    lowpass=action.get("lowpass", 1.0),  # 1: a spec from before it
                 ),
                 control_hz=float(data["control_hz"]),
                 success_radius=float(data["success_radius"]),
@@ -286,6 +294,10 @@ def validate(spec: PolicySpec) -> None:
             f"spec.action.scale: a zero entry in {a.scale} leaves that joint unactuated"
         )
     _check_bounds(a.low, a.high, a.size, "action")
+    if isinstance(a.lowpass, bool) or not (isinstance(a.lowpass, (int, float))
+                                            and 0.0 < a.lowpass <= 1.0):
+        raise SpecError(f"spec.action.lowpass: must be a number in (0, 1] (1: no filter), got "
+                        f"{a.lowpass!r}")
     if not (math.isfinite(spec.control_hz) and spec.control_hz > 0):
         raise SpecError(f"spec.control_hz: must be positive and finite, got {spec.control_hz}")
     if not (math.isfinite(spec.success_radius) and spec.success_radius > 0):

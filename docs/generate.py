@@ -463,7 +463,9 @@ def tasks_block(view: str | None) -> str:
         obs = ", ".join(f"{f.name} {f.size}" for f in s.observation)
         goal = ", ".join(f"{f.name} {f.size}" for f in s.goal.fields)
         rows.append([f"`{name}`", f"{s.obs_dim}: {obs}", f"{s.goal_dim}: {goal}",
-                     f"{s.act_dim} {s.action.kind}", f"{s.control_hz:.3g} Hz",
+                     f"{s.act_dim} {s.action.kind}"
+                     + (f", low-pass {s.action.lowpass:g}" if s.action.lowpass < 1 else ""),
+                     f"{s.control_hz:.3g} Hz",
                      str(env.episode_length), f"{s.success_radius:g} m"])
     header = ["task", "observation", "goal", "action", "control", "episode (steps)", "success"]
     return table(header, rows, "lllllrr")

@@ -216,6 +216,7 @@ class Controller:
         self.scale, self.offset = np.asarray(a.scale), np.asarray(a.offset)
         self.low, self.high = np.asarray(a.low), np.asarray(a.high)
         self.kind = a.kind
+        self.lowpass = a.lowpass
         self.command_joints = config.command_joints
         self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
         self.max_change = safety.max_action_change
@@ -320,6 +321,9 @@ class Controller:
             self.stats.counts["nonfinite_actions"] += 1
             return self._safe("fault")
         target = np.clip(self.offset + self.scale * np.clip(a, -1.0, 1.0), self.low, self.high)
+        if self.lowpass < 1.0:  # the filter the policy was trained behind, from the last command
+            last = self._reference()
+            target = last + self.lowpass * (target - last)
         if self.stopped:  # first action after start or a safety stop: ramp in
             self.stopped = False
             self.ramp_left = self.ramp_ticks

@@ -124,7 +124,9 @@ def print_spec(spec: PolicySpec) -> None:
     act = Table("joint", "scale", "offset", "low", "high",
                 title=escape(f"action ({a.size}, {a.kind})"), title_justify="left",
                 caption_justify="left",
-                caption=escape("physical = offset + scale * a, clipped to [low, high]"))
+                caption=escape("physical = offset + scale * a, clipped to [low, high]"
+                               + (f"; each command = last + {a.lowpass:g} * (physical - last)"
+                                  if a.lowpass < 1.0 else "")))
     for row in zip(a.joints, a.scale, a.offset, a.low, a.high, strict=True):
         act.add_row(escape(row[0]), *(f"{v:g}" for v in row[1:]))
     console.print(act)

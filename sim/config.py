@@ -444,6 +444,10 @@ class TaskConfig:
     `obs_joints` and `obs_body_pair` name what the fields that need them read. `control_hz` must
     divide the model's physics rate (substeps = 1 / (control_hz * timestep)).
 
+    `action_lowpass` in (0, 1]: the first-order low-pass each command goes through before the
+    action delay (`crl.core.spec.ActionSpec.lowpass`, which the runtime applies the same way);
+    1 is none.
+
     `healthy_z_range` (low, high), for robots that can fall: an episode ends early (terminates)
     after a step that leaves the world z of `base_body` outside [low, high], as the paper's envs
     end a fallen or launched robot's episode instead of recording it lying there until
@@ -468,6 +472,7 @@ class TaskConfig:
     obs_joints: tuple[str, ...] = ()
     obs_body_pair: tuple[str, ...] = ()
     healthy_z_range: Range | None = None
+    action_lowpass: float = 1.0
     start: StartSampler = field(default_factory=StartSampler)
     dr_train: DRConfig = DR_TRAIN
     dr_held_out: DRConfig = DR_HELD_OUT
@@ -567,9 +572,12 @@ class TaskConfig:
             raise ConfigError(f"TaskConfig.actuated_joints: duplicates in {self.actuated_joints}")
 
     def _check_episode(self) -> None:
-        """The control rate, the episode's length and the success radius."""
+        """The control rate, the command filter, the episode's length and the success radius."""
         if not (math.isfinite(self.control_hz) and self.control_hz > 0):
             raise ConfigError(f"TaskConfig.control_hz: must be positive, got {self.control_hz}")
+        if not 0.0 < self.action_lowpass <= 1.0:
+            raise ConfigError(f"TaskConfig.action_lowpass: must be in (0, 1] (1: no filter), "
+                              f"got {self.action_lowpass}")
         n = self.episode_length
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise ConfigError(f"TaskConfig.episode_length: must be a positive int, got {n!r}")

@@ -193,7 +193,11 @@ class GoalReachEnv:
     def step(self, state: State, action: jax.Array) -> State:
         """Advance one control step; the ctrl applied now is the one commanded `delay` steps ago."""
         model = self.randomizer.apply(state.dr)
-        queue = jnp.concatenate([self.action_to_ctrl(action)[None], state.action_queue[:-1]])
+        command = self.action_to_ctrl(action)
+        if self.config.action_lowpass < 1.0:  # from the last command (ActionSpec.lowpass)
+            last = state.action_queue[0]
+            command = last + self.config.action_lowpass * (command - last)
+        queue = jnp.concatenate([command[None], state.action_queue[:-1]])
         ctrl = state.data.ctrl.at[self._act_ids].set(queue[state.dr.action_delay])
         ctrl = self.couple_ctrl(ctrl)
         data = state.data.replace(ctrl=ctrl)
@@ -572,6 +576,7 @@ class GoalReachEnv:
             offset=tuple(float(v) for v in (self._phys_high + self._phys_low) / 2),
             low=tuple(float(v) for v in self._phys_low),
             high=tuple(float(v) for v in self._phys_high),
+            lowpass=float(c.action_lowpass),
         )
         return PolicySpec(
             task=c.name,

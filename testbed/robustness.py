@@ -176,7 +176,7 @@ def run_envelope(policy: Policy, task: str, grid: Grid, label: str) -> Envelope:
     if policy.spec.task != task:
         raise RobustnessError(f"task: the policy was trained for {policy.spec.task!r}, not "
                               f"{task!r}")
-    env = tasks.make(task, dr="off")
+    env = tasks.make(task, dr="off", action_lowpass=policy.spec.action.lowpass)
     # The action queue must hold the longest delay's commands in flight.
     env.use_ranges(DRConfig(action_delay=tuple(range(max(grid.delays) + 1))))
     reference = noise_reference(env.config.dr_train, env.config.observation)

@@ -175,6 +175,9 @@ def test_base_fields_need_a_base_body() -> None:
         ({"episode_length": 2.5}, "episode_length"),
         ({"success_radius": 0.0}, "success_radius"),
         ({"control_hz": -25.0}, "control_hz"),
+        ({"action_lowpass": 0.0}, "action_lowpass"),
+        ({"action_lowpass": 1.5}, "action_lowpass"),
+        ({"action_lowpass": float("nan")}, "action_lowpass"),
         ({"goal_axes": "xq"}, "goal_axes"),
         ({"goal_axes": "xx"}, "goal_axes"),
         ({"goal_axes": "xyz"}, "goal_sampler"),  # the sampler draws 2 coordinates

@@ -433,3 +433,71 @@ def test_arm_reach_ik_oracle_reaches_every_goal() -> None:
     for _ in range(15):
         state = task.step(state, action)
     assert state.success.all(), np.linalg.norm(state.achieved_goal - state.goal, axis=1)
+
+
+class _Replay:
+    """A policy that returns the given actions in turn (the runtime's `Policy`, minimally)."""
+
+    backend, outputs, precision, weight_bytes = "replay", ("action",), "fp32", 0
+
+    def __init__(self, spec: Any, actions: np.ndarray):
+        self.spec, self._actions = spec, iter(actions)
+
+    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        return next(self._actions)
+
+
+def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> None:
+    """`arm_reach` is trained behind a low-pass on its commands (`ActionSpec.lowpass`), part of
+    the robot the policy learned to drive: the runtime's controller must send exactly the
+    commands the env applied, from the same start, and show the policy the same `last_action`.
+    Were the runtime to skip it, a policy trained behind it would command 1 / 0.3 times the
+    steps it learned."""
+    import dataclasses
+
+    from crl.runtime import robot_config
+    from crl.runtime.controller import Controller
+    from crl.runtime.messages import Observation
+    from crl.runtime.robot_config import Safety
+
+    task = compiled("arm_reach")
+    env, spec = task.env, task.env.spec
+    assert spec.action.lowpass == env.config.action_lowpass == 0.3
+    state = task.fresh(14)
+    actions = np.random.default_rng(3).uniform(-1, 1, (8, N_ENVS, spec.act_dim)).astype(np.float32)
+    # The runtime alone: no rate limit, no soft start, so what it adds is only the filter.
+    config = dataclasses.replace(robot_config.load("arm_reach"), safety=Safety(soft_start=0.0))
+    controller = Controller(_Replay(spec, actions[:, 0]), config)
+    joints = spec.action.joints
+    qpos = np.asarray(state.data.qpos[0])[np.asarray(env._act_qadr)]
+    first = Observation(1, 1, 0.0, joints, qpos, np.zeros(len(joints)))
+    controller.start(first, 0.0)
+    controller.set_goal(spec.goal.frame, np.asarray(state.goal[0], np.float64))
+    unit = np.asarray(env._ctrl_unit)
+    for k, action in enumerate(actions):
+        last = np.asarray(state.action_queue[0, 0]) * unit
+        seen = controller.policy_input()[spec.observation_slices()["last_action"]]
+        np.testing.assert_allclose(seen, (last - spec.action.offset) / spec.action.scale,
+                                   atol=1e-5)
+        state = task.step(state, action)
+        command = controller.tick(float(k))
+        assert command.mode == "running"
+        order = [config.command_joints.index(j) for j in joints]
+        np.testing.assert_allclose(np.asarray(command.values)[order],
+                                   np.asarray(state.action_queue[0, 0]) * unit, atol=1e-5)
+        target = np.clip(spec.action.offset + np.asarray(spec.action.scale) * action[0],
+                         spec.action.low, spec.action.high)
+        np.testing.assert_allclose(np.asarray(command.values)[order], last + 0.3 * (target - last),
+                                   atol=1e-5)
+        controller.observe(Observation(1, k + 2, k + 1.0, joints, qpos, np.zeros(len(joints))),
+                           k + 1.0)
+
+
+def test_an_env_is_built_behind_the_filter_a_policy_was_trained_behind() -> None:
+    """A run or an export is evaluated behind the filter in its own spec (1: one trained before
+    the arm had its filter), not the task's current one; the paper's tasks have none."""
+    assert make("arm_reach", dr="off").spec.action.lowpass == 0.3
+    assert make("arm_reach", dr="off", action_lowpass=1.0).spec.action.lowpass == 1.0
+    assert make("paper_ant", dr="off", action_lowpass=1.0).spec.action.lowpass == 1.0
+    with pytest.raises(ValueError, match="no command filter"):
+        make("paper_ant", dr="off", action_lowpass=0.5)

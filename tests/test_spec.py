@@ -74,6 +74,7 @@ def test_optional_keys_take_defaults(toy_spec: ToySpec):
     del d["network"]["residual"]
     for key in ("train_step", "git_commit", "domain_randomization"):
         del d["provenance"][key]
+    del d["action"]["lowpass"]  # a spec from before the command filter: none
     for f in d["observation"]:
         del f["meaning"], f["frame"], f["names"]
     spec = PolicySpec.from_dict(d)
@@ -81,6 +82,7 @@ def test_optional_keys_take_defaults(toy_spec: ToySpec):
     assert PolicySpec.from_dict({k: v for k, v in d.items() if k != "network"}).network is None
     assert spec.provenance.train_step == 0 and spec.provenance.git_commit == ""
     assert spec.observation[0] == Field("joint_pos", 5)
+    assert spec.action.lowpass == 1.0
 
 
 def test_the_critics_shape_is_written_only_where_it_differs_from_the_actors(toy_spec: ToySpec):
@@ -167,6 +169,7 @@ def specs(draw: st.DrawFn) -> PolicySpec:
             scale=tuple(draw(st.lists(finite.filter(bool), min_size=n, max_size=n))),
             offset=tuple(draw(st.lists(finite, min_size=n, max_size=n))),
             low=a_low, high=a_high,
+            lowpass=draw(st.floats(min_value=1e-3, max_value=1.0)),
         ),
         control_hz=draw(positive),
         success_radius=draw(positive),
@@ -231,6 +234,11 @@ def test_round_trip_property(spec: PolicySpec):
         ({"action": action(low=(-1.0,))}, r"spec\.action\.low: 1 entries, expected 2"),
         ({"action": action(high=(1.0, math.nan))}, r"spec\.action\.high: non-finite"),
         ({"action": action(low=(2.0, -1.0))}, r"spec\.action: low\[0\]=2\.0 > high\[0\]=1\.0"),
+        ({"action": action(lowpass=0.0)}, r"spec\.action\.lowpass: must be a number in \(0, 1\]"),
+        ({"action": action(lowpass=1.5)}, r"spec\.action\.lowpass"),
+        ({"action": action(lowpass=-0.3)}, r"spec\.action\.lowpass"),
+        ({"action": action(lowpass=math.nan)}, r"spec\.action\.lowpass"),
+        ({"action": action(lowpass=True)}, r"spec\.action\.lowpass"),
         # rates and radii
         ({"control_hz": 0.0}, r"spec\.control_hz: must be positive and finite"),
         ({"control_hz": math.inf}, r"spec\.control_hz"),
@@ -282,6 +290,10 @@ def _json_with(spec: PolicySpec, edit: Any) -> str:
         (lambda d: d.update(observation=[3]), r"spec: malformed value"),
         # validation still runs on the JSON path
         (lambda d: d["action"].update(kind="torque"), r"spec\.action\.kind"),
+        (lambda d: d["action"].update(lowpass="0.3"), r"spec\.action\.lowpass"),
+        (lambda d: d["action"].update(lowpass=True), r"spec\.action\.lowpass"),
+        (lambda d: d["action"].update(lowpass=None), r"spec\.action\.lowpass"),
+        (lambda d: d["action"].update(lowpass=0), r"spec\.action\.lowpass"),
         (lambda d: d["goal"].update(low=[2.0, 2.0]), r"spec\.goal: low\[0\]"),
     ],
 )

@@ -138,7 +138,7 @@ def evaluate_run(
     phase(f"loading {run_dir}")
     run = load_run(run_dir, step)
     dr = dr or run.config["dr"]
-    env = tasks.make(run.config["task"], dr=dr)
+    env = tasks.make(run.config["task"], dr=dr, action_lowpass=run.spec.action.lowpass)
     net = run.spec.network
     assert net is not None  # the trainer always writes it
     actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)

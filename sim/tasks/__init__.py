@@ -42,18 +42,28 @@ class UnknownTaskError(ValueError):
     """A task name that is not in `TASKS`."""
 
 
-def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1) -> GoalReachEnv:
+def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1,
+         action_lowpass: float | None = None) -> GoalReachEnv:
     """The env of `task` with domain randomization `dr`: "off", "train" or "held-out".
 
     `physics`: MJX's "jax" or "warp" implementation (`crl.sim.physics`); `worlds`: the most envs
-    one vmapped call will step (warp sizes its shared contact buffer for them)."""
+    one vmapped call will step (warp sizes its shared contact buffer for them). `action_lowpass`:
+    the command filter of the policy to be run (its spec's `action.lowpass`) in place of the
+    task's own, so a run or an export trained before the task's filter changed is evaluated
+    behind the filter it was trained behind (None: the task's)."""
     if task not in TASKS:
         raise UnknownTaskError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task in PAPER_TASKS:
         env: GoalReachEnv = importlib.import_module(f"crl.sim.tasks.{PAPER_TASKS[task]}").make(
             task, dr, physics=physics, worlds=worlds
         )
+        if action_lowpass not in (None, env.config.action_lowpass):
+            raise ValueError(f"action_lowpass: the paper's {task!r} has no command filter; a "
+                             f"policy trained behind {action_lowpass} is not one of its")
         return env
     module = importlib.import_module(f"crl.sim.tasks.{task}")
-    env = module.ENV(module.CONFIG, dr=dr, physics=physics, worlds=worlds)
+    config = module.CONFIG
+    if action_lowpass is not None:
+        config = config.replace(action_lowpass=action_lowpass)
+    env = module.ENV(config, dr=dr, physics=physics, worlds=worlds)
     return env
