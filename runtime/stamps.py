@@ -74,7 +74,7 @@ class StampAges:
         of the last `window_s` of this session's arrivals."""
         this = _Arrival(arrival, arrival + offset - stamp, stamp, offset)
         if session != self._session:
-            self._session, self._held, self._candidate = session, None, None
+            self._session, self._held = session, None
             self._lags.clear()
         if self._lags and self._lags[-1][0] < arrival - self.window_s:  # a gap: all expired
             self._held = self._lags[0][1]

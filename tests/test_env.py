@@ -436,9 +436,7 @@ def test_arm_reach_ik_oracle_reaches_every_goal() -> None:
 
 
 class _Replay:
-    """A policy that returns the given actions in turn (the runtime's `Policy`, minimally)."""
-
-    backend, outputs, precision, weight_bytes = "replay", ("action",), "fp32", 0
+    """A policy that returns the given actions in turn (what the controller calls of one)."""
 
     def __init__(self, spec: Any, actions: np.ndarray):
         self.spec, self._actions = spec, iter(actions)
@@ -474,6 +472,7 @@ def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> 
     controller.start(first, 0.0)
     controller.set_goal(spec.goal.frame, np.asarray(state.goal[0], np.float64))
     unit = np.asarray(env._ctrl_unit)
+    order = [config.command_joints.index(j) for j in joints]  # commands → spec order
     for k, action in enumerate(actions):
         last = np.asarray(state.action_queue[0, 0]) * unit
         seen = controller.policy_input()[spec.observation_slices()["last_action"]]
@@ -482,7 +481,6 @@ def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> 
         state = task.step(state, action)
         command = controller.tick(float(k))
         assert command.mode == "running"
-        order = [config.command_joints.index(j) for j in joints]
         np.testing.assert_allclose(np.asarray(command.values)[order],
                                    np.asarray(state.action_queue[0, 0]) * unit, atol=1e-5)
         target = np.clip(spec.action.offset + np.asarray(spec.action.scale) * action[0],
