@@ -134,6 +134,8 @@ class ServeArgs(Connection):
     """override the robot config: largest command change per tick, physical units"""
     soft_start: float | None = None
     """override the robot config: seconds over which actions ramp in"""
+    max_joint_speed: float | None = None
+    """override the robot config: measured joint speed (units/s) read as a reset, not motion"""
     safe_action: Literal["hold", "zero", "default_pose"] | None = None
     """override the robot config's safe action"""
     goal: tuple[float, ...] = ()
@@ -152,7 +154,8 @@ class ServeArgs(Connection):
         usage.non_negative("--spin", self.spin, "no busy-waiting")
         usage.at_least("--threads", self.threads, 1)
         for flag, value in (("--max-observation-age", self.max_observation_age),
-                            ("--max-action-change", self.max_action_change)):
+                            ("--max-action-change", self.max_action_change),
+                            ("--max-joint-speed", self.max_joint_speed)):
             if value is not None:
                 usage.positive(flag, value)
         if self.goal_margin is not None:
@@ -236,7 +239,7 @@ def serve_cmd(args: ServeArgs) -> None:
     config = robot_config.load(args.robot or spec.task).replace_safety(
         max_observation_age=args.max_observation_age, goal_margin=args.goal_margin,
         max_action_change=args.max_action_change, soft_start=args.soft_start,
-        safe_action=args.safe_action)
+        safe_action=args.safe_action, max_joint_speed=args.max_joint_speed)
     controller = Controller(policy, config, rate_hz=args.rate or None,  # type: ignore[arg-type]
                             speed=args.speed)
     if args.goal:
@@ -266,8 +269,8 @@ def summary_line(s: dict[str, float | int | str]) -> str:
             f"{s['period_error_p99_ms']:.3f} ms  policy p99 {s['policy_latency_p99_ms']:.3f} ms  "
             f"misses {s['misses']}  samples skipped {s['samples_skipped']} / repeated "
             f"{s['samples_repeated']}  stale stops {s['stale_stops']}  robot restarts "
-            f"{s['robot_restarts']}  goal rejections {s['goal_rejections']}  non-finite "
-            f"{s['nonfinite_actions']}")
+            f"{s['robot_restarts']}  joint jumps {s['joint_jumps']}  goal rejections "
+            f"{s['goal_rejections']}  non-finite {s['nonfinite_actions']}")
 
 
 def _status_line(s: dict[str, float | int | str]) -> None:

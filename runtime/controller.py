@@ -10,9 +10,11 @@ the configured safe action instead, and is counted in `stats`.
 
 Restarts: the rate limit and the soft start work from a reference, the command last sent. When
 that command no longer says where the robot is (at the start, when data comes back after a stale
-stop, at a new robot session: the robot restarted), the reference is re-read from the newest
-measured positions (zero torque for effort control), so the first command is never more than
-`max_action_change` from where the robot is measured, whatever the previous robot was sent.
+stop, at a new robot session: the robot restarted, or, with `max_joint_speed`, joints measured
+moving faster than the robot can move them: a simulator's reset, a re-homed or re-plugged robot),
+the reference is re-read from the newest measured positions (zero torque for effort control), so
+the first command is never more than `max_action_change` from where the robot is measured,
+whatever the previous robot was sent.
 The `hold` safe action holds the position measured when the stop began (never a previous
 robot's target), reached under the rate limit like any command.
 """
@@ -133,7 +135,9 @@ class Stats:
 
     # samples_repeated / samples_skipped: ticks that took no new observation, and observations
     # no tick acted on, while the loop is locked to the robot's samples (crl.runtime.loop).
-    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "robot_restarts",
+    # joint_jumps: observations whose joints moved faster than the config's max_joint_speed
+    # since the one before (handled as a restart).
+    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "robot_restarts", "joint_jumps",
                 "nonfinite_actions", "policy_errors", "observation_rejections", "goals_accepted",
                 "goal_rejections", "samples_repeated", "samples_skipped")
 
@@ -220,6 +224,7 @@ class Controller:
         self.command_joints = config.command_joints
         self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
         self.max_change = safety.max_action_change
+        self.max_joint_speed = safety.max_joint_speed
         self.stats = Stats(window, rate_hz=self.rate_hz * speed, clock=clock)
         self.goal: NDArray[np.float32] | None = None
         self.goal_low = np.asarray(spec.goal.low) - safety.goal_margin
@@ -251,19 +256,33 @@ class Controller:
     def observe(self, obs: Observation, obs_time: float, received: float | None = None) -> bool:
         """Take a newer observation; one lacking a needed joint or field is refused and counted
         (the previous one ages towards the staleness limit). One from a new session is a
-        restarted robot, counted: holding and the next soft start begin where it is measured."""
+        restarted robot, counted: holding and the next soft start begin where it is measured.
+        So does one whose joints moved faster than `max_joint_speed` since the one before."""
         try:
             self.assembler.check(obs)
         except ObservationError:
             self.stats.counts["observation_rejections"] += 1
             return False
         restarted = self.latest is not None and obs.session != self.latest.session
+        jumped = not restarted and self._jumped(obs, obs_time)
         self.latest, self.latest_time = obs, obs_time
         self.latest_received = obs_time if received is None else received
-        if restarted:
-            self.stats.counts["robot_restarts"] += 1
+        if restarted or jumped:
+            self.stats.counts["robot_restarts" if restarted else "joint_jumps"] += 1
             self._resync()
         return True
+
+    def _jumped(self, obs: Observation, obs_time: float) -> bool:
+        """The commanded joints moved faster than `max_joint_speed` since the last observation:
+        moved outside this controller (a simulator's reset, a re-homed robot), so the command
+        history no longer says where the robot is. The time between is taken as at least one
+        control period, so a fast joint-state stream's noise never reads as speed."""
+        if self.max_joint_speed is None or self.latest is None:
+            return False
+        joints = self.spec.action.joints
+        moved = np.abs(self.assembler.joint_values(obs, joints)
+                       - self.assembler.joint_values(self.latest, joints)).max()
+        return bool(moved > self.max_joint_speed * max(obs_time - self.latest_time, self.period))
 
     def set_goal(self, frame: str, values: NDArray[np.float64] | list[float]) -> tuple[bool, str]:
         """Validate and hold a goal; a rejected goal keeps the previous one and says why."""

@@ -17,6 +17,8 @@ kept safe. One YAML file per robot (`crl.runtime.robots/<task>.yaml` ships one p
       goal_margin: 0.02             # beyond the training goal box, in the goal's units
       max_action_change: 1.0        # per tick, physical units; null = unlimited
       soft_start: 1.0               # s over which actions ramp in after start and each stop
+      max_joint_speed: null         # units/s; a commanded joint measured moving faster was moved
+                                    # outside the controller (a reset): handled as a restart
       safe_action: hold             # hold | zero | default_pose
       default_pose: {shoulder: 0.0, elbow: 0.0}
 
@@ -100,6 +102,7 @@ class Safety:
     soft_start: float = 1.0
     safe_action: str = "hold"
     default_pose: Mapping[str, float] = field(default_factory=dict)
+    max_joint_speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -422,4 +425,7 @@ def _safety(data: Mapping[str, Any]) -> Safety:
     pose = {str(k): _number(v, f"default_pose.{k}", minimum=-math.inf) for k, v in pose.items()}
     if safe == "default_pose" and not pose:
         raise RobotConfigError("safety.default_pose: safe_action default_pose needs it")
-    return Safety(age, margin, change, soft, safe, pose)
+    speed = data.get("max_joint_speed", d.max_joint_speed)
+    if speed is not None:
+        speed = _number(speed, "max_joint_speed", positive=True)
+    return Safety(age, margin, change, soft, safe, pose, speed)

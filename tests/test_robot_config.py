@@ -90,6 +90,11 @@ def test_a_default_pose_outside_the_joint_limits_is_refused_not_clipped() -> Non
     ({"max_action_change": "fast"}, "safety.max_action_change"),
     ({"soft_start": -1.0}, "safety.soft_start"),
     ({"soft_start": True}, "safety.soft_start"),
+    ({"max_joint_speed": 0.0}, "safety.max_joint_speed"),
+    ({"max_joint_speed": -5.0}, "safety.max_joint_speed"),
+    ({"max_joint_speed": float("inf")}, "safety.max_joint_speed"),
+    ({"max_joint_speed": "fast"}, "safety.max_joint_speed"),
+    ({"max_joint_speed": True}, "safety.max_joint_speed"),
     ({"default_pose": {"elbow": float("nan")}}, "safety.default_pose.elbow"),
 ])
 def test_absurd_safety_settings_are_refused_naming_the_key(safety: dict[str, Any],

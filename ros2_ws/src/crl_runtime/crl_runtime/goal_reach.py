@@ -204,7 +204,7 @@ class GoalReach(Node):
             config = robot_config.load(p["robot_config"] or policy.spec.task)
             overrides = {k: (p[k] if p[k] >= 0 else None) for k in
                          ("max_observation_age", "goal_margin", "max_action_change",
-                          "soft_start")}
+                          "soft_start", "max_joint_speed")}
             overrides["safe_action"] = p["safe_action"] or None
             config = config.replace_safety(**overrides)
             return Controller(policy, config, clock=self.loop_clock)

@@ -78,6 +78,9 @@ GOAL_REACH: tuple[Param, ...] = (
           "physical units; negative keeps the robot config's value."),
     Param("soft_start", KEEP, "Safety override: seconds over which commands ramp in after start "
           "and after each safety stop; negative keeps the robot config's value."),
+    Param("max_joint_speed", KEEP, "Safety override: measured joint speed (units/s) above which "
+          "the robot was moved outside the node (a simulator's reset) and is handled as a "
+          "restart; negative keeps the robot config's value."),
     Param("safe_action", "", "Safety override: hold, zero or default_pose; empty keeps the "
           "robot config's value.", ("", "hold", "zero", "default_pose")),
     Param("diagnostics_hz", 1.0, "Rate of the diagnostics message."),
