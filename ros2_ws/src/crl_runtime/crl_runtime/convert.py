@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from crl.runtime.messages import Observation, bounded
+from crl.runtime.messages import MAX_ITEMS, Observation, bounded
 from crl.runtime.robot_config import MAX_ERROR_CHARS
 
 Vector = NDArray[np.float64]
@@ -95,14 +95,20 @@ class JointVelocities:
     def __init__(self) -> None:
         self.last: dict[str, tuple[float, float]] = {}  # joint → (stamp, position)
 
-    def estimate(self, names: Sequence[str], pos: Vector, stamp: float) -> Vector:
+    def estimate(self, names: Sequence[str], pos: Vector, stamp: float,
+                 only: Sequence[str] = ()) -> Vector:
         """
         Estimate the velocities of `names` (NaN where there is none).
 
-        Then remember their finite positions as each joint's previous one.
+        Then remember their finite positions as each joint's previous one. With `only` (the
+        joints the policy reads), the others get none and are not remembered: what is kept
+        stays that size, whatever names a stream carries.
         """
         vel = np.full(len(names), math.nan)
+        wanted = set(only)
         for i, name in enumerate(names):
+            if wanted and name not in wanted:
+                continue
             last = self.last.get(name)
             if last is not None and stamp - last[0] >= self.MIN_STEP_S:
                 vel[i] = (pos[i] - last[1]) / (stamp - last[0])
@@ -121,9 +127,16 @@ def joint_state_to_observation(msg: Any, received: float, session: int, seq: int
     older of the two, so stale odometry makes the observation stale. Joints in `required` must
     have a finite position and velocity: a NaN from one sensor refuses the message rather than
     reaching the policy. A message without a velocity array takes them from `velocities`
-    (finite differences over the stamps); where there is none, or no `velocities`, it is
-    refused as `no_velocity`.
+    (finite differences over the stamps, for the `required` joints); where there is none, or no
+    `velocities`, it is refused as `no_velocity`. One with more than MAX_ITEMS joints (the ZMQ
+    transport's limit on a list) is refused as `oversized` before anything is read from it: a
+    JointState's arrays are unbounded on the wire, and reading one costs time per joint in the
+    executor thread, whose Python code the control thread waits for.
     """
+    sizes = (len(msg.name), len(msg.position), len(msg.velocity))
+    if max(sizes) > MAX_ITEMS:
+        raise ConversionError("oversized", f"{sizes[0]} names, {sizes[1]} positions, "
+                              f"{sizes[2]} velocities: more than {MAX_ITEMS}")
     names = tuple(msg.name)
     pos = np.asarray(msg.position, dtype=np.float64)
     vel = np.asarray(msg.velocity, dtype=np.float64)
@@ -135,7 +148,7 @@ def joint_state_to_observation(msg: Any, received: float, session: int, seq: int
         raise ConversionError("malformed", f"duplicate joint names in {list(names)}")
     stamp = stamp_seconds(msg.header.stamp) or received
     if not measured:
-        vel = (velocities.estimate(names, pos, stamp) if velocities is not None
+        vel = (velocities.estimate(names, pos, stamp, required) if velocities is not None
                else np.full(len(names), math.nan))
     index = {n: i for i, n in enumerate(names)}
     needed = [index[n] for n in required if n in index]

@@ -90,9 +90,9 @@ from crl_runtime.parameters import GOAL_REACH, declare
 # Newest message only, and both best-effort (sensor data) and reliable publishers match.
 SENSOR_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
-COUNTERS = ("joint_states_received", "observation_malformed", "observation_nonfinite",
-            "observation_no_velocity", "odometry_nonfinite", "odometry_wrong_frame",
-            "sim_clock_stalls")
+COUNTERS = ("joint_states_received", "observation_malformed", "observation_oversized",
+            "observation_nonfinite", "observation_no_velocity", "odometry_nonfinite",
+            "odometry_wrong_frame", "sim_clock_stalls")
 WAIT_LOG_S = 5.0
 # Under use_sim_time: real seconds without /clock moving before the node says the loop waits
 # on a stopped simulator (or on none: a real robot's node started with use_sim_time:=true).

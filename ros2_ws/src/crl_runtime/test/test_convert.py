@@ -13,7 +13,7 @@ from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from crl.runtime import robot_config
-from crl.runtime.messages import Observation
+from crl.runtime.messages import MAX_ITEMS, Observation
 from crl_runtime.convert import (
     ConversionError,
     JointVelocities,
@@ -122,6 +122,44 @@ def test_an_unset_stamp_differences_over_the_receive_times() -> None:
     obs = joint_state_to_observation(joint_state(["a"], [1.5]), 20.5, 1, 2, required=("a",),
                                      velocities=v)
     assert obs.stamp == 20.5 and obs.joint_vel.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("sizes", [(513, 513, 513), (2, 100_000, 2), (2, 2, 513)])
+def test_a_joint_state_over_the_list_limit_is_refused_before_it_is_read(
+        sizes: tuple[int, int, int]) -> None:
+    """
+    A JointState's arrays have no bound on the wire; reading one costs time per joint.
+
+    Over MAX_ITEMS in any array, it is refused as oversized, however the rest looks.
+    """
+    names = ["shoulder", "elbow"] + [f"j{i}" for i in range(sizes[0] - 2)]
+    msg = joint_state(names, [0.0] * sizes[1], [0.0] * sizes[2])
+    with pytest.raises(ConversionError) as e:
+        joint_state_to_observation(msg, 1.0, 1, 1, required=("shoulder", "elbow"),
+                                   velocities=JointVelocities())
+    assert e.value.reason == "oversized" and len(str(e.value)) <= robot_config.MAX_ERROR_CHARS
+    assert MAX_ITEMS == 512
+
+
+def test_finite_differences_remember_only_the_joints_the_policy_reads() -> None:
+    """
+    A positions-only stream whose other joints change names never grows what is kept.
+
+    Each message carries the policy's two joints and three never seen before.
+    """
+    v = JointVelocities()
+    required = ("shoulder", "elbow")
+    for k in range(200):
+        extra = [f"tool{k}_{i}" for i in range(3)]
+        msg = joint_state(["shoulder", "elbow", *extra], [0.01 * k, 0.0, 1.0, 2.0, 3.0],
+                          stamp=10.0 + 0.04 * k)
+        try:
+            obs = joint_state_to_observation(msg, 99.0, 1, k, required=required, velocities=v)
+        except ConversionError:
+            assert k == 0  # the first has nothing to difference
+            continue
+        np.testing.assert_allclose(obs.joint_vel[:2], [0.25, 0.0])
+    assert sorted(v.last) == ["elbow", "shoulder"]
 
 
 def test_a_refusal_quoting_the_wire_stays_short() -> None:

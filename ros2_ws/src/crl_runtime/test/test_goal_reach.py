@@ -55,7 +55,7 @@ class ServoRobot:
             else peer.record(Float64MultiArray, "/forward_position_controller/commands"))
         self.q = [0.3, -0.5]  # shoulder, elbow
         self.positions_only = positions_only
-        self.fault = ""  # one message: "nan", "missing", "malformed"
+        self.fault = ""  # one message: "nan", "missing", "malformed", "oversized"
         self.fault_sent_at = -math.inf  # monotonic time the last faulty message went out
         self.paused = threading.Event()
         self.stop = threading.Event()
@@ -90,6 +90,10 @@ class ServoRobot:
                 msg.name, msg.position, msg.velocity = ["shoulder"], [self.q[0]], [0.0]
             elif fault == "malformed":
                 msg.position = [self.q[1]]
+            elif fault == "oversized":  # 100k joints: refused before the node reads them
+                extra = [f"j{i}" for i in range(100_000)]
+                msg.name, msg.position = [*msg.name, *extra], [*msg.position, *[0.0] * 100_000]
+                msg.velocity = [] if self.positions_only else [0.0] * len(msg.name)
             ns = self.clock.now().nanoseconds + round(self.clock_shift * 1e9)
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(ns, 10**9)
             (self.reliable if self.sent % 2 else self.best_effort).publish(msg)
@@ -205,13 +209,15 @@ def test_goal_reach_faults_are_refused_counted_and_the_rate_holds(
         points.publish(clicked_point(0.12, -0.05, 0.3))  # Publish Point: z is not a goal axis
         wait_for(lambda: count("goals_accepted") == 2, 5, "the clicked point accepted", node)
 
-        # One NaN, one missing joint, one malformed message, each between good ones: refused and
-        # counted, and the node keeps acting on the previous observation (no safe action).
+        # One NaN, one missing joint, one malformed message, one of 100k joints, each between
+        # good ones: refused and counted, and the node keeps acting on the previous observation
+        # (no safe action).
         wait_for(lambda: status().get("mode") == "running", 5, "the soft start over", node)
         safe_ticks = count("safe_ticks")
         for fault, key in (("nan", "observation_nonfinite"),
                            ("missing", "observation_rejections"),
-                           ("malformed", "observation_malformed")):
+                           ("malformed", "observation_malformed"),
+                           ("oversized", "observation_oversized")):
             def refused(fault: str = fault, key: str = key) -> bool:
                 # Depth 1: a message the executor had no time for is replaced by the next one,
                 # so a fault that went unseen is sent again.
