@@ -412,9 +412,7 @@ def _safety(data: Mapping[str, Any]) -> Safety:
     age = _number(data.get("max_observation_age", d.max_observation_age), "max_observation_age",
                   positive=True, maximum=MAX_OBSERVATION_AGE_PERIODS)
     margin = _number(data.get("goal_margin", d.goal_margin), "goal_margin")
-    change = data.get("max_action_change", d.max_action_change)
-    if change is not None:
-        change = _number(change, "max_action_change", positive=True)
+    change = _limit(data, "max_action_change")
     soft = _number(data.get("soft_start", d.soft_start), "soft_start")
     safe = data.get("safe_action", d.safe_action)
     if safe not in SAFE_ACTIONS:
@@ -425,7 +423,10 @@ def _safety(data: Mapping[str, Any]) -> Safety:
     pose = {str(k): _number(v, f"default_pose.{k}", minimum=-math.inf) for k, v in pose.items()}
     if safe == "default_pose" and not pose:
         raise RobotConfigError("safety.default_pose: safe_action default_pose needs it")
-    speed = data.get("max_joint_speed", d.max_joint_speed)
-    if speed is not None:
-        speed = _number(speed, "max_joint_speed", positive=True)
-    return Safety(age, margin, change, soft, safe, pose, speed)
+    return Safety(age, margin, change, soft, safe, pose, _limit(data, "max_joint_speed"))
+
+
+def _limit(data: Mapping[str, Any], name: str) -> float | None:
+    """An optional positive safety limit: absent or null is none (off)."""
+    value = data.get(name)
+    return None if value is None else _number(value, name, positive=True)
