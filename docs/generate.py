@@ -372,6 +372,16 @@ def closed_loop_seeds(r: dict[str, Any]) -> str:
                   "oscillation"], rows, "lrrrr")
 
 
+def closed_loop_ros(r: dict[str, Any]) -> str:
+    """Each policy over ROS: goals held at the end, median distance, the node's loop."""
+    rows = [[f"`{Path(run['policy']).name}`", str(run["sim_seed"]),
+             f"{run['reached']}/{run['goals']}", cm(run["final_distance_median"]),
+             f"{run['rate_hz']:.2f}", f"{run['misses']} / {run['ticks']:,}",
+             f"{run['end_to_end_p99_ms']:.2f}"] for run in r["runs"]]
+    return table(["policy", "sim seed", "at the goal at the end", "median final distance",
+                  "rate (Hz)", "misses / ticks", "end-to-end p99 (ms)"], rows, "lrrrrrr")
+
+
 def loop_drift(r: dict[str, Any]) -> str:
     """Each run against a robot whose clock drifts: latency against the policy's, slips, misses
     and whether every target held."""
@@ -435,6 +445,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("hold", "by_split"): hold_by_split,
     ("robustness", None): robustness,
     ("closed_loop_seeds", None): closed_loop_seeds,
+    ("closed_loop_ros", None): closed_loop_ros,
     ("loop_drift", None): loop_drift,
     ("transport_floor", None): transport_floor,
 }

@@ -7,7 +7,8 @@ user at RViz: at each episode's start it publishes that episode's goal as a Pose
 /goal_pose, and at the episode's end it reads the true tool position from the sim's telemetry.
 The reacher's policy comes from $CRL_ROS_POLICY (else `make demo`'s demo/reacher.onnx), the
 7-DoF arm's (over joint_trajectory_controller) from $CRL_ROS_ARM_POLICY; each test skips,
-saying so, without its policy.
+saying so, without its policy. With $CRL_ROS_RESULT set, a test also writes what it measured
+there as JSON (bench/closed_loop_ros.py gathers them into a results file).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from conftest import Peer, diag_values, wait_for
 
 GOALS = 10
+SIM_SEED = 7  # sim_bridge's: the episodes' robots and goals
 SUCCESS_RADIUS = {"reacher": 0.02, "arm_reach": 0.05}  # the specs'
 RATE = 25.0  # both robots'
 
@@ -95,7 +97,7 @@ def closed_loop(robot: str, executables: dict[str, Path], policy: Path, start_no
     node = start_node(executables["goal_reach"], {"policy": policy, "robot_config": robot,
                                                   "startup_timeout": 300.0})
     sim = start_node(executables["sim_bridge"], {"robot_config": robot, "dr": "held-out",
-                                                 "seed": 7})
+                                                 "seed": SIM_SEED})
     wait_for(lambda: len(scorer.scored()) >= GOALS, 300.0, f"{GOALS} scored episodes", sim)
     distances = scorer.scored()[:GOALS]
     s = diag_values(diags.last())
@@ -106,9 +108,34 @@ def closed_loop(robot: str, executables: dict[str, Path], policy: Path, start_no
           f"misses {s['misses']} of {s['ticks']} ticks, period error p99 "
           f"{float(s['period_error_p99_ms']):.2f} ms, end-to-end p99 "
           f"{float(s['end_to_end_p99_ms']):.2f} ms, goals accepted {s['goals_accepted']}")
+    if os.environ.get("CRL_ROS_RESULT"):
+        write_result(Path(os.environ["CRL_ROS_RESULT"]), robot, policy, distances, radius, s)
     assert successes >= 0.9 * GOALS, distances
     assert int(s["goal_rejections"]) == 0, s
     assert abs(float(s["rate_hz"]) - RATE) < 0.05 * RATE, s
     assert int(s["misses"]) <= max(2, 0.05 * int(s["ticks"])), s
     assert node.stop() == 0 and sim.stop() == 0
     time.sleep(0.1)
+
+
+def write_result(path: Path, robot: str, policy: Path, distances: list[float], radius: float,
+                 status: dict[str, str]) -> None:
+    """
+    Write one run's figures as JSON.
+
+    Called before the assertions, so that a run that misses a target is recorded too.
+    """
+    from crl.core.atomic import write_json
+
+    write_json(path, {
+        "robot": robot, "policy": str(policy), "dr": "held-out", "sim_seed": SIM_SEED,
+        "reached": sum(d <= radius for d in distances), "goals": len(distances),
+        "success_radius": radius, "final_distances": distances,
+        "final_distance_median": float(np.median(distances)),
+        "rate_hz": float(status["rate_hz"]), "ticks": int(status["ticks"]),
+        "misses": int(status["misses"]),
+        "period_error_p99_ms": float(status["period_error_p99_ms"]),
+        "end_to_end_p99_ms": float(status["end_to_end_p99_ms"]),
+        "goals_accepted": int(status["goals_accepted"]),
+        "goal_rejections": int(status["goal_rejections"]),
+    })
