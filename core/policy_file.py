@@ -11,7 +11,9 @@ both sides must agree on lives here. The file carries, in `metadata_props`:
                         field and the hashes above) with this value blanked.
 The runtime recomputes the seal on load, so a file with any edit (one bit of the goal box, a Tanh
 made a Sigmoid, a weight) is refused; the part hashes only say which part changed. The seal
-detects edits, not forgery: whoever can rewrite the file can recompute it too.
+detects edits, not forgery: whoever can rewrite the file can recompute it too. Every tensor's
+data is inside the file: a file that points to external data, which the seal cannot cover, is
+refused.
 
 numpy and onnx only (no onnxruntime, no jax).
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from crl.core.reading import RefusedFileError, read_limited
 from crl.core.spec import PolicySpec, SpecError
 
 SPEC_KEY = "crl.policy_spec"
@@ -37,6 +40,8 @@ GRAPH_HASH_KEY = "crl.graph_sha256"
 SEAL_KEY = "crl.seal_sha256"
 PRECISION_KEY = "crl.precision"
 PRECISIONS = ("fp32", "fp16", "int8")
+# protobuf's limit for one message: an ONNX file larger than this cannot hold its weights inline.
+MAX_FILE_BYTES = 2**31 - 1
 INPUTS = ("observation", "goal")
 ACTION = "action"
 CRITIC_OUTPUTS = ("phi", "psi", "distance")
@@ -127,16 +132,21 @@ class Sealed:
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
-    """Read an ONNX file; a missing file or one that is not ONNX is a one-line PolicyFileError."""
+    """Read an ONNX file; a missing file, one that is not a regular file of at most
+    MAX_FILE_BYTES, not ONNX, or whose tensors keep their data in other files is a one-line
+    PolicyFileError."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_limited(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         raise PolicyFileError(
             f"{path}: no such file; export a policy with `crl-export onnx --run DIR --out {path}`"
         ) from None
     except OSError as e:
         raise PolicyFileError(f"{path}: cannot read ({e.strerror})") from None
+    except RefusedFileError as e:
+        raise PolicyFileError(f"{path}: cannot read ({e}); pass the .onnx file written by "
+                              "`crl-export onnx`") from None
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -146,7 +156,29 @@ def load_model(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
         raise PolicyFileError(
             f"{path}: not an ONNX model; pass the .onnx file written by `crl-export onnx`"
         )
+    outside = next(_external_tensors(model.graph), None)
+    if outside is not None:
+        raise PolicyFileError(
+            f"{path}: tensor {outside!r} keeps its data in another file (ONNX external data), "
+            "which neither the seal nor the weights' hash covers; a crl policy carries its "
+            "weights inline: re-export it with `crl-export onnx`"
+        )
     return data, model
+
+
+def _external_tensors(graph: onnx.GraphProto) -> Iterator[str]:
+    """The names of the tensors in `graph` and its subgraphs whose data is in another file."""
+    tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer),
+               *(s.indices for s in graph.sparse_initializer)]
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += [attr.t, *attr.tensors, *(s.values for s in [attr.sparse_tensor]),
+                        *(s.values for s in attr.sparse_tensors)]
+            for sub in (attr.g, *attr.graphs):
+                yield from _external_tensors(sub)
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            yield tensor.name
 
 
 def read_seal(model: onnx.ModelProto, source: str) -> Sealed:

@@ -29,6 +29,7 @@ from zmq.auth.certs import load_certificate
 from zmq.auth.thread import ThreadAuthenticator
 
 from crl.core.atomic import write_atomic
+from crl.core.reading import RefusedFileError, read_limited
 
 Role = Literal["runtime", "robot", "operator"]
 ROLES: tuple[Role, ...] = ("runtime", "robot", "operator")
@@ -36,6 +37,7 @@ SECRET_SUFFIX, PUBLIC_SUFFIX = ".key_secret", ".key"
 AUTHORIZED = "authorized"
 PRIVATE_MODE, PUBLIC_MODE, FOLDER_MODE = 0o600, 0o644, 0o700
 Z85_KEY_CHARS = 40  # a 32-byte CURVE key in Z85 text
+MAX_CERTIFICATE_BYTES = 64 * 1024  # a certificate is a few hundred bytes of text
 
 
 class AuthError(RuntimeError):
@@ -107,8 +109,11 @@ class Keys:
 
 def _read(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     try:
+        # zmq reads the file by its name, whole: a FIFO would block that, a huge file fill the
+        # memory; what is not a short regular file is refused first.
+        read_limited(path, MAX_CERTIFICATE_BYTES)
         public, secret_key = load_certificate(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RefusedFileError) as e:
         raise AuthError(f"{path}: not a readable ZeroMQ certificate ({e})") from None
     for key in (public, secret_key) if secret else (public,):
         if key is None or len(key) != Z85_KEY_CHARS:

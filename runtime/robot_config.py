@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 import crl.sim
+from crl.core.reading import RefusedFileError, read_limited
 from crl.core.spec import PolicySpec
 from crl.runtime.messages import bounded
 
@@ -260,13 +261,12 @@ def read_yaml(path: Path) -> Any:
     aliases, nesting); errors are one-line RobotConfigErrors. The ROS launch reads its robot
     files through this too."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw = read_limited(path, MAX_CONFIG_BYTES)
     except OSError as e:
         raise RobotConfigError(f"{path}: cannot read it ({e.strerror})") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise RobotConfigError(f"{path}: over {MAX_CONFIG_BYTES} bytes; a robot config is a "
-                               "short hand-written file")
+    except RefusedFileError as e:
+        raise RobotConfigError(f"{path}: cannot read it ({e}); a robot config is a short "
+                               "hand-written file") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -30,10 +30,14 @@ from crl.core.engine_file import (
     sidecar_sha256,
     tensorrt_missing,
 )
-from crl.core.policy_file import ACTION, INPUTS
+from crl.core.policy_file import ACTION, INPUTS, MAX_FILE_BYTES
+from crl.core.reading import RefusedFileError, read_limited
 from crl.core.spec import PolicySpec, SpecError
 from crl.runtime.backend import PolicyError, check_inputs
 
+MAX_SIDECAR_BYTES = 1 << 20  # a sidecar is a spec and a few hashes: kilobytes
+# An engine holds its ONNX's weights (at most MAX_FILE_BYTES) and its kernels' code.
+MAX_ENGINE_BYTES = 2 * MAX_FILE_BYTES
 CUDA_PYTHON_MISSING = (
     "cuda-python is not installed: `pip install cuda-python` (the TensorRT backend moves its "
     "buffers with it); or use backend 'ort' with the ONNX file"
@@ -62,10 +66,10 @@ def read_sidecar(engine: Path) -> Sidecar:
     if not engine.is_file():
         raise PolicyError(f"{engine}: no such engine file; build one with `crl-export tensorrt`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_limited(path, MAX_SIDECAR_BYTES))
     except FileNotFoundError:
         raise PolicyError(f"{path}: missing, the engine cannot be checked; {rebuild}") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RefusedFileError) as e:
         raise PolicyError(f"{path}: unreadable sidecar ({e}); {rebuild}") from None
     if not isinstance(data, dict) or data.get("format") != ENGINE_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -136,7 +140,10 @@ class TrtPolicy:
 
         rebuild = _rebuild(path)
         check_built_here(path, side, trt.__version__, gpu_info(device))
-        blob = path.read_bytes()
+        try:
+            blob = read_limited(path, MAX_ENGINE_BYTES)
+        except (OSError, RefusedFileError) as e:
+            raise PolicyError(f"{path}: cannot read the engine ({e}); {rebuild}") from None
         if hashlib.sha256(blob).hexdigest() != side.engine_sha256:
             raise PolicyError(f"{path}: sha256 does not match its sidecar (the engine changed "
                               f"after it was built); {rebuild}")

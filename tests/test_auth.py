@@ -5,6 +5,7 @@ binds, so no test ever binds one)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,14 @@ from robot_fixtures import export_policy, interrupt, observation
 from zmq.auth.certs import load_certificate
 
 from crl.runtime import cli
-from crl.runtime.auth import AUTHORIZED, ROLES, AuthError, load_keys, make_keys
+from crl.runtime.auth import (
+    AUTHORIZED,
+    MAX_CERTIFICATE_BYTES,
+    ROLES,
+    AuthError,
+    load_keys,
+    make_keys,
+)
 from crl.runtime.messages import Action, Observation
 from crl.runtime.transport import (
     Endpoints,
@@ -101,6 +109,18 @@ def test_bad_key_folders_are_one_line_errors(tmp_path: Path, keys: Path) -> None
     (lone / "operator.key_secret").chmod(0o600)
     with pytest.raises(AuthError, match="40 characters"):
         load_keys(lone, "operator")
+    # A peer's "certificate" that is a FIFO (zmq's open of it would wait for a writer) or huge.
+    trusting = tmp_path / "trusting"
+    shutil.copytree(keys, trusting)
+    os.mkfifo(trusting / "authorized" / "peer.key")
+    started = time.monotonic()
+    with pytest.raises(AuthError, match=r"peer\.key: .*\(a FIFO, not a regular file\)"):
+        load_keys(trusting, "runtime")
+    assert time.monotonic() - started < 1.0
+    (trusting / "authorized" / "peer.key").unlink()
+    (trusting / "authorized" / "peer.key").write_bytes(b"#" * (MAX_CERTIFICATE_BYTES + 1))
+    with pytest.raises(AuthError, match=r"peer\.key: .*over the .*-byte limit"):
+        load_keys(trusting, "runtime")
 
 
 @pytest.mark.parametrize("host", ["*", "::", "0.0.0.0"])

@@ -3,6 +3,7 @@ settings, and hostile YAML are refused in one bounded line naming the key."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once_in_a_short_line(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("text", "key"), [
-    ("#" * (MAX_CONFIG_BYTES + 1), f"over {MAX_CONFIG_BYTES} bytes"),
+    ("#" * (MAX_CONFIG_BYTES + 1), f"over the {MAX_CONFIG_BYTES:,}-byte limit"),
     ("task: " + "[" * 20000 + "]" * 20000 + "\n", "nested deeper"),
     ("task: [reacher\n", "not valid YAML"),
     ("task: reacher\n\tmodel: x\n", "not valid YAML"),
@@ -165,6 +166,18 @@ def test_hostile_yaml_is_refused_quickly_in_a_short_line(tmp_path: Path, text: s
     message = refused(lambda: robot_config.load(path), key)
     assert time.monotonic() - started < 1.0
     assert len(message) < SHORT, message
+
+
+def test_a_robot_file_that_is_not_a_regular_file_is_refused_without_blocking(
+        tmp_path: Path) -> None:
+    """read_yaml (the ROS launch's reader too) on a FIFO, whose open waits for a writer, and on
+    /dev/zero, which never ends."""
+    fifo = tmp_path / "robot.yaml"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    refused(lambda: robot_config.read_yaml(fifo), "a FIFO, not a regular file")
+    refused(lambda: robot_config.read_yaml(Path("/dev/zero")), "a character device")
+    assert time.monotonic() - started < 1.0
 
 
 def test_huge_values_and_keys_are_quoted_short_whatever_the_input(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,23 @@ def _widen_goal(model: onnx.ModelProto) -> None:
     model.graph.input[1].type.tensor_type.shape.dim[-1].dim_value += 1
 
 
+def _external_weight(model: onnx.ModelProto) -> None:
+    """A weight moved out to a file beside the policy: ONNX Runtime would read it from there."""
+    t = model.graph.initializer[3]
+    size = numpy_helper.to_array(t).nbytes
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "weights.bin"), ("offset", "0"), ("length", str(size))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
 def _plain_onnx(path: Path) -> Path:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
@@ -145,6 +163,12 @@ def _plain_onnx(path: Path) -> Path:
          "weights sha256 mismatch.*re-export"),
         (lambda src, d: _resealed_copy(src, d / "io.onnx", _widen_goal),
          "graph tensor 'goal' has size 3 but the embedded spec says 2"),
+        # Read whole, these hang the process (a FIFO's open waits for a writer) or fill the
+        # memory (/dev/zero never ends): refused before reading.
+        (lambda src, d: _fifo(d / "fifo.onnx"), r"cannot read \(a FIFO, not a regular file\)"),
+        (lambda src, d: Path("/dev/zero"), r"a character device, not a regular file"),
+        (lambda src, d: _resealed_copy(src, d / "external.onnx", _external_weight),
+         "keeps its data in another file .* re-export"),
     ],
 )
 def test_bad_policy_files(

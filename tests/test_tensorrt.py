@@ -173,6 +173,9 @@ def test_missing_tensorrt_clear_errors(
         (lambda p, s: write_engine(p, s, spec={**s.to_dict(), "format": "crl-policy/9"}),
          "spec.format: 'crl-policy/9'"),
         (lambda p, s: write_engine(p, s, max_batch="many"), "malformed sidecar"),
+        # a sidecar that is a FIFO: its open would wait for a writer
+        (lambda p, s: (p.write_bytes(b"x"), os.mkfifo(sidecar_path(p)), p)[2],
+         r"unreadable sidecar \(a FIFO, not a regular file\)"),
     ],
 )
 def test_bad_engine_sidecars(tmp_path: Path, setup, match: str,
