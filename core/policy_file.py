@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,15 @@ PRECISION_KEY = "crl.precision"
 PRECISIONS = ("fp32", "fp16", "int8")
 # protobuf's limit for one message: an ONNX file larger than this cannot hold its weights inline.
 MAX_FILE_BYTES = 2**31 - 1
+# Every operator the exporter writes (fp32 and fp16, with or without the critic's outputs, and
+# ONNX Runtime's dynamic int8 quantization of them), all in ONNX's default domain: dense layers
+# whose time per call is set by their weights. A file with any other is refused: control flow
+# (Loop, If, Scan) can run as long as an input chooses, shape-making operators can allocate any
+# memory, and other domains are custom code. The exporter's tests load every variant.
+EXPORTED_OPERATORS = frozenset({
+    "Add", "Cast", "Concat", "DynamicQuantizeLinear", "Identity", "LayerNormalization", "MatMul",
+    "MatMulInteger", "Mul", "ReduceSumSquare", "Sigmoid", "Sqrt", "Sub", "Tanh",
+})
 INPUTS = ("observation", "goal")
 ACTION = "action"
 CRITIC_OUTPUTS = ("phi", "psi", "distance")
@@ -133,8 +142,7 @@ class Sealed:
 
 def load_model(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
     """Read an ONNX file; a missing file, one that is not a regular file of at most
-    MAX_FILE_BYTES, not ONNX, or whose tensors keep their data in other files is a one-line
-    PolicyFileError."""
+    MAX_FILE_BYTES, or not ONNX is a one-line PolicyFileError."""
     path = Path(path)
     try:
         data = read_limited(path, MAX_FILE_BYTES)
@@ -156,29 +164,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[bytes, onnx.ModelProto]:
         raise PolicyFileError(
             f"{path}: not an ONNX model; pass the .onnx file written by `crl-export onnx`"
         )
-    outside = next(_external_tensors(model.graph), None)
-    if outside is not None:
-        raise PolicyFileError(
-            f"{path}: tensor {outside!r} keeps its data in another file (ONNX external data), "
-            "which neither the seal nor the weights' hash covers; a crl policy carries its "
-            "weights inline: re-export it with `crl-export onnx`"
-        )
     return data, model
-
-
-def _external_tensors(graph: onnx.GraphProto) -> Iterator[str]:
-    """The names of the tensors in `graph` and its subgraphs whose data is in another file."""
-    tensors = [*graph.initializer, *(s.values for s in graph.sparse_initializer),
-               *(s.indices for s in graph.sparse_initializer)]
-    for node in graph.node:
-        for attr in node.attribute:
-            tensors += [attr.t, *attr.tensors, *(s.values for s in [attr.sparse_tensor]),
-                        *(s.values for s in attr.sparse_tensors)]
-            for sub in (attr.g, *attr.graphs):
-                yield from _external_tensors(sub)
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            yield tensor.name
 
 
 def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
@@ -210,6 +196,7 @@ def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
         raise PolicyFileError(f"{source}: metadata {PRECISION_KEY!r} is {precision!r}, not one of "
                           f"{PRECISIONS}; re-export the policy with `crl-export onnx`")
     _check_io(model, spec, source)
+    _check_graph(model, source)
     weight_bytes = sum(
         int(np.prod(t.dims)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
         for t in model.graph.initializer
@@ -217,6 +204,43 @@ def read_seal(model: onnx.ModelProto, source: str) -> Sealed:
     outputs = tuple(o.name for o in model.graph.output)
     # Under the seal, the recorded weights hash is the exporter's: no need to hash them again.
     return Sealed(spec, precision, digest, meta.get(HASH_KEY, ""), weight_bytes, outputs)
+
+
+def _check_graph(model: onnx.ModelProto, source: str) -> None:
+    """The graph is one the exporter writes: EXPORTED_OPERATORS only, no subgraphs or local
+    functions, every tensor's data inside the file."""
+    found = {(n.domain, n.op_type) for n in model.graph.node}
+    other = sorted(f"{d}.{op}" if d else op for d, op in found
+                   if d not in ("", "ai.onnx") or op not in EXPORTED_OPERATORS)
+    if other or model.functions:
+        shown = ", ".join(_short(name) for name in other[:4]) or "model-local functions"
+        raise PolicyFileError(
+            f"{source}: operators crl's exporter does not write ({shown}{', …' * (len(other) > 4)}"
+            "): a policy is a fixed graph of dense layers, never control flow or custom "
+            "operators; export it with `crl-export onnx`"
+        )
+    graphs = {onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS}
+    tensors = [*model.graph.initializer, *(s.values for s in model.graph.sparse_initializer),
+               *(s.indices for s in model.graph.sparse_initializer)]
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type in graphs or attr.HasField("g") or attr.graphs:
+                raise PolicyFileError(f"{source}: node {_short(node.name)} carries a subgraph; "
+                                      "export the policy with `crl-export onnx`")
+            tensors += [attr.t, *attr.tensors, attr.sparse_tensor.values,
+                        *(s.values for s in attr.sparse_tensors)]
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise PolicyFileError(
+                f"{source}: tensor {_short(tensor.name)} keeps its data in another file (ONNX "
+                "external data), which neither the seal nor the weights' hash covers; a crl "
+                "policy carries its weights inline: re-export it with `crl-export onnx`"
+            )
+
+
+def _short(name: str, limit: int = 40) -> str:
+    """A name from the file, quoted and cut short: it may be any length."""
+    return repr(name if len(name) <= limit else name[:limit] + "…")
 
 
 def _what_changed(model: onnx.ModelProto, meta: dict[str, str], source: str, digest: str
