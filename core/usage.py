@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -109,6 +110,23 @@ def port(flag: str, value: int, count: int) -> None:
     if not 1 <= value <= top:
         raise UsageError(f"{flag} {value}: must be between 1 and {top} (it and the next "
                          f"{count - 1} ports are used)")
+
+
+def output(flag: str, path: Path | None) -> None:
+    """A file written when the work is done (None: not asked for): a path that names a folder,
+    or whose folder cannot be made or written, is refused now rather than after the work, whose
+    result would then be lost."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: a folder; name the file to write")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:  # the folder is made when written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write in {folder}")
 
 
 def suffix(flag: str, path: Path | None, suffixes: tuple[str, ...]) -> None:

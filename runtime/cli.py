@@ -68,6 +68,8 @@ class BenchArgs:
         usage.non_negative("--rate", self.rate, "back to back")
         usage.at_least("--threads", self.threads, 1)
         usage.suffix("--plot", self.plot, usage.PLOT_SUFFIXES)
+        usage.output("--out", self.out)
+        usage.output("--plot", self.plot)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class ServeArgs(Connection):
         usage.positive("--wait", self.wait)
         usage.non_negative("--spin", self.spin, "no busy-waiting")
         usage.at_least("--threads", self.threads, 1)
+        usage.output("--stats-out", self.stats_out)
         for flag, value in (("--max-observation-age", self.max_observation_age),
                             ("--max-action-change", self.max_action_change),
                             ("--max-joint-speed", self.max_joint_speed)):

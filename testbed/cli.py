@@ -147,6 +147,7 @@ class ClosedLoopArgs:
         usage.at_least("--goals", self.goals, 1)
         usage.positive("--speed", self.speed)
         usage.within("--clock-ppm", self.clock_ppm, -MAX_CLOCK_PPM, MAX_CLOCK_PPM)
+        usage.output("--out", self.out)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class BenchLoopArgs:
         usage.positive("--seconds", self.seconds)
         usage.non_negative("--spin", self.spin, "no busy-waiting")
         usage.suffix("--plot", self.plot, usage.PLOT_SUFFIXES)
+        usage.output("--out", self.out)
+        usage.output("--plot", self.plot)
 
 
 def closed_loop_cmd(args: ClosedLoopArgs) -> None:

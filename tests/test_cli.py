@@ -188,6 +188,9 @@ PORT = ("0", "-1", "65532")  # the five ports P..P+4 must exist
 PLOT = ("{tmp}/plot.txt", "{tmp}/plot")
 WEIGHT = ("-1", "nan", "inf")  # a loss weight: 0 turns the term off
 PPM = ("nan", "inf", "20000", "-20000")  # a clock's error: a crystal's, not a wrong rate
+# A file written when the work ends: a folder, or a path whose folder is a file, is refused at
+# once (found after a run, its result would be lost).
+OUTPUT = ("{tmp}", "/dev/null/result.json")
 BAD: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("crl-sim", "rollout"): {"--episodes": COUNT, "--seed": SEED, "--width": (*COUNT, "15"),
                              "--height": (*COUNT, "15"), "--video": ("{tmp}/v.avi",),
@@ -225,14 +228,14 @@ BAD: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
                            "--threads": COUNT, "--max-observation-age": POSITIVE,
                            "--goal-margin": ZERO_OK, "--max-action-change": POSITIVE,
                            "--soft-start": ZERO_OK, "--max-joint-speed": POSITIVE,
-                           "--goal": ("nan 0", "0 inf")},
+                           "--goal": ("nan 0", "0 inf"), "--stats-out": OUTPUT},
     ("crl-run", "goal"): {"--port": PORT, "--timeout": POSITIVE, "values": ("nan", "inf")},
     ("crl-run", "bench"): {"--iterations": COUNT, "--rate": ZERO_OK, "--threads": COUNT,
-                           "--plot": PLOT},
+                           "--plot": PLOT, "--out": OUTPUT},
     ("crl-run", "closed-loop"): {"--seed": SEED, "--goals": COUNT, "--speed": POSITIVE,
-                                 "--clock-ppm": PPM},
+                                 "--clock-ppm": PPM, "--out": OUTPUT},
     ("crl-run", "bench-loop"): {"--hz": POSITIVE, "--seconds": POSITIVE, "--spin": ZERO_OK,
-                                "--plot": PLOT},
+                                "--plot": PLOT, "--out": OUTPUT},
 }
 PATH_FLAGS = ("--plot", "--curve", "--video", "--frames")
 
