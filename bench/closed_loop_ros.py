@@ -26,7 +26,7 @@ from typing import Any
 from crl.core.atomic import write_json
 from crl.runtime.backend import PolicyError
 from crl.runtime.bench import device_info, versions
-from crl.runtime.policy import load_policy
+from crl.runtime.onnx_file import read_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SH = REPO / "ros2_ws" / "test.sh"
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for policy in args.policies:  # a bad file or another robot's policy fails before any run
         try:
-            task = load_policy(policy, "ort").spec.task
+            task = read_spec(policy).task
         except PolicyError as e:
             p.error(str(e))
         if task != args.robot:

@@ -109,7 +109,8 @@ def closed_loop(robot: str, executables: dict[str, Path], policy: Path, start_no
           f"{float(s['period_error_p99_ms']):.2f} ms, end-to-end p99 "
           f"{float(s['end_to_end_p99_ms']):.2f} ms, goals accepted {s['goals_accepted']}")
     if os.environ.get("CRL_ROS_RESULT"):
-        write_result(Path(os.environ["CRL_ROS_RESULT"]), robot, policy, distances, radius, s)
+        write_result(Path(os.environ["CRL_ROS_RESULT"]), robot, policy, distances, successes,
+                     radius, s)
     assert successes >= 0.9 * GOALS, distances
     assert int(s["goal_rejections"]) == 0, s
     assert abs(float(s["rate_hz"]) - RATE) < 0.05 * RATE, s
@@ -118,8 +119,8 @@ def closed_loop(robot: str, executables: dict[str, Path], policy: Path, start_no
     time.sleep(0.1)
 
 
-def write_result(path: Path, robot: str, policy: Path, distances: list[float], radius: float,
-                 status: dict[str, str]) -> None:
+def write_result(path: Path, robot: str, policy: Path, distances: list[float], successes: int,
+                 radius: float, status: dict[str, str]) -> None:
     """
     Write one run's figures as JSON.
 
@@ -129,7 +130,7 @@ def write_result(path: Path, robot: str, policy: Path, distances: list[float], r
 
     write_json(path, {
         "robot": robot, "policy": str(policy), "dr": "held-out", "sim_seed": SIM_SEED,
-        "reached": sum(d <= radius for d in distances), "goals": len(distances),
+        "reached": successes, "goals": len(distances),
         "success_radius": radius, "final_distances": distances,
         "final_distance_median": float(np.median(distances)),
         "rate_hz": float(status["rate_hz"]), "ticks": int(status["ticks"]),
