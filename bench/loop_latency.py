@@ -35,7 +35,7 @@ from crl.core.spec import NetworkSpec
 from crl.export.onnx_export import export_actor, random_params
 from crl.runtime.bench import device_info
 from crl.runtime.controller import Stats
-from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, set_realtime
+from crl.runtime.loop import DEFAULT_SPIN_S, FixedRateLoop, hold_wake_latency, set_realtime
 from crl.testbed.bench_loop import plot_period_error
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +70,7 @@ def stolen_during(before: float | None) -> float | None:
 def platform_baseline(hz: float, seconds: float, spin_s: float, realtime: bool) -> dict[str, Any]:
     """The fixed-rate loop with an empty tick: how late this machine wakes a loop that does
     nothing, and how many deadlines it misses that way."""
-    said = set_realtime() if realtime else "normal priority"
+    said = f"{set_realtime()}; {hold_wake_latency()}" if realtime else "normal priority"
     stats, errors = Stats(), []
     loop = FixedRateLoop(1.0 / hz, stats, spin_s=spin_s)
     before = steal_seconds()

@@ -19,7 +19,8 @@ same load. The policy has random weights (the reacher's spec at depth 64, width 
 measured is the runtime around it.
 
 Targets: zero runtime exits; every bad message counted (sent vs counted, per link); the longest
-gap between actions ≤ 3 control periods; misses no more than the baseline's; no command step
+gap between actions ≤ 3 control periods; the runtime's own misses (all of them less those the
+platform explains: `misses_scheduling`) no more than the baseline's; no command step
 above the rate limit (the robot config's max_action_change) between consecutive commands to one
 robot, nor from a restarted robot's pose to its first command.
 
@@ -305,6 +306,7 @@ class Soak:
         goal_bad, obs_bad = sum(tally.goals.values()), sum(tally.observations.values())
         reconnects = {k: v for k, v in final.items() if "reconnect" in k}
         max_change = self.safety.max_action_change
+        own_misses = int(final.get("misses", 0)) - int(final.get("misses_scheduling", 0))
         targets = {
             "zero_runtime_exits": not tally.runtime_exits and final_code == 0,
             # Exactly: a good message counted as bad would hide a bad one that was not.
@@ -314,7 +316,11 @@ class Soak:
             "max_gap_le_3_periods": seen["max_gap_s"] <= MAX_GAP_PERIODS * period,
             "no_nonfinite_or_out_of_limit_action": seen["nonfinite"] == 0
             and seen["out_of_limit"] == 0,
-            "misses_le_baseline": int(final.get("misses", 0)) <= int(baseline["misses"]),
+            # The runtime's own misses: those its loop's thread would have had even if the
+            # computer had run it whenever it could (crl.runtime.loop.HeldOff). A platform stall
+            # that holds a 2 ms tick off for 4-6 ms misses; the baseline's empty tick has the
+            # whole period to absorb it, so only the runtime's own misses compare with it.
+            "own_misses_le_baseline": own_misses <= int(baseline["misses"]),
             "max_step_le_rate_limit": max_change is None
             or max(seen["max_step"], max_first) <= max_change + 1e-9,
             "every_restarted_robot_served": len(first_steps) == tally.robot_restarts,
@@ -328,7 +334,9 @@ class Soak:
             "targets_met": all(targets.values()),
             "targets": targets,
             "runtime": {"exits": tally.runtime_exits, "final_exit_code": final_code,
-                        "misses": final.get("misses"), "ticks": final.get("ticks"),
+                        "misses": final.get("misses"),
+                        "misses_scheduling": final.get("misses_scheduling"),
+                        "ticks": final.get("ticks"),
                         "stale_stops": final.get("stale_stops"),
                         "safe_ticks": final.get("safe_ticks"), "reconnects": reconnects},
             "platform_baseline": baseline,
@@ -380,7 +388,8 @@ def main(config: Config) -> dict[str, Any]:
           f"{result['bad_goals']['counted_total']} counted, bad observations "
           f"{result['bad_observations']['sent_total']} / "
           f"{result['bad_observations']['counted_total']}, longest gap {a['max_gap_ms']} ms "
-          f"({a['max_gap_periods']} periods), misses {result['runtime']['misses']} (baseline "
+          f"({a['max_gap_periods']} periods), misses {result['runtime']['misses']} (scheduling "
+          f"{result['runtime']['misses_scheduling']}; baseline "
           f"{result['platform_baseline']['misses']}), max step {a['max_step']:.3f} (to a "
           f"restarted robot {a['max_first_step_from_measured']:.3f}; limit "
           f"{a['rate_limit']}); "

@@ -289,6 +289,9 @@ def soak(r: dict[str, Any]) -> str:
          f"{a['max_gap_ms']:.1f} ms ({a['max_gap_ms'] / period_ms:.2f} periods)"],
         ["missed deadlines (platform baseline)",
          f"{r['runtime']['misses']} ({r['platform_baseline']['misses']})"],
+        *([["of which the platform held the loop off (scheduling)",
+            str(r["runtime"]["misses_scheduling"])]]
+          if r["runtime"].get("misses_scheduling") is not None else []),
         ["largest command step (rate limit)", f"{a['max_step']:.3f} ({a['rate_limit']:g})"],
         ["first command to a restarted robot, from its pose",
          f"{a['max_first_step_from_measured']:.3f}"],
@@ -382,6 +385,21 @@ def closed_loop_ros(r: dict[str, Any]) -> str:
                   "rate (Hz)", "misses / ticks", "end-to-end p99 (ms)"], rows, "lrrrrrr")
 
 
+def wake_latency(r: dict[str, Any]) -> str:
+    """The closed loop with the CPUs' wake-up latency held at 0 and with the request void, run
+    by run in the order measured."""
+    def p50_p99(ms: dict[str, float]) -> str:
+        return f"{ms['p50']:.2f} / {ms['p99']:.2f}"
+
+    rows = [[str(i // 2 + 1), "held" if run["wake_latency_held"] else "void",
+             f"{run['reached']}/{run['goals']}", f"{run['policy_ms']['p99']:.2f}",
+             p50_p99(run["runtime_end_to_end_ms"]), p50_p99(run["robot_end_to_end_ms"]),
+             str(run["misses"])] for i, run in enumerate(r["runs"])]
+    return table(["pair", "wake-up latency request", "goals", "policy p99 (ms)",
+                  "runtime end-to-end p50 / p99 (ms)", "robot-measured p50 / p99 (ms)",
+                  "misses"], rows, "llrrrrr")
+
+
 def loop_drift(r: dict[str, Any]) -> str:
     """Each run against a robot whose clock drifts: latency against the policy's, slips, misses
     and whether every target held."""
@@ -447,6 +465,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("closed_loop_seeds", None): closed_loop_seeds,
     ("closed_loop_ros", None): closed_loop_ros,
     ("loop_drift", None): loop_drift,
+    ("wake_latency", None): wake_latency,
     ("transport_floor", None): transport_floor,
 }
 

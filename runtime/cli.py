@@ -125,7 +125,8 @@ class ServeArgs(Connection):
     spin: float = 0.0005
     """seconds before each deadline spent busy-waiting instead of sleeping (timer precision)"""
     realtime: bool = False
-    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit)"""
+    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit) and hold the CPUs'
+    wake-up latency at 0 while serving (/dev/cpu_dma_latency: idle cores poll)"""
     threads: int = 1
     """ONNX Runtime intra-op threads"""
     max_observation_age: float | None = None
@@ -270,10 +271,11 @@ def summary_line(s: dict[str, float | int | str]) -> str:
     return (f"{s['mode']:>10}  {s['rate_hz']:6.1f} Hz  longest gap {s['max_gap_ms']:.0f} ms "
             f"(run {s['max_gap_run_ms']:.0f} ms)  p99 period error "
             f"{s['period_error_p99_ms']:.3f} ms  policy p99 {s['policy_latency_p99_ms']:.3f} ms  "
-            f"misses {s['misses']}  samples skipped {s['samples_skipped']} / repeated "
-            f"{s['samples_repeated']}  stale stops {s['stale_stops']}  robot restarts "
-            f"{s['robot_restarts']}  joint jumps {s['joint_jumps']}  goal rejections "
-            f"{s['goal_rejections']}  non-finite {s['nonfinite_actions']}")
+            f"misses {s['misses']} (scheduling {s['misses_scheduling']})  samples skipped "
+            f"{s['samples_skipped']} / repeated {s['samples_repeated']}  stale stops "
+            f"{s['stale_stops']}  robot restarts {s['robot_restarts']}  joint jumps "
+            f"{s['joint_jumps']}  goal rejections {s['goal_rejections']}  non-finite "
+            f"{s['nonfinite_actions']}")
 
 
 def _status_line(s: dict[str, float | int | str]) -> None:

@@ -136,10 +136,12 @@ class Stats:
     # samples_repeated / samples_skipped: ticks that took no new observation, and observations
     # no tick acted on, while the loop is locked to the robot's samples (crl.runtime.loop).
     # joint_jumps: observations whose joints moved faster than the config's max_joint_speed
-    # since the one before (handled as a restart).
-    COUNTERS = ("ticks", "misses", "safe_ticks", "stale_stops", "robot_restarts", "joint_jumps",
-                "nonfinite_actions", "policy_errors", "observation_rejections", "goals_accepted",
-                "goal_rejections", "samples_repeated", "samples_skipped")
+    # since the one before (handled as a restart). misses_scheduling: the misses the platform
+    # explains, the loop's thread held off a core or woken late (crl.runtime.loop.HeldOff).
+    COUNTERS = ("ticks", "misses", "misses_scheduling", "safe_ticks", "stale_stops",
+                "robot_restarts", "joint_jumps", "nonfinite_actions", "policy_errors",
+                "observation_rejections", "goals_accepted", "goal_rejections",
+                "samples_repeated", "samples_skipped")
 
     def __init__(self, window: int = 4096, rate_hz: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):

@@ -10,6 +10,11 @@ The wait sleeps until shortly before the deadline and spins the rest (`spin_s`):
 sleep overshoots by tens to hundreds of microseconds, more on a busy machine, and a robot's
 control loop can afford a fraction of a core to remove it. `spin_s=0` sleeps all the way.
 
+A miss is also told apart by its cause: `misses_scheduling` counts those the loop's thread would
+not have had if the computer had run it when it could (`HeldOff`): it waited for a core, or its
+timer woke it late, at least as long as the tick overran. The rest are the loop's own (its work
+took too long). Either way the miss is counted in `misses`.
+
 A loop can also run on a clock that is not this computer's: a simulator's (ROS `/clock` under
 `use_sim_time`), which may run at any pace and steps back when the simulation resets. The loop
 then reads it every `max_sleep_s` of real time instead of sleeping a whole wait, and reads it
@@ -22,6 +27,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -61,7 +67,98 @@ class SteppedClock:
             return now
 
 
+class HeldOff:
+    """How long the computer kept the calling thread from running around one tick: the part of
+    each tick's lateness that is the platform's, not the tick's own work.
+
+    Two things hold a control thread off: waiting for a core while it could run (another task
+    of equal or higher priority, a kernel path that does not yield on a non-preemptible kernel, a
+    hypervisor that has not scheduled the virtual CPU: measured here at 3-6 ms several times a
+    minute on a 2-core VM), and a timer that wakes it late (a halted virtual CPU, a deep idle
+    state). The first is the kernel's run-queue delay for the thread (Linux schedstat, one
+    `pread` of about 0.5 µs); the second is how long after it was due the wait ended, less any
+    CPU time the thread spent meanwhile (reading messages is its own work). Where the kernel
+    does not say, or the loop runs on a clock that is not this computer's (a simulator's), it
+    reports 0: every miss is then the loop's own. Open it on the thread it measures."""
+
+    SCHEDSTAT = "/proc/thread-self/schedstat"
+
+    def __init__(self, enabled: bool = True, path: str = SCHEDSTAT):
+        self._fd: int | None = None
+        if enabled:
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._fd = None
+        self._wait = (0.0, 0.0)  # (run-queue delay, thread CPU time) when the wait began
+        self._woke = 0.0  # the wait's share, once it ended
+        self._delay_woke = 0.0
+
+    def run_delay(self) -> float:
+        """The thread's run-queue delay so far (s)."""
+        if self._fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self._fd, 64, 0).split()[1]) * 1e-9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def waiting(self) -> None:
+        """The loop begins to wait for its next tick."""
+        if self._fd is not None:
+            self._wait = (self.run_delay(), time.thread_time())
+
+    def woke(self, now: float, due: float) -> None:
+        """The wait ended at `now`; the tick was due at `due` (the loop's clock)."""
+        if self._fd is None:
+            return
+        delay, cpu = self.run_delay(), time.thread_time()
+        late_timer = (now - due) - (cpu - self._wait[1])
+        self._woke = max(late_timer, delay - self._wait[0], 0.0)
+        self._delay_woke = delay
+
+    def tick_done(self) -> float:
+        """The tick's work is done: how long the platform held the thread off since its wait
+        began (s)."""
+        if self._fd is None:
+            return 0.0
+        return self._woke + max(0.0, self.run_delay() - self._delay_woke)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 REALTIME_PRIORITY = 50
+CPU_LATENCY_QOS = "/dev/cpu_dma_latency"
+_wake_latency: dict[str, str] = {}  # per device path: what holding it said (held for the process)
+
+
+def hold_wake_latency(path: str = CPU_LATENCY_QOS) -> str:
+    """Ask the kernel to keep every CPU able to wake at once, for the rest of this process
+    (Linux's CPU latency QoS at 0 µs, as cyclictest does): idle CPUs then poll instead of
+    entering sleep states, whose exit delays the wake-up of a thread that waits for its
+    observation (a deep C-state: tens to hundreds of µs; a virtual machine's halted CPU: up to
+    milliseconds). Measured on a 2-core VM, the reacher's closed loop at 25 Hz: robot-measured
+    p99 4.04-4.76 ms without, 3.23-3.44 ms with (bench/wake_latency.py). Idle cores then spin:
+    more power. The kernel drops the request when the process ends, however it ends. Returns
+    what happened, in words; a second call keeps the first request."""
+    if path not in _wake_latency:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            _wake_latency[path] = (f"CPU wake-up latency request refused ({e.strerror}: {path}); "
+                                   "idle CPUs may sleep")
+        else:
+            try:
+                os.write(fd, struct.pack("=i", 0))
+            except OSError as e:
+                os.close(fd)
+                _wake_latency[path] = f"CPU wake-up latency request refused ({e.strerror})"
+            else:  # the descriptor stays open: the request lasts as long as it does
+                _wake_latency[path] = "CPU wake-up latency held at 0 µs"
+    return _wake_latency[path]
 
 
 def set_realtime(priority: int = REALTIME_PRIORITY) -> str:
@@ -76,7 +173,8 @@ def set_realtime(priority: int = REALTIME_PRIORITY) -> str:
 
 
 def open_realtime(open_link: Callable[[], L], priority: int = REALTIME_PRIORITY) -> tuple[L, str]:
-    """Open a transport whose I/O threads run one SCHED_FIFO level above the control loop.
+    """Open a transport whose I/O threads run one SCHED_FIFO level above the control loop, and
+    hold the CPUs' wake-up latency at 0 (`hold_wake_latency`).
 
     ZMQ's I/O thread starts with the first socket and inherits the scheduling of the thread
     that starts it. SCHED_FIFO does not time-slice: at the loop's own level that thread would
@@ -89,7 +187,7 @@ def open_realtime(open_link: Callable[[], L], priority: int = REALTIME_PRIORITY)
     link = open_link()
     if said.startswith("running"):
         said = set_realtime(priority) + f" (its transport's I/O threads {priority + 1})"
-    return link, said
+    return link, f"{said}; {hold_wake_latency()}"
 
 
 class FixedRateLoop:
@@ -127,20 +225,36 @@ class FixedRateLoop:
         if deadline < now:  # setup outlasted the given start: begin on the next deadline
             deadline += math.ceil((now - deadline) / self.period) * self.period
         ticks = 0
-        while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
-            now = self.wait_until(deadline)
-            self.stats.period_error.add(now - deadline)
-            on_tick(deadline, now)
-            ticks += 1
-            deadline = self.count_misses(deadline + self.period)
+        held_off = self.held_off()
+        try:
+            while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
+                held_off.waiting()
+                now = self.wait_until(deadline)
+                held_off.woke(now, deadline)
+                self.stats.period_error.add(now - deadline)
+                on_tick(deadline, now)
+                ticks += 1
+                deadline = self.count_misses(deadline + self.period, held_off.tick_done())
+        finally:
+            held_off.close()
 
-    def count_misses(self, deadline: float) -> float:
+    def held_off(self) -> HeldOff:
+        """The thread's `HeldOff`, opened on the loop's thread; measured only on this
+        computer's clock."""
+        return HeldOff(enabled=self.clock is time.monotonic)
+
+    def count_misses(self, deadline: float, held_off: float = 0.0) -> float:
         """The next deadline, counting a miss when this tick's command went out after it: then
-        the whole periods gone are skipped (each a miss too), not run back to back in a burst."""
+        the whole periods gone are skipped (each a miss too), not run back to back in a burst.
+        `held_off`: how long the platform kept the thread from running since its wait began;
+        a miss it explains (the tick would have been in time without it) is also counted in
+        `misses_scheduling`."""
         late = self.clock() - deadline
         if late >= 0:
             behind = int(late // self.period)
             self.stats.counts["misses"] += 1 + behind
+            if held_off > late:
+                self.stats.counts["misses_scheduling"] += 1 + behind
             deadline += behind * self.period
         return deadline
 
@@ -300,15 +414,25 @@ class SampleLockedLoop(FixedRateLoop):
         if expected < now:
             expected += math.ceil((now - expected) / self.period) * self.period
         self.samples.wait(now)  # what came during the setup: the first tick acts on it
+        held_off = self.held_off()
+        try:
+            self._run(on_tick, stop, max_ticks, expected, held_off)
+        finally:
+            held_off.close()
+
+    def _run(self, on_tick: Callable[[float, float], None], stop: threading.Event,
+             max_ticks: int | None, expected: float, held_off: HeldOff) -> None:
         counts = self.stats.counts
         ticks, counted = 0, self.samples.count
         locked = self.locked
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
+            held_off.waiting()
             if locked:
                 now, due, arrival = self.wait_sample(expected)
             else:
                 now, due, arrival = self.wait_until(expected), expected, None
                 self.samples.wait(now)  # what came meanwhile, without waiting
+            held_off.woke(now, due)
             taken, counted = self.samples.count - counted, self.samples.count
             self.stats.period_error.add(now - due)
             on_tick(expected, now)
@@ -327,4 +451,5 @@ class SampleLockedLoop(FixedRateLoop):
                 expected = (self.next_expected(expected, arrival) if locked
                             else expected + self.period)
             locked = still_locked
-            expected = self.count_misses(expected)  # busy when the next sample was due
+            # Busy when the next sample was due: a miss.
+            expected = self.count_misses(expected, held_off.tick_done())

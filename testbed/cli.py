@@ -59,8 +59,9 @@ class Robot:
     """Its clock runs this many parts per million fast (negative: slow) against this
     computer's, as a separate computer's does: paces the physics and stamps the messages."""
     realtime: bool = False
-    """Ask for SCHED_FIFO for the physics loop and its transport's I/O threads, as a robot's
-    driver runs (needs CAP_SYS_NICE or an rtprio limit; refused, it says so and runs)."""
+    """Ask for SCHED_FIFO for the physics loop and its transport's I/O threads, and hold the
+    CPUs' wake-up latency at 0, as a robot's driver runs (needs CAP_SYS_NICE or an rtprio
+    limit, and /dev/cpu_dma_latency; refused, it says so and runs)."""
 
     def check(self) -> None:
         from crl.runtime.cli import PORTS  # here: crl-run's command table loads this module
@@ -139,8 +140,8 @@ class ClosedLoopArgs:
     """the sim robot's clock runs this many parts per million fast (negative: slow) against the
     runtime's, as a separate computer's does"""
     realtime: bool = False
-    """the sim robot and the runtime ask for SCHED_FIFO, as on a robot (needs CAP_SYS_NICE or an
-    rtprio limit; refused, each says so and runs)"""
+    """the sim robot and the runtime ask for SCHED_FIFO and a CPU wake-up latency of 0, as on a
+    robot (needs CAP_SYS_NICE or an rtprio limit; refused, each says so and runs)"""
 
     def check(self) -> None:
         usage.seed("--seed", self.seed)
@@ -169,7 +170,8 @@ class BenchLoopArgs:
     spin: float = 0.0005
     """seconds before each deadline spent busy-waiting instead of sleeping (timer precision)"""
     realtime: bool = False
-    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit)"""
+    """ask for SCHED_FIFO scheduling (needs CAP_SYS_NICE or an rtprio limit) and a CPU wake-up
+    latency of 0"""
     plot: Path | None = None
     """period-error histogram to draw (.png, .svg or .pdf), over the platform baseline: the
     same loop with empty ticks, run after it for --seconds (10 at most)"""

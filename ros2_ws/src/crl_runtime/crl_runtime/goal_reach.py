@@ -57,6 +57,7 @@ from crl.runtime.loop import (
     ArrivalSignal,
     SampleLockedLoop,
     SteppedClock,
+    hold_wake_latency,
     set_realtime,
 )
 from crl.runtime.messages import new_session
@@ -408,7 +409,7 @@ class GoalReach(Node):
         c, p = self.controller, self.params
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         if p["realtime"]:
-            self.get_logger().info(set_realtime())
+            self.get_logger().info(f"{set_realtime()}; {hold_wake_latency()}")
         if not self.wait_for_robot(stop):
             self.exit_code = 0 if stop.is_set() else 1
             stop.set()

@@ -89,7 +89,8 @@ GOAL_REACH: tuple[Param, ...] = (
     Param("startup_timeout", 0.0, "Seconds to wait for the first usable joint state before "
           "exiting with an error; 0 waits forever."),
     Param("realtime", False, "Run the control thread with SCHED_FIFO (needs CAP_SYS_NICE or an "
-          "rtprio limit); refused requests are logged and ignored."),
+          "rtprio limit) and hold the CPUs' wake-up latency at 0 for the node's life "
+          "(/dev/cpu_dma_latency: idle cores poll); refused requests are logged and ignored."),
     Param("spin_s", 0.0005, "Seconds of each control period the loop busy-waits before its "
           "deadline instead of sleeping (removes the kernel's sleep overshoot); 0 sleeps."),
 )

@@ -288,7 +288,8 @@ def test_goal_reach_acts_on_joint_states_without_velocities(
     A driver that publishes positions only drives the policy.
 
     Velocities come from finite differences over the stamps, and only the first message
-    (nothing to difference yet) is refused.
+    (nothing to difference yet) is refused. The node runs with `realtime` as on a robot, and
+    says what scheduling and CPU wake-up latency it got.
     """
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -298,16 +299,21 @@ def test_goal_reach_acts_on_joint_states_without_velocities(
     robot = ServoRobot(peer, positions_only=True)
     node: Proc = start_node(executables["goal_reach"], {
         "policy": random_policy, "robot_config": "reacher", "diagnostics_hz": RATE,
-        "startup_timeout": 60.0})
+        "startup_timeout": 60.0, "realtime": True})
     try:
         status = acting_on_a_goal(node, diags, goals)
         time.sleep(0.5)
         s = status()
         assert s["mode"] == "running" and int(s["stale_stops"]) == 0, s
         assert int(s["observation_no_velocity"]) == 1 and int(s["observation_nonfinite"]) == 0, s
+        assert int(s["misses_scheduling"]) <= int(s["misses"]), s
     finally:
         robot.close()
     assert node.stop() == 0, node.text()[-2000:]
+    said = node.text()
+    assert ("running with SCHED_FIFO" in said or "real-time scheduling refused" in said), said
+    assert ("CPU wake-up latency held at 0" in said
+            or "CPU wake-up latency request refused" in said), said
 
 
 def test_goal_reach_rides_through_a_robot_clock_set_back(
