@@ -79,6 +79,7 @@ def platform_baseline(hz: float, seconds: float, spin_s: float, realtime: bool) 
     ms = sorted(e * 1e3 for e in errors)
     return {
         "hz": hz, "seconds": seconds, "ticks": len(ms), "misses": stats.counts["misses"],
+        "misses_scheduling": stats.counts["misses_scheduling"],
         "period_error_ms": {"p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))],
                             "max": ms[-1]},
         "late_over_one_period": sum(e > 1e3 / hz for e in ms),

@@ -4,9 +4,10 @@
 Runs `crl-run closed-loop --realtime` (sim robot and runtime as separate processes, both under
 SCHED_FIFO) in pairs, alternating: once as shipped, the request in force; once with the request
 made void, the device bind-mounted over by /dev/null in a private mount namespace (`unshare
---mount`: nothing outside the run sees it). Needs root (the mount namespace, SCHED_FIFO, the
-device). Writes per run: the policy's, the runtime's end-to-end and the robot-measured latency
-(measurement → action received, on the robot's clock), p50 and p99.
+--mount`: nothing outside the run sees it; the processes there still say "held", their write
+succeeds). Needs root (the mount namespace, SCHED_FIFO, the device). Writes per run: the
+policy's, the runtime's end-to-end and the robot-measured latency (measurement → action
+received, on the robot's clock), p50 and p99.
 
     python bench/wake_latency.py --policy build/test-policy/reacher.onnx --pairs 2 \
         --out bench/results/wake_latency_cpu.json
@@ -71,7 +72,7 @@ def closed_loop(config: Config, held: bool, out: Path) -> dict[str, Any]:
             "runtime_end_to_end_ms": {"p50": rt["end_to_end_p50_ms"],
                                       "p99": rt["end_to_end_p99_ms"]},
             "robot_end_to_end_ms": {k: r["robot_end_to_end_ms"][k] for k in ("p50", "p99")},
-            "misses": rt["misses"], "misses_scheduling": rt["misses_scheduling"]}
+            "misses": rt.get("misses"), "misses_scheduling": rt.get("misses_scheduling")}
 
 
 def main(config: Config) -> dict[str, Any]:

@@ -68,18 +68,24 @@ class SteppedClock:
 
 
 class HeldOff:
-    """How long the computer kept the calling thread from running around one tick: the part of
-    each tick's lateness that is the platform's, not the tick's own work.
+    """How long the computer kept the calling thread from running when its tick could have run:
+    the part of a tick's lateness that is the platform's, not the loop's own.
 
     Two things hold a control thread off: waiting for a core while it could run (another task
     of equal or higher priority, a kernel path that does not yield on a non-preemptible kernel, a
-    hypervisor that has not scheduled the virtual CPU: measured here at 3-6 ms several times a
-    minute on a 2-core VM), and a timer that wakes it late (a halted virtual CPU, a deep idle
-    state). The first is the kernel's run-queue delay for the thread (Linux schedstat, one
-    `pread` of about 0.5 µs); the second is how long after it was due the wait ended, less any
-    CPU time the thread spent meanwhile (reading messages is its own work). Where the kernel
-    does not say, or the loop runs on a clock that is not this computer's (a simulator's), it
-    reports 0: every miss is then the loop's own. Open it on the thread it measures."""
+    virtual CPU the hypervisor has not scheduled: measured at 3-6 ms several times a minute on a
+    2-core VM), and a timer that wakes it late (a halted virtual CPU, a deep idle state). Per
+    tick it counts, from the moment the tick could first have fired (`earliest`: its deadline,
+    its window's start; never before the wait began, so a tick that starts late because the one
+    before overran is not held off), the longer of: how late the wait ended after it was due,
+    less the CPU time the thread used while waiting (reading messages is its own work); and the
+    kernel's run-queue delay for the thread (Linux schedstat, read with `pread`) since its last
+    blocking call began (`before_blocking`: the delay after whatever woke it, not that of
+    earlier wake-ups the wait absorbed), within that span. Then the run-queue delay during the
+    tick's work. What it cannot see counts as the loop's
+    own: time the hypervisor takes while the thread runs, any read that fails. Where the kernel
+    keeps no per-thread schedstat, or the loop runs on a clock that is not this computer's (a
+    simulator's), it reports 0. Open it on the thread it measures."""
 
     SCHEDSTAT = "/proc/thread-self/schedstat"
 
@@ -90,49 +96,84 @@ class HeldOff:
                 self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 self._fd = None
-        self._wait = (0.0, 0.0)  # (run-queue delay, thread CPU time) when the wait began
-        self._woke = 0.0  # the wait's share, once it ended
-        self._delay_woke = 0.0
+        # When the wait began: (time, run-queue delay or None, thread CPU time).
+        self._wait: tuple[float, float | None, float] = (0.0, None, 0.0)
+        self._blocked: float | None = None  # the run-queue delay when it last blocked
+        self._held = 0.0  # the wait's share, once it ended
+        self._delay_woke: float | None = None
+        if self._fd is not None:
+            _this_thread.held_off = self
 
-    def run_delay(self) -> float:
-        """The thread's run-queue delay so far (s)."""
+    def run_delay(self) -> float | None:
+        """The thread's run-queue delay so far (s); None where it cannot be read."""
         if self._fd is None:
-            return 0.0
+            return None
         try:
             return int(os.pread(self._fd, 64, 0).split()[1]) * 1e-9
         except (OSError, ValueError, IndexError):
-            return 0.0
+            return None
 
     def waiting(self) -> None:
         """The loop begins to wait for its next tick."""
         if self._fd is not None:
-            self._wait = (self.run_delay(), time.thread_time())
+            self._wait = (time.monotonic(), self.run_delay(), time.thread_time())
+            self._blocked = self._wait[1]
 
-    def woke(self, now: float, due: float) -> None:
-        """The wait ended at `now`; the tick was due at `due` (the loop's clock)."""
+    def blocking(self) -> None:
+        """The thread is about to block in its wait (see `before_blocking`)."""
+        self._blocked = self.run_delay()
+
+    def woke(self, now: float, due: float, earliest: float, timed: bool = True) -> None:
+        """The wait ended at `now` (the loop's clock, this computer's); the tick was due at
+        `due` and could have fired from `earliest` on (≤ due). `timed`: the wait ended on a
+        timer (a deadline, a watchdog); not when a sample woke it, whose arrival time another
+        thread may have taken before its own work (a ROS callback's), which is not a hold."""
         if self._fd is None:
             return
         delay, cpu = self.run_delay(), time.thread_time()
-        late_timer = (now - due) - (cpu - self._wait[1])
-        self._woke = max(late_timer, delay - self._wait[0], 0.0)
+        began, _, began_cpu = self._wait
+        late = max(0.0, now - max(due, began) - (cpu - began_cpu)) if timed else 0.0
+        queued = 0.0
+        if delay is not None and self._blocked is not None:
+            queued = min(delay - self._blocked, max(0.0, now - max(earliest, began)))
+        self._held = max(late, queued)
         self._delay_woke = delay
 
     def tick_done(self) -> float:
-        """The tick's work is done: how long the platform held the thread off since its wait
-        began (s)."""
+        """The tick's work is done: how long the platform held the thread off since the tick
+        could have fired (s)."""
         if self._fd is None:
             return 0.0
-        return self._woke + max(0.0, self.run_delay() - self._delay_woke)
+        delay = self.run_delay()
+        in_tick = 0.0
+        if delay is not None and self._delay_woke is not None:
+            in_tick = max(0.0, delay - self._delay_woke)
+        return self._held + in_tick
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            if getattr(_this_thread, "held_off", None) is self:
+                _this_thread.held_off = None
+
+
+_this_thread = threading.local()  # the calling thread's open HeldOff, if its loop keeps one
+
+
+def before_blocking() -> None:
+    """A loop's wait calls this before each blocking call (a sleep, a socket poll, a condition
+    wait): the thread's `HeldOff` then counts only the run-queue delay after this block ends,
+    not that of earlier wake-ups (a poll's timeout, a bad message) the wait absorbed."""
+    held_off = getattr(_this_thread, "held_off", None)
+    if held_off is not None:
+        held_off.blocking()
 
 
 REALTIME_PRIORITY = 50
 CPU_LATENCY_QOS = "/dev/cpu_dma_latency"
-_wake_latency: dict[str, str] = {}  # per device path: what holding it said (held for the process)
+# Per device path: what holding it said, and the descriptor that holds it (None if refused).
+_wake_latency: dict[str, tuple[str, int | None]] = {}
 
 
 def hold_wake_latency(path: str = CPU_LATENCY_QOS) -> str:
@@ -142,23 +183,25 @@ def hold_wake_latency(path: str = CPU_LATENCY_QOS) -> str:
     observation (a deep C-state: tens to hundreds of µs; a virtual machine's halted CPU: up to
     milliseconds). Measured on a 2-core VM, the reacher's closed loop at 25 Hz: robot-measured
     p99 4.04-4.76 ms without, 3.23-3.44 ms with (bench/wake_latency.py). Idle cores then spin:
-    more power. The kernel drops the request when the process ends, however it ends. Returns
-    what happened, in words; a second call keeps the first request."""
+    more power. The kernel drops the request when its descriptor closes: when the process ends
+    (and any child it forked without exec), however it ends. Returns what happened, in words; a
+    second call keeps the first request."""
     if path not in _wake_latency:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as e:
-            _wake_latency[path] = (f"CPU wake-up latency request refused ({e.strerror}: {path}); "
-                                   "idle CPUs may sleep")
+            _wake_latency[path] = (f"CPU wake-up latency request refused ({e.strerror}: "
+                                   f"{path}); idle CPUs may sleep", None)
         else:
             try:
                 os.write(fd, struct.pack("=i", 0))
             except OSError as e:
                 os.close(fd)
-                _wake_latency[path] = f"CPU wake-up latency request refused ({e.strerror})"
+                _wake_latency[path] = (f"CPU wake-up latency request refused ({e.strerror})",
+                                       None)
             else:  # the descriptor stays open: the request lasts as long as it does
-                _wake_latency[path] = "CPU wake-up latency held at 0 µs"
-    return _wake_latency[path]
+                _wake_latency[path] = ("CPU wake-up latency held at 0 µs", fd)
+    return _wake_latency[path][0]
 
 
 def set_realtime(priority: int = REALTIME_PRIORITY) -> str:
@@ -207,6 +250,7 @@ class FixedRateLoop:
     def wait_until(self, deadline: float) -> float:
         """Sleep, then spin, until `deadline`; returns the time woken."""
         while (remaining := deadline - self.clock() - self.spin_s) > 0:
+            before_blocking()
             time.sleep(min(remaining, self.max_sleep_s))
         now = self.clock()
         while now < deadline:
@@ -230,7 +274,7 @@ class FixedRateLoop:
             while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
                 held_off.waiting()
                 now = self.wait_until(deadline)
-                held_off.woke(now, deadline)
+                held_off.woke(now, deadline, deadline)
                 self.stats.period_error.add(now - deadline)
                 on_tick(deadline, now)
                 ticks += 1
@@ -253,8 +297,10 @@ class FixedRateLoop:
         if late >= 0:
             behind = int(late // self.period)
             self.stats.counts["misses"] += 1 + behind
-            if held_off > late:
-                self.stats.counts["misses_scheduling"] += 1 + behind
+            # Without the hold the tick would have ended `held_off` sooner: the misses it would
+            # still have had are the loop's own, the rest the platform's.
+            own = 0 if late < held_off else 1 + int((late - held_off) // self.period)
+            self.stats.counts["misses_scheduling"] += 1 + behind - own
             deadline += behind * self.period
         return deadline
 
@@ -326,6 +372,7 @@ class ArrivalSignal:
                 remaining = until - self.clock()
                 if remaining <= 0:
                     return None
+                before_blocking()
                 self._cond.wait(min(remaining, self.max_sleep_s))
             self._reported = self._count
             return self._last
@@ -375,9 +422,10 @@ class SampleLockedLoop(FixedRateLoop):
         """Wait for the sample expected at `expected`: (the time woken, when the tick was due,
         the arrival the grid follows, or None). A tick is due at its sample's arrival, at the
         window's start for a sample that came early (the robot's phase is ahead of the grid),
-        and at the window's end (the watchdog) when none came. A sample before the window that
-        is nearer the previous point than this one was that point's, late (after its watchdog):
-        the tick still waits for its own, and if none comes, the grid follows the late one."""
+        and at the window's end (the watchdog) when none came; it can fire from the window's
+        start on. A sample before the window that is nearer the previous point than this one
+        was that point's, late (after its watchdog): the tick still waits for its own, and if
+        none comes, the grid follows the late one."""
         opens, closes = expected - self.window, expected + self.window
         late = None
         while (arrival := self.samples.wait(opens)) is not None:
@@ -432,7 +480,8 @@ class SampleLockedLoop(FixedRateLoop):
             else:
                 now, due, arrival = self.wait_until(expected), expected, None
                 self.samples.wait(now)  # what came meanwhile, without waiting
-            held_off.woke(now, due)
+            held_off.woke(now, due, min(due, expected - self.window) if locked else due,
+                          timed=not (locked and arrival is not None and due == arrival))
             taken, counted = self.samples.count - counted, self.samples.count
             self.stats.period_error.add(now - due)
             on_tick(expected, now)

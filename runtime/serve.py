@@ -23,7 +23,7 @@ from types import FrameType
 
 from crl.runtime.auth import Keys
 from crl.runtime.controller import Command, Controller
-from crl.runtime.loop import DEFAULT_SPIN_S, SampleLockedLoop, open_realtime
+from crl.runtime.loop import DEFAULT_SPIN_S, SampleLockedLoop, before_blocking, open_realtime
 from crl.runtime.messages import Action, Goal, Observation, bounded
 from crl.runtime.observation import ObservationError
 from crl.runtime.stamps import StampAges
@@ -131,6 +131,7 @@ class ObservationSamples:
             # ZMQ's poll waits whole milliseconds: the last stretch before `until` polls
             # without blocking, so a watchdog tick is as punctual as a deadline.
             block_s = remaining - FINE_POLL_S
+            before_blocking()
             try:
                 if block_s >= 0.001:
                     self.inputs.link.wait_observation(block_s)
