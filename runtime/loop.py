@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from crl.runtime.controller import Stats
 
@@ -67,6 +67,19 @@ class SteppedClock:
             return now
 
 
+class Reading(NamedTuple):
+    """A thread's counters at one moment: its run-queue delay (None: unreadable), the process's
+    CPU time and the thread's (s)."""
+
+    delay: float | None
+    process: float
+    thread: float
+
+    def others_since(self, before: Reading) -> float:
+        """CPU time the process's other threads used since `before`."""
+        return max(0.0, (self.process - before.process) - (self.thread - before.thread))
+
+
 class HeldOff:
     """How long the computer kept the calling thread from running when its tick could have run:
     the part of a tick's lateness that is the platform's, not the loop's own.
@@ -77,15 +90,17 @@ class HeldOff:
     2-core VM), and a timer that wakes it late (a halted virtual CPU, a deep idle state). Per
     tick it counts, from the moment the tick could first have fired (`earliest`: its deadline,
     its window's start; never before the wait began, so a tick that starts late because the one
-    before overran is not held off), the longer of: how late the wait ended after it was due,
-    less the CPU time the thread used while waiting (reading messages is its own work); and the
-    kernel's run-queue delay for the thread (Linux schedstat, read with `pread`) since its last
-    blocking call began (`before_blocking`: the delay after whatever woke it, not that of
-    earlier wake-ups the wait absorbed), within that span. Then the run-queue delay during the
-    tick's work. What it cannot see counts as the loop's
-    own: time the hypervisor takes while the thread runs, any read that fails. Where the kernel
-    keeps no per-thread schedstat, or the loop runs on a clock that is not this computer's (a
-    simulator's), it reports 0. Open it on the thread it measures."""
+    before overran is not held off), the longer of: how late a timed wait ended after it was
+    due; and the kernel's run-queue delay for the thread (Linux schedstat, read with `pread`)
+    since its last blocking call began (`before_blocking`: the delay after whatever woke it, not
+    that of earlier wake-ups the wait absorbed). Then the run-queue delay during the tick's work.
+    The process's own CPU time over each span (this thread's, and its other threads': a
+    transport's I/O thread that preempts the loop by design, an interpreter lock another thread
+    holds) is taken off first: that is the runtime's own. What it cannot see counts as the
+    loop's own: time the hypervisor takes while the thread runs, any read that fails. Where the
+    kernel keeps no per-thread schedstat, or the loop runs on a clock that is not this
+    computer's (a simulator's), it reports 0. Open it on the thread it measures; it stands in
+    for the thread's previous one until closed."""
 
     SCHEDSTAT = "/proc/thread-self/schedstat"
 
@@ -96,11 +111,12 @@ class HeldOff:
                 self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 self._fd = None
-        # When the wait began: (time, run-queue delay or None, thread CPU time).
-        self._wait: tuple[float, float | None, float] = (0.0, None, 0.0)
-        self._blocked: float | None = None  # the run-queue delay when it last blocked
+        self._began = 0.0  # when the wait began
+        self._at_wait = Reading(None, 0.0, 0.0)
+        self._at_block = Reading(None, 0.0, 0.0)  # when it last blocked
+        self._at_wake = Reading(None, 0.0, 0.0)
         self._held = 0.0  # the wait's share, once it ended
-        self._delay_woke: float | None = None
+        self._previous = getattr(_this_thread, "held_off", None)
         if self._fd is not None:
             _this_thread.held_off = self
 
@@ -113,15 +129,18 @@ class HeldOff:
         except (OSError, ValueError, IndexError):
             return None
 
+    def reading(self) -> Reading:
+        return Reading(self.run_delay(), time.process_time(), time.thread_time())
+
     def waiting(self) -> None:
         """The loop begins to wait for its next tick."""
         if self._fd is not None:
-            self._wait = (time.monotonic(), self.run_delay(), time.thread_time())
-            self._blocked = self._wait[1]
+            self._began = time.monotonic()
+            self._at_wait = self._at_block = self.reading()
 
     def blocking(self) -> None:
         """The thread is about to block in its wait (see `before_blocking`)."""
-        self._blocked = self.run_delay()
+        self._at_block = self.reading()
 
     def woke(self, now: float, due: float, earliest: float, timed: bool = True) -> None:
         """The wait ended at `now` (the loop's clock, this computer's); the tick was due at
@@ -130,24 +149,24 @@ class HeldOff:
         thread may have taken before its own work (a ROS callback's), which is not a hold."""
         if self._fd is None:
             return
-        delay, cpu = self.run_delay(), time.thread_time()
-        began, _, began_cpu = self._wait
-        late = max(0.0, now - max(due, began) - (cpu - began_cpu)) if timed else 0.0
+        at = self._at_wake = self.reading()
+        used = at.process - self._at_wait.process  # the process's CPU over the wait
+        late = max(0.0, now - max(due, self._began) - used) if timed else 0.0
         queued = 0.0
-        if delay is not None and self._blocked is not None:
-            queued = min(delay - self._blocked, max(0.0, now - max(earliest, began)))
-        self._held = max(late, queued)
-        self._delay_woke = delay
+        if at.delay is not None and self._at_block.delay is not None:
+            queued = min(at.delay - self._at_block.delay - at.others_since(self._at_block),
+                         now - max(earliest, self._began) - used)
+        self._held = max(late, queued, 0.0)
 
     def tick_done(self) -> float:
         """The tick's work is done: how long the platform held the thread off since the tick
         could have fired (s)."""
         if self._fd is None:
             return 0.0
-        delay = self.run_delay()
+        at, woke = self.reading(), self._at_wake
         in_tick = 0.0
-        if delay is not None and self._delay_woke is not None:
-            in_tick = max(0.0, delay - self._delay_woke)
+        if at.delay is not None and woke.delay is not None:
+            in_tick = max(0.0, at.delay - woke.delay - at.others_since(woke))
         return self._held + in_tick
 
     def close(self) -> None:
@@ -155,7 +174,7 @@ class HeldOff:
             os.close(self._fd)
             self._fd = None
             if getattr(_this_thread, "held_off", None) is self:
-                _this_thread.held_off = None
+                _this_thread.held_off = self._previous
 
 
 _this_thread = threading.local()  # the calling thread's open HeldOff, if its loop keeps one
@@ -290,9 +309,9 @@ class FixedRateLoop:
     def count_misses(self, deadline: float, held_off: float = 0.0) -> float:
         """The next deadline, counting a miss when this tick's command went out after it: then
         the whole periods gone are skipped (each a miss too), not run back to back in a burst.
-        `held_off`: how long the platform kept the thread from running since its wait began;
-        a miss it explains (the tick would have been in time without it) is also counted in
-        `misses_scheduling`."""
+        `held_off`: how long the platform kept the thread from running since its tick could
+        first fire (`HeldOff`); the misses it explains (the tick would not have had them
+        without it) are also counted in `misses_scheduling`."""
         late = self.clock() - deadline
         if late >= 0:
             behind = int(late // self.period)
@@ -418,9 +437,10 @@ class SampleLockedLoop(FixedRateLoop):
         """How far a sample came from the grid, to its nearest point: within half a period."""
         return (arrival - expected + self.period / 2) % self.period - self.period / 2
 
-    def wait_sample(self, expected: float) -> tuple[float, float, float | None]:
+    def wait_sample(self, expected: float) -> tuple[float, float, float | None, bool]:
         """Wait for the sample expected at `expected`: (the time woken, when the tick was due,
-        the arrival the grid follows, or None). A tick is due at its sample's arrival, at the
+        the arrival the grid follows, or None, whether the wait ended on a timer rather than a
+        sample's arrival). A tick is due at its sample's arrival, at the
         window's start for a sample that came early (the robot's phase is ahead of the grid),
         and at the window's end (the watchdog) when none came; it can fire from the window's
         start on. A sample before the window that is nearer the previous point than this one
@@ -430,12 +450,13 @@ class SampleLockedLoop(FixedRateLoop):
         late = None
         while (arrival := self.samples.wait(opens)) is not None:
             if self.phase_error(arrival, expected) < 0:
-                return self.wait_until(opens), opens, arrival
+                slept = self.clock() < opens  # in hand before the window: a timed wait
+                return self.wait_until(opens), opens, arrival, slept
             late = arrival
         arrival = self.samples.wait(closes)
         if arrival is None:
-            return self.clock(), closes, late
-        return self.clock(), max(arrival, opens), arrival
+            return self.clock(), closes, late, True
+        return self.clock(), max(arrival, opens), arrival, False
 
     def next_expected(self, expected: float, arrival: float | None) -> float:
         """The grid's next point: a period on, moved toward where this sample arrived. The
@@ -476,12 +497,11 @@ class SampleLockedLoop(FixedRateLoop):
         while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
             held_off.waiting()
             if locked:
-                now, due, arrival = self.wait_sample(expected)
+                now, due, arrival, timed = self.wait_sample(expected)
             else:
-                now, due, arrival = self.wait_until(expected), expected, None
+                now, due, arrival, timed = self.wait_until(expected), expected, None, True
                 self.samples.wait(now)  # what came meanwhile, without waiting
-            held_off.woke(now, due, min(due, expected - self.window) if locked else due,
-                          timed=not (locked and arrival is not None and due == arrival))
+            held_off.woke(now, due, min(due, expected - self.window) if locked else due, timed)
             taken, counted = self.samples.count - counted, self.samples.count
             self.stats.period_error.add(now - due)
             on_tick(expected, now)

@@ -139,6 +139,7 @@ class ObservationSamples:
                     time.sleep(min(remaining, POLL_STEP_S))
             except Exception:  # the wait, like any input, must not stop the loop: counted
                 self.inputs.errors += 1
+                before_blocking()
                 time.sleep(max(0.0, until - time.monotonic()))
 
     def acted(self) -> None:

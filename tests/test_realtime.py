@@ -25,7 +25,13 @@ import pytest
 
 from crl.runtime import loop
 from crl.runtime.controller import Stats
-from crl.runtime.loop import FixedRateLoop, HeldOff, hold_wake_latency
+from crl.runtime.loop import (
+    FixedRateLoop,
+    HeldOff,
+    SampleLockedLoop,
+    before_blocking,
+    hold_wake_latency,
+)
 
 PERIOD = 0.01
 
@@ -40,6 +46,7 @@ class Machine:
         # Per sleep, in order: (extra seconds the wake-up comes late, run-queue delay in them).
         self.sleeps: list[tuple[float, float]] = []
         monkeypatch.setattr(loop.time, "monotonic", self.clock)
+        monkeypatch.setattr(loop.time, "process_time", lambda: self.cpu)
         monkeypatch.setattr(loop.time, "thread_time", lambda: self.cpu)
         monkeypatch.setattr(loop.time, "sleep", self.sleep)
         monkeypatch.setattr(loop.gc, "freeze", lambda: None)
@@ -131,7 +138,9 @@ def test_without_schedstat_or_on_another_clock_nothing_is_the_platforms(tmp_path
         held.close()
     garbage = tmp_path / "garbage"
     garbage.write_text("not numbers\n")
-    assert HeldOff(path=str(garbage)).run_delay() is None
+    unreadable = HeldOff(path=str(garbage))
+    assert unreadable.run_delay() is None
+    unreadable.close()
     # A loop on a simulator's clock measures nothing (its seconds are not this computer's).
     sim = FixedRateLoop(PERIOD, Stats(), clock=lambda: 0.0)
     assert sim.held_off().tick_done() == 0.0
@@ -310,3 +319,77 @@ def test_a_sample_that_woke_the_loop_is_not_a_late_timer(machine: Machine) -> No
         h.woke(now=machine.t, due=machine.t - 0.004, earliest=machine.t - 0.008, timed=timed)
         assert h.tick_done() == pytest.approx(held)
         h.close()
+
+
+class ScriptedSamples:
+    """The robot's samples for a SampleLockedLoop on the scripted machine. Each event: when the
+    wait wakes (s after the first expected sample), the arrival it reports (None: a message that
+    is not a sample, read and waited past), and how long the woken thread then waits for a
+    core. Every block first calls `before_blocking`, as the runtime's waits do."""
+
+    def __init__(self, machine: Machine, expected: float,
+                 events: list[tuple[float, float | None, float]]):
+        self.machine, self.count = machine, 0
+        self.events = [(expected + t, None if a is None else expected + a, q)
+                       for t, a, q in events]
+
+    def wait(self, until: float) -> float | None:
+        m = self.machine
+        while True:
+            if self.events and self.events[0][0] <= max(until, m.t):
+                wake, arrival, queued = self.events.pop(0)
+                m.t = max(m.t, wake) + queued
+                m.delay += queued
+                m.write()
+                if arrival is not None:
+                    self.count += 1
+                    return arrival
+                continue
+            if until <= m.t:
+                return None
+            before_blocking()
+            if self.events and self.events[0][0] <= until:
+                continue
+            m.t = until
+            return None
+
+    def acted(self) -> None:
+        pass
+
+
+def run_sample_locked(machine: Machine, events: list[tuple[float, float | None, float]],
+                      first_work: float) -> Stats:
+    """A SampleLockedLoop whose first tick computes `first_work` s; the rest 1 ms."""
+    stats = Stats()
+    expected = machine.t + PERIOD
+    samples = ScriptedSamples(machine, expected, events)
+    locked = SampleLockedLoop(PERIOD, stats, samples, clock=loop.time.monotonic, spin_s=0.0)
+    works = [first_work]
+
+    def on_tick(deadline: float, now: float) -> None:
+        machine.work(works.pop(0) if works else 0.001)
+
+    locked.run(on_tick, threading.Event(), start=expected, max_ticks=4)
+    return stats
+
+
+def test_a_hold_absorbed_before_the_sample_does_not_excuse_the_work(machine: Machine) -> None:
+    # A bad message wakes the wait 9 ms early and the thread waits 3 ms for a core (absorbed:
+    # the sample is not due yet); the sample comes on time and the thread waits 1 ms; then 10.5
+    # ms of its own work ends 1.5 ms past the next sample: its own miss (only 1 ms was held).
+    events = [(-0.009, None, 0.003), (0.0, 0.0, 0.001)]
+    assert counts(run_sample_locked(machine, events, 0.0105)) == (1, 0)
+
+
+def test_a_hold_after_the_sample_came_is_the_platforms(machine: Machine) -> None:
+    # As above, but the thread waits 3 ms for a core after the sample came, then 9.5 ms of work.
+    events = [(-0.009, None, 0.003), (0.0, 0.0, 0.003)]
+    assert counts(run_sample_locked(machine, events, 0.0095)) == (1, 1)
+
+
+def test_a_sample_stamped_before_its_wake_up_is_no_late_timer(machine: Machine) -> None:
+    # A ROS callback stamps the sample 0.5 ms before the window opens, converts it and waits
+    # for the tick's lock, and wakes the loop 3 ms after the window opened: that is the
+    # runtime's own time, and 11.5 ms of work after it is the loop's own miss.
+    events = [(-0.001, -0.0045, 0.0)]
+    assert counts(run_sample_locked(machine, events, 0.0115)) == (1, 0)
