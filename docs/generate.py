@@ -289,8 +289,9 @@ def soak(r: dict[str, Any]) -> str:
          f"{a['max_gap_ms']:.1f} ms ({a['max_gap_ms'] / period_ms:.2f} periods)"],
         ["missed deadlines (platform baseline)",
          f"{r['runtime']['misses']} ({r['platform_baseline']['misses']})"],
-        *([["of which the platform held the loop off (scheduling)",
-            str(r["runtime"]["misses_scheduling"])]]
+        *([["of which the platform held the loop off (platform baseline)",
+            f"{r['runtime']['misses_scheduling']} "
+            f"({r['platform_baseline'].get('misses_scheduling', '–')})"]]
           if r["runtime"].get("misses_scheduling") is not None else []),
         ["largest command step (rate limit)", f"{a['max_step']:.3f} ({a['rate_limit']:g})"],
         ["first command to a restarted robot, from its pose",
