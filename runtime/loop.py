@@ -176,6 +176,12 @@ class HeldOff:
             if getattr(_this_thread, "held_off", None) is self:
                 _this_thread.held_off = self._previous
 
+    def __enter__(self) -> HeldOff:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 _this_thread = threading.local()  # the calling thread's open HeldOff, if its loop keeps one
 
@@ -288,8 +294,7 @@ class FixedRateLoop:
         if deadline < now:  # setup outlasted the given start: begin on the next deadline
             deadline += math.ceil((now - deadline) / self.period) * self.period
         ticks = 0
-        held_off = self.held_off()
-        try:
+        with self.held_off() as held_off:
             while not stop.is_set() and (max_ticks is None or ticks < max_ticks):
                 held_off.waiting()
                 now = self.wait_until(deadline)
@@ -298,8 +303,6 @@ class FixedRateLoop:
                 on_tick(deadline, now)
                 ticks += 1
                 deadline = self.count_misses(deadline + self.period, held_off.tick_done())
-        finally:
-            held_off.close()
 
     def held_off(self) -> HeldOff:
         """The thread's `HeldOff`, opened on the loop's thread; measured only on this
@@ -483,11 +486,8 @@ class SampleLockedLoop(FixedRateLoop):
         if expected < now:
             expected += math.ceil((now - expected) / self.period) * self.period
         self.samples.wait(now)  # what came during the setup: the first tick acts on it
-        held_off = self.held_off()
-        try:
+        with self.held_off() as held_off:
             self._run(on_tick, stop, max_ticks, expected, held_off)
-        finally:
-            held_off.close()
 
     def _run(self, on_tick: Callable[[float, float], None], stop: threading.Event,
              max_ticks: int | None, expected: float, held_off: HeldOff) -> None:
