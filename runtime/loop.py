@@ -216,7 +216,8 @@ def hold_wake_latency(path: str = CPU_LATENCY_QOS) -> str:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except OSError as e:
             _wake_latency[path] = (f"CPU wake-up latency request refused ({e.strerror}: "
-                                   f"{path}); idle CPUs may sleep", None)
+                                   f"{path}; it needs write access to that device, as root "
+                                   "or by a udev rule); idle CPUs may sleep", None)
         else:
             try:
                 os.write(fd, struct.pack("=i", 0))
