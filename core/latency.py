@@ -21,18 +21,32 @@ def finite(samples: ArrayLike) -> np.ndarray:
 
 def percentile(samples: ArrayLike, q: float) -> float:
     """The q-th percentile of the finite samples (NaN when there are none)."""
-    values = finite(samples)
-    return float(np.percentile(values, q)) if len(values) else math.nan
+    return percentiles(samples, (q,))[f"p{q:g}"]
 
 
 def percentiles(samples: ArrayLike, qs: Sequence[float] = SUMMARY_PERCENTILES
                 ) -> dict[str, float]:
     """{"p50": …, "p99": …} (one key per `qs`, named p<q>) of the finite samples."""
-    values = finite(samples)
-    if not len(values):
-        return {f"p{q:g}": math.nan for q in qs}
-    found = np.percentile(values, list(qs))
-    return {f"p{q:g}": float(v) for q, v in zip(qs, found, strict=True)}
+    values = np.sort(finite(samples))
+    return {f"p{q:g}": sorted_percentile(values, q) for q in qs}
+
+
+def sorted_percentile(values: np.ndarray, q: float) -> float:
+    """The q-th percentile of sorted finite `values` (NaN when empty), as `np.percentile`'s
+    default (linear) method computes it, to the bit. Why not call it: the runtime's status takes
+    six of them inside the control loop, and `np.percentile`'s overhead (~45 µs a call on a
+    1,024-sample window, against ~4 µs for one sort) made that a millisecond under load."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], got {q}")
+    n = len(values)
+    if not n:
+        return math.nan
+    index = (n - 1) * (q / 100)
+    below = math.floor(index)
+    a, b = float(values[below]), float(values[min(below + 1, n - 1)])
+    t, diff = index - below, b - a
+    # numpy's lerp: from the nearer end, so the result is exact at both ends
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def summarize(samples: ArrayLike, qs: Sequence[float] = SUMMARY_PERCENTILES) -> dict[str, float]:

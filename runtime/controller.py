@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from crl.core.latency import percentile
+from crl.core.latency import percentile, summarize
 from crl.core.spec import PolicySpec
 from crl.runtime.messages import Observation
 from crl.runtime.observation import ObservationAssembler, ObservationError
@@ -169,15 +169,13 @@ class Stats:
             rate_hz=self.actions.rate(now),
             max_gap_ms=self.actions.take_gap(now) * ms,
             max_gap_run_ms=self.actions.gap_max_run * ms,
-            period_error_p50_ms=self.period_error.percentile(50) * ms,
-            period_error_p99_ms=self.period_error.percentile(99) * ms,
-            period_error_max_ms=self.period_error.max() * ms,
-            policy_latency_p50_ms=self.policy_latency.percentile(50) * ms,
-            policy_latency_p99_ms=self.policy_latency.percentile(99) * ms,
-            end_to_end_p50_ms=self.end_to_end.percentile(50) * ms,
-            end_to_end_p99_ms=self.end_to_end.percentile(99) * ms,
             last_goal_rejection=self.last_goal_rejection,
         )
+        for name, window, figures in (("period_error", self.period_error, ("p50", "p99", "max")),
+                                      ("policy_latency", self.policy_latency, ("p50", "p99")),
+                                      ("end_to_end", self.end_to_end, ("p50", "p99"))):
+            summary = summarize(window.recent())  # one sort a window: this runs in the loop
+            out.update({f"{name}_{k}_ms": summary[k] * ms for k in figures})
         return out
 
 

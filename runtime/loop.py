@@ -259,6 +259,37 @@ def open_realtime(open_link: Callable[[], L], priority: int = REALTIME_PRIORITY)
     return link, f"{said}; {hold_wake_latency()}"
 
 
+# Work a loop does every few ticks for people and monitors (a status, diagnostics, markers) waits
+# for a tick that leaves this share of a period before the next is due: a tick that began at its
+# watchdog, or had a slow policy call, has less. The next tick's action is for the robot.
+SPARE_SHARE = 0.5
+
+
+class SpareTime:
+    """Decides on which tick to do work that is due every `every` ticks: the first, from when it
+    falls due, that leaves SPARE_SHARE of a period to spare, and never more than `every` ticks
+    late (a loop that never has time to spare still reports, at half the rate)."""
+
+    def __init__(self, every: int, period: float, clock: Clock = time.monotonic):
+        if every < 1:
+            raise ValueError(f"every: must be at least 1 tick, got {every}")
+        self.every, self.period, self.clock = every, period, clock
+        self.due_since: int | None = None  # the tick it fell due at, while it waits
+
+    def now(self, ticks: int, deadline: float) -> bool:
+        """Whether to do it on this tick: `ticks` ticks so far, this one's `deadline` on the
+        loop's clock (the next is due a period after it)."""
+        if self.due_since is None and ticks % self.every == 0:
+            self.due_since = ticks
+        if self.due_since is None:
+            return False
+        spare = deadline + self.period - self.clock()
+        if spare >= SPARE_SHARE * self.period or ticks - self.due_since >= self.every:
+            self.due_since = None
+            return True
+        return False
+
+
 class FixedRateLoop:
     """Calls `on_tick(deadline, now)` once per period until `stop` is set."""
 
@@ -452,15 +483,16 @@ class SampleLockedLoop(FixedRateLoop):
         none comes, the grid follows the late one."""
         opens, closes = expected - self.window, expected + self.window
         late = None
-        while (arrival := self.samples.wait(opens)) is not None:
+        # One wait to the watchdog, not one to the window's start first: only the watchdog
+        # needs a punctual wake-up, and a sample wakes the wait whenever it comes.
+        while (arrival := self.samples.wait(closes)) is not None:
+            if arrival >= opens:
+                return self.clock(), arrival, arrival, False
             if self.phase_error(arrival, expected) < 0:
                 slept = self.clock() < opens  # in hand before the window: a timed wait
                 return self.wait_until(opens), opens, arrival, slept
             late = arrival
-        arrival = self.samples.wait(closes)
-        if arrival is None:
-            return self.clock(), closes, late, True
-        return self.clock(), max(arrival, opens), arrival, False
+        return self.clock(), closes, late, True
 
     def next_expected(self, expected: float, arrival: float | None) -> float:
         """The grid's next point: a period on, moved toward where this sample arrived. The

@@ -23,7 +23,13 @@ from types import FrameType
 
 from crl.runtime.auth import Keys
 from crl.runtime.controller import Command, Controller
-from crl.runtime.loop import DEFAULT_SPIN_S, SampleLockedLoop, before_blocking, open_realtime
+from crl.runtime.loop import (
+    DEFAULT_SPIN_S,
+    SampleLockedLoop,
+    SpareTime,
+    before_blocking,
+    open_realtime,
+)
 from crl.runtime.messages import Action, Goal, Observation, bounded
 from crl.runtime.observation import ObservationError
 from crl.runtime.stamps import StampAges
@@ -193,7 +199,7 @@ def serve(controller: Controller, options: ServeOptions,
         # The first sample after the robot's first (on its grid: the loop steps over those that
         # came during the warm-up).
         start = first_arrival + controller.period
-        status_every = max(1, round(controller.rate_hz / STATUS_HZ))
+        status_time = SpareTime(max(1, round(controller.rate_hz / STATUS_HZ)), controller.period)
         end = time.monotonic() + options.seconds if options.seconds > 0 else None
 
         def on_tick(deadline: float, now: float) -> None:
@@ -207,7 +213,7 @@ def serve(controller: Controller, options: ServeOptions,
                 cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
             controller.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
-            if controller.stats.counts["ticks"] % status_every == 0:
+            if status_time.now(controller.stats.counts["ticks"], deadline):
                 stats = status(controller, link, inputs.errors, tick_errors)
                 link.publish_status(stats)
                 if on_status is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -446,6 +447,37 @@ def test_window_keeps_the_newest_samples_in_order() -> None:
         w.add(float(i))
     np.testing.assert_array_equal(w.values(), [3, 4, 5, 6, 7])
     assert w.max() == 7 and w.percentile(50) == 5
+
+
+def test_percentiles_are_numpys_to_the_bit_without_its_cost() -> None:
+    """The status takes its percentiles in the loop: one sort, then numpy's linear method by
+    hand, equal to `np.percentile` in every bit (any q, any size, NaN and inf left out)."""
+    from crl.core.latency import percentile, percentiles, sorted_percentile
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(1, 1500))
+        v = rng.standard_normal(n) * 10 ** rng.uniform(-6, 3)
+        qs = (0, 50, 99, 99.9, 100, float(rng.uniform(0, 100)))
+        assert list(percentiles(v, qs).values()) == list(np.percentile(v, qs))
+    dirty = np.array([3.0, np.nan, 1.0, np.inf, 2.0, -np.inf])
+    assert percentile(dirty, 50) == 2.0 and math.isnan(percentile([np.nan], 50))
+    with pytest.raises(ValueError, match="within"):
+        sorted_percentile(np.arange(3.0), 101)
+
+
+def test_a_status_reports_each_windows_figures() -> None:
+    stats = Stats(rate_hz=100.0)
+    for i in range(2000):  # more than a window: the newest RECENT samples count
+        stats.period_error.add(i * 1e-6)
+        stats.policy_latency.add(1e-3)
+        stats.end_to_end.add(2e-3)
+    recent = np.arange(2000 - stats.period_error.RECENT, 2000) * 1e-6
+    d = stats.to_dict()
+    assert d["period_error_p50_ms"] == np.percentile(recent, 50) * 1e3
+    assert d["period_error_p99_ms"] == np.percentile(recent, 99) * 1e3
+    assert d["period_error_max_ms"] == recent.max() * 1e3
+    assert d["policy_latency_p99_ms"] == 1.0 and d["end_to_end_p50_ms"] == 2.0
 
 
 _THREAD_PRIORITIES = """

@@ -20,6 +20,7 @@ from crl.runtime.loop import (
     ArrivalSignal,
     FixedRateLoop,
     SampleLockedLoop,
+    SpareTime,
     SteppedClock,
 )
 
@@ -295,3 +296,24 @@ def test_the_sample_locked_loop_ticks_on_through_a_simulator_reset() -> None:
     assert view.steps_back >= 1
     span = ticks[-1] - ticks[0]
     assert 23 * PERIOD <= span < 24 * PERIOD + 2.0  # the grid kept; the 10 s not waited out
+
+
+@pytest.mark.parametrize(("slow", "fired"), [
+    (set(), [5, 10, 15, 20]),  # time to spare on every tick: on the tick it falls due
+    ({5, 6, 15}, [7, 10, 16, 20]),  # the first tick with time to spare after it falls due
+    (set(range(1, 21)), [10, 20]),  # never any: a whole interval late, not never
+])
+def test_spare_time_work_waits_for_a_tick_with_time_to_spare(slow: set[int],
+                                                             fired: list[int]) -> None:
+    period, now = 0.01, [0.0]
+    spare = SpareTime(5, period, clock=lambda: now[0])
+    got = []
+    for tick in range(1, 21):
+        deadline = tick * period
+        # The tick ends 0.3 of a period after its deadline, or 0.7 when slow (0.3 spare < 0.5).
+        now[0] = deadline + (0.7 if tick in slow else 0.3) * period
+        if spare.now(tick, deadline):
+            got.append(tick)
+    assert got == fired
+    with pytest.raises(ValueError, match="at least 1"):
+        SpareTime(0, period)

@@ -338,6 +338,8 @@ class ScriptedSamples:
         while True:
             if self.events and self.events[0][0] <= max(until, m.t):
                 wake, arrival, queued = self.events.pop(0)
+                if wake > m.t:  # the thread blocked until it came
+                    before_blocking()
                 m.t = max(m.t, wake) + queued
                 m.delay += queued
                 m.write()

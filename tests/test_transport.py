@@ -42,7 +42,7 @@ from crl.runtime.messages import (
     encode,
 )
 from crl.runtime.policy import load_policy
-from crl.runtime.serve import ServeOptions, serve
+from crl.runtime.serve import STATUS_HZ, ServeOptions, serve
 from crl.runtime.transport import (
     GOAL_FRAMES_PER_TICK,
     MAX_GOALS_PER_TICK,
@@ -614,6 +614,51 @@ def test_an_input_that_raises_is_counted_and_the_loop_still_acts(
     assert int(final["policy_errors"]) == 0 and not all(a.safe for a in seen)
     gaps = np.diff([a.stamp for a in seen])
     assert len(seen) >= ticks and gaps.max() <= 3 / hz, (len(seen), ticks, gaps.max())
+
+
+@pytest.mark.parametrize("slow_every", [(0, 1), (0, 1, 2, 3, 4)])
+def test_a_status_waits_for_a_tick_with_time_to_spare(
+    controller_policy: Path, monkeypatch: pytest.MonkeyPatch, slow_every: tuple[int, ...]
+) -> None:
+    """A status falls due every `status_every` ticks; one that falls due on a tick that leaves
+    less than STATUS_SLACK of a period goes out on the next tick with time to spare, and never
+    more than a status interval late (here the slow ticks, by tick count modulo status_every,
+    are `slow_every`: some, then all of them)."""
+    hz = 25.0
+    every = round(hz / STATUS_HZ)
+    ep = Endpoints(port=free_base_port())
+    controller = Controller(load_policy(controller_policy), robot_config.load("reacher"),
+                            rate_hz=hz)
+    assert controller.set_goal("world", [0.1, 0.1])[0]
+    act = controller.policy.act
+
+    def slow_act(x: object, g: object) -> object:
+        if controller.stats.counts["ticks"] % every in slow_every:
+            time.sleep(0.75 / hz)  # ends with a quarter period to spare at most
+        return act(x, g)
+
+    monkeypatch.setattr(controller.policy, "act", slow_act)
+    robot = PacedRobot(ep, hz)
+    statuses: list[int] = []
+    server = threading.Thread(target=lambda: serve(
+        controller, ServeOptions(ep, wait_s=30, seconds=3.0),
+        on_status=lambda s: statuses.append(int(s["ticks"]))))
+    try:
+        server.start()
+        robot.start()
+        server.join(60)
+    finally:
+        robot.stop.set()
+        robot.join(10)
+    assert not server.is_alive(), "serve did not finish"
+    assert len(statuses) >= 3, statuses
+    if len(slow_every) < every:  # each went out on the first tick with time to spare
+        fast = min(set(range(every)) - set(slow_every))
+        assert all(t % every == fast for t in statuses), statuses
+        assert np.diff(statuses).max() == every, statuses
+    else:  # none has time to spare: each goes out a status interval late, not never
+        assert all(t % every == 0 for t in statuses), statuses
+        assert np.diff(statuses).max() == 2 * every, statuses
 
 
 class PacedRobot(threading.Thread):

@@ -56,6 +56,7 @@ from crl.runtime.loop import (
     SIM_CLOCK_POLL_S,
     ArrivalSignal,
     SampleLockedLoop,
+    SpareTime,
     SteppedClock,
     hold_wake_latency,
     set_realtime,
@@ -415,8 +416,10 @@ class GoalReach(Node):
             stop.set()
             return
         self.get_logger().info("robot found; control loop running")
-        diag_every = max(1, round(c.rate_hz / max(p["diagnostics_hz"], 1e-3)))
-        marker_every = max(1, round(c.rate_hz / max(p["markers_hz"], 1e-3)))
+        diag_time = SpareTime(max(1, round(c.rate_hz / max(p["diagnostics_hz"], 1e-3))),
+                              c.period, self.loop_clock)
+        marker_time = SpareTime(max(1, round(c.rate_hz / max(p["markers_hz"], 1e-3))),
+                                c.period, self.loop_clock)
         last_mode = ""
 
         def on_tick(deadline: float, now: float) -> None:
@@ -429,9 +432,9 @@ class GoalReach(Node):
                 self._log_mode(cmd.mode, last_mode)
                 last_mode = cmd.mode
             ticks = c.stats.counts["ticks"]
-            if ticks % diag_every == 0:
+            if diag_time.now(ticks, deadline):
                 self.diag_pub.publish(self.diagnostics())
-            if ticks % marker_every == 0:
+            if marker_time.now(ticks, deadline):
                 self.marker_pub.publish(self.markers(cmd))
 
         loop = SampleLockedLoop(c.period, c.stats, self.arrivals, clock=self.loop_clock,
