@@ -232,9 +232,15 @@ class Controller:
         self.latest: Observation | None = None
         self.latest_time = -math.inf
         self.latest_received = -math.inf
-        # The reference of the rate limit and the soft start: the command last sent (physical,
-        # spec action order), or where the robot was measured when that no longer applies.
+        # The reference of the soft start, the action filter and the policy's `last_action`: the
+        # command last sent (physical, spec action order), or where the robot was measured when
+        # that no longer applies.
         self.last_sent: Vector | None = None
+        # The rate limit's reference: the command this robot last got. Not reset when data
+        # comes back fresh (the robot kept its target through the stale stop, and a command
+        # that jumped to its measured pose would be a step the limit forbids); reset for a robot
+        # that never got it (start, a new session) or was moved outside the controller.
+        self.limit_from: Vector | None = None
         self.hold: Vector | None = None  # the `hold` safe action's target, set when a stop begins
         self.ramp_left = 0  # ticks of soft start still to go
         self.ramp_from: Vector | None = None
@@ -325,7 +331,7 @@ class Controller:
             self.resync_due = True
             return self._safe("stale")
         if self.resync_due:  # fresh again: the robot may have moved (or been moved) meanwhile
-            self._resync()
+            self._resync(same_robot=True)
         if self.goal is None:
             return self._safe("no_goal")
         x = self.policy_input()
@@ -401,11 +407,15 @@ class Controller:
         measured = self.assembler.joint_values(self.latest, self.spec.action.joints)
         return np.asarray(np.clip(measured, self.low, self.high), dtype=np.float64)
 
-    def _resync(self) -> None:
+    def _resync(self, same_robot: bool = False) -> None:
         """The command history no longer says where the robot is (start, stale data, a new
-        session): hold, rate-limit and soft-start from where it is measured now."""
+        session): hold and soft-start from where it is measured now. `same_robot`: data came
+        back fresh from the robot that got the last command, which the rate limit still
+        counts from."""
         self.hold = self._measured()
         self.last_sent = self.hold.copy()
+        if not same_robot or self.limit_from is None:
+            self.limit_from = self.hold.copy()
         self.stopped, self.ramp_left, self.resync_due = True, 0, False
 
     def _reference(self) -> Vector:
@@ -420,10 +430,10 @@ class Controller:
 
     def _send(self, target: Vector, *, safe: bool, mode: str, rate_limit: bool = True
               ) -> Command:
-        if rate_limit and self.max_change is not None and self.last_sent is not None:
-            step = np.clip(target - self.last_sent, -self.max_change, self.max_change)
-            target = self.last_sent + step
-        self.last_sent = target
+        if rate_limit and self.max_change is not None and self.limit_from is not None:
+            step = np.clip(target - self.limit_from, -self.max_change, self.max_change)
+            target = self.limit_from + step
+        self.last_sent = self.limit_from = target
         self.stats.mode = mode
         self.stats.actions.add(self.stats.clock())
         assert self.latest is not None

@@ -156,6 +156,37 @@ def test_stale_observation_sends_the_safe_action_then_soft_starts(policy_path: P
     np.testing.assert_allclose(cmd.values, q + (target - q) / 5, atol=1e-5)
 
 
+def test_a_stale_stop_and_its_recovery_keep_every_command_step_within_the_rate_limit(
+    policy_path: Path
+) -> None:
+    """Data goes stale while the last command is far from where the robot is measured (a
+    saturated policy, a lagging arm): the hold walks toward the measured pose at the rate limit,
+    and when data is fresh again after one stale tick the soft start begins from the measured
+    pose, yet the command the robot gets still moves at most max_action_change from the last one
+    it got (found by the 10-minute soak: a 1.684 step against a 1.5 limit)."""
+    limit = 0.2
+    c = make(policy_path, soft_start=0.2, max_action_change=limit)
+    c.set_goal("world", [0.1, 0.1])
+    period = c.period
+    sent = []
+    for k in range(40):  # the policy commands away from where the arm stays measured
+        c.observe(observation(), k * period)
+        sent.append(c.tick(k * period + 0.001).values)
+    far = np.abs(sent[-1] - [0.3, -0.5]).max()
+    assert far > 2 * limit, far  # further than one step from the measured pose
+    stale_at = 39 * period + c.max_age + 1e-6
+    sent.append(c.tick(stale_at).values)  # one stale tick: the hold is a step on its way
+    assert c.stats.counts["stale_stops"] == 1
+    t = stale_at + period
+    c.observe(observation((0.35, -0.45)), t)
+    for k in range(8):  # fresh again: the soft start, from the measured pose
+        cmd = c.tick(t + k * period)
+        sent.append(cmd.values)
+        c.observe(observation((0.35, -0.45)), t + (k + 1) * period)
+    steps = np.abs(np.diff(sent, axis=0)).max(axis=1)
+    assert steps.max() <= limit + 1e-12, steps
+
+
 def run_in(c: Controller, q: tuple[float, float], ticks: int, session: int = 7,
            start: float = 0.0) -> float:
     """Observe `q` and tick at the control rate for `ticks` periods; the time reached."""
