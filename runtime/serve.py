@@ -205,7 +205,6 @@ def serve(controller: Controller, options: ServeOptions,
         def on_tick(deadline: float, now: float) -> None:
             nonlocal tick_errors
             inputs.observe(now)
-            inputs.serve_goals()
             try:
                 cmd = controller.tick(now)
             except Exception:  # whatever an input made of the tick, the robot gets an action
@@ -213,6 +212,9 @@ def serve(controller: Controller, options: ServeOptions,
                 cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
             controller.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
+            # Goals after the action: answering a flood's few a tick (decode, check, reply) is
+            # not on the way from observation to action; a goal taken now acts from the next tick.
+            inputs.serve_goals()
             if status_time.now(controller.stats.counts["ticks"], deadline):
                 stats = status(controller, link, inputs.errors, tick_errors)
                 link.publish_status(stats)
