@@ -212,6 +212,8 @@ def serve(controller: Controller, options: ServeOptions,
                 cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
             controller.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
+            if cmd.safe:
+                controller.keep_warm()
             # Goals after the action: answering a flood's few a tick (decode, check, reply) is
             # not on the way from observation to action; a goal taken now acts from the next tick.
             inputs.serve_goals()

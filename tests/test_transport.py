@@ -661,6 +661,44 @@ def test_a_status_waits_for_a_tick_with_time_to_spare(
         assert np.diff(statuses).max() == 2 * every, statuses
 
 
+def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
+    controller_policy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No goal yet: every tick sends the safe action, and the policy still runs once a tick after
+    it (its result dropped, uncounted in its latency), so the first action on the first goal
+    finds it warm; a policy that raises there stops nothing."""
+    hz = 25.0
+    ep = Endpoints(port=free_base_port())
+    controller = Controller(load_policy(controller_policy), robot_config.load("reacher"),
+                            rate_hz=hz)
+    act = controller.policy.act
+    calls = [0]
+
+    def counted(x: object, g: object) -> object:
+        calls[0] += 1
+        if calls[0] % 2:
+            raise RuntimeError("a backend that fails now and then")
+        return act(x, g)
+
+    monkeypatch.setattr(controller.policy, "act", counted)
+    robot = PacedRobot(ep, hz)
+    final: dict[str, float | int | str] = {}
+    server = threading.Thread(target=lambda: final.update(
+        serve(controller, ServeOptions(ep, wait_s=30, seconds=1.5))))
+    try:
+        server.start()
+        robot.start()
+        server.join(60)
+    finally:
+        robot.stop.set()
+        robot.join(10)
+    assert not server.is_alive() and final, "serve did not finish"
+    ticks = int(final["ticks"])
+    assert ticks >= 20 and int(final["safe_ticks"]) >= ticks  # no goal: all safe
+    assert calls[0] >= ticks + 1  # the warm-up, then once a safe tick
+    assert controller.stats.policy_latency.count == 0 and int(final["policy_errors"]) == 0
+
+
 class PacedRobot(threading.Thread):
     """A robot that publishes an observation every period from its own thread (a ZMQ socket
     belongs to one thread); `inject` queues raw messages for it to send after the next one."""

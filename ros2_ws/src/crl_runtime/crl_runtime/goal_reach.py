@@ -428,6 +428,9 @@ class GoalReach(Node):
                 cmd = c.tick(now)
             self.publish_command(cmd)
             c.stats.end_to_end.add(self.loop_clock() - cmd.obs_received)
+            if cmd.safe:
+                with self.lock:
+                    c.keep_warm()
             if cmd.mode != last_mode:
                 self._log_mode(cmd.mode, last_mode)
                 last_mode = cmd.mode
