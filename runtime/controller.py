@@ -14,16 +14,15 @@ stop, at a new robot session: the robot restarted, or, with `max_joint_speed`, j
 moving faster than the robot can move them: a simulator's reset, a re-homed or re-plugged robot),
 the reference is re-read from the newest measured positions (zero torque for effort control), so
 the first command is never more than `max_action_change` from where the robot is measured,
-whatever the previous robot was sent. After a stale stop, the same robot still holds the last
-command it got: the rate limit keeps counting from that one (`limit_from`), so the command
-stream never steps further than the limit.
+whatever the previous robot was sent. After a stale stop, a robot measured near where the stop
+began holding it (within RESUME_STEPS steps: it held still) keeps the rate limit counting from
+the last command it got (`limit_from`), so no step between commands exceeds the limit.
 The `hold` safe action holds the position measured when the stop began (never a previous
 robot's target), reached under the rate limit like any command.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +42,9 @@ Vector = NDArray[np.float64]
 MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
 RATE_WINDOW_S = 1.0  # the live rate counts the actions of the last second
 STALL_PERIODS = 3  # a gap between actions longer than this many control periods is a stall
+# After a stale stop, the rate limit keeps counting from the last command while the robot is
+# measured within this many rate-limit steps of where the stop held it (Controller._resync).
+RESUME_STEPS = 2
 ACTION_SLACK = 4  # action times kept beyond a window's worth at the control rate
 
 
@@ -370,13 +372,18 @@ class Controller:
             raise RuntimeError("Controller.policy_input before start(): no observation yet")
         return self.assembler.assemble(self.latest, self._last_action())
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> str:
         """Run once, before the loop, what is slow the first time (ONNX Runtime allocating its
-        buffers), so the first ticks do not overrun; a failure here is the loop's to count."""
+        buffers), so the first ticks do not overrun. Returns why the policy failed ("" when it
+        ran): the loop never stops for it (each tick it fails sends the safe action, counted
+        in `policy_errors`), so a caller says so once."""
         goal = self.goal if self.goal is not None else (
             (np.asarray(self.spec.goal.low) + self.spec.goal.high) / 2).astype(np.float32)
-        with contextlib.suppress(Exception):
+        try:
             self.policy.act(self.policy_input(), goal)
+        except Exception as e:  # reported, and counted when a tick acts
+            return f"{type(e).__name__}: {e}"[:200]
+        return ""
 
     def keep_warm(self) -> None:
         """Run the policy on the newest input and drop the result, after a tick that sent the
@@ -384,7 +391,8 @@ class Controller:
         untouched goes cold: on the 2-core VM the depth-64 policy's first call took 22 ms of CPU
         after 0.5 s without one and 86 ms after 3 s (1.4 ms warm; no page fault the guest saw:
         the host had taken its pages back), and a GPU's clocks drop when idle. Without this the
-        first action after a stop, or on the first goal, overran its period."""
+        first action after a stop, or on the first goal, overran its period. A failure is the
+        acting ticks' to count."""
         self.warm_up()
 
     def safe_command(self, mode: str = "stopped") -> Command:
@@ -422,17 +430,26 @@ class Controller:
     def _resync(self, same_robot: bool = False) -> None:
         """The command history no longer says where the robot is (start, stale data, a new
         session): hold and soft-start from where it is measured now. `same_robot`: data came
-        back fresh from the robot that got the last command, which the rate limit still
-        counts from."""
-        self.hold = self._measured()
-        self.last_sent = self.hold.copy()
-        if not same_robot or self.limit_from is None:
-            self.limit_from = self.hold.copy()
+        back fresh from the robot that got the last command. Measured within RESUME_STEPS
+        rate-limit steps of where the stop began holding it, it held still (or lagged behind
+        the commands, as it may while running), and the rate limit keeps counting from that
+        command: no step between commands is larger than the limit. Further away, it was moved
+        (by hand, brakes released) and the limit starts from where it is, as for a new robot: a
+        command that led it back toward the old target would be worse than one large step."""
+        measured = self._measured()
+        moved = (self.hold is None or self.max_change is None
+                 or bool(np.any(np.abs(measured - self.hold)
+                                > RESUME_STEPS * self.max_change)))
+        self.hold = measured
+        self.last_sent = measured.copy()
+        if not same_robot or moved or self.limit_from is None:
+            self.limit_from = measured.copy()
         self.stopped, self.ramp_left, self.resync_due = True, 0, False
 
     def _reference(self) -> Vector:
-        """The command the next one is limited against: the last sent (or, before any, the
-        measured position)."""
+        """The reference of the soft start, the action filter and the policy's `last_action`:
+        the last sent (or, before any, the measured position). The rate limit's is
+        `limit_from`."""
         return np.array(self.last_sent if self.last_sent is not None else self._measured(),
                         dtype=np.float64)
 

@@ -486,8 +486,9 @@ class SampleLockedLoop(FixedRateLoop):
         # One wait to the watchdog, not one to the window's start first: only the watchdog
         # needs a punctual wake-up, and a sample wakes the wait whenever it comes.
         while (arrival := self.samples.wait(closes)) is not None:
-            if arrival >= opens:
-                return self.clock(), arrival, arrival, False
+            if arrival >= opens:  # due on arrival; a tick that overran past the watchdog and
+                # finds it pending was due at the watchdog, and is that late
+                return self.clock(), min(arrival, closes), arrival, False
             if self.phase_error(arrival, expected) < 0:
                 slept = self.clock() < opens  # in hand before the window: a timed wait
                 return self.wait_until(opens), opens, arrival, slept

@@ -192,7 +192,10 @@ def serve(controller: Controller, options: ServeOptions,
     try:
         wait_for_robot(link, controller, options.wait_s, stop, inputs)
         first_arrival = time.monotonic()
-        controller.warm_up()
+        failed = controller.warm_up()
+        if failed:
+            print(f"crl-run serve: the policy failed its first call ({failed}); each tick it "
+                  "fails sends the safe action, counted in policy_errors", file=sys.stderr)
         status(controller, link, inputs.errors, tick_errors)  # its first call's cost, not a tick's
         loop = SampleLockedLoop(controller.period, controller.stats, ObservationSamples(inputs),
                                 spin_s=options.spin_s)
@@ -200,6 +203,7 @@ def serve(controller: Controller, options: ServeOptions,
         # came during the warm-up).
         start = first_arrival + controller.period
         status_time = SpareTime(max(1, round(controller.rate_hz / STATUS_HZ)), controller.period)
+        warm_time = SpareTime(1, controller.period)  # after safe ticks, at least every other
         end = time.monotonic() + options.seconds if options.seconds > 0 else None
 
         def on_tick(deadline: float, now: float) -> None:
@@ -212,7 +216,7 @@ def serve(controller: Controller, options: ServeOptions,
                 cmd = controller.safe_command("fault")
             link.publish_action(to_message(link, cmd))
             controller.stats.end_to_end.add(time.monotonic() - cmd.obs_received)
-            if cmd.safe:
+            if cmd.safe and warm_time.now(controller.stats.counts["ticks"], deadline):
                 controller.keep_warm()
             # Goals after the action: answering a flood's few a tick (decode, check, reply) is
             # not on the way from observation to action; a goal taken now acts from the next tick.

@@ -664,9 +664,10 @@ def test_a_status_waits_for_a_tick_with_time_to_spare(
 def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
     controller_policy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No goal yet: every tick sends the safe action, and the policy still runs once a tick after
-    it (its result dropped, uncounted in its latency), so the first action on the first goal
-    finds it warm; a policy that raises there stops nothing."""
+    """No goal yet: every tick sends the safe action, and the policy still runs after it, on
+    every tick with time to spare and at least every other (its result dropped, uncounted in its
+    latency), so the first action on the first goal finds it warm; a policy that raises there
+    stops nothing."""
     hz = 25.0
     ep = Endpoints(port=free_base_port())
     controller = Controller(load_policy(controller_policy), robot_config.load("reacher"),
@@ -695,7 +696,7 @@ def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
     assert not server.is_alive() and final, "serve did not finish"
     ticks = int(final["ticks"])
     assert ticks >= 20 and int(final["safe_ticks"]) >= ticks  # no goal: all safe
-    assert calls[0] >= ticks + 1  # the warm-up, then once a safe tick
+    assert calls[0] >= 1 + ticks // 2  # the warm-up, then after every other safe tick at least
     assert controller.stats.policy_latency.count == 0 and int(final["policy_errors"]) == 0
 
 

@@ -420,6 +420,12 @@ class GoalReach(Node):
                               c.period, self.loop_clock)
         marker_time = SpareTime(max(1, round(c.rate_hz / max(p["markers_hz"], 1e-3))),
                                 c.period, self.loop_clock)
+        warm_time = SpareTime(1, c.period, self.loop_clock)  # after safe ticks
+        with self.lock:
+            failed = c.warm_up()
+        if failed:
+            self.get_logger().error(f"the policy failed its first call ({failed}); each tick it "
+                                    "fails sends the safe action, counted in policy_errors")
         last_mode = ""
 
         def on_tick(deadline: float, now: float) -> None:
@@ -428,8 +434,8 @@ class GoalReach(Node):
                 cmd = c.tick(now)
             self.publish_command(cmd)
             c.stats.end_to_end.add(self.loop_clock() - cmd.obs_received)
-            if cmd.safe:
-                with self.lock:
+            if cmd.safe and warm_time.now(c.stats.counts["ticks"], deadline):
+                with self.lock:  # as a tick that acts holds it
                     c.keep_warm()
             if cmd.mode != last_mode:
                 self._log_mode(cmd.mode, last_mode)
