@@ -241,10 +241,10 @@ class Controller:
         # command last sent (physical, spec action order), or where the robot was measured when
         # that no longer applies.
         self.last_sent: Vector | None = None
-        # The rate limit's reference: the command this robot last got. Not reset when data
-        # comes back fresh (the robot kept its target through the stale stop, and a command
-        # that jumped to its measured pose would be a step the limit forbids); reset for a robot
-        # that never got it (start, a new session) or was moved outside the controller.
+        # The rate limit's reference: the command this robot last got. Kept when data comes
+        # back fresh from a robot that held still through the stale stop (a command that jumped
+        # to its measured pose would be a step the limit forbids); reset for a robot that never
+        # got it (start, a new session) or was moved outside the controller (`_resync`).
         self.limit_from: Vector | None = None
         self.hold: Vector | None = None  # the `hold` safe action's target, set when a stop begins
         self.ramp_left = 0  # ticks of soft start still to go

@@ -638,19 +638,8 @@ def test_a_status_waits_for_a_tick_with_time_to_spare(
         return act(x, g)
 
     monkeypatch.setattr(controller.policy, "act", slow_act)
-    robot = PacedRobot(ep, hz)
     statuses: list[int] = []
-    server = threading.Thread(target=lambda: serve(
-        controller, ServeOptions(ep, wait_s=30, seconds=3.0),
-        on_status=lambda s: statuses.append(int(s["ticks"]))))
-    try:
-        server.start()
-        robot.start()
-        server.join(60)
-    finally:
-        robot.stop.set()
-        robot.join(10)
-    assert not server.is_alive(), "serve did not finish"
+    serve_beside_a_robot(controller, ep, hz, 3.0, lambda s: statuses.append(int(s["ticks"])))
     assert len(statuses) >= 3, statuses
     if len(slow_every) < every:  # each went out on the first tick with time to spare
         fast = min(set(range(every)) - set(slow_every))
@@ -682,10 +671,21 @@ def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
         return act(x, g)
 
     monkeypatch.setattr(controller.policy, "act", counted)
+    final = serve_beside_a_robot(controller, ep, hz, 1.5)
+    ticks = int(final["ticks"])
+    assert ticks >= 20 and int(final["safe_ticks"]) >= ticks  # no goal: all safe
+    assert calls[0] >= 1 + ticks // 2  # the warm-up, then after every other safe tick at least
+    assert controller.stats.policy_latency.count == 0 and int(final["policy_errors"]) == 0
+
+
+def serve_beside_a_robot(controller: Controller, ep: Endpoints, hz: float, seconds: float,
+                         on_status: Callable[[dict[str, float | int | str]], None] | None = None
+                         ) -> dict[str, float | int | str]:
+    """`serve` for `seconds` on its own thread against a PacedRobot; its final statistics."""
     robot = PacedRobot(ep, hz)
     final: dict[str, float | int | str] = {}
     server = threading.Thread(target=lambda: final.update(
-        serve(controller, ServeOptions(ep, wait_s=30, seconds=1.5))))
+        serve(controller, ServeOptions(ep, wait_s=30, seconds=seconds), on_status=on_status)))
     try:
         server.start()
         robot.start()
@@ -694,10 +694,7 @@ def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
         robot.stop.set()
         robot.join(10)
     assert not server.is_alive() and final, "serve did not finish"
-    ticks = int(final["ticks"])
-    assert ticks >= 20 and int(final["safe_ticks"]) >= ticks  # no goal: all safe
-    assert calls[0] >= 1 + ticks // 2  # the warm-up, then after every other safe tick at least
-    assert controller.stats.policy_latency.count == 0 and int(final["policy_errors"]) == 0
+    return final
 
 
 class PacedRobot(threading.Thread):
