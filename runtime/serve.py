@@ -195,7 +195,8 @@ def serve(controller: Controller, options: ServeOptions,
         failed = controller.warm_up()
         if failed:
             print(f"crl-run serve: the policy failed its first call ({failed}); each tick it "
-                  "fails sends the safe action, counted in policy_errors", file=sys.stderr)
+                  "fails sends the safe action, counted in policy_errors; try it alone with "
+                  "`crl-run bench --policy FILE`", file=sys.stderr)
         status(controller, link, inputs.errors, tick_errors)  # its first call's cost, not a tick's
         loop = SampleLockedLoop(controller.period, controller.stats, ObservationSamples(inputs),
                                 spin_s=options.spin_s)

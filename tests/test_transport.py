@@ -651,7 +651,7 @@ def test_a_status_waits_for_a_tick_with_time_to_spare(
 
 
 def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
-    controller_policy: Path, monkeypatch: pytest.MonkeyPatch
+    controller_policy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No goal yet: every tick sends the safe action, and the policy still runs after it, on
     every tick with time to spare and at least every other (its result dropped, uncounted in its
@@ -676,6 +676,8 @@ def test_the_policy_is_kept_warm_while_the_safe_action_goes_out(
     assert ticks >= 20 and int(final["safe_ticks"]) >= ticks  # no goal: all safe
     assert calls[0] >= 1 + ticks // 2  # the warm-up, then after every other safe tick at least
     assert controller.stats.policy_latency.count == 0 and int(final["policy_errors"]) == 0
+    err = capsys.readouterr().err  # its first call failed: said once, with what to try
+    assert err.count("failed its first call (RuntimeError") == 1 and "crl-run bench" in err
 
 
 def serve_beside_a_robot(controller: Controller, ep: Endpoints, hz: float, seconds: float,

@@ -425,7 +425,8 @@ class GoalReach(Node):
             failed = c.warm_up()
         if failed:
             self.get_logger().error(f"the policy failed its first call ({failed}); each tick it "
-                                    "fails sends the safe action, counted in policy_errors")
+                                    "fails sends the safe action, counted in policy_errors; "
+                                    "try it alone with `crl-run bench --policy FILE`")
         last_mode = ""
 
         def on_tick(deadline: float, now: float) -> None:
