@@ -9,6 +9,8 @@ distance and the oscillation figure (`crl.core.oscillation`), beside the trainer
 evaluation under the training ranges, which `--best` picks by.
 
     python bench/hold.py old=runs/reacher-a new=runs/reacher-b --out bench/results/hold_cpu.json
+
+`--last N` evaluates each run's last N kept checkpoints only (more episodes in the same time).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ RECIPE_FIELDS = {"action_rate_penalty": 0.0, "temporal_penalty": 0.0, "spatial_p
                  "spatial_sigma": 0.0, "gamma": 0.0, "lr_decay": 1.0}
 
 
-def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, Any]:
+def measure(label: str, run_dir: Path, episodes: int, seed: int, last: int | None = None
+            ) -> dict[str, Any]:
     config = json.loads((run_dir / "config.json").read_text())
     spec = json.loads((run_dir / "spec.json").read_text())
-    steps = checkpoint_steps(run_dir)
+    steps = checkpoint_steps(run_dir)[-last:] if last else checkpoint_steps(run_dir)
     held_out = evaluate_checkpoints(run_dir, steps, "held-out", episodes, seed)
     trainer = {e["env_steps"]: e for e in
                json.loads((run_dir / "eval.json").read_text())["evaluations"]}
@@ -47,8 +50,10 @@ def measure(label: str, run_dir: Path, episodes: int, seed: int) -> dict[str, An
         "seed": config["seed"],
         "total_steps": config["total_steps"],
         "recipe": {**{k: config["algo"].get(k, old) for k, old in RECIPE_FIELDS.items()},
-                   # the task's command filter (the spec's; 1, none, in a run before it)
-                   "action_lowpass": spec["action"].get("lowpass", 1.0)},
+                   # the task's command filter and goal ramp (the spec's; none in a run
+                   # before them)
+                   "action_lowpass": spec["action"].get("lowpass", 1.0),
+                   "goal_ramp": spec["action"].get("goal_ramp", 0)},
         "action_scale": spec["action"]["scale"],
         "best_step": best_step(run_dir),
         "checkpoints": [
@@ -67,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     p.add_argument("--episodes", type=int, default=1024)
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--last", type=int, default=None,
+                   help="evaluate each run's last N kept checkpoints only (default: all)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.last is not None and args.last < 1:
+        p.error(f"--last: at least 1 checkpoint, got {args.last}")
     pairs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                      **{k: metadata.version(k) for k in PACKAGES}},
         "episodes": args.episodes,
         "episode_seed": args.seed,
-        "runs": [measure(label, path, args.episodes, args.seed) for label, path in pairs],
+        "runs": [measure(label, path, args.episodes, args.seed, args.last)
+                 for label, path in pairs],
     }
     write_json(args.out, result)
     for run in result["runs"]:

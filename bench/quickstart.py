@@ -64,7 +64,7 @@ def evaluate_checkpoints(
     runs = [load_run(run_dir, s) for s in steps]
     net = runs[0].spec.network
     assert net is not None  # the trainer always writes it
-    env = tasks.make(runs[0].config["task"], dr=dr, action_lowpass=runs[0].spec.action.lowpass)
+    env = tasks.make(runs[0].config["task"], dr=dr, action=runs[0].spec.action)
     actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)
     evaluator = make_evaluator(env, actor, episodes)
     key = jax.random.PRNGKey(seed)

@@ -65,6 +65,13 @@ class ActionSpec:
     the policy's (command = previous + lowpass · (physical − previous)); 1 is no filter. It is
     part of the robot the policy learned to drive (the env applies it before the action delay;
     the runtime before its safety checks), so a runtime must apply it exactly as trained.
+
+    `goal_ramp`: control steps over which the commands after a new goal ramp in, from the
+    command held when it came to the filtered one (command = held + k/goal_ramp · (filtered −
+    held) on the k-th step); 0 is none. The env's evaluation episodes ramp in the same way, so
+    what an evaluation reports is what the runtime does (its training episodes do not): the
+    first, largest move of a reach is what a delay the policy never trained under turns into a
+    growing swing about the goal.
     """
 
     size: int
@@ -75,6 +82,7 @@ class ActionSpec:
     low: tuple[float, ...]
     high: tuple[float, ...]
     lowpass: float = 1.0
+    goal_ramp: int = 0
 
     def to_physical(self, normalized: Sequence[float]) -> list[float]:
         """Map a normalized action to physical units and clip it to the limits."""
@@ -95,6 +103,8 @@ class ActionSpec:
 # Dense → LayerNorm → swish layers per residual block: a network's depth is a multiple of it.
 # Written here, in the spec every stage reads, for the trainer's networks and the exporter alike.
 BLOCK_LAYERS = 4
+# The longest goal ramp a spec may ask for: longer, a robot would barely move towards a new goal.
+MAX_GOAL_RAMP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,7 @@ class PolicySpec:
                     low=_floats(action["low"]),
                     high=_floats(action["high"]),
                     lowpass=action.get("lowpass", 1.0),  # 1: a spec from before it
+                    goal_ramp=action.get("goal_ramp", 0),  # 0: a spec from before it
                 ),
                 control_hz=float(data["control_hz"]),
                 success_radius=float(data["success_radius"]),
@@ -300,6 +311,12 @@ def validate(spec: PolicySpec) -> None:
                         f"{a.lowpass!r}")
     if not (math.isfinite(spec.control_hz) and spec.control_hz > 0):
         raise SpecError(f"spec.control_hz: must be positive and finite, got {spec.control_hz}")
+    most = math.floor(MAX_GOAL_RAMP_S * spec.control_hz)
+    if isinstance(a.goal_ramp, bool) or not (isinstance(a.goal_ramp, int)
+                                              and 0 <= a.goal_ramp <= most):
+        raise SpecError(f"spec.action.goal_ramp: must be an int of control steps from 0 (no ramp) "
+                        f"to {most} ({MAX_GOAL_RAMP_S:g} s at {spec.control_hz:g} Hz), got "
+                        f"{a.goal_ramp!r}")
     if not (math.isfinite(spec.success_radius) and spec.success_radius > 0):
         raise SpecError(
             f"spec.success_radius: must be positive and finite, got {spec.success_radius}"

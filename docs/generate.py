@@ -305,7 +305,7 @@ def soak(r: dict[str, Any]) -> str:
 
 def hold(r: dict[str, Any]) -> str:
     """Each recipe's held-out at-the-end success and oscillation at every checkpoint from 300k
-    steps on ("–" where a run kept none), and the checkpoint `--best` exports."""
+    steps on ("–" where a run kept or evaluated none), and the checkpoint `--best` exports."""
     steps = sorted({c["env_steps"] for run in r["runs"] for c in run["checkpoints"]
                     if c["env_steps"] >= 300_000})
     rows = []
@@ -315,7 +315,8 @@ def hold(r: dict[str, Any]) -> str:
                            for s in steps)
         osc = " · ".join(f"{by_step[s]['oscillation']:.2f}" if s in by_step else "–"
                          for s in steps)
-        at_best = pct(by_step[run["best_step"]]["final_success_rate"])
+        best = by_step.get(run["best_step"])  # not evaluated: a run's last checkpoints only
+        at_best = pct(best["final_success_rate"]) if best else "not evaluated"
         rows.append([run["label"], f"±{run['action_scale'][0]:.3g}", str(run["seed"]), cells,
                      osc, f"{thousands(run['best_step'])}: {at_best}"])
     header = ["recipe", "shoulder (rad)", "seed", "held-out, at the goal at the end ("
@@ -495,7 +496,8 @@ def tasks_block(view: str | None) -> str:
         goal = ", ".join(f"{f.name} {f.size}" for f in s.goal.fields)
         rows.append([f"`{name}`", f"{s.obs_dim}: {obs}", f"{s.goal_dim}: {goal}",
                      f"{s.act_dim} {s.action.kind}"
-                     + (f", low-pass {s.action.lowpass:g}" if s.action.lowpass < 1 else ""),
+                     + (f", low-pass {s.action.lowpass:g}" if s.action.lowpass < 1 else "")
+                     + (f", goal ramp {s.action.goal_ramp}" if s.action.goal_ramp else ""),
                      f"{s.control_hz:.3g} Hz",
                      str(env.episode_length), f"{s.success_radius:g} m"])
     header = ["task", "observation", "goal", "action", "control", "episode (steps)", "success"]

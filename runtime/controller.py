@@ -3,8 +3,9 @@
 It knows nothing of ZMQ or ROS: a transport calls `observe` and `set_goal` with what arrived and
 `tick` at the control rate (`crl.runtime.loop`), then publishes the returned `Command`. Each tick:
 the newest observation (refused when older than the staleness limit), the policy input assembled
-from the spec's named fields, the policy, [-1, 1] → physical units, clipped to the limits, ramped
-in after a start or a safety stop (soft start), limited in change per tick, returned. Anything
+from the spec's named fields, the policy, [-1, 1] → physical units, clipped to the limits, through
+the spec's command filter, ramped in after a start or a safety stop (soft start) and, where the
+spec asks, after a new goal (goal ramp), limited in change per tick, returned. Anything
 unsafe (stale data, no goal yet, a policy output that is not finite, a policy that raised) sends
 the configured safe action instead, and is counted in `stats`.
 
@@ -226,6 +227,8 @@ class Controller:
         self.low, self.high = np.asarray(a.low), np.asarray(a.high)
         self.kind = a.kind
         self.lowpass = a.lowpass
+        self.goal_ramp = a.goal_ramp
+        self.success_radius = spec.success_radius
         self.command_joints = config.command_joints
         self.to_command = np.asarray([a.joints.index(j) for j in config.command_joints])
         self.max_change = safety.max_action_change
@@ -247,9 +250,11 @@ class Controller:
         # got it (start, a new session) or was moved outside the controller (`_resync`).
         self.limit_from: Vector | None = None
         self.hold: Vector | None = None  # the `hold` safe action's target, set when a stop begins
-        self.ramp_left = 0  # ticks of soft start still to go
+        self.ramp_left = 0  # ticks of soft start (or goal ramp) still to go
+        self.ramp_len = 0  # the ramp's whole length in ticks
         self.ramp_from: Vector | None = None
         self.stopped = True  # a soft start is due when the policy next acts
+        self.goal_ramp_due = False  # a new goal came: its commands ramp in (spec.action.goal_ramp)
         self.resync_due = False  # data went stale: re-read the reference when it is fresh again
 
     # -- inputs --------------------------------------------------------------------------------
@@ -302,7 +307,14 @@ class Controller:
             self.stats.counts["goal_rejections"] += 1
             self.stats.last_goal_rejection = reason
             return False, reason
-        self.goal = np.asarray(values, dtype=np.float32)
+        goal = np.asarray(values, dtype=np.float32)
+        if self.goal_ramp and (self.goal is None or float(np.linalg.norm(goal - self.goal))
+                               > self.success_radius):
+            # A new reach, not a goal re-sent or moved within the success radius (a goal
+            # stream): ramp in from the command held now, as the env's evaluation episodes
+            # begin. Its first, largest move is what an unseen delay turns into a swing.
+            self.goal_ramp_due = True
+        self.goal = goal
         self.stats.counts["goals_accepted"] += 1
         return True, "accepted"
 
@@ -354,13 +366,16 @@ class Controller:
         if self.lowpass < 1.0:  # the filter the policy was trained behind, from the last command
             last = self._reference()
             target = last + self.lowpass * (target - last)
-        if self.stopped:  # first action after start or a safety stop: ramp in
-            self.stopped = False
-            self.ramp_left = self.ramp_ticks
+        if self.stopped or self.goal_ramp_due:
+            # Ramp in: the first action after start or a safety stop (soft start), or after a
+            # new goal (the goal ramp); both at once, the longer.
+            self.ramp_left = self.ramp_len = max(self.ramp_ticks if self.stopped else 0,
+                                                 self.goal_ramp if self.goal_ramp_due else 0)
+            self.stopped = self.goal_ramp_due = False
             self.ramp_from = self._reference()
         mode = "running"
         if self.ramp_left > 0 and self.ramp_from is not None:
-            r = 1.0 - (self.ramp_left - 1) / self.ramp_ticks
+            r = 1.0 - (self.ramp_left - 1) / self.ramp_len
             target = self.ramp_from + r * (target - self.ramp_from)
             self.ramp_left -= 1
             mode = "soft_start"

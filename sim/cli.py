@@ -126,7 +126,9 @@ def print_spec(spec: PolicySpec) -> None:
                 caption_justify="left",
                 caption=escape("physical = offset + scale * a, clipped to [low, high]"
                                + (f"; each command = last + {a.lowpass:g} * (physical - last)"
-                                  if a.lowpass < 1.0 else "")))
+                                  if a.lowpass < 1.0 else "")
+                               + (f"; after a new goal, commands ramp in over {a.goal_ramp} "
+                                  "steps from the one held" if a.goal_ramp else "")))
     for row in zip(a.joints, a.scale, a.offset, a.low, a.high, strict=True):
         act.add_row(escape(row[0]), *(f"{v:g}" for v in row[1:]))
     console.print(act)

@@ -446,7 +446,9 @@ class TaskConfig:
 
     `action_lowpass` in (0, 1]: the first-order low-pass each command goes through before the
     action delay (`crl.core.spec.ActionSpec.lowpass`, which the runtime applies the same way);
-    1 is none.
+    1 is none. `goal_ramp`: control steps over which each evaluation episode's commands ramp in
+    from the command that held its start pose (`ActionSpec.goal_ramp`: the runtime ramps in the
+    commands after each new goal the same way; training episodes do not); 0 is none.
 
     `healthy_z_range` (low, high), for robots that can fall: an episode ends early (terminates)
     after a step that leaves the world z of `base_body` outside [low, high], as the paper's envs
@@ -473,6 +475,7 @@ class TaskConfig:
     obs_body_pair: tuple[str, ...] = ()
     healthy_z_range: Range | None = None
     action_lowpass: float = 1.0
+    goal_ramp: int = 0
     start: StartSampler = field(default_factory=StartSampler)
     dr_train: DRConfig = DR_TRAIN
     dr_held_out: DRConfig = DR_HELD_OUT
@@ -572,13 +575,18 @@ class TaskConfig:
             raise ConfigError(f"TaskConfig.actuated_joints: duplicates in {self.actuated_joints}")
 
     def _check_episode(self) -> None:
-        """The control rate, the command filter, the episode's length and the success radius."""
+        """The control rate, the command filter and ramp, the episode's length and the success
+        radius."""
         if not (math.isfinite(self.control_hz) and self.control_hz > 0):
             raise ConfigError(f"TaskConfig.control_hz: must be positive, got {self.control_hz}")
         if not 0.0 < self.action_lowpass <= 1.0:
             raise ConfigError(f"TaskConfig.action_lowpass: must be in (0, 1] (1: no filter), "
                               f"got {self.action_lowpass}")
         n = self.episode_length
+        ramp = self.goal_ramp
+        if not isinstance(ramp, int) or isinstance(ramp, bool) or not 0 <= ramp <= n:
+            raise ConfigError(f"TaskConfig.goal_ramp: must be an int of control steps from 0 "
+                              f"(none) to episode_length ({n!r}), got {ramp!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise ConfigError(f"TaskConfig.episode_length: must be a positive int, got {n!r}")
         if not (math.isfinite(self.success_radius) and self.success_radius > 0):

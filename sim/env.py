@@ -71,6 +71,8 @@ class State:
     rng: jax.Array
     dr: Draw
     action_queue: jax.Array  # f32[max_action_delay + 1, act_dim] ctrl commands, newest first
+    ramp_from: jax.Array  # f32[act_dim] the ctrl command that held the start pose (goal ramp)
+    ramp: jax.Array  # i32[] steps this episode's commands ramp in over (0: none, see `reset`)
 
 
 def _name(m: mujoco.MjModel, obj: mujoco.mjtObj, i: int) -> str:
@@ -174,21 +176,27 @@ class GoalReachEnv:
 
     # -- the env API -----------------------------------------------------------------------------
 
-    def reset(self, rng: jax.Array, eval_goals: bool = False) -> State:
-        """A fresh episode from `rng`: robot draw, start, goal (from the evaluation set with
-        `eval_goals`; the same key gives the same start and robot either way)."""
+    def reset(self, rng: jax.Array, evaluation: bool = False) -> State:
+        """A fresh episode from `rng`: robot draw, start, goal. An `evaluation` episode is run as
+        the runtime runs a reach: its goal from the task's evaluation set, its commands ramped
+        in over `goal_ramp` steps (the runtime's goal ramp); a training episode's are not
+        (trained behind the ramp the arm held fewer held-out episodes: docs/benchmarks.md, "The
+        goal ramp"). The same key gives the same start and robot either way."""
         rng, k_dr, k_start, k_goal, k_obs = jax.random.split(rng, 5)
         draw = self.randomizer.sample(k_dr)
         qpos, qvel = self.sample_start(k_start)
-        goal = (self.sample_eval_goal if eval_goals else self.sample_goal)(k_goal)
+        goal = (self.sample_eval_goal if evaluation else self.sample_goal)(k_goal)
         qpos = self.place_goal(qpos, goal)
         ctrl = self.couple_ctrl(self._data0.ctrl.at[self._act_ids].set(self._hold_ctrl(qpos)))
         data = self._data0.replace(qpos=qpos, qvel=qvel, ctrl=ctrl)
         # Kinematics is all the observation and achieved goal need at t = 0 (the next step runs
         # the full forward pass); it keeps reset cheap to compile and to run.
         data = self._kinematics(self.randomizer.apply(draw), data)
-        queue = jnp.broadcast_to(ctrl[self._act_ids], (self._queue_len, self.spec.act_dim))
-        return self._finish(data, goal, draw, queue, jnp.zeros((), jnp.int32), rng, k_obs)
+        hold = ctrl[self._act_ids]
+        queue = jnp.broadcast_to(hold, (self._queue_len, self.spec.act_dim))
+        ramp = jnp.asarray(self.config.goal_ramp if evaluation else 0, jnp.int32)
+        return self._finish(data, goal, draw, queue, (hold, ramp), jnp.zeros((), jnp.int32), rng,
+                            k_obs)
 
     def step(self, state: State, action: jax.Array) -> State:
         """Advance one control step; the ctrl applied now is the one commanded `delay` steps ago."""
@@ -197,6 +205,10 @@ class GoalReachEnv:
         if self.config.action_lowpass < 1.0:  # from the last command (ActionSpec.lowpass)
             last = state.action_queue[0]
             command = last + self.config.action_lowpass * (command - last)
+        if self.config.goal_ramp > 0:  # an evaluation episode's first commands ramp in
+            r = (state.t + 1) / jnp.maximum(state.ramp, 1)
+            ramped = state.ramp_from + r * (command - state.ramp_from)
+            command = jnp.where(r < 1.0, ramped, command)  # not ramping: the command, exactly
         queue = jnp.concatenate([command[None], state.action_queue[:-1]])
         ctrl = state.data.ctrl.at[self._act_ids].set(queue[state.dr.action_delay])
         ctrl = self.couple_ctrl(ctrl)
@@ -207,7 +219,8 @@ class GoalReachEnv:
         # by forward kinematics, so the observation must be of the same instant.
         data = self._kinematics(model, data)
         rng, k_obs = jax.random.split(state.rng)
-        return self._finish(data, state.goal, state.dr, queue, state.t + 1, rng, k_obs)
+        return self._finish(data, state.goal, state.dr, queue, (state.ramp_from, state.ramp),
+                            state.t + 1, rng, k_obs)
 
     def reset_if_done(self, state: State) -> State:
         """Where `state.done`, a fresh episode drawn from `state.rng`; elsewhere `state`.
@@ -264,6 +277,7 @@ class GoalReachEnv:
         goal: jax.Array,
         draw: Draw,
         queue: jax.Array,
+        ramp: tuple[jax.Array, jax.Array],
         t: jax.Array,
         rng: jax.Array,
         k_obs: jax.Array,
@@ -289,6 +303,8 @@ class GoalReachEnv:
             rng=rng,
             dr=draw,
             action_queue=queue,
+            ramp_from=ramp[0],
+            ramp=ramp[1],
         )
 
     def _kinematics(self, model: mjx.Model, data: mjx.Data) -> mjx.Data:
@@ -577,6 +593,7 @@ class GoalReachEnv:
             low=tuple(float(v) for v in self._phys_low),
             high=tuple(float(v) for v in self._phys_high),
             lowpass=float(c.action_lowpass),
+            goal_ramp=int(c.goal_ramp),
         )
         return PolicySpec(
             task=c.name,

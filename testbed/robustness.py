@@ -176,7 +176,7 @@ def run_envelope(policy: Policy, task: str, grid: Grid, label: str) -> Envelope:
     if policy.spec.task != task:
         raise RobustnessError(f"task: the policy was trained for {policy.spec.task!r}, not "
                               f"{task!r}")
-    env = tasks.make(task, dr="off", action_lowpass=policy.spec.action.lowpass)
+    env = tasks.make(task, dr="off", action=policy.spec.action)
     # The action queue must hold the longest delay's commands in flight.
     env.use_ranges(DRConfig(action_delay=tuple(range(max(grid.delays) + 1))))
     reference = noise_reference(env.config.dr_train, env.config.observation)
@@ -185,7 +185,7 @@ def run_envelope(policy: Policy, task: str, grid: Grid, label: str) -> Envelope:
                         _ranges(env.config.dr_train, env.config.dr_held_out, reference))
     keys = jax.random.split(jax.random.PRNGKey(grid.seed), grid.episodes)
     def reset_one(key: jax.Array) -> Any:
-        return env.reset(key, eval_goals=True)
+        return env.reset(key, evaluation=True)
 
     reset = env_jit(jax.vmap(reset_one))
     step = env_jit(jax.vmap(env.step))

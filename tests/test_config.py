@@ -178,6 +178,10 @@ def test_base_fields_need_a_base_body() -> None:
         ({"action_lowpass": 0.0}, "action_lowpass"),
         ({"action_lowpass": 1.5}, "action_lowpass"),
         ({"action_lowpass": float("nan")}, "action_lowpass"),
+        ({"goal_ramp": -1}, "goal_ramp"),
+        ({"goal_ramp": 2.5}, "goal_ramp"),
+        ({"goal_ramp": True}, "goal_ramp"),
+        ({"goal_ramp": 10_000}, "goal_ramp"),  # longer than the episode
         ({"goal_axes": "xq"}, "goal_axes"),
         ({"goal_axes": "xx"}, "goal_axes"),
         ({"goal_axes": "xyz"}, "goal_sampler"),  # the sampler draws 2 coordinates

@@ -349,7 +349,7 @@ def test_reset_if_done_on_blank_equals_reset() -> None:
 
 
 def test_evaluation_resets_draw_the_evaluation_goals() -> None:
-    """`reset(key, eval_goals=True)` (what crl-train's evaluations run, through
+    """`reset(key, evaluation=True)` (what crl-train's evaluations run, through
     `reset_episodes`) takes its goal from `sample_eval_goal` and everything else as
     `reset(key)` does; the paper's mazes give that hook their far goals (test_paper_tasks)."""
     from crl.train.evaluate import reset_episodes
@@ -445,25 +445,32 @@ class _Replay:
         return next(self._actions)
 
 
-def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> None:
+def test_the_arm_s_command_filter_and_goal_ramp_run_the_same_in_the_env_and_the_runtime(
+) -> None:
     """`arm_reach` is trained behind a low-pass on its commands (`ActionSpec.lowpass`), part of
-    the robot the policy learned to drive: the runtime's controller must send exactly the
-    commands the env applied, from the same start, and show the policy the same `last_action`.
-    Were the runtime to skip it, a policy trained behind it would command 1 / 0.3 times the
-    steps it learned."""
+    the robot the policy learned to drive, and each episode's commands ramp in from its start
+    (`ActionSpec.goal_ramp`): the runtime's controller must send exactly the commands the env
+    applied, from the same start and a new goal, and show the policy the same `last_action`.
+    Were the runtime to skip the filter, a policy trained behind it would command 1 / 0.3 times
+    the steps it learned; to skip the ramp, its first move would be one it never made."""
     import dataclasses
 
     from crl.runtime import robot_config
     from crl.runtime.controller import Controller
     from crl.runtime.messages import Observation
     from crl.runtime.robot_config import Safety
+    from crl.train.evaluate import reset_episodes
 
     task = compiled("arm_reach")
     env, spec = task.env, task.env.spec
     assert spec.action.lowpass == env.config.action_lowpass == 0.3
-    state = task.fresh(14)
-    actions = np.random.default_rng(3).uniform(-1, 1, (8, N_ENVS, spec.act_dim)).astype(np.float32)
-    # The runtime alone: no rate limit, no soft start, so what it adds is only the filter.
+    ramp = spec.action.goal_ramp
+    assert ramp == env.config.goal_ramp == 25
+    state = test_compile(lambda k: reset_episodes(env, k, N_ENVS))(jax.random.key(14))
+    steps = ramp + 5
+    actions = np.random.default_rng(3).uniform(-1, 1, (steps, N_ENVS, spec.act_dim))
+    actions = actions.astype(np.float32)
+    # The runtime alone: no rate limit, no soft start, so what it adds is the filter and the ramp.
     config = dataclasses.replace(robot_config.load("arm_reach"), safety=Safety(soft_start=0.0))
     controller = Controller(_Replay(spec, actions[:, 0]), config)
     joints = spec.action.joints
@@ -473,6 +480,7 @@ def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> 
     controller.set_goal(spec.goal.frame, np.asarray(state.goal[0], np.float64))
     unit = np.asarray(env._ctrl_unit)
     order = [config.command_joints.index(j) for j in joints]  # commands → spec order
+    held = np.asarray(state.action_queue[0, 0]) * unit  # the command that held the start pose
     for k, action in enumerate(actions):
         last = np.asarray(state.action_queue[0, 0]) * unit
         seen = controller.policy_input()[spec.observation_slices()["last_action"]]
@@ -480,22 +488,53 @@ def test_the_arm_s_command_filter_runs_the_same_in_the_env_and_the_runtime() -> 
                                    atol=1e-5)
         state = task.step(state, action)
         command = controller.tick(float(k))
-        assert command.mode == "running"
+        assert command.mode == ("soft_start" if k < ramp else "running")
         np.testing.assert_allclose(np.asarray(command.values)[order],
                                    np.asarray(state.action_queue[0, 0]) * unit, atol=1e-5)
         target = np.clip(spec.action.offset + np.asarray(spec.action.scale) * action[0],
                          spec.action.low, spec.action.high)
-        np.testing.assert_allclose(np.asarray(command.values)[order], last + 0.3 * (target - last),
-                                   atol=1e-5)
+        filtered = last + 0.3 * (target - last)
+        want = held + min((k + 1) / ramp, 1.0) * (filtered - held)
+        np.testing.assert_allclose(np.asarray(command.values)[order], want, atol=1e-5)
         controller.observe(Observation(1, k + 2, k + 1.0, joints, qpos, np.zeros(len(joints))),
                            k + 1.0)
 
 
+def test_training_episodes_are_not_ramped() -> None:
+    """The goal ramp is the runtime's and the evaluations': a training episode's commands are
+    the filtered ones, to the bit those of the same env without a ramp (the physics after them
+    to float rounding: XLA compiles the two programs apart)."""
+    import dataclasses
+
+    task = compiled("arm_reach")
+    unramped = make("arm_reach", dr="train",
+                    action=dataclasses.replace(task.env.spec.action, goal_ramp=0))
+    step = test_compile(jax.vmap(unramped.step))
+    state = task.fresh(5)
+    assert not np.asarray(state.ramp).any()
+    for k in range(3):
+        action = task.actions(k)
+        ramped, plain = host_numpy(task.step(state, action)), host_numpy(step(state, action))
+        np.testing.assert_array_equal(ramped.action_queue, plain.action_queue)
+        np.testing.assert_allclose(ramped.data.qpos, plain.data.qpos, rtol=1e-6, atol=1e-7)
+        state = task.step(state, action)
+
+
 def test_an_env_is_built_behind_the_filter_a_policy_was_trained_behind() -> None:
-    """A run or an export is evaluated behind the filter in its own spec (1: one trained before
-    the arm had its filter), not the task's current one; the paper's tasks have none."""
-    assert make("arm_reach", dr="off").spec.action.lowpass == 0.3
-    assert make("arm_reach", dr="off", action_lowpass=1.0).spec.action.lowpass == 1.0
-    assert make("paper_ant", dr="off", action_lowpass=1.0).spec.action.lowpass == 1.0
-    with pytest.raises(ValueError, match="no command filter"):
-        make("paper_ant", dr="off", action_lowpass=0.5)
+    """A run or an export is evaluated behind the filter and goal ramp in its own spec (none:
+    one trained before the arm had them), not the task's current ones; the paper's tasks have
+    neither."""
+    import dataclasses
+
+    arm = make("arm_reach", dr="off")
+    assert (arm.spec.action.lowpass, arm.spec.action.goal_ramp) == (0.3, 25)
+    before = dataclasses.replace(arm.spec.action, lowpass=1.0, goal_ramp=0)
+    old = make("arm_reach", dr="off", action=before)
+    assert (old.spec.action.lowpass, old.spec.action.goal_ramp) == (1.0, 0)
+    assert (old.config.action_lowpass, old.config.goal_ramp) == (1.0, 0)
+    ant = make("paper_ant", dr="off")
+    assert make("paper_ant", dr="off", action=ant.spec.action).spec.action.lowpass == 1.0
+    with pytest.raises(ValueError, match="no command filter or goal ramp"):
+        make("paper_ant", dr="off", action=dataclasses.replace(ant.spec.action, lowpass=0.5))
+    with pytest.raises(ValueError, match="no command filter or goal ramp"):
+        make("paper_ant", dr="off", action=dataclasses.replace(ant.spec.action, goal_ramp=3))

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from crl.core.spec import (
     FORMAT,
+    MAX_GOAL_RAMP_S,
     ActionSpec,
     Field,
     GoalSpec,
@@ -158,6 +159,7 @@ def specs(draw: st.DrawFn) -> PolicySpec:
         critic_depth=st.none() | st.integers(1, 64).map(lambda d: 4 * d),
         critic_width=st.none() | st.integers(1, 1024))))
     positive = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False)
+    hz = draw(positive)
     return PolicySpec(
         task=draw(names),
         observation=draw(fields()),
@@ -170,8 +172,9 @@ def specs(draw: st.DrawFn) -> PolicySpec:
             offset=tuple(draw(st.lists(finite, min_size=n, max_size=n))),
             low=a_low, high=a_high,
             lowpass=draw(st.floats(min_value=1e-3, max_value=1.0)),
+            goal_ramp=draw(st.integers(0, math.floor(MAX_GOAL_RAMP_S * hz))),
         ),
-        control_hz=draw(positive),
+        control_hz=hz,
         success_radius=draw(positive),
         provenance=Provenance(draw(names), draw(st.text(max_size=64)),
                               draw(st.integers(0, 2**40)), draw(st.text(max_size=40)), dr),

@@ -108,7 +108,7 @@ class PointMass:
             clock=clock,
         )
 
-    def reset(self, rng, eval_goals=False):  # one goal set: evaluation draws it too
+    def reset(self, rng, evaluation=False):  # one goal set: evaluation draws it too
         rng, k_pos, k_goal = jax.random.split(rng, 3)
         pos = jax.random.uniform(k_pos, (2,), minval=-1.0, maxval=1.0)
         goal = jax.random.uniform(k_goal, (2,), minval=-1.0, maxval=1.0)
@@ -748,7 +748,7 @@ class Faller:
     # All the evaluator reads of a spec: the radius of its near-goal steps (the oscillation).
     spec = types.SimpleNamespace(success_radius=0.05)
 
-    def reset(self, rng: jax.Array, eval_goals: bool = False) -> FallState:
+    def reset(self, rng: jax.Array, evaluation: bool = False) -> FallState:
         fall = jax.random.randint(rng, (), 0, 6)
         zero = jnp.zeros(2)
         return FallState(jnp.zeros(1), zero, zero, jnp.bool_(True), jnp.bool_(False),

@@ -515,7 +515,7 @@ def analyze_run(
     if grid < 2:
         raise ConfigError(f"grid: need at least 2 points per axis, got {grid}")
     run = load_run(run_dir, step)
-    env = tasks.make(run.config["task"], dr="off", action_lowpass=run.spec.action.lowpass)
+    env = tasks.make(run.config["task"], dr="off", action=run.spec.action)
     if goal is not None and len(goal) != env.spec.goal_dim:
         raise ConfigError(
             f"goal: {run.config['task']} goals have {env.spec.goal_dim} coordinates "

@@ -36,7 +36,7 @@ PAPER_SCORE_EVALUATIONS = 5
 def reset_episodes(env: Any, key: jax.Array, episodes: int) -> Any:
     """The batched start states an evaluation with `key` runs: its starts, robots and goals, the
     goals from the task's evaluation set (`sample_eval_goal`: the paper's far maze goals)."""
-    return jax.vmap(lambda k: env.reset(k, eval_goals=True))(jax.random.split(key, episodes))
+    return jax.vmap(lambda k: env.reset(k, evaluation=True))(jax.random.split(key, episodes))
 
 
 def evaluation_key(run_key: jax.Array, env_steps: int) -> jax.Array:
@@ -138,7 +138,7 @@ def evaluate_run(
     phase(f"loading {run_dir}")
     run = load_run(run_dir, step)
     dr = dr or run.config["dr"]
-    env = tasks.make(run.config["task"], dr=dr, action_lowpass=run.spec.action.lowpass)
+    env = tasks.make(run.config["task"], dr=dr, action=run.spec.action)
     net = run.spec.network
     assert net is not None  # the trainer always writes it
     actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)

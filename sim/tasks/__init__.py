@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from crl.core.spec import ActionSpec
     from crl.sim.env import GoalReachEnv
 
 DEPLOYMENT_TASKS: tuple[str, ...] = ("reacher", "arm_reach", "ant", "ant_u_maze", "humanoid")
@@ -43,27 +44,30 @@ class UnknownTaskError(ValueError):
 
 
 def make(task: str, dr: str = "train", physics: str = "jax", worlds: int = 1,
-         action_lowpass: float | None = None) -> GoalReachEnv:
+         action: ActionSpec | None = None) -> GoalReachEnv:
     """The env of `task` with domain randomization `dr`: "off", "train" or "held-out".
 
     `physics`: MJX's "jax" or "warp" implementation (`crl.sim.physics`); `worlds`: the most envs
-    one vmapped call will step (warp sizes its shared contact buffer for them). `action_lowpass`:
-    the command filter of the policy to be run (its spec's `action.lowpass`) in place of the
-    task's own, so a run or an export trained before the task's filter changed is evaluated
-    behind the filter it was trained behind (None: the task's)."""
+    one vmapped call will step (warp sizes its shared contact buffer for them). `action`: the
+    action spec of the policy to be run, whose command filter (`lowpass`) and goal ramp replace
+    the task's own, so a run or an export trained before the task's changed is evaluated behind
+    what it was trained behind (None: the task's)."""
     if task not in TASKS:
         raise UnknownTaskError(f"task: unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task in PAPER_TASKS:
         env: GoalReachEnv = importlib.import_module(f"crl.sim.tasks.{PAPER_TASKS[task]}").make(
             task, dr, physics=physics, worlds=worlds
         )
-        if action_lowpass not in (None, env.config.action_lowpass):
-            raise ValueError(f"action_lowpass: the paper's {task!r} has no command filter; a "
-                             f"policy trained behind {action_lowpass} is not one of its")
+        c = env.config
+        if action is not None and (action.lowpass, action.goal_ramp) != (c.action_lowpass,
+                                                                          c.goal_ramp):
+            raise ValueError(f"action: the paper's {task!r} has no command filter or goal ramp; "
+                             f"a policy trained behind a low-pass of {action.lowpass:g} and a "
+                             f"ramp of {action.goal_ramp} steps is not one of its")
         return env
     module = importlib.import_module(f"crl.sim.tasks.{task}")
     config = module.CONFIG
-    if action_lowpass is not None:
-        config = config.replace(action_lowpass=action_lowpass)
+    if action is not None:
+        config = config.replace(action_lowpass=action.lowpass, goal_ramp=action.goal_ramp)
     env = module.ENV(config, dr=dr, physics=physics, worlds=worlds)
     return env

@@ -9,7 +9,7 @@ followed by the paper's env id (`paper_ant_big_maze` is the paper's `ant_big_maz
 A maze task's training goals are the layout's "G" cells; the paper evaluates some mazes on a
 second layout with only the far goals (`--eval_env_id ant_big_maze_eval`), which `MazeEnv`
 carries as `eval_layout` and `sample_eval_goal`; `crl-train`'s evaluations draw from it
-(`reset(key, eval_goals=True)`).
+(`reset(key, evaluation=True)`).
 """
 
 from __future__ import annotations
