@@ -40,7 +40,7 @@ from crl.runtime.policy import Policy
 from crl.runtime.robot_config import RobotConfig
 
 Vector = NDArray[np.float64]
-MODES = ("running", "soft_start", "no_goal", "stale", "fault", "stopped")
+MODES = ("running", "soft_start", "goal_ramp", "no_goal", "stale", "fault", "stopped")
 RATE_WINDOW_S = 1.0  # the live rate counts the actions of the last second
 STALL_PERIODS = 3  # a gap between actions longer than this many control periods is a stall
 # After a stale stop, the rate limit keeps counting from the last command while the robot is
@@ -255,6 +255,8 @@ class Controller:
         self.ramp_from: Vector | None = None
         self.stopped = True  # a soft start is due when the policy next acts
         self.goal_ramp_due = False  # a new goal came: its commands ramp in (spec.action.goal_ramp)
+        self.ramp_mode = "soft_start"  # the ramp under way: "soft_start" or "goal_ramp"
+        self.ramp_for_goal = False  # the ramp under way is (also) a new goal's
         self.resync_due = False  # data went stale: re-read the reference when it is fresh again
 
     # -- inputs --------------------------------------------------------------------------------
@@ -371,6 +373,8 @@ class Controller:
             # new goal (the goal ramp); both at once, the longer.
             self.ramp_left = self.ramp_len = max(self.ramp_ticks if self.stopped else 0,
                                                  self.goal_ramp if self.goal_ramp_due else 0)
+            self.ramp_mode = "soft_start" if self.stopped else "goal_ramp"
+            self.ramp_for_goal = self.goal_ramp_due
             self.stopped = self.goal_ramp_due = False
             self.ramp_from = self._reference()
         mode = "running"
@@ -378,7 +382,7 @@ class Controller:
             r = 1.0 - (self.ramp_left - 1) / self.ramp_len
             target = self.ramp_from + r * (target - self.ramp_from)
             self.ramp_left -= 1
-            mode = "soft_start"
+            mode = self.ramp_mode
         return self._send(target, safe=False, mode=mode)
 
     def policy_input(self) -> NDArray[np.float32]:
@@ -420,6 +424,7 @@ class Controller:
         self.stats.counts["safe_ticks"] += 1
         if not self.stopped or self.hold is None:  # a stop begins: hold still where it is now
             self.hold = self._measured()
+        self._end_ramp()
         self.stopped = True
         safety = self.config.safety
         if safety.safe_action == "hold":
@@ -459,7 +464,16 @@ class Controller:
         self.last_sent = measured.copy()
         if not same_robot or moved or self.limit_from is None:
             self.limit_from = measured.copy()
-        self.stopped, self.ramp_left, self.resync_due = True, 0, False
+        self._end_ramp()
+        self.stopped, self.resync_due = True, False
+
+    def _end_ramp(self) -> None:
+        """A stop ends any ramp under way. One a new goal began is run again, whole, when the
+        policy next acts (with the soft start, the longer): the reach it began is not done, and
+        the policy's evaluations ramped in every reach."""
+        if self.ramp_left > 0 and self.ramp_for_goal:
+            self.goal_ramp_due = True
+        self.ramp_left = 0
 
     def _reference(self) -> Vector:
         """The reference of the soft start, the action filter and the policy's `last_action`:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crl.core.spec import MAX_GOAL_RAMP_S
 from crl.core.usage import ConfigError
 
 Range = tuple[float, float]
@@ -583,16 +584,17 @@ class TaskConfig:
             raise ConfigError(f"TaskConfig.action_lowpass: must be in (0, 1] (1: no filter), "
                               f"got {self.action_lowpass}")
         n = self.episode_length
-        ramp = self.goal_ramp
-        if not isinstance(ramp, int) or isinstance(ramp, bool) or not 0 <= ramp <= n:
-            raise ConfigError(f"TaskConfig.goal_ramp: must be an int of control steps from 0 "
-                              f"(none) to episode_length ({n!r}), got {ramp!r}")
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise ConfigError(f"TaskConfig.episode_length: must be a positive int, got {n!r}")
         if not (math.isfinite(self.success_radius) and self.success_radius > 0):
             raise ConfigError(
                 f"TaskConfig.success_radius: must be positive, got {self.success_radius}"
             )
+        ramp, most = self.goal_ramp, min(n, math.floor(MAX_GOAL_RAMP_S * self.control_hz))
+        if not isinstance(ramp, int) or isinstance(ramp, bool) or not 0 <= ramp <= most:
+            raise ConfigError(f"TaskConfig.goal_ramp: must be an int of control steps from 0 "
+                              f"(none) to {most} (the episode's length and {MAX_GOAL_RAMP_S:g} s, "
+                              f"the spec's most), got {ramp!r}")
 
     def _check_dr(self) -> None:
         """A held-out evaluation claims unseen dynamics: no held-out draw may be a training one."""

@@ -182,6 +182,8 @@ def test_base_fields_need_a_base_body() -> None:
         ({"goal_ramp": 2.5}, "goal_ramp"),
         ({"goal_ramp": True}, "goal_ramp"),
         ({"goal_ramp": 10_000}, "goal_ramp"),  # longer than the episode
+        ({"goal_ramp": 251, "episode_length": 1000}, "goal_ramp"),  # over 10 s at 25 Hz
+        ({"goal_ramp": 5, "episode_length": -3}, "episode_length"),
         ({"goal_axes": "xq"}, "goal_axes"),
         ({"goal_axes": "xx"}, "goal_axes"),
         ({"goal_axes": "xyz"}, "goal_sampler"),  # the sampler draws 2 coordinates

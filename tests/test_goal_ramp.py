@@ -24,12 +24,15 @@ CONFIG = robot_config.load("reacher").replace_safety(soft_start=0.0, max_action_
 
 
 class Constant:
-    """A policy that always says ACTION."""
+    """A policy that always says ACTION, or raises while `failing`."""
 
     def __init__(self, spec: PolicySpec):
         self.spec = spec
+        self.failing = False
 
     def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        if self.failing:
+            raise RuntimeError("backend lost")
         return ACTION.astype(np.float32)
 
 
@@ -90,8 +93,33 @@ def test_a_new_goal_ramps_in_from_the_last_command_a_resent_or_near_one_does_not
     # A new reach: from the command held, as an episode of training began.
     assert c.set_goal("world", GOAL + np.array([-0.15, 0.0]))[0]
     values, mode = tick(c, clock)
-    assert mode == "soft_start"
+    assert mode == "goal_ramp"
     np.testing.assert_allclose(values, held + (target() - held) / RAMP, atol=1e-12)
+
+
+@pytest.mark.parametrize("stop", ["policy_error", "stale"])
+def test_a_stop_during_a_goal_ramp_runs_the_whole_ramp_again(stop: str) -> None:
+    """The reach a goal began is not done when a stop cuts its ramp: without a soft start of
+    the robot's own the next action would otherwise go straight to the policy's command."""
+    c, clock = ramped(RAMP)
+    c.set_goal("world", GOAL)
+    for _ in range(RAMP + 1):
+        tick(c, clock)
+    assert c.set_goal("world", -GOAL)[0]
+    assert [tick(c, clock)[1] for _ in range(2)] == ["goal_ramp"] * 2
+    if stop == "policy_error":
+        c.policy.failing = True  # type: ignore[attr-defined]
+        assert tick(c, clock)[1] == "fault"
+        c.policy.failing = False  # type: ignore[attr-defined]
+    else:
+        clock[0] += 10 * PERIOD  # no observation for longer than the staleness limit
+        assert c.tick(clock[0]).mode == "stale"
+    start = np.array(Q0)  # where the stop held the robot (it stands at Q0)
+    for k in range(1, RAMP + 1):
+        values, mode = tick(c, clock)
+        assert mode == "soft_start"
+        np.testing.assert_allclose(values, start + k / RAMP * (target() - start), atol=1e-12)
+    assert tick(c, clock)[1] == "running"
 
 
 def test_with_a_soft_start_due_as_well_the_longer_ramp_runs() -> None:

@@ -96,6 +96,7 @@ COUNTERS = ("joint_states_received", "observation_malformed", "observation_overs
             "observation_nonfinite", "observation_no_velocity", "odometry_nonfinite",
             "odometry_wrong_frame", "sim_clock_stalls")
 WAIT_LOG_S = 5.0
+ACTING_MODES = ("soft_start", "goal_ramp", "running")  # the controller's modes that run the policy
 # Under use_sim_time: real seconds without /clock moving before the node says the loop waits
 # on a stopped simulator (or on none: a real robot's node started with use_sim_time:=true).
 SIM_CLOCK_STALL_S = 2.0
@@ -460,7 +461,7 @@ class GoalReach(Node):
                 else "the policy failed or returned a non-finite action"))
         elif mode == "no_goal":
             log.info("holding: waiting for a goal")
-        elif previous in ("stale", "fault", "no_goal", "") and mode in ("soft_start", "running"):
+        elif previous in ("stale", "fault", "no_goal", "") and mode in ACTING_MODES:
             log.info("policy acting")
 
     def publish_command(self, cmd: Command) -> None:
@@ -511,6 +512,7 @@ class GoalReach(Node):
         mode = str(stats["mode"])
         level, message = DiagnosticStatus.OK, {
             "running": "policy acting", "soft_start": "policy acting (soft start)",
+            "goal_ramp": "policy acting (ramping in a new goal)",
             "no_goal": "holding: waiting for a goal", "stopped": "stopped"}.get(mode, "")
         gap_ms = float(stats["max_gap_ms"])
         if gap_ms > STALL_PERIODS * self.controller.period * 1e3:
