@@ -377,6 +377,15 @@ def closed_loop_seeds(r: dict[str, Any]) -> str:
                   "oscillation"], rows, "lrrrr")
 
 
+def chained_goals(r: dict[str, Any]) -> str:
+    """Each policy on each goal seed, goals one after another with no reset, ramp on and off."""
+    rows = [[f"`{Path(run['policy']).name}`", str(run["goal_seed"]),
+             "on" if run["goal_ramp"] else "off", f"{run['reached']}/{run['goals']}",
+             cm(run["final_distance_median"]), str(run["joint_jumps"])] for run in r["runs"]]
+    return table(["policy", "goal seed", "goal ramp", "at the goal at the end",
+                  "median final distance", "read as restarts (`joint_jumps`)"], rows, "lrlrrr")
+
+
 def closed_loop_ros(r: dict[str, Any]) -> str:
     """Each policy over ROS: goals held at the end, median distance, the node's loop."""
     rows = [[f"`{Path(run['policy']).name}`", str(run["sim_seed"]),
@@ -466,6 +475,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("robustness", None): robustness,
     ("closed_loop_seeds", None): closed_loop_seeds,
     ("closed_loop_ros", None): closed_loop_ros,
+    ("chained_goals", None): chained_goals,
     ("loop_drift", None): loop_drift,
     ("wake_latency", None): wake_latency,
     ("transport_floor", None): transport_floor,
