@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import resource
 import struct
 import threading
 import time
@@ -69,15 +70,38 @@ class SteppedClock:
 
 class Reading(NamedTuple):
     """A thread's counters at one moment: its run-queue delay (None: unreadable), the process's
-    CPU time and the thread's (s)."""
+    CPU time and the thread's (s), the monotonic clock, and how many times the thread has
+    blocked (its voluntary context switches; -1: unreadable)."""
 
     delay: float | None
     process: float
     thread: float
+    wall: float = 0.0
+    blocks: int = -1
 
     def others_since(self, before: Reading) -> float:
         """CPU time the process's other threads used since `before`."""
         return max(0.0, (self.process - before.process) - (self.thread - before.thread))
+
+    def unseen_since(self, before: Reading) -> float:
+        """Time since `before` that the thread, never blocking, spent neither on its own CPU
+        clock nor on a run queue: its virtual CPU was running something else on the host
+        (steal; a kernel with paravirtual time accounting takes it off the thread's CPU time),
+        or, on a kernel that accounts interrupt time apart, handling interrupts. 0 if it
+        blocked (that wait may be its own: a lock, a page read in) or a counter is unreadable."""
+        if (self.blocks < 0 or self.blocks != before.blocks or self.delay is None
+                or before.delay is None):
+            return 0.0
+        return max(0.0, (self.wall - before.wall) - (self.thread - before.thread)
+                   - (self.delay - before.delay))
+
+
+def voluntary_switches() -> int:
+    """How many times the calling thread has blocked (-1 where the OS does not say)."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    except (AttributeError, OSError):
+        return -1
 
 
 class HeldOff:
@@ -91,13 +115,17 @@ class HeldOff:
     tick it counts, from the moment the tick could first have fired (`earliest`: its deadline,
     its window's start; never before the wait began, so a tick that starts late because the one
     before overran is not held off), the longer of: how late a timed wait ended after it was
-    due; and the kernel's run-queue delay for the thread (Linux schedstat, read with `pread`)
+    due, and any stall between the wake-up and this count (a few µs of the loop's own code);
+    and the kernel's run-queue delay for the thread (Linux schedstat, read with `pread`)
     since its last blocking call began (`before_blocking`: the delay after whatever woke it, not
-    that of earlier wake-ups the wait absorbed). Then the run-queue delay during the tick's work.
-    The process's own CPU time over each span (this thread's, and its other threads': a
-    transport's I/O thread that preempts the loop by design, an interpreter lock another thread
-    holds) is taken off first: that is the runtime's own. What it cannot see counts as the
-    loop's own: time the hypervisor takes while the thread runs, any read that fails. Where the
+    that of earlier wake-ups the wait absorbed). Then, during the tick's work, the run-queue
+    delay, and, if the work never blocked, the time the thread was neither on its CPU clock nor
+    queued (`Reading.unseen_since`: a hypervisor that ran something else on its virtual CPU,
+    measured at 9 ms in one 100 Hz tick on a 2-core VM). The process's own CPU time over each
+    span (this thread's, and its other threads': a transport's I/O thread that preempts the loop
+    by design, an interpreter lock another thread holds) is taken off first: that is the
+    runtime's own. What it cannot see counts as the loop's own: time the hypervisor takes in a
+    tick that blocked, any read that fails. Where the
     kernel keeps no per-thread schedstat, or the loop runs on a clock that is not this
     computer's (a simulator's), it reports 0. Open it on the thread it measures; it stands in
     for the thread's previous one until closed."""
@@ -130,7 +158,8 @@ class HeldOff:
             return None
 
     def reading(self) -> Reading:
-        return Reading(self.run_delay(), time.process_time(), time.thread_time())
+        return Reading(self.run_delay(), time.process_time(), time.thread_time(),
+                       time.monotonic(), voluntary_switches())
 
     def waiting(self) -> None:
         """The loop begins to wait for its next tick."""
@@ -152,11 +181,15 @@ class HeldOff:
         at = self._at_wake = self.reading()
         used = at.process - self._at_wait.process  # the process's CPU over the wait
         late = max(0.0, now - max(due, self._began) - used) if timed else 0.0
+        # From reading the clock to reading the counters the thread runs a few µs of its own:
+        # longer, and the platform took the time (less any the process's other threads used
+        # since the thread blocked: one may have held the interpreter's lock).
+        stalled = max(0.0, at.wall - now - at.others_since(self._at_block))
         queued = 0.0
         if at.delay is not None and self._at_block.delay is not None:
             queued = min(at.delay - self._at_block.delay - at.others_since(self._at_block),
-                         now - max(earliest, self._began) - used)
-        self._held = max(late, queued, 0.0)
+                         at.wall - max(earliest, self._began) - used)
+        self._held = max(late + stalled, queued, 0.0)
 
     def tick_done(self) -> float:
         """The tick's work is done: how long the platform held the thread off since the tick
@@ -167,7 +200,7 @@ class HeldOff:
         in_tick = 0.0
         if at.delay is not None and woke.delay is not None:
             in_tick = max(0.0, at.delay - woke.delay - at.others_since(woke))
-        return self._held + in_tick
+        return self._held + in_tick + at.unseen_since(woke)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -474,8 +507,8 @@ class SampleLockedLoop(FixedRateLoop):
 
     def wait_sample(self, expected: float) -> tuple[float, float, float | None, bool]:
         """Wait for the sample expected at `expected`: (the time woken, when the tick was due,
-        the arrival the grid follows, or None, whether the wait ended on a timer rather than a
-        sample's arrival). A tick is due at its sample's arrival, at the
+        the arrival the grid follows, or None, whether the wait ended on a timer, or past one,
+        rather than on a sample's arrival). A tick is due at its sample's arrival, at the
         window's start for a sample that came early (the robot's phase is ahead of the grid),
         and at the window's end (the watchdog) when none came; it can fire from the window's
         start on. A sample before the window that is nearer the previous point than this one
@@ -486,9 +519,11 @@ class SampleLockedLoop(FixedRateLoop):
         # One wait to the watchdog, not one to the window's start first: only the watchdog
         # needs a punctual wake-up, and a sample wakes the wait whenever it comes.
         while (arrival := self.samples.wait(closes)) is not None:
-            if arrival >= opens:  # due on arrival; a tick that overran past the watchdog and
-                # finds it pending was due at the watchdog, and is that late
-                return self.clock(), min(arrival, closes), arrival, False
+            if arrival >= opens:  # due on arrival. One that came after the watchdog was due
+                # at the watchdog, and its wait ended that late on a timer: a tick that overran
+                # past it and finds the sample pending (the wait began late: no hold), or a
+                # wake-up the platform held past it while the sample came
+                return self.clock(), min(arrival, closes), arrival, arrival > closes
             if self.phase_error(arrival, expected) < 0:
                 slept = self.clock() < opens  # in hand before the window: a timed wait
                 return self.wait_until(opens), opens, arrival, slept
