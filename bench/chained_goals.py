@@ -15,20 +15,20 @@ as the closed loop is: inside the success radius when the goal's episode ends.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 from typing import Any
 
 import mujoco
 import numpy as np
+from bench_cli import result_context
 
 from crl.core.atomic import write_json
 from crl.runtime import robot_config
-from crl.runtime.bench import device_info
+from crl.runtime.bench import device_info, versions
 from crl.runtime.controller import Controller
-from crl.runtime.messages import Observation
 from crl.runtime.policy import load_policy
+from crl.testbed.lockstep import Lockstep
 from crl.testbed.robot import SimRobot
 
 
@@ -39,16 +39,9 @@ def run(policy_path: Path, seed: int, goals: int, dr: str, ramp: bool) -> dict[s
     if not ramp:
         controller.goal_ramp = 0  # the same controller without the policy's goal ramp
     robot = SimRobot(spec.task, dr=dr, seed=seed)
-    seq, now = 0, 0.0
-
-    def observe() -> Observation:
-        nonlocal seq
-        seq += 1
-        r = robot.observation()
-        return Observation(1, seq, now, r.joint_names, r.joint_pos, r.joint_vel)
-
     robot.reset(0)
-    controller.start(observe(), now)
+    arm = Lockstep(controller, robot)
+    arm.start()
     finals = []
     for index in range(goals):
         if index:  # the next goal's episode, the arm where the last one left it
@@ -58,14 +51,7 @@ def run(policy_path: Path, seed: int, goals: int, dr: str, ramp: bool) -> dict[s
             robot.data.qpos[:], robot.data.qvel[:], robot.data.ctrl[:] = qpos, qvel, ctrl
             mujoco.mj_forward(robot.model, robot.data)
             robot.last_command = last
-        controller.set_goal(spec.goal.frame, robot.episode.goal)
-        while not robot.done:
-            controller.observe(observe(), now)
-            cmd = controller.tick(now)
-            robot.apply(robot.order(cmd.joints, cmd.values, cmd.kind))
-            robot.step_control()
-            now += controller.period
-        finals.append(float(np.linalg.norm(robot.achieved_goal() - robot.episode.goal)))
+        finals.append(arm.reach(spec.goal.frame, robot.episode.goal))
     counts = controller.stats.counts
     return {"policy": str(policy_path), "goal_seed": seed, "goal_ramp": ramp,
             "goal_ramp_steps": spec.action.goal_ramp, "goals": goals,
@@ -93,11 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.name} goal seed {seed}, goal ramp {'on' if ramp else 'off'}: "
                       f"{r['reached']}/{r['goals']}, median {100 * r['final_distance_median']:.2f}"
                       f" cm, joint jumps {r['joint_jumps']}")
-    write_json(args.out, {
-        "benchmark": "chained_goals",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_info(), "dr": args.dr, "runs": runs,
-    })
+    write_json(args.out, {**result_context("chained_goals", device_info(), versions()),
+                          "dr": args.dr, "runs": runs})
     print(f"wrote {args.out}")
     return 0
 

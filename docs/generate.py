@@ -386,6 +386,20 @@ def chained_goals(r: dict[str, Any]) -> str:
                   "median final distance", "read as restarts (`joint_jumps`)"], rows, "lrlrrr")
 
 
+
+def goal_sweep(r: dict[str, Any]) -> str:
+    """Each policy from each start pose: goals on a circle held at the end, and where it missed."""
+    rows = []
+    for run in r["runs"]:
+        total = len(run["angles_deg"])
+        for start in run["starts"]:
+            missed = start["missed_angles_deg"]
+            where = ", ".join(f"{a:g}°" for a in missed) or "none"
+            rows.append([f"`{Path(run['policy']).name}`",
+                         ", ".join(f"{v:g}" for v in start["start"]),
+                         f"{total - len(missed)}/{total}", where])
+    return table(["policy", "start (rad)", "at the goal at the end", "missed at"], rows, "lrrl")
+
 def closed_loop_ros(r: dict[str, Any]) -> str:
     """Each policy over ROS: goals held at the end, median distance, the node's loop."""
     rows = [[f"`{Path(run['policy']).name}`", str(run["sim_seed"]),
@@ -476,6 +490,7 @@ BENCH_VIEWS: dict[tuple[str, str | None], Renderer] = {
     ("closed_loop_seeds", None): closed_loop_seeds,
     ("closed_loop_ros", None): closed_loop_ros,
     ("chained_goals", None): chained_goals,
+    ("goal_sweep", None): goal_sweep,
     ("loop_drift", None): loop_drift,
     ("wake_latency", None): wake_latency,
     ("transport_floor", None): transport_floor,

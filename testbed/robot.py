@@ -224,6 +224,30 @@ class SimRobot:
         self._rng = np.random.default_rng(seq)
         return ep
 
+    def hold_pose(self, joint_pos: Vector) -> None:
+        """Put the actuated joints at `joint_pos` (spec order, rad or m), still, their servos
+        holding there: a start of one's choosing in the episode's dynamics. Commands in flight
+        are dropped. Position-servo robots only (an effort command holds no pose)."""
+        if self.episode is None:
+            raise RuntimeError("SimRobot.hold_pose before reset")
+        if self.action_kind != "position":
+            raise RobotError(f"hold_pose: {self.task} takes {self.action_kind} commands; only "
+                             "position servos hold a pose")
+        values = np.asarray(joint_pos, np.float64)
+        if values.shape != self._unit.shape or not np.isfinite(values).all():
+            raise ActionError("joints", f"expected {self._unit.size} finite joint positions "
+                              f"({', '.join(self.action_joints)})")
+        ctrl = np.clip(values / self._unit, self._ctrl_low, self._ctrl_high)
+        m, d = self.model, self.data
+        qadr = [m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, name)]
+                for name in self.action_joints]
+        d.qpos[qadr] = ctrl * self._unit
+        d.qvel[:] = 0.0
+        d.ctrl[self.act_ids] = ctrl
+        mujoco.mj_forward(m, d)
+        self.last_command = ctrl * self._unit
+        self._pending.clear()
+
     # -- acting -----------------------------------------------------------------------------------
 
     def order(self, joints: tuple[str, ...], values: Vector, command: str) -> Vector:

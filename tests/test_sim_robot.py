@@ -37,6 +37,7 @@ from crl.testbed.robot import (
     MODEL_FIELDS,
     ActionError,
     Episode,
+    RobotError,
     ServeStats,
     SimRobot,
     StepClock,
@@ -324,6 +325,30 @@ def test_actions_for_other_joints_or_kinds_are_refused(reacher_off: GoalReachEnv
     np.testing.assert_allclose(robot.data.ctrl, [3.14, -2.6])
     np.testing.assert_allclose(robot.last_command, [3.14, -2.6])
 
+
+
+def test_a_held_pose_stays_put_and_bad_poses_are_refused(reacher_off: GoalReachEnv) -> None:
+    """`hold_pose`: the arm where it is put, still, its servos holding it there; what is in
+    flight is dropped; a pose of the wrong size, a non-finite one or a torque robot refused."""
+    robot = SimRobot("reacher", dr="off", env=reacher_off)
+    robot.reset(0)
+    robot.apply(np.array([1.0, 1.0]))  # in flight: dropped by the hold
+    robot.hold_pose(np.array([-2.5, 1.2]))
+    np.testing.assert_allclose(robot.true_reading().joint_pos, [-2.5, 1.2])
+    np.testing.assert_allclose(robot.last_command, [-2.5, 1.2])
+    robot.step_control()
+    reading = robot.true_reading()
+    np.testing.assert_allclose(reading.joint_pos, [-2.5, 1.2], atol=1e-3)
+    assert np.abs(reading.joint_vel).max() < 0.05
+    robot.hold_pose(np.array([10.0, -10.0]))  # past the stops: held at them, as commanded
+    np.testing.assert_allclose(robot.last_command, [3.14, -2.6])
+    for bad in (np.array([0.1]), np.array([0.1, math.nan])):
+        with pytest.raises(ActionError):
+            robot.hold_pose(bad)
+    humanoid = SimRobot("humanoid", dr="off")  # torque motors
+    humanoid.reset(0)
+    with pytest.raises(RobotError, match="position servos"):
+        humanoid.hold_pose(np.zeros(len(humanoid.action_joints)))
 
 # -- the real-time server on loopback --------------------------------------------------------------
 
