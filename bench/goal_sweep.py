@@ -56,13 +56,14 @@ def sweep(path: Path, starts: list[np.ndarray], radius: float, step: float, dr: 
         raise SystemExit(f"goal_sweep: a start pose needs {len(robot.action_joints)} joint "
                          f"angles ({', '.join(robot.action_joints)})")
     angles = np.arange(-180.0, 180.0, step)
+    config = robot_config.load(spec.task)
     rows = []
     for start in starts:
         finals = []
         for angle in angles:
             a = np.radians(angle)
             goal = radius * np.array([np.cos(a), np.sin(a)])
-            controller = Controller(policy, robot_config.load(spec.task))
+            controller = Controller(policy, config)  # a fresh one a goal: nothing carried
             finals.append(episode(robot, controller, start, goal, spec.goal.frame))
         missed = [float(a) for a, f in zip(angles, finals, strict=True)
                   if f > spec.success_radius]
