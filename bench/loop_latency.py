@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -71,18 +72,25 @@ def platform_baseline(hz: float, seconds: float, spin_s: float, realtime: bool) 
     """The fixed-rate loop with an empty tick: how late this machine wakes a loop that does
     nothing, and how many deadlines it misses that way."""
     said = f"{set_realtime()}; {hold_wake_latency()}" if realtime else "normal priority"
-    stats, errors = Stats(), []
+    stats, errors, woken = Stats(), [], []
+
+    def on_tick(deadline: float, now: float) -> None:
+        errors.append(now - deadline)
+        woken.append(now)
+
     loop = FixedRateLoop(1.0 / hz, stats, spin_s=spin_s)
     before = steal_seconds()
-    loop.run(lambda deadline, now: errors.append(now - deadline), threading.Event(),
-             max_ticks=round(hz * seconds))
+    loop.run(on_tick, threading.Event(), max_ticks=round(hz * seconds))
     ms = sorted(e * 1e3 for e in errors)
+    # The longest time between two ticks: what this machine alone makes of a loop's gaps.
+    longest_gap_ms = max((b - a for a, b in itertools.pairwise(woken)), default=0.0) * 1e3
     return {
         "hz": hz, "seconds": seconds, "ticks": len(ms), "misses": stats.counts["misses"],
         "misses_scheduling": stats.counts["misses_scheduling"],
         "period_error_ms": {"p50": ms[len(ms) // 2], "p99": ms[int(0.99 * (len(ms) - 1))],
                             "max": ms[-1]},
         "late_over_one_period": sum(e > 1e3 / hz for e in ms),
+        "longest_gap_ms": longest_gap_ms,
         "host_steal_s": stolen_during(before), "scheduling": said, "spin_s": spin_s,
     }
 

@@ -287,12 +287,17 @@ def soak(r: dict[str, Any]) -> str:
         ["valid goals accepted", f"{r['valid_goals']['accepted']} of {r['valid_goals']['sent']}"],
         ["longest gap between actions",
          f"{a['max_gap_ms']:.1f} ms ({a['max_gap_ms'] / period_ms:.2f} periods)"],
+        *([["platform baseline's longest gap between ticks",
+            f"{r['platform_baseline']['longest_gap_ms']:.1f} ms"]]
+          if "longest_gap_ms" in r["platform_baseline"] else []),
         ["missed deadlines (platform baseline)",
          f"{r['runtime']['misses']} ({r['platform_baseline']['misses']})"],
         *([["of which the platform held the loop off (platform baseline)",
             f"{r['runtime']['misses_scheduling']} "
             f"({r['platform_baseline'].get('misses_scheduling', '–')})"]]
           if r["runtime"].get("misses_scheduling") is not None else []),
+        *([["policy calls the machine ran over twice as slow", str(r["runtime"]["policy_slowed"])]]
+          if r["runtime"].get("policy_slowed") is not None else []),
         ["largest command step (rate limit)", f"{a['max_step']:.3f} ({a['rate_limit']:g})"],
         ["first command to a restarted robot, from its pose",
          f"{a['max_first_step_from_measured']:.3f}"],

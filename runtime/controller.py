@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 
 from crl.core.latency import percentile, summarize
 from crl.core.spec import PolicySpec
+from crl.runtime.loop import FixedWork
 from crl.runtime.messages import Observation
 from crl.runtime.observation import ObservationAssembler, ObservationError
 from crl.runtime.policy import Policy
@@ -144,9 +145,11 @@ class Stats:
     # joint_jumps: observations whose joints moved faster than the config's max_joint_speed
     # since the one before (handled as a restart). misses_scheduling: the misses the platform
     # explains, the loop's thread held off a core or woken late (crl.runtime.loop.HeldOff).
-    COUNTERS = ("ticks", "misses", "misses_scheduling", "safe_ticks", "stale_stops",
-                "robot_restarts", "joint_jumps", "nonfinite_actions", "policy_errors",
-                "observation_rejections", "goals_accepted", "goal_rejections",
+    # policy_slowed: policy calls that took over SLOWED_FACTOR times their usual CPU time
+    # (crl.runtime.loop.FixedWork): the computer ran them slower.
+    COUNTERS = ("ticks", "misses", "misses_scheduling", "policy_slowed", "safe_ticks",
+                "stale_stops", "robot_restarts", "joint_jumps", "nonfinite_actions",
+                "policy_errors", "observation_rejections", "goals_accepted", "goal_rejections",
                 "samples_repeated", "samples_skipped")
 
     def __init__(self, window: int = 4096, rate_hz: float = 0.0,
@@ -234,6 +237,9 @@ class Controller:
         self.max_change = safety.max_action_change
         self.max_joint_speed = safety.max_joint_speed
         self.stats = Stats(window, rate_hz=self.rate_hz * speed, clock=clock)
+        # The policy's call on the thread's CPU clock: one that took far longer than usual ran on
+        # a slowed computer, and its loop counts the excess as the platform's.
+        self.policy_work = FixedWork()
         self.goal: NDArray[np.float32] | None = None
         self.goal_low = np.asarray(spec.goal.low) - safety.goal_margin
         self.goal_high = np.asarray(spec.goal.high) + safety.goal_margin
@@ -355,11 +361,14 @@ class Controller:
             return self._safe("no_goal")
         x = self.policy_input()
         t0 = time.perf_counter()
+        self.policy_work.start()
         try:
             a = np.asarray(self.policy.act(x, self.goal), dtype=np.float64)
         except Exception:  # any backend failure: the robot gets the safe action, never a crash
             self.stats.counts["policy_errors"] += 1
             return self._safe("fault")
+        self.policy_work.done()
+        self.stats.counts["policy_slowed"] = self.policy_work.slowed
         self.stats.policy_latency.add(time.perf_counter() - t0)
         if a.shape != (self.spec.act_dim,) or not np.isfinite(a).all():
             self.stats.counts["nonfinite_actions"] += 1

@@ -13,6 +13,7 @@ SIGINT/SIGTERM it publishes the safe action once and exits.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -83,20 +84,24 @@ class Inputs:
         offset = time.time() - time.monotonic()
         return received - self.ages.age(obs.session, obs.stamp, offset, received)
 
-    def poll_observation(self) -> Observation | None:
+    def poll_observation(self, until: float = math.inf) -> Observation | None:
         try:
-            return self.link.poll_observation()
+            return self.link.poll_observation(until)
         except Exception:
             self.errors += 1
             return None
 
     def observe(self, now: float) -> None:
-        """Hand the controller the newest observation, if one came (since the loop's wait read
-        one, or now)."""
-        obs, received = self.poll_observation(), now
-        if obs is None and self.held is not None:
-            obs, received = self.held
-        self.held = None
+        """Hand the controller the observation the loop's wait took as the tick's sample, or,
+        when it took none (a watchdog tick), the newest pending now. The socket is not read
+        again after the wait took one: what came since (within microseconds) is the next
+        tick's, and a flood's bad messages queued behind the sample are decoded in the next
+        wait, after the action went out, not on the way from observation to action."""
+        obs: Observation | None
+        if self.held is not None:
+            (obs, received), self.held = self.held, None
+        else:  # a watchdog tick, due now: what is pending, read no longer than one frame
+            obs, received = self.poll_observation(until=now), now
         if obs is None:
             return
         try:
@@ -125,8 +130,13 @@ class ObservationSamples:
         return self.inputs.link.observations_accepted
 
     def wait(self, until: float) -> float | None:
+        # A wait that begins before `until` stops reading there too: a flood of bad messages
+        # must not hold back the watchdog's tick (what is left is read in the next wait). One
+        # already due reads what came, as much as a poll reads: a loop off the robot's samples
+        # reads the socket only here, once a tick, and must keep up with what comes.
+        bound = until if until > time.monotonic() else math.inf
         while True:
-            obs = self.inputs.poll_observation()
+            obs = self.inputs.poll_observation(bound)
             if obs is not None:
                 arrival = time.monotonic()
                 self.inputs.held = (obs, arrival)

@@ -27,6 +27,7 @@ from crl.runtime import loop
 from crl.runtime.controller import Stats
 from crl.runtime.loop import (
     FixedRateLoop,
+    FixedWork,
     HeldOff,
     SampleLockedLoop,
     before_blocking,
@@ -136,6 +137,53 @@ def test_where_the_os_does_not_count_blocks_nothing_unseen_is_the_platforms(
         machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "voluntary_switches", lambda: -1)
     assert counts(run_scripted(machine, {2: (0.002, 0.0, 0.009)})) == (1, 0)
+
+
+def run_fixed_work(machine: Machine, calls: dict[int, float], others: dict[int, float],
+                   ticks: int) -> tuple[Stats, FixedWork]:
+    """A FixedRateLoop whose ticks each time a fixed piece of work (a policy's call) with
+    `FixedWork`: tick i's call takes `calls[i]` CPU s (1.5 ms by default), then the rest of the
+    tick `others[i]` (0.5 ms)."""
+    stats, work = Stats(), FixedWork()
+    fixed = FixedRateLoop(PERIOD, stats, clock=loop.time.monotonic, spin_s=0.0)
+    count = [0]
+
+    def on_tick(deadline: float, now: float) -> None:
+        work.start()
+        machine.work(calls.get(count[0], 0.0015))
+        work.done()
+        machine.work(others.get(count[0], 0.0005))
+        count[0] += 1
+
+    fixed.run(on_tick, threading.Event(), start=machine.t + PERIOD, max_ticks=ticks)
+    return stats, work
+
+
+def test_a_fixed_work_the_computer_ran_slow_is_the_platforms_miss(machine: Machine) -> None:
+    # Tick 40's policy call: 9.8 ms of CPU for its usual 1.5 (no fault, no switch: measured on
+    # a shared VM), 10.3 ms in all. Without its 8.3 ms beyond the usual it ends on time.
+    stats, work = run_fixed_work(machine, {40: 0.0098}, {}, ticks=45)
+    assert counts(stats) == (1, 1) and work.slowed == 1
+    assert work.usual == pytest.approx(0.0015)
+
+
+def test_the_rest_of_a_tick_stays_its_own_however_the_fixed_work_ran(machine: Machine) -> None:
+    # The call as usual and 9 ms of the loop's own work after it: its own miss.
+    stats, work = run_fixed_work(machine, {}, {40: 0.009}, ticks=45)
+    assert counts(stats) == (1, 0) and work.slowed == 0
+    # A call under SLOWED_FACTOR times its usual (2.9 ms for 1.5) and 7.5 ms more: its own.
+    stats, work = run_fixed_work(machine, {40: 0.0029}, {40: 0.0075}, ticks=45)
+    assert counts(stats) == (1, 0) and work.slowed == 0
+    # A slowed call only excuses its excess: 4 ms for 1.5 and 9 ms more of the loop's own,
+    # 3 ms past the deadline, 2.5 ms of it excused: its own miss.
+    stats, work = run_fixed_work(machine, {40: 0.004}, {40: 0.009}, ticks=45)
+    assert counts(stats) == (1, 0) and work.slowed == 1
+
+
+def test_nothing_is_excused_before_the_fixed_works_usual_is_known(machine: Machine) -> None:
+    # The 5th call: no usual yet (taken over USUAL_EVERY calls): the miss is the loop's own.
+    stats, work = run_fixed_work(machine, {4: 0.0098}, {}, ticks=10)
+    assert counts(stats) == (1, 0) and work.usual is None and work.slowed == 0
 
 
 def test_a_tick_that_computes_past_its_deadline_is_its_own_miss(machine: Machine) -> None:

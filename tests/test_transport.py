@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from robot_fixtures import export_policy, interrupt, observation
 
-from crl.runtime import robot_config
+from crl.runtime import robot_config, transport
 from crl.runtime.controller import Controller
 from crl.runtime.messages import (
     FUTURE_TOLERANCE_S,
@@ -319,6 +319,119 @@ def test_multipart_observations_are_read_whole_and_refused() -> None:
         got = wait_for(reader.poll, 5, "the observation after the multipart ones")
         assert got.seq == good.seq
         assert reader.counts()["dropped_multipart"] == 2
+
+
+class FloodingRobot:
+    """A robot's observation socket that queues any number of messages: a flood sent in one
+    burst is not dropped at the sender (a RobotLink's queue is short, as a control stream's
+    should be). ZMQ takes a bound socket's queue length when it binds."""
+
+    def __init__(self, ep: Endpoints):
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.socket = self.ctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.bind(ep.observations)
+        self.stamper = Stamper()
+
+    def publish(self) -> int:
+        """A good observation; its seq."""
+        session, seq, stamp = self.stamper.next()
+        obs = observation()
+        self.socket.send(encode(Observation(session, seq, stamp, obs.joint_names, obs.joint_pos,
+                                            obs.joint_vel)))
+        return seq
+
+    def send_bad(self, n: int) -> None:
+        for _ in range(n):
+            self.socket.send(b"\xc1")  # a byte msgpack never uses: malformed
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+def test_a_poll_reads_no_longer_than_its_bounds_and_leaves_the_rest_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll stops reading once it holds a good message (READ_ON_S after it; 0 here) and at its
+    `until` once it has read a frame: a flood queued behind a sample does not hold back the tick
+    that acts on it. What it leaves is read by the next polls, in order, every message counted."""
+    monkeypatch.setattr(transport, "READ_ON_S", 0.0)
+    ep = Endpoints(port=free_base_port())
+    robot = FloodingRobot(ep)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        reader: Reader[Observation] = Reader(ctx, ep.observations, Observation, True)
+        wait_for(lambda: robot.publish() and reader.poll(), 10, "no link")
+        time.sleep(0.05)
+        reader.poll()  # what was still on its way
+        before = reader.counts()
+        first = robot.publish()
+        robot.send_bad(40)
+        second = robot.publish()
+        time.sleep(0.1)  # all of it queued
+        got = reader.poll()
+        assert got is not None and got.seq == first
+        assert reader.counts()["received"] == before["received"] + 1  # nothing read after it
+        assert reader.poll(until=time.monotonic() - 1.0) is None  # past its bound: one frame
+        assert reader.counts()["received"] == before["received"] + 2
+        got = reader.poll()
+        assert got is not None and got.seq == second
+        after = reader.counts()
+    finally:
+        robot.close()
+        ctx.destroy(linger=0)
+    assert after["received"] == before["received"] + 42
+    assert after["dropped_malformed"] == before["dropped_malformed"] + 40
+
+
+def test_a_flood_behind_every_sample_is_read_and_counted_locked_or_not(
+        controller_policy: Path) -> None:
+    """`crl-run serve` against a robot that sends 31 bad observations behind each of its own (as
+    the soak's floods do), stops a while (the loop loses its lock on the samples and runs on its
+    own grid, reading the socket once a tick), then goes on: every bad one is counted, and once
+    the robot is back the ticks act on its newest samples again, not on a backlog."""
+    hz, behind = 50.0, 31
+    ep = Endpoints(port=free_base_port())
+    robot = FloodingRobot(ep)
+    proc = start_serve(controller_policy, ep.port, "--rate", str(hz), "--goal", "0.1", "0.1")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    actions, statuses = action_reader(ctx, ep), status_reader(ctx, ep)
+    bad, seqs = 0, []
+
+    def send_for(seconds: float) -> None:
+        nonlocal bad
+        deadline = time.monotonic()
+        for _ in range(round(seconds * hz)):
+            seqs.append(robot.publish())
+            robot.send_bad(behind)
+            bad += behind
+            deadline += 1.0 / hz
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
+    try:
+        deadline = time.monotonic() + 60
+        while actions.poll(20) is None:  # serve starts on the robot's first observation
+            robot.publish()
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+        send_for(2.0)
+        time.sleep(0.5)  # silent: stale, the lock on its samples lost
+        send_for(1.5)
+        actions.drain()  # what came before
+        send_for(1.0)
+        last = actions.drain(100)
+        stats = wait_for(lambda: s.stats if (s := statuses.poll(100)) is not None
+                         and s.stats["obs_dropped_malformed"] >= bad else None, 5,
+                         f"not every one of {bad} bad observations counted")
+    finally:
+        robot.close()
+        _, err = interrupt(proc, timeout=30)
+        ctx.destroy(linger=0)
+    assert proc.returncode == 0, err
+    assert stats["obs_dropped_malformed"] == bad
+    assert last and not any(a.safe for a in last), [a.command for a in last if a.safe]
+    # Each tick on a sample of the last few periods: the reading kept up with the flood.
+    assert max(a.obs_seq for a in last) >= seqs[-1] - 2, (max(a.obs_seq for a in last), seqs[-1])
+    assert len({a.obs_seq for a in last}) >= 0.8 * len(last)
 
 
 def test_a_link_heals_after_an_oversized_message_observations() -> None:
