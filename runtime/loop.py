@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
+from crl.core.latency import percentile
+
 if TYPE_CHECKING:  # the controller times its policy call with `FixedWork`, from here
     from crl.runtime.controller import Stats
 
@@ -278,8 +280,7 @@ class FixedWork:
         self.recent.append(used)
         self.calls += 1
         if self.calls % USUAL_EVERY == 0:
-            ordered = sorted(self.recent)
-            self.usual = ordered[len(ordered) // 2]
+            self.usual = percentile(self.recent, 50)
         return used
 
 
