@@ -58,14 +58,13 @@ def evaluate_checkpoints(
     """Every checkpoint in `steps` on the same `episodes` episodes, one compiled evaluator."""
     from crl.sim import tasks
     from crl.train.checkpoint import load_run
-    from crl.train.config import NetworkConfig
-    from crl.train.networks import Actor
+    from crl.train.networks import Actor, network_config
 
     runs = [load_run(run_dir, s) for s in steps]
     net = runs[0].spec.network
     assert net is not None  # the trainer always writes it
     env = tasks.make(runs[0].config["task"], dr=dr, action=runs[0].spec.action)
-    actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)
+    actor = Actor(network_config(net, runs[0].params), env.spec.act_dim)
     evaluator = make_evaluator(env, actor, episodes)
     key = jax.random.PRNGKey(seed)
     return {

@@ -29,16 +29,12 @@ class JaxPolicy:
         import jax
         import jax.numpy as jnp
 
-        from crl.train.config import NetworkConfig
-        from crl.train.networks import Actor, Encoder, deterministic_action
+        from crl.train.networks import Actor, Encoder, deterministic_action, network_config
 
         if spec.network is None:
             raise PolicyError("spec.network: missing; the JAX backend needs the network shape")
-        n = spec.network
         # The spec's depth and width are the actor's; the encoders take the critic's shape.
-        critic_depth, critic_width = n.critic_shape
-        config = NetworkConfig(n.depth, n.width, n.repr_dim, n.residual,
-                               critic_depth=critic_depth, critic_width=critic_width)
+        config = network_config(spec.network, params)
         actor, encoder = Actor(config, spec.act_dim), Encoder(config)
         critic = "sa_encoder" in params and "g_encoder" in params
         keys = ("actor", "sa_encoder", "g_encoder") if critic else ("actor",)

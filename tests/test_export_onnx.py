@@ -241,6 +241,45 @@ def test_int8_action_error_is_bounded(
     assert np.abs(int8.act(obs, goal) - jax_action(params, spec, obs, goal)).max() < 0.1
 
 
+def _with_norm(params: dict, root: str, shift: np.ndarray, scale: np.ndarray) -> dict:
+    return {**params, root: {**params[root], "input_norm": {"shift": shift, "scale": scale}}}
+
+
+def test_input_norm_is_folded_into_the_first_layer(
+    tmp_path: Path, toy_spec: Callable[..., PolicySpec]
+) -> None:
+    """A run trained with `NetworkConfig.input_norm` (a fixed shift and scale of each input)
+    exports as the plain network with both folded into each stem: actor, φ and ψ match JAX's
+    networks with the norm, and differ from the same weights without it (the norm is there)."""
+    spec = toy_spec(depth=8, width=64)
+    params = random_params(spec, seed=5)
+    rng = np.random.default_rng(5)
+    sizes = {"actor": spec.obs_dim + spec.goal_dim, "sa_encoder": spec.obs_dim + spec.act_dim,
+             "g_encoder": spec.goal_dim}
+    for root, n in sizes.items():
+        params = _with_norm(params, root, rng.normal(0.0, 0.5, n).astype(np.float32),
+                            rng.uniform(0.2, 15.0, n).astype(np.float32))
+    path = export_actor(params, spec, tmp_path / "norm.onnx", critic=True).path
+    model = onnx.load(path)
+    assert not any("input_norm" in t.name for t in model.graph.initializer)
+    obs, goal = inputs(spec, 16, seed=6)
+    obs *= 0.1  # the inputs the scales were set for: their output is off tanh's flat tails
+    out = OrtPolicy(path).run(obs, goal)
+    n = spec.network
+    config = NetworkConfig(n.depth, n.width, n.repr_dim, n.residual, input_norm=True)
+    action = np.asarray(deterministic_action(Actor(config, spec.act_dim), params["actor"], obs,
+                                             goal))
+    assert np.abs(action).mean() < 0.8
+    encoder = Encoder(config)
+    phi = encoder.apply({"params": params["sa_encoder"]}, np.concatenate([obs, action], -1))
+    psi = encoder.apply({"params": params["g_encoder"]}, goal)
+    np.testing.assert_allclose(out["action"], action, atol=FP32_TOL)
+    np.testing.assert_allclose(out["phi"], phi, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["psi"], psi, rtol=1e-5, atol=1e-5)
+    plain = {k: {n: v for n, v in tree.items() if n != "input_norm"} for k, tree in params.items()}
+    assert np.abs(jax_action(plain, spec, obs, goal) - action).max() > 1e-2
+
+
 def test_build_is_deterministic(toy_policy: tuple[PolicySpec, dict, Path]) -> None:
     spec, params, _ = toy_policy
     a = build_model(params, spec).SerializeToString()
@@ -255,6 +294,10 @@ def test_build_is_deterministic(toy_policy: tuple[PolicySpec, dict, Path]) -> No
         (lambda s, p: (s, {"sa_encoder": p["sa_encoder"]}), "no actor"),
         (lambda s, p: (s, {"actor": p["actor"]}), "sa_encoder"),
         (lambda s, p: (s.replace(observation=(Field("joint_pos", 3),)), p), "obs_dim 3"),
+        (lambda s, p: (s, _with_norm(p, "actor", np.zeros(3), np.ones(3))),
+         r"actor/input_norm shift \(3,\) and scale \(3,\) must both be"),
+        (lambda s, p: (s, _with_norm(p, "g_encoder", np.zeros(s.goal_dim),
+                                     np.full(s.goal_dim, np.inf))), "non-finite"),
     ],
 )
 def test_bad_params_or_spec_leave_nothing_behind(

@@ -73,6 +73,44 @@ def test_encoder_and_actor_heads() -> None:
     assert actor["mean"]["kernel"].shape == (32, 3)
 
 
+def test_input_norm_standardizes_the_input_and_adam_never_moves_it() -> None:
+    """`input_norm`: each network computes its plain self on (x − shift) · scale, starts as the
+    identity (the plain network, the same initial weights), and takes no gradient, so Adam's
+    step leaves shift and scale exactly as set while it moves the rest."""
+    import optax
+
+    plain, normed = NetworkConfig(depth=4, width=32), NetworkConfig(depth=4, width=32,
+                                                                    input_norm=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, IN_DIM))
+    params = _init(Encoder(normed), x)
+    assert set(params) == {"input_norm", "trunk", "head"}
+    np.testing.assert_array_equal(params["input_norm"]["shift"], np.zeros(IN_DIM))
+    np.testing.assert_array_equal(params["input_norm"]["scale"], np.ones(IN_DIM))
+    rest = {k: v for k, v in params.items() if k != "input_norm"}
+    _assert_trees_close(rest, _init(Encoder(plain), x))
+    rng = np.random.default_rng(2)
+    shift = jnp.asarray(rng.normal(size=IN_DIM), jnp.float32)
+    scale = jnp.asarray(rng.uniform(0.1, 10.0, IN_DIM), jnp.float32)
+    params = {**params, "input_norm": {"shift": shift, "scale": scale}}
+    np.testing.assert_allclose(Encoder(normed).apply({"params": params}, x),
+                               Encoder(plain).apply({"params": rest}, (x - shift) * scale),
+                               rtol=1e-6, atol=1e-6)
+
+    def loss(p):
+        return jnp.sum(jnp.square(Encoder(normed).apply({"params": p}, x)))
+
+    grads = jax.grad(loss)(params)
+    assert not np.any(grads["input_norm"]["shift"]) and not np.any(grads["input_norm"]["scale"])
+    tx = optax.adam(1e-2)
+    updates, _ = tx.update(grads, tx.init(params))
+    stepped = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(stepped["input_norm"]["shift"], shift)
+    np.testing.assert_array_equal(stepped["input_norm"]["scale"], scale)
+    assert np.abs(stepped["head"]["kernel"] - params["head"]["kernel"]).max() > 0
+    actor = _init(Actor(normed, 3), jnp.zeros((1, 5)), jnp.zeros((1, 4)))
+    assert actor["input_norm"]["shift"].shape == (9,)  # observation and goal
+
+
 def test_init_is_variance_scaling_with_zero_biases() -> None:
     width = 256
     params = _init(Trunk(NetworkConfig(depth=4, width=width)), jnp.zeros((1, IN_DIM)))

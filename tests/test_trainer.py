@@ -337,7 +337,7 @@ def test_paper_preset_is_the_papers_setup_value_for_value(task: str, steps: int)
         "dr": "off",
         "physics": "jax",
         "network": {"depth": 64, "width": 256, "repr_dim": 64, "residual": True,
-                    "dtype": "fp32", **dict.fromkeys(SIDE_FIELDS)},
+                    "dtype": "fp32", "input_norm": False, **dict.fromkeys(SIDE_FIELDS)},
         "algo": {
             "batch_size": 512,
             "gamma": 0.99,
@@ -407,8 +407,9 @@ def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(
 def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp_path,
                                                             capsys) -> None:
     """`arm_reach`'s quick preset has its own spatial weight (TASK_PRESET_CHANGES), the
-    reacher keeps the preset's; a flag still wins, and `crl-train arm_reach --preset quick
-    --help` shows the arm's default, `--help` without a task the preset's."""
+    reacher's its standardised inputs, each keeping the rest of the preset; a flag still wins,
+    and `crl-train arm_reach --preset quick --help` shows the arm's default, `--help` without a
+    task the preset's."""
     from crl.train.config import TASK_PRESET_CHANGES
 
     arm = preset("quick", "arm_reach")
@@ -416,7 +417,11 @@ def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp
     assert arm == dataclasses.replace(
         PRESETS["quick"], task="arm_reach",
         algo=dataclasses.replace(PRESETS["quick"].algo, spatial_penalty=100.0))
-    assert preset("quick", "reacher") == dataclasses.replace(PRESETS["quick"], task="reacher")
+    assert not PRESETS["quick"].network.input_norm and not arm.network.input_norm
+    assert preset("quick", "reacher") == dataclasses.replace(
+        PRESETS["quick"], task="reacher",
+        network=dataclasses.replace(PRESETS["quick"].network, input_norm=True))
+    assert preset("quick", "reacher", total_steps=1_200_000).network.input_norm
     assert preset("quick", "arm_reach", total_steps=1_200_000).algo.spatial_penalty == 100.0
     validate(preset("quick", "arm_reach"), ("arm_reach",))
     seen = configs_trained
@@ -435,6 +440,10 @@ def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp
         return re.search(r"\(default: ([\d.]+)\)", flag).group(1)
 
     assert default_shown(["arm_reach", "--preset", "quick", "--help"]) == "100.0"
+    assert cli.main(["reacher", "--preset", "quick", "--no-input-norm", *out]) == 130
+    changed = seen[-1]
+    assert changed == dataclasses.replace(preset("quick", "reacher"),
+                                          network=PRESETS["quick"].network)
     assert default_shown(["--help", "--preset", "quick", "reacher"]) == "10.0"
     assert default_shown(["--preset", "quick", "--help"]) == "10.0"
 
@@ -458,7 +467,8 @@ def test_config_json_holds_its_format_and_every_field() -> None:
                                               critic_width=32))
     stored = json.loads(json.dumps(apart.to_dict()))
     assert stored["network"] == {"depth": 8, "width": 64, "repr_dim": 16, "residual": True,
-                                 "dtype": "fp32", "actor_depth": 4, "actor_width": None,
+                                 "dtype": "fp32", "input_norm": False, "actor_depth": 4,
+                                 "actor_width": None,
                                  "critic_depth": None, "critic_width": 32}
     assert TrainConfig.from_dict(stored) == apart
     a, c = apart.network.actor, apart.network.critic
@@ -496,6 +506,120 @@ def test_actor_and_critic_sizes_train_record_and_export(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"^actor_depth: .* started with 8, not None"):
         shared = dataclasses.replace(network, actor_depth=None)
         prepare_run_dir(run_dir, dataclasses.replace(config, network=shared), resume=True)
+
+
+def _expected_norm(obs: np.ndarray, goals: np.ndarray, spec: PolicySpec
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What `standardize_inputs` should set from rows [time, env, dim], in numpy (float64)."""
+
+    def stats(x: np.ndarray, fields: dict[str, slice]) -> tuple[np.ndarray, np.ndarray]:
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        scale = np.ones(x.shape[-1])
+        for part in fields.values():
+            scale[part] = 1.0 / np.sqrt(np.mean(x[:, part].var(axis=0)))
+        return x.mean(axis=0), scale
+
+    (obs_shift, obs_scale), (goal_shift, goal_scale) = (
+        stats(obs, spec.observation_slices()), stats(goals, spec.goal_slices()))
+    act = spec.act_dim
+    return {"actor": (np.concatenate([obs_shift, goal_shift]),
+                      np.concatenate([obs_scale, goal_scale])),
+            "sa_encoder": (np.concatenate([obs_shift, np.zeros(act)]),
+                           np.concatenate([obs_scale, np.ones(act)])),
+            "g_encoder": (goal_shift, goal_scale)}
+
+
+def _norms(state) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {k: (np.array(v["input_norm"]["shift"]), np.array(v["input_norm"]["scale"]))
+            for k, v in state.agent.params.items()}
+
+
+def test_input_norm_is_set_once_from_the_prefill_and_the_run_exports_it(tmp_path) -> None:
+    """`--input-norm`: the identity through the prefill; the first training iteration sets every
+    network's shift and scale from the rows the buffer holds, before its SGD steps (each
+    component's mean; one scale an observation field and for the goal, from the achieved goals);
+    no later iteration changes them; the exported actor is the trained one."""
+    from crl.export.onnx_export import export_actor
+    from crl.runtime.ort_backend import OrtPolicy
+    from crl.train.agent import init_state, make_iteration, make_setup
+
+    network = NetworkConfig(depth=4, width=64, repr_dim=16, input_norm=True)
+    config = tiny_config(network=network)  # 7-step unrolls, training from 14 rows
+    env = PointMass(episode_length=23)
+    setup = make_setup(config, env)
+    iteration = make_iteration(setup)
+    state = init_state(setup)
+    identity = {k: (np.zeros(n), np.ones(n)) for k, n in
+                (("actor", 6), ("sa_encoder", 6), ("g_encoder", 2))}
+
+    def assert_norms(got, want) -> None:
+        assert got.keys() == want.keys()
+        for k in got:
+            for g, w in zip(got[k], want[k], strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=k)
+
+    state, metrics = iteration(state)  # the prefill: 7 rows, no SGD step
+    assert not metrics["trained"]
+    assert_norms(_norms(state), identity)
+    state, _ = iteration.collect(state)
+    rows = 2 * config.replay.unroll_length
+    want = _expected_norm(np.asarray(state.buffer.data.obs[:rows]),
+                          np.asarray(state.buffer.data.next_achieved[:rows]), env.spec)
+    assert not np.allclose(want["actor"][1], 1.0)  # the data's spread is not 1: a real check
+    state, metrics = iteration.learn(state)
+    assert metrics["trained"]
+    assert_norms(_norms(state), want)
+    held = _norms(state)
+    for _ in range(2):
+        state, _ = iteration(state)
+    for k, (shift, scale) in _norms(state).items():
+        np.testing.assert_array_equal(shift, held[k][0])
+        np.testing.assert_array_equal(scale, held[k][1])
+
+    run_dir = tmp_path / "normed"
+    config = tiny_config(network=network, total_steps=30 * 7 * 4,
+                         eval=EvalConfig(eval_every=30 * 7 * 2, eval_episodes=16,
+                                         held_out=False))
+    train(config, run_dir, env=env, progress=False)
+    assert json.loads((run_dir / "config.json").read_text())["network"]["input_norm"] is True
+    run = load_run(run_dir)
+    assert not np.allclose(run.params["actor"]["input_norm"]["scale"], 1.0)
+    path = export_actor(run.params, run.spec, tmp_path / "normed.onnx").path
+    obs = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (5, 4), minval=-1, maxval=1))
+    goal = np.full((5, 2), 0.5, np.float32)
+    mean, _ = Actor(network, run.spec.act_dim).apply({"params": run.params["actor"]}, obs, goal)
+    np.testing.assert_allclose(OrtPolicy(path).act(obs, goal), np.tanh(mean), atol=1e-5)
+    # What rebuilds the networks from a run's spec and parameters (crl-train eval, analyze,
+    # robustness's JAX backend, bench/hold.py) builds them with the norm: the same actor, and
+    # the exported file's critic readout.
+    from crl.testbed.jax_backend import JaxPolicy
+    from crl.train.networks import network_config
+
+    rebuilt = network_config(run.spec.network, run.params)
+    assert (rebuilt.actor, rebuilt.critic) == (network, network)
+    critic_path = export_actor(run.params, run.spec, tmp_path / "critic.onnx", critic=True).path
+    want = OrtPolicy(critic_path).run(obs, goal)
+    got = JaxPolicy(run.params, run.spec).run(obs, goal)
+    for name in ("action", "phi", "psi", "distance"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_a_constant_field_keeps_scale_1() -> None:
+    """A field that never varies (a coordinate fixed by the model, a sensor stuck in the prefill)
+    keeps scale 1: dividing by its spread would blow its mean's float rounding up to a unit
+    input, or divide by zero."""
+    from crl.train.agent import _field_statistics
+
+    x = np.zeros((4, 3, 5), np.float32)
+    x[..., 0:2] = 0.02  # constant, and not exactly representable
+    x[..., 2:5] = np.random.default_rng(0).normal(0.0, 0.1, (4, 3, 3))
+    x[..., 4] = 7.0  # constant inside a varying field: the field's scale is its spread's
+    held = jnp.array([True, True, True, False])
+    mean, scale = _field_statistics(jnp.asarray(x), held, {"a": slice(0, 2), "b": slice(2, 5)})
+    np.testing.assert_allclose(mean[:2], 0.02, rtol=1e-6)
+    np.testing.assert_array_equal(scale[:2], [1.0, 1.0])
+    rows = x[:3, :, 2:5].reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(scale[2:5], 1.0 / np.sqrt(np.mean(rows.var(axis=0))), rtol=1e-5)
 
 
 def test_oscillation_counts_reversals_near_the_goal_only() -> None:
@@ -571,7 +695,9 @@ def test_cli_flags_reach_the_config(monkeypatch, tmp_path) -> None:
     assert cli.main(argv) == 130
     c = seen["config"]
     assert (c.task, c.seed, c.total_steps, c.dr) == ("reacher", 3, 1234, "off")
-    assert c.network == NetworkConfig(depth=8, width=32, repr_dim=64, residual=False)
+    # input_norm: the reacher's quick preset (TASK_PRESET_CHANGES)
+    assert c.network == NetworkConfig(depth=8, width=32, repr_dim=64, residual=False,
+                                      input_norm=True)
     assert (c.replay.num_envs, c.algo.batch_size) == (7, 9)
     assert c.replay.unroll_length == cli.PRESETS["quick"].replay.unroll_length
     assert seen["out"] == tmp_path / "r" and seen["devices"] is None  # all local devices
@@ -592,7 +718,8 @@ def test_cli_actor_and_critic_flags_override_depth_and_width(monkeypatch, tmp_pa
     assert cli.main(["reacher", "--preset", "quick", "--depth", "8", "--actor-depth", "4",
                      "--critic-width", "64", "--seed", "2"]) == 130
     (both, out_both), (apart, out_apart) = seen
-    assert both == NetworkConfig(depth=8, width=32, repr_dim=64) and not both.overrides()
+    assert both == NetworkConfig(depth=8, width=32, repr_dim=64, input_norm=True)
+    assert not both.overrides()
     assert out_both == Path("runs") / "reacher-d8-s0"
     assert apart.overrides() == {"actor_depth": 4, "critic_width": 64}
     assert (apart.actor.depth, apart.actor.width) == (4, 128)  # quick's width

@@ -187,6 +187,63 @@ def _init_agent(setup: Setup, key: jax.Array) -> AgentState:
     )
 
 
+# A field whose spread is at most this fraction of its magnitude (of 1, for a field smaller
+# than 1) is taken as constant (float32 rounding of its mean alone is ~1e-7 of it) and keeps
+# scale 1: dividing by the spread would blow rounding up to a unit input.
+CONSTANT_SPREAD = 1e-6
+
+
+def first_training_iteration(config: TrainConfig, buffer: replay.ReplayState) -> jax.Array:
+    """True in the one iteration whose collection brought the buffer to `min_replay_steps`:
+    the iteration that takes the run's first SGD steps."""
+    written, need = buffer.written, config.replay.min_replay_steps
+    return (written >= need) & (written - config.replay.unroll_length < need)
+
+
+def _field_statistics(
+    x: jax.Array, held: jax.Array, fields: dict[str, slice]
+) -> tuple[jax.Array, jax.Array]:
+    """Per component mean, and per field 1 / spread (the root mean of its components' variances)
+    of `x` [time, env, dim] over the rows `held` [time]."""
+    weight = held.astype(x.dtype)[:, None, None]
+    count = jnp.sum(weight) * x.shape[1]
+    mean = jnp.sum(weight * x, axis=(0, 1)) / count
+    var = jnp.sum(weight * jnp.square(x - mean), axis=(0, 1)) / count
+    scale = jnp.ones_like(mean)
+    for part in fields.values():
+        spread = jnp.sqrt(jnp.mean(var[part]))
+        size = jnp.sqrt(jnp.mean(jnp.square(mean[part]))) + spread
+        constant = spread <= CONSTANT_SPREAD * jnp.maximum(size, 1.0)
+        scale = scale.at[part].set(jnp.where(constant, 1.0, 1.0 / spread))
+    return mean, scale
+
+
+def standardize_inputs(
+    setup: Setup, agent: AgentState, buffer: replay.ReplayState
+) -> AgentState:
+    """The agent with every network's `InputNorm` set from the data the buffer holds: each
+    observation and goal component less its mean, each observation field and goal field divided
+    by its spread (one scale a field, so a field's components keep their geometry: metres stay
+    comparable with metres). Goals are the achieved goals, which relabeling makes the training
+    goals. The actions φ(s, a) takes stay as they are, already in [-1, 1]."""
+    spec = setup.spec
+    held = jnp.arange(replay.capacity(buffer)) < replay.size(buffer)
+    obs_shift, obs_scale = _field_statistics(buffer.data.obs, held, spec.observation_slices())
+    goal_shift, goal_scale = _field_statistics(buffer.data.next_achieved, held,
+                                               spec.goal_slices())
+    act_dim = spec.act_dim
+    norms = {
+        "actor": (jnp.concatenate([obs_shift, goal_shift]),
+                  jnp.concatenate([obs_scale, goal_scale])),
+        "sa_encoder": (jnp.concatenate([obs_shift, jnp.zeros(act_dim)]),
+                       jnp.concatenate([obs_scale, jnp.ones(act_dim)])),
+        "g_encoder": (goal_shift, goal_scale),
+    }
+    params = {name: {**tree, "input_norm": {"shift": norms[name][0], "scale": norms[name][1]}}
+              for name, tree in agent.params.items()}
+    return dataclasses.replace(agent, params=params)
+
+
 def run_spec(setup: Setup, env_steps: int) -> Any:
     """The env's policy spec with the network shape and this run's provenance filled in.
 
@@ -363,6 +420,18 @@ def sgd_step(
     ), metrics
 
 
+def first_standardized(setup: Setup, agent: AgentState, buffer: replay.ReplayState
+                       ) -> AgentState:
+    """`standardize_inputs` in the run's first training iteration, before its SGD steps (with
+    `NetworkConfig.input_norm`); the agent unchanged in every other."""
+    if not setup.config.network.input_norm:
+        return agent
+    result: AgentState = jax.lax.cond(
+        first_training_iteration(setup.config, buffer),
+        lambda a: standardize_inputs(setup, a, buffer), lambda a: a, agent)
+    return result
+
+
 def iteration_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """An iteration's keys from the state's: the next state's, the collect's and the SGD's
     (which the learners take too, to sample the collector's batches)."""
@@ -448,7 +517,8 @@ def iteration_steps(setup: Setup, mesh: Mesh | None = None) -> tuple[Step, Step]
     def learn(state: TrainState) -> tuple[TrainState, dict[str, Any]]:
         key, _, k_sgd = iteration_keys(state.key)
         trains = replay.size(state.buffer) >= c.replay.min_replay_steps
-        agent, metrics = sgd_steps(setup, mesh, state.agent, state.buffer, k_sgd, trains)
+        agent = first_standardized(setup, state.agent, state.buffer)
+        agent, metrics = sgd_steps(setup, mesh, agent, state.buffer, k_sgd, trains)
         state = dataclasses.replace(
             state,
             agent=agent,

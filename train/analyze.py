@@ -53,7 +53,7 @@ from crl.core.usage import ConfigError
 from crl.sim.env import jit as env_jit
 from crl.train.config import NetworkConfig
 from crl.train.losses import energy
-from crl.train.networks import Actor, Encoder, deterministic_action
+from crl.train.networks import Actor, Encoder, deterministic_action, network_config
 
 HEATMAP_FILE = "value_heatmap.png"
 EMBEDDINGS_FILE = "embeddings.png"
@@ -523,10 +523,7 @@ def analyze_run(
         )
     net = run.spec.network
     assert net is not None  # the trainer always writes it
-    # The spec's depth and width are the actor's; the encoders take the critic's shape.
-    critic_depth, critic_width = net.critic_shape
-    network = NetworkConfig(net.depth, net.width, net.repr_dim, net.residual,
-                            critic_depth=critic_depth, critic_width=critic_width)
+    network = network_config(net, run.params)
     critic = make_critic(run.params, network, env.spec.act_dim)
     out = Path(out) if out is not None else Path(run_dir) / ANALYSIS_DIR
     key = jax.random.PRNGKey(seed)

@@ -24,8 +24,7 @@ import numpy as np
 
 from crl.core.oscillation import NEAR_GOAL_RADII, action_flips, oscillation
 from crl.sim.env import jit as env_jit
-from crl.train.config import NetworkConfig
-from crl.train.networks import Actor, deterministic_action
+from crl.train.networks import Actor, deterministic_action, network_config
 
 Evaluator = Callable[[dict[str, Any], jax.Array], dict[str, jax.Array]]
 # The paper: "When reporting an algorithm's performance as a single number, we compute the
@@ -141,7 +140,7 @@ def evaluate_run(
     env = tasks.make(run.config["task"], dr=dr, action=run.spec.action)
     net = run.spec.network
     assert net is not None  # the trainer always writes it
-    actor = Actor(NetworkConfig(net.depth, net.width, net.repr_dim, net.residual), env.spec.act_dim)
+    actor = Actor(network_config(net, run.params), env.spec.act_dim)
     evaluator: Any = make_evaluator(env, actor, episodes)
     params, key = run.params["actor"], jax.random.PRNGKey(seed)
     phase(f"compiling the evaluator ({episodes} episodes of {env.episode_length} steps)")

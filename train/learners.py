@@ -27,6 +27,7 @@ from crl.train.agent import (
     Setup,
     TrainState,
     finite_flags,
+    first_standardized,
     fresh_state,
     host_local,
     iteration_keys,
@@ -62,6 +63,7 @@ def make_learning(setup: Setup, mesh: Mesh | None = None) -> Learning:
         updated: list[AgentState] = []
         metrics: dict[str, Any] = {}
         for learner, agent in zip(setup.learners, learners, strict=True):
+            agent = first_standardized(learner, agent, buffer)
             agent, sgd_metrics = sgd_steps(learner, mesh, agent, buffer, k_sgd, trains)
             updated.append(agent)
             metrics |= {f"{learner.name}/{k}": v for k, v in sgd_metrics.items()}

@@ -12,13 +12,15 @@ Parameter tree of every trunk (the exporter reads it by these names):
     blocks/dense_{0..3}/{kernel [N, W, W], bias [N, W]},
     blocks/norm_{0..3}/{scale [N, W], bias [N, W]}     (N = depth // 4 blocks)
 Encoders add `head/{kernel, bias}`; the actor adds `mean/…` and `log_std/…`. The actor's N and W
-may differ from the encoders' (`NetworkConfig.actor_depth`, `.critic_width`, ...).
+may differ from the encoders' (`NetworkConfig.actor_depth`, `.critic_width`, ...). With
+`NetworkConfig.input_norm`, each network also has `input_norm/{shift [in], scale [in]}` before
+its trunk (`InputNorm`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crl.core.spec import BLOCK_LAYERS
+from crl.core.spec import BLOCK_LAYERS, NetworkSpec
 from crl.train.config import DType, NetworkConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -119,6 +121,28 @@ class ResidualBlock(nn.Module):
         return (x + h if self.residual else h), None
 
 
+class InputNorm(nn.Module):
+    """(x − shift) · scale for each input component, both fixed: no gradient reaches them, so
+    Adam leaves them as `crl.train.agent.standardize_inputs` set them, once, from the prefill's
+    data. The identity until then.
+
+    Why: Adam moves each weight by about its learning rate a step, whatever the spread of the
+    input it multiplies. A weight on an input of small spread (a fingertip position in metres,
+    over a workspace 0.4 m across) then moves the layer's output little per step, and a response
+    that must be sharp in that input is learnt slowly or never: the reacher's actor, trained on
+    raw inputs, commanded the mean of the two elbow solutions for goals behind its shoulder
+    (docs/benchmarks.md). Scaled inputs are a reparameterisation, not a new function class: the
+    exporter folds shift and scale into the first Dense layer.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        size = x.shape[-1]
+        shift = self.param("shift", nn.initializers.zeros_init(), (size,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones_init(), (size,), jnp.float32)
+        return (x - jax.lax.stop_gradient(shift)) * jax.lax.stop_gradient(scale)
+
+
 class Trunk(nn.Module):
     """Stem plus scanned residual blocks: [..., in] → [..., width].
 
@@ -164,6 +188,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config.critic
+        if c.input_norm:
+            x = InputNorm(name="input_norm")(x)
         h = Trunk(c, self.scan, name="trunk")(x)
         dtype = COMPUTE_DTYPES[c.dtype]
         out = nn.Dense(c.repr_dim, kernel_init=kernel_init, dtype=dtype, name="head")(h)
@@ -181,7 +207,10 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, goal: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.config.actor
-        h = Trunk(c, self.scan, name="trunk")(jnp.concatenate([obs, goal], axis=-1))
+        x = jnp.concatenate([obs, goal], axis=-1)
+        if c.input_norm:
+            x = InputNorm(name="input_norm")(x)
+        h = Trunk(c, self.scan, name="trunk")(x)
         dtype = COMPUTE_DTYPES[c.dtype]
         mean = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="mean")(h)
         raw = nn.Dense(self.action_dim, kernel_init=kernel_init, dtype=dtype, name="log_std")(h)
@@ -215,6 +244,17 @@ class Networks(NamedTuple):
     actor: Actor
     sa_encoder: Encoder
     g_encoder: Encoder
+
+
+def network_config(spec: NetworkSpec, params: Mapping[str, Any]) -> NetworkConfig:
+    """The config that builds the networks a trained policy's spec and parameters describe: the
+    spec's actor shape and its critic's, and `input_norm` where the parameters hold one (a
+    network built without it would ignore the run's fixed input scaling and compute another
+    function)."""
+    critic_depth, critic_width = spec.critic_shape
+    return NetworkConfig(spec.depth, spec.width, spec.repr_dim, spec.residual,
+                         input_norm="input_norm" in params["actor"],
+                         critic_depth=critic_depth, critic_width=critic_width)
 
 
 def make_networks(config: NetworkConfig, action_dim: int) -> Networks:
