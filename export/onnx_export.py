@@ -118,8 +118,7 @@ def build_model(
     params: Mapping[str, Any], spec: PolicySpec, fp16: bool = False, critic: bool = False
 ) -> onnx.ModelProto:
     """The unsealed graph (no metadata): `export_actor` without the file."""
-    params = {root: _fold_input_norm(tree, root) if root in NETWORKS else tree
-              for root, tree in params.items()}
+    params = {root: _fold_input_norm(tree, root) for root, tree in params.items()}
     network = _check_params(params, spec, critic)
     g = _Graph(np.float16 if fp16 else np.float32)
     residual = network.residual
@@ -302,9 +301,6 @@ def _encoder(g: _Graph, x: str, p: Mapping[str, Any], residual: bool, name: str)
     return g.dense(_trunk(g, x, p["trunk"], residual, name), p["head"], f"{name}/head")
 
 
-NETWORKS = ("actor", "sa_encoder", "g_encoder")
-
-
 def _fold_input_norm(net: Mapping[str, Any], root: str) -> Mapping[str, Any]:
     """A network's parameters with its `input_norm` (`crl.train.networks.InputNorm`: fixed shift
     and scale of each input) folded into the stem's Dense layer, computed in float64:
@@ -314,8 +310,9 @@ def _fold_input_norm(net: Mapping[str, Any], root: str) -> Mapping[str, Any]:
         return net
     in_dim, _ = _shape({root: net}, root, "trunk", "stem_dense", "kernel")
     norm = net["input_norm"]
-    shift, scale = (np.asarray(norm.get(k, ()), np.float64) if isinstance(norm, Mapping)
-                    else np.zeros(0) for k in ("shift", "scale"))
+    if not isinstance(norm, Mapping):
+        raise ExportError(f"params: {root}/input_norm is not a {{shift, scale}} mapping")
+    shift, scale = (np.asarray(norm.get(k, ()), np.float64) for k in ("shift", "scale"))
     if shift.shape != (in_dim,) or scale.shape != (in_dim,):
         raise ExportError(f"params: {root}/input_norm shift {shift.shape} and scale "
                           f"{scale.shape} must both be ({in_dim},), the stem's input size")

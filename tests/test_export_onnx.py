@@ -296,6 +296,8 @@ def test_build_is_deterministic(toy_policy: tuple[PolicySpec, dict, Path]) -> No
         (lambda s, p: (s.replace(observation=(Field("joint_pos", 3),)), p), "obs_dim 3"),
         (lambda s, p: (s, _with_norm(p, "actor", np.zeros(3), np.ones(3))),
          r"actor/input_norm shift \(3,\) and scale \(3,\) must both be"),
+        (lambda s, p: (s, {**p, "actor": {**p["actor"], "input_norm": np.zeros(3)}}),
+         r"actor/input_norm is not a \{shift, scale\} mapping"),
         (lambda s, p: (s, _with_norm(p, "g_encoder", np.zeros(s.goal_dim),
                                      np.full(s.goal_dim, np.inf))), "non-finite"),
     ],
