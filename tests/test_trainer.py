@@ -215,6 +215,12 @@ def test_existing_run_needs_resume_and_resume_refuses_a_changed_config(point_run
     with pytest.raises(ConfigError, match=r"^depth: .* started with 4, not 8"):
         prepare_run_dir(run_dir, tiny_config(network=NetworkConfig(depth=8, width=64,
                                                                    repr_dim=16)), resume=True)
+    # A preset that changed since the run started (the reacher's input_norm): the message says
+    # what to set back, as no flag of the user's changed.
+    normed = NetworkConfig(depth=4, width=64, repr_dim=16, input_norm=True)
+    with pytest.raises(ConfigError, match=r"^input_norm: .* started with False, not True; to "
+                                          r"resume it, set input_norm back to False \("):
+        prepare_run_dir(run_dir, tiny_config(network=normed), resume=True)
 
 
 def test_held_out_evaluation_and_no_residual_reach_the_run(tmp_path) -> None:

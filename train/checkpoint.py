@@ -241,8 +241,9 @@ def prepare_run_dir(
         if differs:
             name, was, now = differs[0]
             raise ConfigError(
-                f"{name}: the run in {run_dir} was started with {was!r}, not {now!r}; drop the "
-                "flag to resume it (only --total-steps may change) or start a new --out"
+                f"{name}: the run in {run_dir} was started with {was!r}, not {now!r}; to resume "
+                f"it, set {name} back to {was!r} (drop or change its flag; a preset's defaults "
+                "can change between versions; only --total-steps may change) or start a new --out"
             )
         config = dataclasses.replace(stored, total_steps=config.total_steps)
     elif checkpoint_steps(run_dir):
