@@ -272,6 +272,17 @@ def msgspec_messages(r: dict[str, Any]) -> str:
             "differently.\n")
 
 
+def own_misses(misses: list[dict[str, Any]]) -> str:
+    """The runtime's own misses in a soak, each by what its tick spent (crl.runtime.loop's
+    TickParts): at most three, then how many more."""
+    if not misses:
+        return "none"
+    shown = [f"{m['at_s']:.0f} s ({m['during']}): {m['work_ms']:.1f} ms of work, "
+             f"{m['work_cpu_ms']:.1f} ms CPU, policy {m['fixed_cpu_ms']:.1f} ms, held off "
+             f"{m['held_off_ms']:.1f} ms" for m in misses[:3]]
+    return "; ".join(shown) + (f"; {len(misses) - 3} more" if len(misses) > 3 else "")
+
+
 def soak(r: dict[str, Any]) -> str:
     c, a, t = r["config"], r["actions"], r["targets"]
     goals, obs = r["bad_goals"], r["bad_observations"]
@@ -287,6 +298,10 @@ def soak(r: dict[str, Any]) -> str:
         ["valid goals accepted", f"{r['valid_goals']['accepted']} of {r['valid_goals']['sent']}"],
         ["longest gap between actions",
          f"{a['max_gap_ms']:.1f} ms ({a['max_gap_ms'] / period_ms:.2f} periods)"],
+        *([["less the platform's measured holds in it",
+            f"{a['max_gap_less_holds_ms']:.1f} ms"]] if "max_gap_less_holds_ms" in a else []),
+        *([["own misses, their parts", own_misses(r["own_misses"])]]
+          if "own_misses" in r else []),
         *([["platform baseline's longest gap between ticks",
             f"{r['platform_baseline']['longest_gap_ms']:.1f} ms"]]
           if "longest_gap_ms" in r["platform_baseline"] else []),

@@ -144,7 +144,7 @@ class ServeArgs(Connection):
     goal: tuple[float, ...] = ()
     """a goal to hold from the start (in the policy's goal frame)"""
     stats_out: Path | None = None
-    """write the final statistics here (JSON)"""
+    """write the final statistics here (JSON), with the last missed ticks and their parts"""
     quiet: bool = False
     """no live status line"""
 
@@ -261,8 +261,8 @@ def serve_cmd(args: ServeArgs) -> None:
     if live:
         print(file=sys.stderr)
     print(summary_line(final))
-    if args.stats_out:
-        write_json(args.stats_out, final)
+    if args.stats_out:  # with the last missed ticks' parts: why each miss happened
+        write_json(args.stats_out, {**final, "miss_log": controller.stats.misses_log()})
 
 
 def summary_line(s: dict[str, float | int | str]) -> str:

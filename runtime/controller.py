@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from numpy.typing import NDArray
 
 from crl.core.latency import percentile, summarize
 from crl.core.spec import PolicySpec
-from crl.runtime.loop import FixedWork
+from crl.runtime.loop import FixedWork, TickParts
 from crl.runtime.messages import Observation
 from crl.runtime.observation import ObservationAssembler, ObservationError
 from crl.runtime.policy import Policy
@@ -48,6 +49,7 @@ STALL_PERIODS = 3  # a gap between actions longer than this many control periods
 # measured within this many rate-limit steps of where the stop held it (Controller._resync).
 RESUME_STEPS = 2
 ACTION_SLACK = 4  # action times kept beyond a window's worth at the control rate
+MISS_LOG = 64  # the last missed ticks kept with their parts (`Stats.log_miss`)
 
 
 class Window:
@@ -166,6 +168,36 @@ class Stats:
         self.last_goal_rejection = ""
         self.clock = clock
         self.started = clock()
+        # (uptime s, Unix time, how late, misses, own, held off, time since the tick's command
+        # or None, parts): the last MISS_LOG.
+        self.miss_log: deque[tuple[float, float, float, int, int, float, float | None,
+                                   TickParts]] = deque(maxlen=MISS_LOG)
+
+    def log_miss(self, late: float, misses: int, own: int, held_off: float,
+                 parts: TickParts) -> None:
+        """A tick ended `late` s past its next deadline: `misses` counted, `own` of them the
+        loop's (the rest the platform's: `held_off` s explained them); `parts`: where the
+        tick's time went (crl.runtime.loop.HeldOff). The time since the last command went out
+        says which of the tick's work came after it (a hold there delays the next command, not
+        this one)."""
+        now = self.clock()
+        since = now - self.actions.times.last() if self.actions.times.count else None
+        self.miss_log.append((now - self.started, time.time(), late, misses, own, held_off,
+                              since, parts))
+
+    def misses_log(self) -> list[dict[str, float | int | bool | None]]:
+        """The last MISS_LOG missed ticks, oldest first: when, how late, how many misses and
+        how many the loop's own, how long after the last command, and the tick's parts, in ms
+        (`--stats-out` writes them)."""
+        ms = 1e3
+        return [{"uptime_s": round(up, 3), "time_unix": round(unix, 4),
+                 "late_ms": round(late * ms, 3), "misses": misses, "own": own,
+                 "held_off_ms": round(held * ms, 3),
+                 "after_action_ms": None if since is None else round(since * ms, 3),
+                 **{k if isinstance(v, bool) else f"{k}_ms":
+                    v if isinstance(v, bool) else round(v * ms, 3)
+                    for k, v in parts._asdict().items()}}
+                for up, unix, late, misses, own, held, since, parts in self.miss_log]
 
     def to_dict(self) -> dict[str, float | int | str]:
         """The status now. Taking it starts a new interval for `max_gap_ms`."""
@@ -420,8 +452,14 @@ class Controller:
         after 0.5 s without one and 86 ms after 3 s (1.4 ms warm; no page fault the guest saw:
         the host had taken its pages back), and a GPU's clocks drop when idle. Without this the
         first action after a stop, or on the first goal, overran its period. A failure is the
-        acting ticks' to count."""
+        acting ticks' to count. It is the tick's call, timed as one (`FixedWork`): a call the
+        machine ran over twice as slow counts its excess as the platform's (measured in the
+        10-minute soak: a warm-up call after a robot restart took 10.2 ms of CPU, after the
+        command, and the tick ended past the next sample)."""
+        self.policy_work.start()
         self.warm_up()
+        self.policy_work.done()
+        self.stats.counts["policy_slowed"] = self.policy_work.slowed
 
     def safe_command(self, mode: str = "stopped") -> Command:
         """The safe action now (what a runtime sends once when it shuts down)."""

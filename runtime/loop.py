@@ -99,12 +99,54 @@ class Reading(NamedTuple):
                    - (self.delay - before.delay))
 
 
+class TickParts(NamedTuple):
+    """Where one tick's time went, as `HeldOff` measured it (s): what a miss's record shows, so
+    a miss counted as the loop's own can be traced to its part.
+
+    `woke_late`: how late its timed wait ended after it was due, with any stall before the
+    count; `queued_before` / `queued_in_tick`: run-queue delay after the wake-up and during the
+    work; `unseen`: work time on neither the thread's CPU clock nor a run queue (steal; 0 if it
+    blocked); `slowed`: fixed work's CPU beyond its usual (`FixedWork`); `work` / `work_cpu`:
+    the work's wall and thread-CPU time; `fixed_cpu`: the fixed work's CPU (the policy call);
+    `blocked`: the work blocked (then nothing unseen is excused); `timed`: the wait ended on a
+    timer (a deadline, a watchdog), not on a sample; `began` / `woke`: when the wait began and
+    ended, from when the tick was due (a wait that began after it: the tick before overran);
+    `wait_cpu` / `wait_others_cpu`: the thread's CPU in the wait (reading messages) and the
+    process's other threads' meanwhile (its I/O threads), both taken off a late wake-up;
+    `after_done`: the platform's hold between the work's end and the miss's count
+    (`HeldOff.since_done`)."""
+
+    woke_late: float = 0.0
+    queued_before: float = 0.0
+    queued_in_tick: float = 0.0
+    unseen: float = 0.0
+    slowed: float = 0.0
+    work: float = 0.0
+    work_cpu: float = 0.0
+    fixed_cpu: float = 0.0
+    blocked: bool = False
+    timed: bool = True
+    began: float = 0.0
+    woke: float = 0.0
+    wait_cpu: float = 0.0
+    wait_others_cpu: float = 0.0
+    after_done: float = 0.0
+
+
 def voluntary_switches() -> int:
     """How many times the calling thread has blocked (-1 where the OS does not say)."""
     try:
         return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
     except (AttributeError, OSError):
         return -1
+
+
+def _queued_since(at: Reading, before: Reading) -> float:
+    """The thread's run-queue delay between two readings, less the CPU the process's other
+    threads used meanwhile (0 where a delay is unreadable)."""
+    if at.delay is None or before.delay is None:
+        return 0.0
+    return max(0.0, at.delay - before.delay - at.others_since(before))
 
 
 class HeldOff:
@@ -118,7 +160,9 @@ class HeldOff:
     tick it counts, from the moment the tick could first have fired (`earliest`: its deadline,
     its window's start; never before the wait began, so a tick that starts late because the one
     before overran is not held off), the longer of: how late a timed wait ended after it was
-    due, and any stall between the wake-up and this count (a few µs of the loop's own code);
+    due, less the process's CPU since the wait last blocked (what it read or ran before that
+    block cannot have kept it past a timer set after), and any stall between the wake-up and
+    this count (a few µs of the loop's own code);
     and the kernel's run-queue delay for the thread (Linux schedstat, read with `pread`)
     since its last blocking call began (`before_blocking`: the delay after whatever woke it, not
     that of earlier wake-ups the wait absorbed). Then, during the tick's work, the run-queue
@@ -147,7 +191,13 @@ class HeldOff:
         self._at_block = Reading(None, 0.0, 0.0)  # when it last blocked
         self._at_wake = Reading(None, 0.0, 0.0)
         self._held = 0.0  # the wait's share, once it ended
+        self._late = self._queued = 0.0  # its parts: a timer's lateness (and stall), queued
+        self._timed = True
+        self._wait = (0.0, 0.0, 0.0, 0.0)  # its parts: began and woke from due, CPU, others'
         self._slowed = 0.0  # the tick's fixed work beyond its usual CPU time (`FixedWork`)
+        self._fixed = 0.0  # the tick's fixed work's CPU time
+        self.parts = TickParts()  # the last tick's, once `tick_done` measured it
+        self._at_done = Reading(None, 0.0, 0.0)  # when `tick_done` read the counters
         self._previous = getattr(_this_thread, "held_off", None)
         if self._fd is not None:
             _this_thread.held_off = self
@@ -183,7 +233,11 @@ class HeldOff:
         if self._fd is None:
             return
         at = self._at_wake = self.reading()
-        used = at.process - self._at_wait.process  # the process's CPU over the wait
+        # The process's CPU since the wait last blocked: what can have kept the wake-up past
+        # `due` (a read that ran on past it). What it read before that block ended before the
+        # block began, so it did not (measured in the soak: a wait that read a flood's bad
+        # observations for 3.6 ms over 18 ms, asleep on its watchdog, woke 6.7 ms past it).
+        used = at.process - self._at_block.process
         late = max(0.0, now - max(due, self._began) - used) if timed else 0.0
         # From reading the clock to reading the counters the thread runs a few µs of its own:
         # longer, and the platform took the time (less any the process's other threads used
@@ -194,23 +248,45 @@ class HeldOff:
             queued = min(at.delay - self._at_block.delay - at.others_since(self._at_block),
                          at.wall - max(earliest, self._began) - used)
         self._held = max(late + stalled, queued, 0.0)
-        self._slowed = 0.0
+        self._late, self._queued, self._timed = late + stalled, max(queued, 0.0), timed
+        self._wait = (self._began - due, now - due, at.thread - self._at_wait.thread,
+                      at.others_since(self._at_wait))
+        self._slowed = self._fixed = 0.0
 
     def slowed(self, excess: float) -> None:
         """The tick's fixed work (`FixedWork`) took `excess` s of CPU beyond its usual: the
         computer ran it slower, not the loop's own doing."""
         self._slowed += max(0.0, excess)
 
+    def fixed_work(self, cpu: float) -> None:
+        """The tick's fixed work (`FixedWork`) took `cpu` s of the thread's CPU (for the
+        tick's `parts`)."""
+        self._fixed += cpu
+
     def tick_done(self) -> float:
         """The tick's work is done: how long the platform held the thread off since the tick
-        could have fired (s)."""
+        could have fired (s). Its parts are kept in `parts`."""
         if self._fd is None:
             return 0.0
-        at, woke = self.reading(), self._at_wake
-        in_tick = 0.0
-        if at.delay is not None and woke.delay is not None:
-            in_tick = max(0.0, at.delay - woke.delay - at.others_since(woke))
-        return self._held + in_tick + at.unseen_since(woke) + self._slowed
+        at = self._at_done = self.reading()
+        woke = self._at_wake
+        in_tick = _queued_since(at, woke)
+        unseen = at.unseen_since(woke)
+        self.parts = TickParts(
+            self._late, self._queued, in_tick, unseen, self._slowed, at.wall - woke.wall,
+            at.thread - woke.thread, self._fixed,
+            woke.blocks < 0 or at.blocks != woke.blocks, self._timed, *self._wait)
+        return self._held + in_tick + unseen + self._slowed
+
+    def since_done(self) -> float:
+        """The platform's hold since `tick_done` read the counters (s): run-queue delay and time
+        the thread was on neither clock. Only a few µs of the loop's own code run between, so
+        a tick found late is checked again for a stall there (measured in the soak: 9.4 ms
+        between a 2 ms tick's end and its count, counted its own)."""
+        if self._fd is None:
+            return 0.0
+        at, done = self.reading(), self._at_done
+        return _queued_since(at, done) + at.unseen_since(done)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -272,9 +348,11 @@ class FixedWork:
     def done(self) -> float:
         """The call has ended: its CPU time (s)."""
         used = time.thread_time() - self._t0
+        held_off = getattr(_this_thread, "held_off", None)
+        if held_off is not None:
+            held_off.fixed_work(used)
         if self.usual is not None and used > SLOWED_FACTOR * self.usual:
             self.slowed += 1
-            held_off = getattr(_this_thread, "held_off", None)
             if held_off is not None:
                 held_off.slowed(used - self.usual)
         self.recent.append(used)
@@ -423,27 +501,37 @@ class FixedRateLoop:
                 self.stats.period_error.add(now - deadline)
                 on_tick(deadline, now)
                 ticks += 1
-                deadline = self.count_misses(deadline + self.period, held_off.tick_done())
+                deadline = self.count_misses(deadline + self.period, held_off.tick_done(),
+                                             held_off.parts, held_off.since_done)
 
     def held_off(self) -> HeldOff:
         """The thread's `HeldOff`, opened on the loop's thread; measured only on this
         computer's clock."""
         return HeldOff(enabled=self.clock is time.monotonic)
 
-    def count_misses(self, deadline: float, held_off: float = 0.0) -> float:
-        """The next deadline, counting a miss when this tick's command went out after it: then
-        the whole periods gone are skipped (each a miss too), not run back to back in a burst.
+    def count_misses(self, deadline: float, held_off: float = 0.0,
+                     parts: TickParts | None = None,
+                     since_done: Callable[[], float] | None = None) -> float:
+        """The next deadline, counting a miss when this tick's work ended after it: then the
+        whole periods gone are skipped (each a miss too), not run back to back in a burst.
         `held_off`: how long the platform kept the thread from running since its tick could
-        first fire (`HeldOff`); the misses it explains (the tick would not have had them
-        without it) are also counted in `misses_scheduling`."""
+        first fire (`HeldOff`), and `since_done`, read for a tick found late, its hold since
+        (`HeldOff.since_done`); the misses they explain (the tick would not have had them
+        without it) are also counted in `misses_scheduling`. Each missing tick is recorded
+        with its parts (`Stats.log_miss`)."""
         late = self.clock() - deadline
         if late >= 0:
+            if since_done is not None:
+                after = since_done()
+                held_off += after
+                parts = (parts or TickParts())._replace(after_done=after)
             behind = int(late // self.period)
             self.stats.counts["misses"] += 1 + behind
             # Without the hold the tick would have ended `held_off` sooner: the misses it would
             # still have had are the loop's own, the rest the platform's.
             own = 0 if late < held_off else 1 + int((late - held_off) // self.period)
             self.stats.counts["misses_scheduling"] += 1 + behind - own
+            self.stats.log_miss(late, 1 + behind, own, held_off, parts or TickParts())
             deadline += behind * self.period
         return deadline
 
@@ -584,6 +672,11 @@ class SampleLockedLoop(FixedRateLoop):
                 slept = self.clock() < opens  # in hand before the window: a timed wait
                 return self.wait_until(opens), opens, arrival, slept
             late = arrival
+            # Taking that sample ran past the watchdog: its tick, now. Another wait, already
+            # due, would read all that is queued (a flood's: measured 2.8 ms past the watchdog
+            # with 5.8 ms of reading, and the tick ended past the next sample).
+            if self.clock() >= closes:
+                break
         return self.clock(), closes, late, True
 
     def next_expected(self, expected: float, arrival: float | None) -> float:
@@ -646,4 +739,5 @@ class SampleLockedLoop(FixedRateLoop):
                             else expected + self.period)
             locked = still_locked
             # Busy when the next sample was due: a miss.
-            expected = self.count_misses(expected, held_off.tick_done())
+            expected = self.count_misses(expected, held_off.tick_done(), held_off.parts,
+                                         held_off.since_done)

@@ -16,7 +16,7 @@ from robot_fixtures import JOINTS, export_policy, fingertip, observation, reache
 
 from crl.runtime import robot_config
 from crl.runtime.controller import Controller, Stats
-from crl.runtime.loop import FixedRateLoop
+from crl.runtime.loop import USUAL_EVERY, FixedRateLoop
 from crl.runtime.observation import ObservationError
 from crl.runtime.policy import load_policy
 from crl.runtime.robot_config import RobotConfigError
@@ -495,6 +495,31 @@ def test_a_policy_that_fails_its_warm_up_is_reported_not_raised(policy_path: Pat
     assert c.warm_up() == "RuntimeError: no such kernel"
     c.keep_warm()  # nothing raised; the ticks that act count it
     assert c.stats.counts["policy_errors"] == 0 and c.last_sent is not None
+
+
+def test_a_warm_up_call_is_timed_as_the_ticks_policy_call(policy_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """`keep_warm` runs the tick's policy call after a safe action: a call the machine ran over
+    twice its usual CPU time is counted slowed (its excess the platform's, as for an acting
+    tick's call), one as usual is not."""
+    c = make(policy_path)
+    cpu = [0.0]
+    monkeypatch.setattr("crl.runtime.loop.time.thread_time", lambda: cpu[0])
+    act = c.policy.act
+
+    def timed(x: object, g: object, cost: float = 0.0015) -> object:
+        cpu[0] += cost
+        return act(x, g)
+
+    c.policy.act = timed  # type: ignore[method-assign]
+    for _ in range(USUAL_EVERY):
+        c.keep_warm()
+    assert c.policy_work.usual == pytest.approx(0.0015)
+    assert c.stats.counts["policy_slowed"] == 0
+    c.policy.act = lambda x, g: timed(x, g, 0.0102)  # type: ignore[method-assign]
+    c.keep_warm()
+    assert c.stats.counts["policy_slowed"] == 1 and c.policy_work.calls == USUAL_EVERY + 1
 
 
 def test_percentiles_are_numpys_to_the_bit_without_its_cost() -> None:

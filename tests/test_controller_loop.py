@@ -208,6 +208,52 @@ def test_an_overrunning_tick_is_a_miss_and_the_loop_does_not_burst() -> None:
     assert lag[62:].max() < 1e-5
 
 
+class SlowReader:
+    """`Samples` whose first wait takes a late sample (the previous tick's, after its watchdog)
+    and reads until past this tick's watchdog (a flood's bad observations behind it)."""
+
+    def __init__(self, clock: SimClock, late: float, read_until: float):
+        self.clock, self.late, self.read_until = clock, late, read_until
+        self.calls: list[tuple[float, float]] = []  # (until, the clock when called)
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    def wait(self, until: float) -> float | None:
+        self.calls.append((until, self.clock.t))
+        if len(self.calls) == 1:
+            self.clock.t = self.read_until
+            return self.late
+        self.clock.t = max(self.clock.t, until)
+        return None
+
+    def acted(self) -> None:
+        pass
+
+
+def test_a_wait_that_read_past_its_watchdog_ticks_without_reading_on() -> None:
+    """Measured in the soak: a wait took the previous sample, late, and its reading ran past
+    the watchdog. Another wait, already due, would read all that is queued before the tick
+    (2.8 ms past the watchdog, the tick then past the next sample): it ticks at once, as the
+    watchdog's, on the late sample."""
+    clock = SimClock()
+    expected = 10.0
+    closes = expected + WINDOW * PERIOD
+    clock.t = expected - PERIOD / 2
+    samples = SlowReader(clock, late=expected - 0.7 * PERIOD, read_until=closes + 0.0003)
+    loop = SampleLockedLoop(PERIOD, Stats(clock=clock), samples, clock=clock, spin_s=0.0)
+    woke, due, arrival, timed = loop.wait_sample(expected)
+    assert samples.calls == [(closes, expected - PERIOD / 2)]  # no second wait
+    assert (woke, due, arrival, timed) == (closes + 0.0003, closes, expected - 0.7 * PERIOD, True)
+    # Before the watchdog, a late sample does not end the wait: it waits on for its own.
+    clock.t = expected - PERIOD / 2
+    loop.samples = samples = SlowReader(clock, late=expected - 0.7 * PERIOD,
+                                        read_until=expected - 0.001)
+    assert loop.wait_sample(expected) == (closes, closes, expected - 0.7 * PERIOD, True)
+    assert [until for until, _ in samples.calls] == [closes, closes]
+
+
 def test_arrival_signal_reports_each_sample_once_across_threads() -> None:
     """The ROS node's hand-over: a callback thread notes samples, the loop's thread waits."""
     signal = ArrivalSignal()

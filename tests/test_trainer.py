@@ -413,9 +413,9 @@ def test_cli_paper_preset_takes_the_tasks_budget_and_flags_still_win(
 def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp_path,
                                                             capsys) -> None:
     """`arm_reach`'s quick preset has its own spatial weight (TASK_PRESET_CHANGES), the
-    reacher's its standardised inputs, each keeping the rest of the preset; a flag still wins,
-    and `crl-train arm_reach --preset quick --help` shows the arm's default, `--help` without a
-    task the preset's."""
+    reacher's its standardised inputs and its own spatial weight, each keeping the rest of the
+    preset; a flag still wins, and `crl-train arm_reach --preset quick --help` shows the arm's
+    default, `--help` without a task the preset's."""
     from crl.train.config import TASK_PRESET_CHANGES
 
     arm = preset("quick", "arm_reach")
@@ -426,8 +426,10 @@ def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp
     assert not PRESETS["quick"].network.input_norm and not arm.network.input_norm
     assert preset("quick", "reacher") == dataclasses.replace(
         PRESETS["quick"], task="reacher",
-        network=dataclasses.replace(PRESETS["quick"].network, input_norm=True))
+        network=dataclasses.replace(PRESETS["quick"].network, input_norm=True),
+        algo=dataclasses.replace(PRESETS["quick"].algo, spatial_penalty=30.0))
     assert preset("quick", "reacher", total_steps=1_200_000).network.input_norm
+    assert preset("quick", "reacher", total_steps=1_200_000).algo.spatial_penalty == 30.0
     assert preset("quick", "arm_reach", total_steps=1_200_000).algo.spatial_penalty == 100.0
     validate(preset("quick", "arm_reach"), ("arm_reach",))
     seen = configs_trained
@@ -450,7 +452,7 @@ def test_a_tasks_preset_changes_reach_its_runs_and_its_help(configs_trained, tmp
     changed = seen[-1]
     assert changed == dataclasses.replace(preset("quick", "reacher"),
                                           network=PRESETS["quick"].network)
-    assert default_shown(["--help", "--preset", "quick", "reacher"]) == "10.0"
+    assert default_shown(["--help", "--preset", "quick", "reacher"]) == "30.0"
     assert default_shown(["--preset", "quick", "--help"]) == "10.0"
 
 
