@@ -243,10 +243,7 @@ class HeldOff:
         # longer, and the platform took the time (less any the process's other threads used
         # since the thread blocked: one may have held the interpreter's lock).
         stalled = max(0.0, at.wall - now - at.others_since(self._at_block))
-        queued = 0.0
-        if at.delay is not None and self._at_block.delay is not None:
-            queued = min(at.delay - self._at_block.delay - at.others_since(self._at_block),
-                         at.wall - max(earliest, self._began) - used)
+        queued = min(_queued_since(at, self._at_block), at.wall - max(earliest, self._began) - used)
         self._held = max(late + stalled, queued, 0.0)
         self._late, self._queued, self._timed = late + stalled, max(queued, 0.0), timed
         self._wait = (self._began - due, now - due, at.thread - self._at_wait.thread,
